@@ -1,0 +1,51 @@
+"""YuNet through OpenCV's FaceDetectorYN, run at several scales so small faces are found too."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from anonymizer.detect import DETECTORS
+from anonymizer.faces import Face, nms
+from anonymizer.models import locate
+
+
+@DETECTORS.register("yunet")
+class YuNetDetector:
+    name = "yunet"
+
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+        scales: list[float] = (1.0,),
+        max_side: int = 4096,
+        top_k: int = 5000,
+    ) -> None:
+        self.model_path = locate("yunet", model_dir)
+        self.scales = [float(s) for s in scales]
+        self.max_side = max_side
+        self.nms_threshold = nms_threshold
+        self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k)
+
+    def _detect_at(self, bgr: np.ndarray, scale: float) -> list[Face]:
+        h, w = bgr.shape[:2]
+        if scale != 1.0:
+            bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, rows = self._net.detect(bgr)
+        if rows is None:
+            return []
+        faces = []
+        for r in rows:
+            lm = r[4:14].reshape(5, 2).astype(np.float32) / scale
+            faces.append(Face(r[0] / scale, r[1] / scale, r[2] / scale, r[3] / scale, float(r[14]), self.name, lm))
+        return faces
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        longest = max(bgr.shape[:2])
+        usable = [s for s in self.scales if s * longest <= self.max_side] or [min(1.0, self.max_side / longest)]
+        faces = [f for s in usable for f in self._detect_at(bgr, s)]
+        return nms(faces, self.nms_threshold) if len(usable) > 1 else faces

@@ -1,0 +1,1 @@
+"""Evaluation harnesses: measure what the pipeline's components achieve on labelled data."""

@@ -1,0 +1,400 @@
+"""Detection recall on the WIDER FACE val subset: how many faces a detector configuration would miss.
+
+A missed face is released un-anonymized, so the headline is recall by face size at a bounded false-positive
+rate, not AP alone. Conventions (kept fixed so numbers stay comparable between runs):
+
+* Images: the subset's images were stretched to 416x416 by their publisher. Each is resized back to its
+  original aspect ratio (by default to its original W x H; `max_side` caps the longer side) before
+  detection, and detections are mapped back into the 416x416 frame the ground truth is in.
+* Face size = sqrt(w * h) of the ground-truth box in the evaluated 416x416 image: the geometric mean is
+  unaffected by which axis the stretch squeezed more. Buckets: <8, 8-16, 16-32, >=32 px.
+* Matching: detections in descending score order; each takes the unmatched valid face with the highest
+  IoU >= `iou_threshold` (true positive); failing that, one overlapping an `invalid` face (or a face
+  outside the scored subset) at >= the threshold is ignored, neither TP nor FP; otherwise it is a false
+  positive (duplicates of a matched face are false positives, as in VOC).
+* AP: VOC all-point interpolation over the detector's own output (its score threshold truncates the
+  curve, so AP is that of the deployed operating point, not of the bare network).
+* WIDER easy/medium/hard: only the hard-set membership flag is published here. `hard` = faces flagged
+  `in_hard_eval_set`; `medium` = those whose ORIGINAL-image size sqrt(w*h) >= 20 px; `easy` = >= 50 px.
+  This size proxy approximates the official EdgeBox-based split; faces outside a subset are ignored, not
+  counted as false positives, when that subset is scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from anonymizer.detect import Detector, Ensemble, build_detector
+from anonymizer.faces import Face
+
+EVAL_SIDE = 416
+SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
+    ("<8", 0.0, 8.0),
+    ("8-16", 8.0, 16.0),
+    ("16-32", 16.0, 32.0),
+    (">=32", 32.0, float("inf")),
+)
+WIDER_SUBSETS = {"easy": 50.0, "medium": 20.0, "hard": 0.0}  # min ORIGINAL size among hard-flagged faces
+DETECTOR_CHOICES = ("yunet", "retinaface", "ensemble")
+
+# What we recommend for policies/default.yaml (tuned on this subset; see docs in the module's report).
+RECOMMENDED_PARAMS: dict[str, dict] = {
+    "yunet": {"score_threshold": 0.6, "scales": [1.0, 2.0, 3.0], "max_side": 4096},
+    "retinaface": {"score_threshold": 0.5, "scales": [1.0, 2.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
+}
+RECOMMENDED_MERGE_IOU = 0.3
+
+
+# --- ground truth -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GtFace:
+    box: tuple[float, float, float, float]  # x, y, w, h in the 416x416 image
+    invalid: bool
+    hard: bool
+    original_size: float  # sqrt(w*h) in the original image
+
+    @property
+    def size(self) -> float:
+        return float(np.sqrt(max(self.box[2], 0.0) * max(self.box[3], 0.0)))
+
+
+@dataclass
+class Sample:
+    name: str
+    path: Path
+    original_w: int
+    original_h: int
+    faces: list[GtFace] = field(default_factory=list)
+
+
+_HEADER = re.compile(r"^#\s*images/(\S+)\s+(\d+)\s+(\d+)(?:.*stretched from (\d+)x(\d+))?")
+
+
+def load_ground_truth(data_dir: str | Path, boxes_file: str = "boxes_416.txt") -> list[Sample]:
+    """Samples with 416-frame boxes; the original size comes from "stretched from WxH" when present."""
+    data_dir = Path(data_dir)
+    samples: list[Sample] = []
+    for line in (data_dir / boxes_file).read_text().splitlines():
+        m = _HEADER.match(line)
+        if m:
+            name, w, h, ow, oh = m.groups()
+            samples.append(Sample(name, data_dir / "images" / name, int(ow or w), int(oh or h)))
+        elif line.strip() and not line.startswith("#"):
+            samples[-1].faces.append(_parse_face(line, samples[-1]))
+    return samples
+
+
+def _parse_face(line: str, sample: Sample) -> GtFace:
+    v = line.split()
+    x, y, w, h = (float(t) for t in v[:4])
+    sx, sy = sample.original_w / EVAL_SIDE, sample.original_h / EVAL_SIDE
+    return GtFace((x, y, w, h), v[4] == "1", v[8] == "1", float(np.sqrt(max(w * sx, 0) * max(h * sy, 0))))
+
+
+# --- detection on aspect-restored images ----------------------------------------------------------------
+
+
+def restored_size(sample: Sample, max_side: int | None = None) -> tuple[int, int]:
+    """The original W x H, shrunk so its longer side is at most max_side."""
+    w, h = sample.original_w, sample.original_h
+    f = min(1.0, max_side / max(w, h)) if max_side else 1.0
+    return max(1, round(w * f)), max(1, round(h * f))
+
+
+def load_restored(sample: Sample, max_side: int | None = None) -> np.ndarray:
+    """The 416x416 image as RGB, stretched back to the original aspect ratio."""
+    bgr = cv2.imread(str(sample.path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(sample.path)
+    w, h = restored_size(sample, max_side)
+    return cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+
+
+def to_eval_frame(faces: Iterable[Face], restored_wh: tuple[int, int]) -> list[Face]:
+    """Map detections from the restored image back into the 416x416 ground-truth frame."""
+    sx, sy = EVAL_SIDE / restored_wh[0], EVAL_SIDE / restored_wh[1]
+    out = []
+    for f in faces:
+        lm = None if f.landmarks is None else f.landmarks * np.array([sx, sy], np.float32)
+        out.append(Face(f.x * sx, f.y * sy, f.w * sx, f.h * sy, f.score, f.detector, lm))
+    return out
+
+
+def detect_samples(
+    detect: Callable[[np.ndarray], list[Face]], samples: Sequence[Sample], max_side: int | None = None
+) -> tuple[list[list[Face]], list[float]]:
+    """Detections in the 416 frame and milliseconds per image (detection only, not decoding)."""
+    detections, ms = [], []
+    for s in samples:
+        image = load_restored(s, max_side)
+        t0 = time.perf_counter()
+        faces = detect(image)
+        ms.append((time.perf_counter() - t0) * 1000)
+        detections.append(to_eval_frame(faces, (image.shape[1], image.shape[0])))
+    return detections, ms
+
+
+# --- scoring ------------------------------------------------------------------------------------------
+
+
+def _iou_matrix(dets: np.ndarray, gts: np.ndarray) -> np.ndarray:
+    """IoU between (n, 4) and (m, 4) x, y, w, h boxes."""
+    if len(dets) == 0 or len(gts) == 0:
+        return np.zeros((len(dets), len(gts)))
+    d0, g0 = dets[:, None, :2], gts[None, :, :2]
+    d1, g1 = d0 + dets[:, None, 2:], g0 + gts[None, :, 2:]
+    wh = np.clip(np.minimum(d1, g1) - np.maximum(d0, g0), 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    union = (dets[:, 2] * dets[:, 3])[:, None] + (gts[:, 2] * gts[:, 3])[None, :] - inter
+    return inter / np.maximum(union, 1e-9)
+
+
+def match_image(
+    dets: Sequence[Face], gt_boxes: np.ndarray, scored: np.ndarray, iou_threshold: float = 0.5
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Greedy matching (module docstring): (det scores, det labels 1=TP 0=FP -1=ignored, gt matched)."""
+    order = sorted(range(len(dets)), key=lambda i: -dets[i].score)
+    scores = np.array([dets[i].score for i in order], float)
+    boxes = np.array([[dets[i].x, dets[i].y, dets[i].w, dets[i].h] for i in order], float).reshape(-1, 4)
+    ious = _iou_matrix(boxes, gt_boxes.reshape(-1, 4))
+    matched = np.zeros(len(gt_boxes), bool)
+    labels = np.zeros(len(order), int)
+    for i in range(len(order)):
+        hit = ious[i] >= iou_threshold
+        free = hit & scored & ~matched
+        if free.any():
+            j = int(np.argmax(np.where(free, ious[i], -1)))
+            matched[j], labels[i] = True, 1
+        elif (hit & ~scored).any():
+            labels[i] = -1
+    return scores, labels, matched
+
+
+def average_precision(scores: np.ndarray, labels: np.ndarray, n_positives: int) -> float:
+    """VOC all-point AP over score-sorted detections (ignored ones removed)."""
+    keep = labels >= 0
+    scores, labels = scores[keep], labels[keep]
+    if n_positives == 0 or len(scores) == 0:
+        return 0.0
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(labels[order] == 1)
+    fp = np.cumsum(labels[order] == 0)
+    recall = tp / n_positives
+    precision = tp / np.maximum(tp + fp, 1e-9)
+    r = np.concatenate([[0.0], recall, [recall[-1]]])
+    p = np.concatenate([[1.0], precision, [0.0]])
+    p = np.maximum.accumulate(p[::-1])[::-1]
+    steps = np.flatnonzero(r[1:] != r[:-1])
+    return float(np.sum((r[steps + 1] - r[steps]) * p[steps + 1]))
+
+
+def pr_curve(scores: np.ndarray, labels: np.ndarray, n_positives: int) -> tuple[list[float], list[float]]:
+    keep = labels >= 0
+    order = np.argsort(-scores[keep], kind="stable")
+    lab = labels[keep][order]
+    tp, fp = np.cumsum(lab == 1), np.cumsum(lab == 0)
+    recall = (tp / max(n_positives, 1)).tolist()
+    precision = (tp / np.maximum(tp + fp, 1)).tolist()
+    return recall, precision
+
+
+def _subset_mask(sample: Sample, subset: str | None) -> np.ndarray:
+    """Which faces are scored: valid ones, and for a WIDER subset only its hard-flagged, large-enough ones."""
+    valid = np.array([not f.invalid for f in sample.faces], bool)
+    if subset is None:
+        return valid
+    min_size = WIDER_SUBSETS[subset]
+    return valid & np.array([f.hard and f.original_size >= min_size for f in sample.faces], bool)
+
+
+def score(
+    samples: Sequence[Sample], detections: Sequence[Sequence[Face]], iou_threshold: float = 0.5,
+    ms_per_image: Sequence[float] | None = None, curve: bool = True,
+) -> dict:
+    """Recall overall / by size / by WIDER subset, false positives per image, AP, and optionally a PR curve."""
+    result = _score_subset(samples, detections, None, iou_threshold, curve)
+    result["wider"] = {
+        name: {k: v for k, v in _score_subset(samples, detections, name, iou_threshold, False).items()
+               if k in ("faces", "recall", "ap")}
+        for name in WIDER_SUBSETS
+    }
+    result["images"] = len(samples)
+    if ms_per_image is not None and len(ms_per_image):
+        result["ms_per_image"] = float(np.mean(ms_per_image))
+    return result
+
+
+def _score_subset(samples, detections, subset, iou_threshold, curve) -> dict:
+    all_scores, all_labels, sizes, hits = [], [], [], []
+    for sample, dets in zip(samples, detections):
+        boxes = np.array([f.box for f in sample.faces], float).reshape(-1, 4)
+        scored = _subset_mask(sample, subset)
+        s, lab, matched = match_image(dets, boxes, scored, iou_threshold)
+        all_scores.append(s)
+        all_labels.append(lab)
+        sizes += [f.size for f, m in zip(sample.faces, scored) if m]
+        hits += [bool(h) for h, m in zip(matched, scored) if m]
+    scores, labels = np.concatenate(all_scores or [[]]), np.concatenate(all_labels or [[]]).astype(int)
+    sizes_a, hits_a = np.array(sizes), np.array(hits, bool)
+    out = {
+        "faces": int(len(hits_a)),
+        "recall": float(hits_a.mean()) if len(hits_a) else 0.0,
+        "by_size": _by_size(sizes_a, hits_a),
+        "detections": int(len(labels)),
+        "true_positives": int((labels == 1).sum()),
+        "false_positives": int((labels == 0).sum()),
+        "fp_per_image": float((labels == 0).sum() / max(len(samples), 1)),
+        "ap": average_precision(scores, labels, len(hits_a)),
+    }
+    if curve:
+        recall, precision = pr_curve(scores, labels, len(hits_a))
+        out["pr_curve"] = _thin(recall, precision)
+    return out
+
+
+def _by_size(sizes: np.ndarray, hits: np.ndarray) -> dict:
+    out = {}
+    for name, lo, hi in SIZE_BUCKETS:
+        m = (sizes >= lo) & (sizes < hi) if len(sizes) else np.zeros(0, bool)
+        out[name] = {"faces": int(m.sum()), "recall": float(hits[m].mean()) if m.any() else None}
+    return out
+
+
+def _thin(recall: list[float], precision: list[float], points: int = 200) -> dict:
+    """At most `points` points of the curve, so the JSON stays small."""
+    idx = np.unique(np.linspace(0, len(recall) - 1, min(points, len(recall))).astype(int)) if recall else []
+    return {"recall": [round(recall[i], 4) for i in idx], "precision": [round(precision[i], 4) for i in idx]}
+
+
+# --- the harness --------------------------------------------------------------------------------------
+
+
+def evaluate(
+    detector: Detector, data_dir: str | Path, *, limit: int | None = None, max_side: int | None = None,
+    iou_threshold: float = 0.5, names: Sequence[str] | None = None,
+) -> dict:
+    """Run `detector` on the subset (or its first `limit` images, or the `names` listed) and score it."""
+    samples = select_samples(load_ground_truth(data_dir), limit, names)
+    detections, ms = detect_samples(detector.detect, samples, max_side)
+    result = score(samples, detections, iou_threshold, ms)
+    result["detector"] = getattr(detector, "name", type(detector).__name__)
+    return result
+
+
+def select_samples(samples: list[Sample], limit: int | None = None, names: Sequence[str] | None = None) -> list[Sample]:
+    if names:
+        wanted = set(names)
+        samples = [s for s in samples if s.name in wanted]
+    return samples[:limit] if limit else samples
+
+
+def detector_params(policy_path: str | Path | None) -> tuple[dict[str, dict], float, str | None]:
+    """Per-detector params and merge IoU: the policy's where it names the detector, else ours."""
+    params = {k: dict(v) for k, v in RECOMMENDED_PARAMS.items()}
+    merge_iou, model_dir = RECOMMENDED_MERGE_IOU, None
+    if policy_path:
+        from anonymizer.policy import load_policy
+
+        policy = load_policy(policy_path)
+        params.update({c.name: dict(c.params) for c in policy.detection.detectors})
+        merge_iou, model_dir = policy.detection.merge_iou, policy.model_dir
+    return params, merge_iou, model_dir
+
+
+def build_named_detector(name: str, policy_path: str | Path | None = None, model_dir: str | None = None) -> Detector:
+    """'yunet', 'retinaface', or 'ensemble' (both, merged by NMS at the policy's merge_iou, as the pipeline does)."""
+    import anonymizer.detect.retinaface  # noqa: F401  (registration, until detect/__init__ imports it)
+
+    params, merge_iou, policy_model_dir = detector_params(policy_path)
+    model_dir = model_dir or policy_model_dir
+    if name == "ensemble":
+        parts = [build_detector(n, params[n], model_dir) for n in ("yunet", "retinaface")]
+        ensemble = Ensemble(parts, merge_iou)
+        ensemble.name = "ensemble"
+        return ensemble
+    return build_detector(name, params.get(name, {}), model_dir)
+
+
+def plot(results: dict[str, dict], path: str | Path) -> None:
+    """Recall by size bucket per detector (left) and precision-recall curves (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    buckets = [b[0] for b in SIZE_BUCKETS] + ["all"]
+    width = 0.8 / max(len(results), 1)
+    for i, (name, r) in enumerate(results.items()):
+        vals = [r["by_size"][b]["recall"] or 0.0 for b in buckets[:-1]] + [r["recall"]]
+        ax1.bar(np.arange(len(buckets)) + i * width, vals, width, label=name)
+        if "pr_curve" in r:
+            ax2.plot(r["pr_curve"]["recall"], r["pr_curve"]["precision"], label=f"{name} (AP {r['ap']:.3f})")
+    ax1.set_xticks(np.arange(len(buckets)) + width * (len(results) - 1) / 2, buckets)
+    ax1.set(xlabel="face size sqrt(w*h), px in the 416 image", ylabel="recall @ IoU 0.5", ylim=(0, 1))
+    ax1.legend()
+    ax2.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), title="precision-recall")
+    ax2.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    head = "| detector | " + " | ".join(f"{b[0]} px" for b in SIZE_BUCKETS)
+    head += " | overall | easy | medium | hard | FP/img | AP | ms/img |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in results.items():
+        sizes = " | ".join(_fmt(r["by_size"][b[0]]["recall"]) for b in SIZE_BUCKETS)
+        wider = " | ".join(_fmt(r["wider"][k]["recall"]) for k in WIDER_SUBSETS)
+        ms = f"{r['ms_per_image']:.0f}" if "ms_per_image" in r else "-"
+        lines.append(f"| {name} | {sizes} | {_fmt(r['recall'])} | {wider} | {r['fp_per_image']:.2f} | {r['ap']:.3f} | {ms} |")
+    return "\n".join(lines)
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="the widerface_val_subset directory")
+    parser.add_argument("--out", required=True, help="directory for detection_eval.json and detection_eval.png")
+    parser.add_argument("--detectors", default=",".join(DETECTOR_CHOICES), help="comma-separated: yunet,retinaface,ensemble")
+    parser.add_argument("--policy", default=None, help="take detector parameters and merge_iou from this policy file")
+    parser.add_argument("--model-dir", default=None, help="where the detector weights are")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick checks)")
+    parser.add_argument("--max-side", type=int, default=None, help="cap the restored image's longer side (default: original size)")
+    parser.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to count as finding a face")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.detectors.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DETECTOR_CHOICES]
+    if unknown:
+        raise SystemExit(f"unknown detector(s) {unknown}; choose from {', '.join(DETECTOR_CHOICES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name in names:
+        detector = build_named_detector(name, args.policy, args.model_dir)
+        results[name] = evaluate(detector, args.data, limit=args.limit, max_side=args.max_side, iou_threshold=args.iou)
+    write_outputs(results, out, settings={"data": str(args.data), "policy": args.policy, "max_side": args.max_side, "iou": args.iou})
+    print(markdown_table(results))
+    return 0
+
+
+def write_outputs(results: dict[str, dict], out: Path, settings: dict | None = None, stem: str = "detection_eval") -> None:
+    payload = {"settings": settings or {}, "results": results}
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    plot(results, out / f"{stem}.png")

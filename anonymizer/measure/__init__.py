@@ -1,0 +1,1 @@
+"""Measure: what validation needs to know about every image and every face."""

