@@ -73,6 +73,7 @@ class Outcome:
 
 
 def plan(ctx: RunContext) -> listing.Plan:
+    model_inventory(ctx.policy)  # a missing or tampered model fails the run here, before any work
     p = listing.plan(ctx.source, ctx.policy.execution.shard_size)
     listing_table, skipped = listing.plan_tables(p)
     ctx.staging.write_table("plan/listing.parquet", listing_table)

@@ -95,6 +95,9 @@ def _validate(policy: Policy, images: pd.DataFrame, faces: pd.DataFrame) -> Verd
     checks: list[Check] = []
     for table, df in tables.items():
         mine = [s for s in specs if s[1] == table]
+        missing = {getattr(s[2], "column", None) for s in mine} - set(df.columns) - {None}
+        if missing:
+            raise KeyError(f"metrics table {table!r} lacks {sorted(missing)}")
         batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(f"{table}-all")
         suite = context.suites.add(gx.ExpectationSuite(name=f"{policy.name}-{table}"))
         for name, _, exp, protects, threshold in mine:
@@ -105,8 +108,8 @@ def _validate(policy: Policy, images: pd.DataFrame, faces: pd.DataFrame) -> Verd
         by_name = {r.expectation_config.meta["check"]: r for r in result.results}
         for name, _, _, protects, threshold in mine:
             r = by_name[name]
-            if r.exception_info and r.exception_info.get("raised_exception"):
-                raise RuntimeError(f"check {name}: {r.exception_info.get('exception_message')}")
+            if "raised_exception': True" in str(r.exception_info):
+                raise RuntimeError(f"check {name} could not be computed: {r.exception_info}")
             checks.append(Check(name, table, r.expectation_config.type, protects, threshold,
                                 _observed(r.expectation_config.type, r.result), bool(r.success)))
     return Verdict(all(c.success for c in checks), checks)

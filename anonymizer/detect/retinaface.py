@@ -229,6 +229,7 @@ class RetinaFaceDetector:
     while tiles of `tile` px keep memory flat. Detections cut by an inner tile edge are dropped, since the
     neighbouring tile (overlapping by `tile_overlap` px) sees those faces whole; set the overlap above the
     largest face you need the tiles for (larger faces are found at the whole-image scales).
+    `max_side` caps the scaled image's longer side with or without tiles: it bounds time as well as memory.
     """
 
     name = "retinaface"

@@ -46,10 +46,11 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
 WIDER_SUBSETS = {"easy": 50.0, "medium": 20.0, "hard": 0.0}  # min ORIGINAL size among hard-flagged faces
 DETECTOR_CHOICES = ("yunet", "retinaface", "ensemble")
 
-# What we recommend for policies/default.yaml (tuned on this subset; see docs in the module's report).
+# Used where no policy names a detector: the best recall at <= 2 false positives per image found on this
+# subset (sweep of thresholds x scales); the recommendation for policies/default.yaml.
 RECOMMENDED_PARAMS: dict[str, dict] = {
-    "yunet": {"score_threshold": 0.6, "scales": [1.0, 2.0, 3.0], "max_side": 4096},
-    "retinaface": {"score_threshold": 0.5, "scales": [1.0, 2.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
+    "yunet": {"score_threshold": 0.65, "scales": [1.0, 2.0], "max_side": 4096},
+    "retinaface": {"score_threshold": 0.8, "scales": [1.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
 }
 RECOMMENDED_MERGE_IOU = 0.3
 

@@ -1,0 +1,68 @@
+"""Shared fixtures: the ../shared data, a real local Ray, a real (temporary) Prefect server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Quieten libraries that phone home, before they are imported.
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Ray's dashboard probes cloud metadata addresses unless this file exists.
+_bootstrap = Path.home() / "ray_bootstrap_config.yaml"
+if not _bootstrap.exists():
+    _bootstrap.write_text("{}\n")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared")).resolve()
+os.environ.setdefault("ANONYMIZER_MODEL_DIR", str(SHARED / "models"))
+PHOTOS = SHARED / "data" / "photos"
+LFW = SHARED / "data" / "lfw" / "images"
+
+
+def lfw_images(n: int) -> list[Path]:
+    """n single-face LFW images of n different people, in a fixed order."""
+    people = sorted(p for p in LFW.iterdir() if p.is_dir())[:: max(1, 4000 // n)][:n]
+    return [sorted(p.glob("*.jpg"))[0] for p in people]
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    if not PHOTOS.is_dir():
+        pytest.fail(f"test data not found at {SHARED} (set ANONYMIZER_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def policy():
+    from anonymizer.policy import load_policy
+
+    return load_policy()
+
+
+@pytest.fixture(scope="session")
+def components(policy):
+    from anonymizer.process import Components
+
+    return Components.from_policy(policy)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", ignore_reinit_error=True)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

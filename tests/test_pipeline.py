@@ -1,0 +1,155 @@
+"""End to end, with real components: a Prefect flow run (temporary server), a local Ray, real models."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from anonymizer import imageio
+from conftest import PHOTOS, REPO, lfw_images
+
+PHOTO_NAMES = ["group_13.jpg", "group_8.jpg", "group_1.jpg", "group_2.jpg", "multiface.jpg", "group_5.jpg"]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, shared):
+    """6 group photos + 13 LFW portraits in a sub-folder + 2 broken files + 1 non-image: 22 objects."""
+    src = tmp_path_factory.mktemp("src")
+    for name in PHOTO_NAMES:
+        shutil.copy(PHOTOS / name, src / name)
+    (src / "people").mkdir()
+    for p in lfw_images(13):
+        shutil.copy(p, src / "people" / p.name)
+    good = (PHOTOS / "group_13.jpg").read_bytes()
+    (src / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (src / "empty.png").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image")
+    return src
+
+
+@pytest.fixture(scope="module")
+def flow_run(dataset, tmp_path_factory, ray_cluster, prefect_server):
+    from flows.anonymize_dataset import anonymize_dataset
+
+    out = tmp_path_factory.mktemp("out")
+    state = anonymize_dataset(str(dataset), str(out / "release"), workers=2, return_state=True)
+    return state, out
+
+
+def test_flow_run_completes_and_releases(flow_run):
+    state, out = flow_run
+    assert state.is_completed(), state
+    result = state.result()
+    assert result["released"] and result["exit_code"] == 0, result["reason"]
+    run_id = result["run_id"]
+    assert (out / "release" / "LATEST").read_text() == run_id
+    assert {p.name for p in (out / "release").iterdir()} == {"LATEST", run_id}
+
+
+def test_release_holds_only_anonymized_clean_outputs(flow_run, dataset):
+    _, out = flow_run
+    run_dir = next(p for p in (out / "release").iterdir() if p.is_dir())
+    manifest = pq.read_table(run_dir / "manifest.parquet").to_pylist()
+    assert len(manifest) == 19
+    assert {m["key"] for m in manifest} == {p.name for p in dataset.glob("*.jpg") if p.name != "truncated.jpg"} | {
+        f"people/{p.name}" for p in (dataset / "people").iterdir()}
+    released = {str(p.relative_to(run_dir / "images")) for p in (run_dir / "images").rglob("*") if p.is_file()}
+    assert released == {m["key"] for m in manifest}
+    for m in manifest:
+        data = (run_dir / m["output_key"]).read_bytes()
+        original = (dataset / m["key"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == m["output_sha256"]
+        assert hashlib.sha256(original).hexdigest() == m["source_sha256"]
+        assert data != original
+        assert imageio.metadata_fields(data) == {}
+        assert Image.open(io.BytesIO(data)).size == Image.open(io.BytesIO(original)).size
+
+
+def test_report_accounts_for_every_input(flow_run, dataset):
+    _, out = flow_run
+    run_dir = next(p for p in (out / "release").iterdir() if p.is_dir())
+    report = json.loads((run_dir / "report.json").read_text())
+    listed = {str(p.relative_to(dataset)) for p in dataset.rglob("*") if p.is_file()}
+    objects = {o["key"]: o for o in report["objects"]}
+    assert set(objects) == listed and len(report["objects"]) == len(listed)
+    assert objects["notes.txt"]["status"] == "skipped" and ".txt" in objects["notes.txt"]["reason"]
+    assert objects["empty.png"]["status"] == "quarantined" and "empty" in objects["empty.png"]["reason"]
+    assert objects["truncated.jpg"]["status"] == "quarantined" and "truncated" in objects["truncated.jpg"]["reason"]
+    assert report["counts"] == {"released": 19, "quarantined": 2, "skipped": 1, "listed": 22}
+    m = report["metrics"]
+    assert m["faces_anonymized"] == m["faces_detected"] > 100
+    assert 0 <= m["naive_reidentification_rate"] <= 0.09 and m["uncovered_faces"] == 0
+    assert {c["name"] for c in report["verdict"]["checks"]} >= {"naive_reidentification", "uncovered_faces"}
+    assert any(mo["sha256"] == "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4" for mo in report["models"])
+    assert report["software"]["prefect"] and report["policy"]["sha256"]
+    html = (run_dir / "report.html").read_text()
+    assert html.index("RELEASED") < html.index("<h1>") and "data:image/png;base64" in html
+    assert "data:image/jpeg" not in html  # charts only: no photo is embedded
+    quarantined = pq.read_table(out / "release.quarantine" / report["run_id"] / "objects.parquet").to_pylist()
+    assert {q["key"] for q in quarantined} == {"truncated.jpg", "empty.png"}
+
+
+def test_resume_redoes_only_unfinished_shards(dataset, tmp_path, ray_cluster):
+    from anonymizer import pipeline
+    from anonymizer.shard import shard_dir
+
+    ctx = pipeline.RunContext.create(str(dataset), str(tmp_path / "rel"), run_id="resume-test")
+    p = pipeline.plan(ctx)
+    first = pipeline.process(ctx, p, workers=2)
+    assert len(first) == len(p.shards) and not any(s.get("resumed") for s in first)
+    shard_dir(ctx.staging, 1).delete("_SUCCESS")  # as if the run died while shard 1 was in flight
+    again = pipeline.process(ctx, p, workers=1)
+    assert [s["shard"] for s in again if not s.get("resumed")] == [1]
+    assert len(again) == len(p.shards)
+
+
+def _cli(*args, env=None, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "anonymizer.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, cwd=cwd, timeout=900)
+
+
+def test_policy_no_run_can_meet_publishes_nothing(tmp_path, shared):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in PHOTO_NAMES[:3]:
+        shutil.copy(PHOTOS / name, src / name)
+    policy = (REPO / "policies" / "default.yaml").read_text().replace(
+        "same_person_distance: 0.6 ", "same_person_distance: 9.0 ").replace("max_reid_rate: 0.09", "max_reid_rate: 0.0")
+    (tmp_path / "impossible.yaml").write_text(policy)
+    r = _cli("run", str(src), str(tmp_path / "rel"), "--policy", str(tmp_path / "impossible.yaml"), "--workers", "1")
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert not (tmp_path / "rel").exists() or not any((tmp_path / "rel").iterdir())
+    qdir = next((tmp_path / "rel.quarantine").iterdir())
+    validation = json.loads((qdir / "validation.json").read_text())
+    assert not validation["passed"]
+    assert [c["name"] for c in validation["checks"] if not c["success"]] == ["naive_reidentification"]
+    assert json.loads((qdir / "report.json").read_text())["counts"]["quarantined"] == 3
+    assert "NOT RELEASED" in r.stderr
+
+
+def test_missing_model_is_a_clear_error(tmp_path, shared):
+    env = {"ANONYMIZER_MODEL_DIR": str(tmp_path / "nowhere")}
+    r = _cli("run", str(PHOTOS), str(tmp_path / "rel"), "--engine", "plain", env=env, cwd=tmp_path)
+    assert r.returncode == 2
+    assert "face_detection_yunet_2023mar.onnx" in r.stderr and "nowhere/yunet" in r.stderr
+
+
+@pytest.mark.slow
+def test_cli_releases_all_sample_photos(tmp_path, shared):
+    r = _cli("run", str(PHOTOS), str(tmp_path / "out"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    run_dir = tmp_path / "out" / result["run_id"]
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["counts"]["released"] == 21 == len(list((run_dir / "images").iterdir()))
+    assert "naive_reidentification_rate" in report["metrics"] and "uncovered_faces" in report["metrics"]
+    assert (run_dir / "report.html").is_file()
