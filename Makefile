@@ -1,0 +1,37 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up, then anonymize ../shared/data/photos into out/demo (local folder, local Ray, Prefect without a server)
+#   make test   set up, then run the test suite
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SHARED  ?= ../shared
+export ANONYMIZER_SHARED ?= $(abspath $(SHARED))
+export ANONYMIZER_MODEL_DIR ?= $(abspath $(SHARED))/models
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
+export RAY_USAGE_STATS_ENABLED := 0
+
+.PHONY: setup demo test bench
+setup: $(VENV)/.installed $(HOME)/ray_bootstrap_config.yaml
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Ray's dashboard probes cloud metadata addresses unless this file exists (no traffic leaves this machine).
+$(HOME)/ray_bootstrap_config.yaml:
+	echo '{}' > $@
+
+demo: setup
+	rm -rf out/demo out/demo.staging out/demo.quarantine
+	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/pipeline_throughput.py

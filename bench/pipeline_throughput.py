@@ -1,0 +1,132 @@
+"""Throughput of the pipeline on ../shared/data/photos: a plain loop over the library vs Ray (1 and 2
+workers) vs the whole Prefect + Ray flow, with the time per stage. Prints a table, writes JSON.
+
+    python bench/pipeline_throughput.py [--photos DIR] [--out bench/results/pipeline.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+for k, v in {"DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "RAY_USAGE_STATS_ENABLED": "0",
+             "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}.items():
+    os.environ.setdefault(k, v)
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
+STAGES = ["read_s", "decode_s", "detect_s", "anonymize_s", "measure_s", "write_s"]
+
+
+def plain_loop(photos: list[Path], out: Path) -> dict:
+    """The same library calls the Ray actors make, in one process, no orchestration."""
+    from anonymizer.policy import load_policy
+    from anonymizer.process import Components, process_image
+
+    t0 = time.perf_counter()
+    policy = load_policy()
+    components = Components.from_policy(policy)
+    load_s = time.perf_counter() - t0
+    stages = dict.fromkeys(STAGES, 0.0)
+    t1 = time.perf_counter()
+    for p in photos:
+        ts = time.perf_counter()
+        data = p.read_bytes()
+        stages["read_s"] += time.perf_counter() - ts
+        r = process_image(p.name, data, policy, components)
+        ts = time.perf_counter()
+        (out / p.name).write_bytes(r.output)
+        stages["write_s"] += time.perf_counter() - ts
+        for s in ("decode_s", "detect_s", "anonymize_s", "measure_s"):
+            stages[s] += r.image[s]
+    wall = time.perf_counter() - t1
+    return {"path": "plain loop", "workers": 1, "wall_s": wall + load_s, "model_load_s": load_s,
+            "images_per_s": len(photos) / (wall + load_s), "stage_s": stages}
+
+
+def ray_path(photos_dir: Path, out: Path, workers: int) -> dict:
+    import pandas as pd
+
+    from anonymizer.pipeline import run_pipeline
+
+    t0 = time.perf_counter()
+    o = run_pipeline(str(photos_dir), str(out / "rel"), workers=workers)
+    wall = time.perf_counter() - t0
+    images = pd.read_parquet(out / "rel.staging" / o.run_id / "metrics" / "images.parquet")
+    return {"path": "Ray (library pipeline)", "workers": workers, "wall_s": wall, "released": o.released,
+            "images_per_s": len(images) / wall, "stage_s": {s: float(images[s].sum()) for s in STAGES}}
+
+
+def prefect_path(photos_dir: Path, out: Path, workers: int) -> dict:
+    from prefect import flow
+
+    from flows.anonymize_dataset import anonymize_dataset
+
+    @flow
+    def warm_up() -> None:
+        return None
+
+    t0 = time.perf_counter()
+    warm_up()  # starts Prefect's temporary server: a one-off cost, reported apart
+    server_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    result = anonymize_dataset(str(photos_dir), str(out / "rel"), workers=workers)
+    wall = time.perf_counter() - t1
+    n = result["counts"]["listed"]
+    return {"path": "Prefect flow + Ray", "workers": workers, "wall_s": wall, "prefect_server_start_s": server_s,
+            "released": result["released"], "images_per_s": n / wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
+    args = ap.parse_args()
+    bootstrap = Path.home() / "ray_bootstrap_config.yaml"
+    if not bootstrap.exists():
+        bootstrap.write_text("{}\n")  # keeps Ray's dashboard from probing cloud metadata addresses
+    photos = sorted(p for p in args.photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    tmp = Path(tempfile.mkdtemp(prefix="anonymizer-bench-"))
+    import ray
+
+    t0 = time.perf_counter()
+    ray.init(include_dashboard=False, logging_level="WARNING")
+    ray_start = time.perf_counter() - t0
+    rows = []
+    try:
+        (tmp / "plain").mkdir()
+        rows.append(plain_loop(photos, tmp / "plain"))
+        for w in (1, 2):
+            rows.append(ray_path(args.photos, tmp / f"ray{w}", w))
+        rows.append(prefect_path(args.photos, tmp / "prefect", 2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    base = rows[0]["wall_s"]
+    for r in rows:
+        r["overhead_vs_plain"] = r["wall_s"] / base - 1
+    result = {"images": len(photos), "cpus": os.cpu_count(), "machine": platform.platform(),
+              "ray_start_s": ray_start, "runs": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"\n{len(photos)} images, {os.cpu_count()} CPUs; Ray start {ray_start:.1f} s (not included below)\n")
+    print("| path | workers | wall s | images/s | vs plain loop |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['path']} | {r['workers']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | {r['overhead_vs_plain']:+.0%} |")
+    print("\nTime per stage, summed over images (s):")
+    print("| path | workers | " + " | ".join(STAGES) + " |")
+    print("|---|---|" + "---|" * len(STAGES))
+    for r in rows:
+        if "stage_s" in r:
+            print(f"| {r['path']} | {r['workers']} | " + " | ".join(f"{r['stage_s'][s]:.1f}" for s in STAGES) + " |")
+    print(f"\nwritten {args.out}")
+
+
+if __name__ == "__main__":
+    main()
