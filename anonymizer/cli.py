@@ -41,7 +41,7 @@ def _models(args: argparse.Namespace) -> int:
     from anonymizer import models
 
     if args.action == "fetch":
-        print(models.fetch(args.name, args.dir or models.search_dirs()[-2]))
+        print(models.fetch(args.name, args.dir or models.USER_MODEL_DIR))
         return 0
     for name in models.MODELS:
         try:

@@ -17,6 +17,7 @@ from functools import lru_cache
 from pathlib import Path
 
 MODEL_DIR_ENV = "ANONYMIZER_MODEL_DIR"
+USER_MODEL_DIR = Path.home() / ".cache" / "anonymizer" / "models"
 
 
 class ModelNotFoundError(FileNotFoundError):
@@ -65,7 +66,7 @@ def search_dirs(model_dir: str | os.PathLike | None = None) -> list[Path]:
     dirs = [Path(model_dir)] if model_dir else []
     if os.environ.get(MODEL_DIR_ENV):
         dirs.append(Path(os.environ[MODEL_DIR_ENV]))
-    dirs.append(Path.home() / ".cache" / "anonymizer" / "models")
+    dirs.append(USER_MODEL_DIR)
     dirs.append(Path.cwd().parent / "shared" / "models")  # a developer checkout beside ../shared
     return dirs
 

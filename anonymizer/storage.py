@@ -6,6 +6,7 @@ Keys are data, not paths: a key is a relative, '/'-separated name that must stay
 from __future__ import annotations
 
 import posixpath
+from pathlib import Path
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -47,7 +48,7 @@ class Location:
         if "://" in uri:
             fs, path = pafs.FileSystem.from_uri(uri)
         else:
-            fs, path = pafs.LocalFileSystem(), str(__import__("pathlib").Path(uri).expanduser().resolve())
+            fs, path = pafs.LocalFileSystem(), str(Path(uri).expanduser().resolve())
         return cls(fs, path.rstrip("/"), uri)
 
     @property

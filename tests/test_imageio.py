@@ -4,7 +4,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import Image, ImageCms, PngImagePlugin
 
 from anonymizer import imageio
 
@@ -73,10 +73,9 @@ def test_formats_keep_format_size_and_alpha(face_image):
     for fmt, img in [("PNG", rgba), ("WEBP", face_image), ("BMP", face_image), ("TIFF", face_image),
                      ("PNG", face_image.convert("L"))]:
         buf = io.BytesIO()
-        info = {"pnginfo": __import__("PIL.PngImagePlugin").PngImagePlugin.PngInfo()} if fmt == "PNG" else {}
-        if info:
-            info["pnginfo"].add_text("Author", "Jane Doe")
-        img.save(buf, fmt, **info)
+        text = PngImagePlugin.PngInfo()
+        text.add_text("Author", "Jane Doe")
+        img.save(buf, fmt, **({"pnginfo": text} if fmt == "PNG" else {}))
         dec = imageio.decode(buf.getvalue(), 10**8)
         out = imageio.encode(dec.rgb, dec)
         back = Image.open(io.BytesIO(out))

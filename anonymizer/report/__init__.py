@@ -87,6 +87,10 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     return out
 
 
+def _fmt(value: object) -> object:
+    return f"{value:.4g}" if isinstance(value, float) else value
+
+
 def _table(rows: list[dict], columns: list[str]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
@@ -115,10 +119,10 @@ Source <code>{html.escape(report['source'])}</code>; {html.escape(report['destin
 <h2>Checks (policy <code>{html.escape(report['policy']['name'])}</code>)</h2>
 {_table(checks, ['name', 'result', 'observed', 'threshold', 'protects', 'expectation'])}
 <h2>Counts</h2>{_table([report['counts']], list(report['counts']))}
-{_table([report['metrics']], list(report['metrics']))}
+<h2>Metrics</h2>{_table([{"metric": k, "value": _fmt(v)} for k, v in report['metrics'].items()], ['metric', 'value'])}
 <h2>Figures</h2>{figs}
 <h2>Every input object ({len(objects)})</h2>{_table(objects, ['key', 'status', 'reason'])}
-<h2>Shards</h2>{_table(report['shards'], ['shard', 'images', 'failed', 'faces', 'seconds', 'worker', 'resumed'])}
+<h2>Shards</h2>{_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report['shards']], ['shard', 'images', 'failed', 'faces', 'seconds', 'worker', 'resumed'])}
 <h2>Models</h2>{_table(report['models'], ['component', 'name', 'file', 'sha256', 'licence'])}
 <h2>Software</h2>{_table([report['software']], list(report['software']))}
 <h2>Policy</h2><p>sha256 <code>{report['policy']['sha256']}</code></p><pre>{html.escape(report['policy']['text'])}</pre>
