@@ -83,7 +83,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-_EVALS: dict[str, str] = {}
+_EVALS: dict[str, str] = {"detection": "anonymizer.eval.detection"}
 
 
 def main(argv: list[str] | None = None) -> int:

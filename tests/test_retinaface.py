@@ -104,7 +104,7 @@ def _plant_small_face(canvas_wh: tuple[int, int], at: tuple[int, int], face_px: 
 
 def test_tiling_finds_a_ten_pixel_face_in_a_4k_frame() -> None:
     untiled = build_detector("retinaface", {"scales": [1.0]}, str(MODELS))
-    tiled = build_detector("retinaface", {"scales": [2.5], "tile": 1024, "tile_overlap": 96, "batch_size": 4}, str(MODELS))
+    tiled = build_detector("retinaface", {"scales": [2.0], "max_side": 8192, "tile": 1024, "tile_overlap": 96, "batch_size": 4}, str(MODELS))
     canvas, truth = _plant_small_face((3840, 2160), (2300, 1400), 11, untiled)
     assert 9 <= truth.size <= 13
 

@@ -40,4 +40,4 @@ def build_detector(name: str, params: dict, model_dir: str | None = None) -> Det
     return DETECTORS.create(name, model_dir=model_dir, **params)
 
 
-from anonymizer.detect import dlib_detectors, yunet  # noqa: E402,F401  (registration)
+from anonymizer.detect import dlib_detectors, retinaface, yunet  # noqa: E402,F401  (registration)

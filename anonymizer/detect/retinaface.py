@@ -9,7 +9,8 @@ images share one forward pass (on the GPU when there is one).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from functools import lru_cache
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -144,6 +145,7 @@ class RetinaFaceNet(nn.Module):
 # --- anchors and decoding ----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=16)
 def prior_boxes(height: int, width: int) -> np.ndarray:
     """Anchors (cx, cy, w, h) in pixels, in the network's output order (level, row, column, size)."""
     levels = []
@@ -218,6 +220,9 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
     return starts + [length - tile]
 
 
+_Job = tuple[int, np.ndarray, float, int, int, tuple[bool, bool, bool, bool]]  # image, crop, scale, x, y, inner edges
+
+
 # --- the detector -------------------------------------------------------------------------------------
 
 
@@ -274,20 +279,37 @@ class RetinaFaceDetector:
         return self.detect_batch([image])[0]
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
-        """Faces in each RGB uint8 image; all scales and tiles of all images share batched forwards."""
-        jobs: list[tuple[int, np.ndarray, float, int, int, tuple[bool, bool, bool, bool]]] = []
-        for idx, image in enumerate(images):
-            bgr = np.ascontiguousarray(image[..., ::-1]).astype(np.float32)
-            for scale in self._usable_scales(bgr.shape[:2]):
-                jobs += [(idx, crop, scale, x, y, inner) for crop, x, y, inner in self._crops(bgr, scale)]
+        """Faces in each RGB uint8 image; scales and tiles of all images share padded, batched forwards."""
         raws: list[list[_Raw]] = [[] for _ in images]
-        for start in range(0, len(jobs), self.batch_size):
-            chunk = jobs[start : start + self.batch_size]
-            for job, raw in zip(chunk, self._forward([j[1] for j in chunk])):
-                idx, crop, scale, x, y, inner = job
+        for chunk in self._batches(self._jobs(images)):
+            for (idx, crop, scale, x, y, inner), raw in zip(chunk, self._forward([j[1] for j in chunk])):
                 raw = raw.select(self._whole_boxes(raw.boxes, crop.shape[:2], inner))
                 raws[idx].append(raw.transformed(x, y, scale))
         return [self._to_faces(_Raw.concat(r)) for r in raws]
+
+    # internals
+
+    def _jobs(self, images: Sequence[np.ndarray]) -> Iterator[_Job]:
+        """Crops lazily, so only about one scaled image is in memory at a time."""
+        for idx, image in enumerate(images):
+            bgr = np.ascontiguousarray(image[..., ::-1]).astype(np.float32)
+            for scale in self._usable_scales(bgr.shape[:2]):
+                for crop, x, y, inner in self._crops(bgr, scale):
+                    yield idx, crop, scale, x, y, inner
+
+    def _batches(self, jobs: Iterator[_Job]) -> Iterator[list[_Job]]:
+        """Up to batch_size crops, cut early where padding to a common size would waste over half the batch."""
+        batch: list[_Job] = []
+        for job in jobs:
+            candidate = batch + [job]
+            shapes = [j[1].shape[:2] for j in candidate]
+            padded = len(shapes) * max(h for h, _ in shapes) * max(w for _, w in shapes)
+            if batch and (len(batch) >= self.batch_size or padded > 2 * sum(h * w for h, w in shapes)):
+                yield batch
+                candidate = [job]
+            batch = candidate
+        if batch:
+            yield batch
 
     # internals
 
@@ -296,7 +318,7 @@ class RetinaFaceDetector:
         usable = [s for s in self.scales if s * longest <= self.max_side]
         return usable or [min(1.0, self.max_side / longest)]
 
-    def _crops(self, bgr: np.ndarray, scale: float):
+    def _crops(self, bgr: np.ndarray, scale: float) -> Iterator[tuple[np.ndarray, int, int, tuple[bool, bool, bool, bool]]]:
         """The scaled image, or its overlapping tiles, with their offsets and which edges are inner."""
         h, w = bgr.shape[:2]
         if scale != 1.0:
@@ -341,7 +363,10 @@ class RetinaFaceDetector:
         priors = torch.from_numpy(prior_boxes(ph, pw)).to(self.device)
         return [self._candidates(loc[i], conf[i], ldm[i], priors, c.shape[:2]) for i, c in enumerate(crops)]
 
-    def _candidates(self, loc, conf, ldm, priors, shape) -> _Raw:
+    def _candidates(
+        self, loc: torch.Tensor, conf: torch.Tensor, ldm: torch.Tensor, priors: torch.Tensor, shape: tuple[int, ...]
+    ) -> _Raw:
+        """Thresholded, decoded, NMS-ed candidates of one crop, without what only its padding produced."""
         keep = torch.nonzero(conf >= self.score_threshold).squeeze(1)
         if keep.numel() > self.pre_nms_top_k:
             keep = keep[torch.topk(conf[keep], self.pre_nms_top_k).indices]

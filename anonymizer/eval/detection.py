@@ -250,7 +250,7 @@ def _score_subset(samples, detections, subset, iou_threshold, curve) -> dict:
     sizes_a, hits_a = np.array(sizes), np.array(hits, bool)
     out = {
         "faces": int(len(hits_a)),
-        "recall": float(hits_a.mean()) if len(hits_a) else 0.0,
+        "recall": float(hits_a.mean()) if len(hits_a) else None,
         "by_size": _by_size(sizes_a, hits_a),
         "detections": int(len(labels)),
         "true_positives": int((labels == 1).sum()),
@@ -315,8 +315,6 @@ def detector_params(policy_path: str | Path | None) -> tuple[dict[str, dict], fl
 
 def build_named_detector(name: str, policy_path: str | Path | None = None, model_dir: str | None = None) -> Detector:
     """'yunet', 'retinaface', or 'ensemble' (both, merged by NMS at the policy's merge_iou, as the pipeline does)."""
-    import anonymizer.detect.retinaface  # noqa: F401  (registration, until detect/__init__ imports it)
-
     params, merge_iou, policy_model_dir = detector_params(policy_path)
     model_dir = model_dir or policy_model_dir
     if name == "ensemble":
@@ -338,7 +336,7 @@ def plot(results: dict[str, dict], path: str | Path) -> None:
     buckets = [b[0] for b in SIZE_BUCKETS] + ["all"]
     width = 0.8 / max(len(results), 1)
     for i, (name, r) in enumerate(results.items()):
-        vals = [r["by_size"][b]["recall"] or 0.0 for b in buckets[:-1]] + [r["recall"]]
+        vals = [r["by_size"][b]["recall"] or 0.0 for b in buckets[:-1]] + [r["recall"] or 0.0]
         ax1.bar(np.arange(len(buckets)) + i * width, vals, width, label=name)
         if "pr_curve" in r:
             ax2.plot(r["pr_curve"]["recall"], r["pr_curve"]["precision"], label=f"{name} (AP {r['ap']:.3f})")
