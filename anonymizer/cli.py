@@ -19,8 +19,10 @@ _ENV_DEFAULTS = {
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.endpoint_url:
+        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     kwargs = dict(source=args.source, dest=args.dest, policy=args.policy, workers=args.workers, run_id=args.run_id,
-                  staging=args.staging, quarantine=args.quarantine)
+                  staging=args.staging, quarantine=args.quarantine, full=args.full, ray_address=args.ray_address)
     if args.engine == "prefect":
         from flows.anonymize_dataset import anonymize_dataset
 
@@ -56,13 +58,17 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="anonymize SOURCE and release it to DEST if it passes the policy")
-    run.add_argument("source", help="folder (or URI) holding the images")
+    run.add_argument("source", help="folder or s3://bucket/prefix holding the images")
     run.add_argument("dest", help="release location; a release goes to DEST/<run id>/, pointed to by DEST/LATEST")
     run.add_argument("--policy", help="policy YAML (default: the embedded policies/default.yaml)")
     run.add_argument("--workers", type=int, help="Ray actors (default: one per GPU, else one per 2 CPUs)")
     run.add_argument("--run-id", help="re-use a run id to resume it (completed shards are skipped)")
     run.add_argument("--staging", help="staging root (default: DEST.staging)")
     run.add_argument("--quarantine", help="quarantine root (default: DEST.quarantine)")
+    run.add_argument("--full", action="store_true",
+                     help="process every object, not only those new or changed since the latest release")
+    run.add_argument("--ray-address", help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    run.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph...; default: $AWS_ENDPOINT_URL, else AWS)")
     run.add_argument("--engine", choices=["prefect", "plain"], default="prefect",
                      help="orchestrate with the Prefect flow (default) or the library alone")
     run.set_defaults(func=_run)

@@ -1,21 +1,39 @@
-"""List and plan: find the images under the source, say why anything else is skipped, cut shards."""
+"""List and plan: find the images under the source, say why anything else is skipped, cut shards.
+
+The plan is streamed into Parquet files in the run's staging folder (never a whole-dataset list in
+memory) and marked complete last, so a resumed run re-uses exactly the same shards. Against a previous
+release, unchanged objects (same key, size and version: S3 ETag or local mtime) are carried over, not
+processed again, and keys that disappeared from the source are recorded as deleted.
+"""
 
 from __future__ import annotations
 
+import json
 import posixpath
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from anonymizer.imageio import EXTENSIONS
 from anonymizer.storage import Location, UnsafeKeyError, check_key
 
+LISTING = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string()), ("shard", pa.int32())])
+SKIPPED = pa.schema([("key", pa.string()), ("size", pa.int64()), ("reason", pa.string())])
+CARRIED = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string())])
+DELETED = pa.schema([("key", pa.string())])
+_BATCH = 10_000
+
 
 @dataclass
 class Plan:
-    shards: list[list[str]] = field(default_factory=list)
+    shards: int = 0
     candidates: int = 0
-    skipped: list[dict] = field(default_factory=list)  # key, size, reason
+    skipped: int = 0
+    carried: int = 0
+    deleted: int = 0
+    previous_release: str | None = None
 
 
 def skip_reason(key: str) -> str | None:
@@ -32,30 +50,80 @@ def skip_reason(key: str) -> str | None:
     return None
 
 
-def plan(source: Location, shard_size: int) -> Plan:
+class _Writer:
+    """Buffers rows and streams them into one Parquet file in the plan folder."""
+
+    def __init__(self, plan_dir: Location, name: str, schema: pa.Schema) -> None:
+        plan_dir.fs.create_dir(plan_dir.base, recursive=True)
+        self._sink = plan_dir.fs.open_output_stream(plan_dir.path(name))
+        self._writer = pq.ParquetWriter(self._sink, schema)
+        self._schema, self._rows, self.count = schema, [], 0
+
+    def add(self, **row) -> None:
+        self._rows.append(row)
+        self.count += 1
+        if len(self._rows) >= _BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=self._schema))
+            self._rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+        self._sink.close()
+
+
+def plan(source: Location, plan_dir: Location, shard_size: int, previous: pa.Table | None = None,
+         previous_release: str | None = None) -> Plan:
     if not source.exists():
         raise FileNotFoundError(f"source {source.uri} does not exist")
-    result = Plan()
-    current: list[str] = []
-    for key, size in sorted(source.list()):
-        reason = skip_reason(key)
+    before = {}
+    if previous is not None:
+        before = dict(zip(previous.column("key").to_pylist(),
+                          zip(previous.column("source_size").to_pylist(), previous.column("source_version").to_pylist())))
+    writers = {name: _Writer(plan_dir, f"{name}.parquet", schema)
+               for name, schema in (("listing", LISTING), ("skipped", SKIPPED), ("carried", CARRIED), ("deleted", DELETED))}
+    in_shard = shard = 0
+    for entry in source.list():
+        reason = skip_reason(entry.key)
         if reason:
-            result.skipped.append({"key": key, "size": size, "reason": reason})
+            writers["skipped"].add(key=entry.key, size=entry.size, reason=reason)
             continue
-        result.candidates += 1
-        current.append(key)
-        if len(current) == shard_size:
-            result.shards.append(current)
-            current = []
-    if current:
-        result.shards.append(current)
+        old = before.pop(entry.key, None)
+        if old == (entry.size, entry.version):
+            writers["carried"].add(key=entry.key, size=entry.size, version=entry.version)
+            continue
+        if in_shard == shard_size:
+            shard, in_shard = shard + 1, 0
+        writers["listing"].add(key=entry.key, size=entry.size, version=entry.version, shard=shard)
+        in_shard += 1
+    for key in before:  # released before, gone from the source now
+        writers["deleted"].add(key=key)
+    for w in writers.values():
+        w.close()
+    result = Plan(shard + 1 if writers["listing"].count else 0, writers["listing"].count, writers["skipped"].count,
+                  writers["carried"].count, writers["deleted"].count, previous_release)
+    plan_dir.write_bytes("_SUCCESS", json.dumps(asdict(result)).encode())
     return result
 
 
-def plan_tables(p: Plan) -> tuple[pa.Table, pa.Table]:
-    listing = pa.table({
-        "key": [k for s in p.shards for k in s],
-        "shard": [i for i, s in enumerate(p.shards) for _ in s],
-    })
-    skipped = pa.Table.from_pylist(p.skipped, schema=pa.schema([("key", pa.string()), ("size", pa.int64()), ("reason", pa.string())]))
-    return listing, skipped
+def load_plan(plan_dir: Location) -> Plan | None:
+    """The plan of an interrupted run, if its planning finished."""
+    return Plan(**json.loads(plan_dir.read_bytes("_SUCCESS"))) if plan_dir.exists("_SUCCESS") else None
+
+
+def iter_shards(plan_dir: Location) -> Iterator[tuple[int, list[str]]]:
+    """(shard id, keys), read from the plan batch by batch."""
+    current, keys = None, []
+    for batch in pq.ParquetFile(plan_dir.fs.open_input_file(plan_dir.path("listing.parquet"))).iter_batches(columns=["key", "shard"]):
+        for key, shard in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+            if shard != current and keys:
+                yield current, keys
+                keys = []
+            current = shard
+            keys.append(key)
+    if keys:
+        yield current, keys

@@ -5,6 +5,7 @@ The marker is written last, so a shard with a marker is complete; a re-run with 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -58,24 +59,31 @@ class ShardProcessor:
         result = process_image(key, data, self.policy, self.components)
         t1 = time.perf_counter()
         if result.output is not None:
-            self.staging.child("outputs").write_bytes(key, result.output)
+            outputs = self.staging.child("outputs")
+            outputs.write_bytes(key, result.output)
+            # Integrity: read the object back; a mismatch quarantines the image instead of releasing it.
+            if hashlib.sha256(outputs.read_bytes(key)).hexdigest() != result.image["output_sha256"]:
+                result.image["error"] = "integrity: the staged output does not match what was written"
         result.image.update(read_s=read_s, write_s=time.perf_counter() - t1, worker=self.worker)
         return result
 
     def process(self, shard_id: int, keys: list[str]) -> dict:
         t0 = time.perf_counter()
+        out = shard_dir(self.staging, shard_id)
+        # Counted before the work: an attempt that dies mid-shard still shows as a retry in the report.
+        attempts = int(out.read_bytes("_ATTEMPTS")) + 1 if out.exists("_ATTEMPTS") else 1
+        out.write_bytes("_ATTEMPTS", str(attempts).encode())
         images, faces = [], []
         for key in keys:
             r = self.process_one(key)
             images.append({**r.image, "shard": shard_id})
             faces.extend(r.faces)
-        out = shard_dir(self.staging, shard_id)
         out.write_table("images.parquet", pa.Table.from_pylist(images, schema=IMAGE_SCHEMA))
         out.write_table("faces.parquet", pa.Table.from_pylist(faces, schema=FACE_SCHEMA))
         summary = {
             "shard": shard_id, "images": len(images), "failed": sum(1 for i in images if i.get("error")),
             "faces": sum(1 for f in faces if f["source"] == "primary"), "seconds": time.perf_counter() - t0,
-            "worker": self.worker,
+            "worker": self.worker, "attempts": attempts,
         }
         out.write_bytes("_SUCCESS", json.dumps(summary).encode())
         return summary

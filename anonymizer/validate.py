@@ -1,15 +1,25 @@
 """Validate: the release gate. A great-expectations suite built from the policy's thresholds runs over the
-metrics tables; anything short of a clean pass (a failed check, a missing metric, a crash) is a fail."""
+metrics tables; anything short of a clean pass (a failed check, a missing metric, a missing result, a
+crash) is a fail. The suites, each check's evidence and a great-expectations Data Docs site are returned
+with the verdict so that the audit report can show them."""
 
 from __future__ import annotations
 
 import logging
+import math
+import tempfile
 import traceback
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from anonymizer.policy import Policy
+
+DATA_DOCS_PREFIX = "data_docs/"
+_DOCS_SKIP_SUFFIXES = (".gif",)  # GX's animated how-to images: megabytes an auditor does not need
+_MAX_EVIDENCE_ROWS = 20
 
 
 @dataclass
@@ -21,6 +31,7 @@ class Check:
     threshold: str
     observed: object
     success: bool
+    evidence: dict = field(default_factory=dict)  # counts and a sample of the offending rows (keys, values)
 
 
 @dataclass
@@ -28,6 +39,9 @@ class Verdict:
     passed: bool
     checks: list[Check] = field(default_factory=list)
     error: str | None = None
+    note: str | None = None
+    suites: dict = field(default_factory=dict)  # table -> the expectation suite generated from the policy (JSON)
+    docs: dict[str, bytes] = field(default_factory=dict, repr=False)  # Data Docs site: relative path -> bytes
 
     @property
     def failed(self) -> list[Check]:
@@ -38,11 +52,13 @@ class Verdict:
         if self.error:
             return f"validation could not complete: {self.error}"
         if self.passed:
-            return "all checks passed"
+            return self.note or "all checks passed"
         return "failed: " + "; ".join(f"{c.name} (observed {c.observed}, allowed {c.threshold})" for c in self.failed)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "reason": self.reason, "error": self.error, "checks": [asdict(c) for c in self.checks]}
+        return {"passed": self.passed, "reason": self.reason, "error": self.error, "checks": [asdict(c) for c in self.checks],
+                "suites": self.suites,
+                "data_docs": DATA_DOCS_PREFIX + "index.html" if (DATA_DOCS_PREFIX + "index.html") in self.docs else None}
 
 
 def _expectations(policy: Policy) -> list[tuple[str, str, object, str, str]]:
@@ -67,50 +83,126 @@ def _expectations(policy: Policy) -> list[tuple[str, str, object, str, str]]:
     ]
 
 
+def _plain(value: object) -> object:
+    """JSON-safe copy of a GX result value (numpy scalars, NaN)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _observed(expectation_type: str, result: dict) -> object:
     if "observed_value" in result:
-        return result["observed_value"]
+        return _plain(result["observed_value"])
     if "unexpected_count" in result:
         n = result.get("element_count", 0) - result.get("missing_count", 0)
         return f"{result['unexpected_count']}/{n} ({result.get('unexpected_percent') or 0:.1f}%)"
     return None
 
 
-def validate(policy: Policy, images: pd.DataFrame, faces: pd.DataFrame) -> Verdict:
+_EVIDENCE_KEYS = ("element_count", "missing_count", "unexpected_count", "unexpected_percent", "partial_unexpected_list",
+                  "partial_unexpected_index_list")
+
+
+def _evidence(result: dict, df: pd.DataFrame, column: str | None, sum_check: bool) -> dict:
+    ev = {k: _plain(result[k]) for k in _EVIDENCE_KEYS if k in result}
+    if "partial_unexpected_index_list" in ev:
+        ev["offending_rows"] = ev.pop("partial_unexpected_index_list")[:_MAX_EVIDENCE_ROWS]
+    if sum_check and column and len(df) and "key" in df.columns:
+        # A sum has no per-row result in GX: name the rows that contribute to it.
+        hit = df[pd.to_numeric(df[column], errors="coerce").fillna(0) > 0]
+        ev["offending_rows"] = _plain(hit[["key", column]].head(_MAX_EVIDENCE_ROWS).to_dict("records"))
+        ev["offending_row_count"] = int(len(hit))
+    ev["rows"] = int(len(df))
+    return ev
+
+
+def _raised(exception_info: object) -> bool:
+    if isinstance(exception_info, dict):
+        if exception_info.get("raised_exception"):
+            return True
+        return any(_raised(v) for v in exception_info.values() if isinstance(v, dict))
+    return "raised_exception': True" in str(exception_info)
+
+
+def validate(policy: Policy, images: pd.DataFrame, faces: pd.DataFrame, data_docs: bool = True) -> Verdict:
+    """Run the policy's suite. Never raises: any failure to validate is a failed verdict (fail closed)."""
     try:
-        return _validate(policy, images, faces)
+        return _validate(policy, images, faces, data_docs)
     except Exception as exc:  # noqa: BLE001 - fail closed
         logging.getLogger("anonymizer").error(traceback.format_exc())
         return Verdict(False, error=f"{type(exc).__name__}: {exc}")
 
 
-def _validate(policy: Policy, images: pd.DataFrame, faces: pd.DataFrame) -> Verdict:
+def _collect_site(root: Path) -> dict[str, bytes]:
+    return {DATA_DOCS_PREFIX + p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.name.endswith(_DOCS_SKIP_SUFFIXES)}
+
+
+def _validate(policy: Policy, images: pd.DataFrame, faces: pd.DataFrame, data_docs: bool) -> Verdict:
     import great_expectations as gx
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = {"globally": False}
-    source = context.data_sources.add_pandas("metrics")
-    tables = {"images": images, "faces": faces[faces["source"] == "primary"] if len(faces) else faces}
-    specs = _expectations(policy)
-    checks: list[Check] = []
-    for table, df in tables.items():
-        mine = [s for s in specs if s[1] == table]
-        missing = {getattr(s[2], "column", None) for s in mine} - set(df.columns) - {None}
-        if missing:
-            raise KeyError(f"metrics table {table!r} lacks {sorted(missing)}")
-        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(f"{table}-all")
-        suite = context.suites.add(gx.ExpectationSuite(name=f"{policy.name}-{table}"))
-        for name, _, exp, protects, threshold in mine:
-            exp.meta = {"check": name, "protects": protects}
-            suite.add_expectation(exp)
-        definition = context.validation_definitions.add(gx.ValidationDefinition(name=f"{table}-gate", data=batch, suite=suite))
-        result = definition.run(batch_parameters={"dataframe": df})
-        by_name = {r.expectation_config.meta["check"]: r for r in result.results}
-        for name, _, _, protects, threshold in mine:
-            r = by_name[name]
-            if "raised_exception': True" in str(r.exception_info):
-                raise RuntimeError(f"check {name} could not be computed: {r.exception_info}")
-            checks.append(Check(name, table, r.expectation_config.type, protects, threshold,
-                                _observed(r.expectation_config.type, r.result), bool(r.success)))
-    return Verdict(all(c.success for c in checks), checks)
-
+    with tempfile.TemporaryDirectory(prefix="anonymizer-gx-") as site:
+        if data_docs:
+            context.add_data_docs_site("report", {
+                "class_name": "SiteBuilder", "show_how_to_buttons": False,
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": site},
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            })
+        source = context.data_sources.add_pandas("metrics")
+        tables = {"images": images, "faces": faces[faces["source"] == "primary"] if len(faces) else faces}
+        specs = _expectations(policy)
+        definitions, suites = [], {}
+        for table, df in tables.items():
+            mine = [s for s in specs if s[1] == table]
+            missing = {getattr(s[2], "column", None) for s in mine} - set(df.columns) - {None}
+            if missing:
+                raise KeyError(f"metrics table {table!r} lacks {sorted(missing)}")
+            batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe(f"{table}-all")
+            suite = context.suites.add(gx.ExpectationSuite(name=f"{policy.name}-{table}",
+                                                           meta={"policy": policy.name, "policy_sha256": policy.sha256}))
+            for name, _, exp, protects, threshold in mine:
+                exp.meta = {"check": name, "protects": protects, "threshold": threshold}
+                suite.add_expectation(exp)
+            suites[table] = _plain(suite.to_json_dict())
+            definitions.append(context.validation_definitions.add(
+                gx.ValidationDefinition(name=f"{table}-gate", data=batch, suite=suite)))
+        # One checkpoint per table (a checkpoint hands one dataframe to all its definitions); each one
+        # updates the Data Docs site, whose index then lists both validations.
+        actions = [gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["report"])] if data_docs else []
+        results = {}
+        for definition, (table, df) in zip(definitions, tables.items()):
+            checkpoint = context.checkpoints.add(gx.Checkpoint(
+                name=f"{policy.name}-{table}-gate", validation_definitions=[definition], actions=actions,
+                result_format={"result_format": "SUMMARY",
+                               **({"unexpected_index_column_names": ["key"]} if "key" in df.columns else {})}))
+            run = checkpoint.run(batch_parameters={"dataframe": df})
+            if len(run.run_results) != 1:
+                raise RuntimeError(f"checkpoint for {table!r} returned {len(run.run_results)} results")
+            results[table] = next(iter(run.run_results.values()))
+        checks: list[Check] = []
+        for table, df in tables.items():
+            by_name = {r.expectation_config.meta["check"]: r for r in results[table].results}
+            for name, _, exp, protects, threshold in (s for s in specs if s[1] == table):
+                r = by_name.get(name)
+                if r is None:
+                    raise RuntimeError(f"check {name} has no result")
+                if _raised(r.exception_info):
+                    raise RuntimeError(f"check {name} could not be computed: {r.exception_info}")
+                column = getattr(exp, "column", None)
+                checks.append(Check(name, table, r.expectation_config.type, protects, threshold,
+                                    _observed(r.expectation_config.type, r.result), bool(r.success),
+                                    _evidence(r.result, df, column, "sum" in r.expectation_config.type)))
+        if len(checks) != len(specs):
+            raise RuntimeError(f"{len(checks)} of {len(specs)} checks ran")
+        docs = _collect_site(Path(site)) if data_docs else {}
+        if data_docs and DATA_DOCS_PREFIX + "index.html" not in docs:
+            raise RuntimeError("great-expectations built no Data Docs index")
+    return Verdict(all(c.success for c in checks), checks, suites=suites, docs=docs)

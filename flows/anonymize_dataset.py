@@ -11,14 +11,15 @@ from tasks import steps
 
 @flow(name="anonymize-dataset", log_prints=True)
 def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers: int | None = None,
-                      run_id: str | None = None, staging: str | None = None, quarantine: str | None = None) -> dict:
-    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine)
+                      run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
+                      full: bool = False, ray_address: str | None = None) -> dict:
+    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, ray_address)
     p = steps.plan(ctx)
     summaries = steps.process_shards(ctx, p, workers)
     images, faces = steps.collect(ctx, p)
-    verdict = steps.validate(ctx, images, faces)
+    verdict = steps.validate(ctx, p, images, faces)
     report, files = steps.report(ctx, p, summaries, images, faces, verdict)
-    outcome = steps.finish(ctx, verdict, images, report, files)
+    outcome = steps.finish(ctx, p, verdict, images, report, files)
     _artifacts(report, outcome.location)
     return {"run_id": ctx.run_id, "released": outcome.released, "reason": verdict.reason,
             "location": outcome.location, "exit_code": outcome.exit_code, "counts": report["counts"],

@@ -11,6 +11,7 @@ from anonymizer import pipeline
 _opts = {"cache_policy": NO_CACHE, "persist_result": False}
 
 
+# Storage calls retry with backoff inside pyarrow/botocore; task retries cover what outlasts those.
 @task(name="plan", retries=2, retry_delay_seconds=5, **_opts)
 def plan(ctx: pipeline.RunContext):
     return pipeline.plan(ctx)
@@ -28,8 +29,8 @@ def collect(ctx: pipeline.RunContext, p):
 
 
 @task(name="validate", **_opts)
-def validate(ctx: pipeline.RunContext, images, faces):
-    return pipeline.check(ctx, images, faces)
+def validate(ctx: pipeline.RunContext, p, images, faces):
+    return pipeline.check(ctx, p, images, faces)
 
 
 @task(name="report", **_opts)
@@ -38,5 +39,5 @@ def report(ctx: pipeline.RunContext, p, summaries, images, faces, verdict):
 
 
 @task(name="release-or-quarantine", retries=2, retry_delay_seconds=5, **_opts)
-def finish(ctx: pipeline.RunContext, verdict, images, report, files):
-    return pipeline.finish(ctx, verdict, images, report, files)
+def finish(ctx: pipeline.RunContext, p, verdict, images, report, files):
+    return pipeline.finish(ctx, p, verdict, images, report, files)

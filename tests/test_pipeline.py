@@ -84,7 +84,7 @@ def test_report_accounts_for_every_input(flow_run, dataset):
     assert objects["notes.txt"]["status"] == "skipped" and ".txt" in objects["notes.txt"]["reason"]
     assert objects["empty.png"]["status"] == "quarantined" and "empty" in objects["empty.png"]["reason"]
     assert objects["truncated.jpg"]["status"] == "quarantined" and "truncated" in objects["truncated.jpg"]["reason"]
-    assert report["counts"] == {"released": 19, "quarantined": 2, "skipped": 1, "listed": 22}
+    assert report["counts"] == {"released": 19, "carried": 0, "quarantined": 2, "skipped": 1, "deleted": 0, "listed": 22}
     m = report["metrics"]
     assert m["faces_anonymized"] == m["faces_detected"] > 100
     assert 0 <= m["naive_reidentification_rate"] <= 0.09 and m["uncovered_faces"] == 0
@@ -104,12 +104,13 @@ def test_resume_redoes_only_unfinished_shards(dataset, tmp_path, ray_cluster):
 
     ctx = pipeline.RunContext.create(str(dataset), str(tmp_path / "rel"), run_id="resume-test")
     p = pipeline.plan(ctx)
+    assert pipeline.plan(ctx) == p  # a re-run re-uses the stored plan
     first = pipeline.process(ctx, p, workers=2)
-    assert len(first) == len(p.shards) and not any(s.get("resumed") for s in first)
+    assert len(first) == p.shards and not any(s.get("resumed") for s in first)
     shard_dir(ctx.staging, 1).delete("_SUCCESS")  # as if the run died while shard 1 was in flight
     again = pipeline.process(ctx, p, workers=1)
     assert [s["shard"] for s in again if not s.get("resumed")] == [1]
-    assert len(again) == len(p.shards)
+    assert len(again) == p.shards and [s["attempts"] for s in again if s["shard"] == 1] == [2]
 
 
 def _cli(*args, env=None, cwd=REPO):
