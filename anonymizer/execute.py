@@ -39,6 +39,17 @@ class _ShardActor(ShardProcessor):
         super().__init__(policy_text, source, staging, worker=ray.get_runtime_context().get_actor_id()[:12])
 
 
+# Storage settings the driver was given reach the workers too. On a cluster, prefer IAM roles for the
+# workers: credentials are forwarded only where the driver has them in its environment.
+_FORWARD = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+            "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_EC2_METADATA_DISABLED",
+            "ANONYMIZER_MODEL_DIR")
+
+
+def _forwarded_env() -> dict[str, str]:
+    return {k: os.environ[k] for k in _FORWARD if k in os.environ}
+
+
 def default_workers() -> int:
     resources = ray.cluster_resources()
     if resources.get("GPU", 0) >= 1:
@@ -53,7 +64,8 @@ def process_shards(policy: Policy, source: Location, staging: Location, shards: 
     n = min(total, workers or policy.execution.workers or default_workers()) or 1
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     cpus = policy.execution.cpus_per_worker
-    actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3)(_ShardActor)
+    actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3,
+                           runtime_env={"env_vars": _forwarded_env()})(_ShardActor)
     actors: list = []
     pool: ActorPool | None = None  # started at the first shard to do: a fully resumed run starts none
     summaries: list[dict] = []

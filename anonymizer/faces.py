@@ -37,6 +37,13 @@ class Face:
         return Face(self.x * factor, self.y * factor, self.w * factor, self.h * factor, self.score, self.detector, lm)
 
 
+def valid(face: Face, width: int, height: int) -> bool:
+    """A usable detection: finite, non-empty, and overlapping the image."""
+    values = (face.x, face.y, face.w, face.h, face.score)
+    return (all(np.isfinite(v) for v in values) and face.w > 0 and face.h > 0
+            and face.x < width and face.y < height and face.x + face.w > 0 and face.y + face.h > 0)
+
+
 def iou(a: Face, b: Face) -> float:
     ax0, ay0, ax1, ay1 = a.box
     bx0, by0, bx1, by1 = b.box

@@ -12,6 +12,10 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# S3 tests talk to moto on 127.0.0.1 only: dummy credentials, and never ask an EC2 metadata service.
+for _k, _v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true"}.items():
+    os.environ.setdefault(_k, _v)
 # Ray's dashboard probes cloud metadata addresses unless this file exists.
 _bootstrap = Path.home() / "ray_bootstrap_config.yaml"
 if not _bootstrap.exists():

@@ -36,6 +36,16 @@ def test_max_side_bounds_upscaling():
     assert det.detect(img) == []  # runs (at 1× only: 4× would exceed max_side) and finds nothing in black
 
 
+def test_tiny_images_give_no_garbage_detections():
+    from anonymizer.detect import Ensemble
+
+    det = Ensemble([build_detector("yunet", {"scales": [1.0, 2.0, 3.0]})], 0.3)
+    rng = np.random.default_rng(1)
+    for _ in range(10):  # below YuNet's stride its raw output is uninitialised memory
+        img = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
+        assert all(np.isfinite([f.x, f.y, f.w, f.h]).all() and f.w > 0 for f in det.detect(img))
+
+
 def test_dlib_auditor_agrees_on_a_clear_portrait(shared):
     hog = build_detector("dlib_hog", {"upsample": 1, "min_score": 0.2})
     found = sum(bool(hog.detect(_rgb(p))) for p in lfw_images(8))

@@ -9,7 +9,7 @@ from typing import Protocol
 
 import numpy as np
 
-from anonymizer.faces import Face, nms
+from anonymizer.faces import Face, nms, valid
 from anonymizer.registry import Registry
 
 
@@ -32,7 +32,8 @@ class Ensemble:
         self.name = "+".join(d.name for d in detectors)
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        faces = [f for d in self.detectors for f in d.detect(image)]
+        h, w = image.shape[:2]
+        faces = [f for d in self.detectors for f in d.detect(image) if valid(f, w, h)]
         return nms(faces, self.merge_iou) if len(self.detectors) > 1 else faces
 
 

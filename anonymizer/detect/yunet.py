@@ -10,6 +10,9 @@ from anonymizer.faces import Face, nms
 from anonymizer.models import locate
 
 
+_MIN_INPUT = 64
+
+
 @DETECTORS.register("yunet")
 class YuNetDetector:
     name = "yunet"
@@ -33,6 +36,10 @@ class YuNetDetector:
         h, w = bgr.shape[:2]
         if scale != 1.0:
             bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
+        if min(bgr.shape[:2]) < _MIN_INPUT:  # below the network's stride YuNet returns garbage: pad
+            padded = np.zeros((max(_MIN_INPUT, bgr.shape[0]), max(_MIN_INPUT, bgr.shape[1]), 3), np.uint8)
+            padded[: bgr.shape[0], : bgr.shape[1]] = bgr
+            bgr = padded
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
         _, rows = self._net.detect(bgr)
         if rows is None:
@@ -40,7 +47,7 @@ class YuNetDetector:
         faces = []
         for r in rows:
             lm = r[4:14].reshape(5, 2).astype(np.float32) / scale
-            faces.append(Face(r[0] / scale, r[1] / scale, r[2] / scale, r[3] / scale, float(r[14]), self.name, lm))
+            faces.append(Face(*(float(v) / scale for v in r[:4]), float(r[14]), self.name, lm))
         return faces
 
     def detect(self, image: np.ndarray) -> list[Face]:
