@@ -154,3 +154,40 @@ def test_cli_releases_all_sample_photos(tmp_path, shared):
     assert report["counts"]["released"] == 21 == len(list((run_dir / "images").iterdir()))
     assert "naive_reidentification_rate" in report["metrics"] and "uncovered_faces" in report["metrics"]
     assert (run_dir / "report.html").is_file()
+
+
+def test_killed_actor_is_replaced_and_its_shard_retried(tmp_path, ray_cluster, shared):
+    import signal
+    import threading
+    import time
+    from pathlib import Path
+
+    from anonymizer.pipeline import run_pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ["multiface.jpg", "group_5.jpg", "group_2.jpg", "group_8.jpg"]:
+        shutil.copy(PHOTOS / name, src / name)
+    policy = tmp_path / "p.yaml"
+    policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("shard_size: 4 ", "shard_size: 2 "))
+    result = {}
+    run = threading.Thread(target=lambda: result.update(o=run_pipeline(
+        str(src), str(tmp_path / "rel"), policy=str(policy), workers=1, run_id="kill-actor")))
+    run.start()
+    shards = tmp_path / "rel.staging" / "kill-actor" / "shards"
+    killed = False
+    deadline = time.time() + 300
+    while not killed and time.time() < deadline:
+        in_flight = [d for d in shards.glob("*") if (d / "_ATTEMPTS").exists() and not (d / "_SUCCESS").exists()]
+        actors = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+                  and b"_ShardActor" in (p / "cmdline").read_bytes()] if in_flight else []
+        if actors:
+            os.kill(actors[0], signal.SIGKILL)  # a worker dies mid-shard
+            killed = True
+        time.sleep(0.05)
+    run.join(600)
+    assert killed and result["o"].released, result["o"].verdict.reason
+    report = result["o"].report
+    assert report["retried_shards"] and all(
+        s["attempts"] == 2 for s in report["shards"] if s["shard"] in report["retried_shards"])
+    assert report["counts"]["released"] == 4
