@@ -182,8 +182,12 @@ def build_report(ctx: RunContext, p: listing.Plan, summaries: list[dict], images
         "software": reporting.package_versions(),
         "policy": {"name": ctx.policy.name, "sha256": ctx.policy.sha256, "text": ctx.policy.text},
     }
-    figures = reporting.plots(images, faces, same)
-    files = {"report.json": reporting.to_json(report), "report.html": reporting.render_html(report, figures).encode()}
+    report["thresholds"] = ctx.policy.thresholds.model_dump()
+    html = reporting.render_html(report, reporting.plots(images, faces, same)).encode()
+    files = {"report.json": reporting.to_json(report), "report.html": html, **verdict.docs}
+    pdf = reporting.render_pdf(html)
+    if pdf:
+        files["report.pdf"] = pdf
     for name, data in files.items():
         ctx.staging.write_bytes(name, data)
     return report, files

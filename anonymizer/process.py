@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from anonymizer import imageio
 from anonymizer.anonymize import ANONYMIZERS, Anonymizer, face_rngs
 from anonymizer.detect import Detector, Ensemble, build_detector
-from anonymizer.measure.encoder import FaceEncoder, build_encoder
+from anonymizer.measure.encoder import FaceEncoder, build_encoder, encoder_inventory
 from anonymizer.measure.metrics import MeasureSettings, image_measurements, reid_distances
 from anonymizer.models import describe
 from anonymizer.policy import Policy
@@ -43,16 +43,14 @@ class Components:
 
 def model_inventory(policy: Policy) -> list[dict]:
     """Every weight file the policy's components load, with its sha256, for the audit report."""
-    names = [c.name for c in policy.detection.detectors] + [policy.detection.auditor.name, policy.measurement.encoder.name]
-    files = {"yunet": ["yunet"], "retinaface": ["retinaface"], "dlib_cnn": ["dlib_cnn"], "dlib_hog": [],
-             "dlib_resnet": ["dlib_shape5", "dlib_resnet"]}
+    files = {"yunet": ["yunet"], "retinaface": ["retinaface"], "dlib_cnn": ["dlib_cnn"]}
     out = []
-    for n in names:
-        for m in files.get(n, []):
-            out.append({"component": n, **describe(m, policy.model_dir)})
+    for n in [c.name for c in policy.detection.detectors] + [policy.detection.auditor.name]:
+        out += [{"component": n, **describe(m, policy.model_dir)} for m in files.get(n, [])]
         if n == "dlib_hog":
             out.append({"component": n, "name": "dlib_hog", "file": "(built into dlib)", "sha256": None, "licence": "Boost"})
-    return out
+    enc = policy.measurement.encoder
+    return out + encoder_inventory(enc.name, enc.params, policy.model_dir)
 
 
 @dataclass

@@ -124,7 +124,7 @@ def test_policy_no_run_can_meet_publishes_nothing(tmp_path, shared):
     for name in PHOTO_NAMES[:3]:
         shutil.copy(PHOTOS / name, src / name)
     policy = (REPO / "policies" / "default.yaml").read_text().replace(
-        "same_person_distance: 0.6 ", "same_person_distance: 9.0 ").replace("max_reid_rate: 0.09", "max_reid_rate: 0.0")
+        "same_person_distance: 0.527", "same_person_distance: 9.0").replace("max_reid_rate: 0.09", "max_reid_rate: 0.0")
     (tmp_path / "impossible.yaml").write_text(policy)
     r = _cli("run", str(src), str(tmp_path / "rel"), "--policy", str(tmp_path / "impossible.yaml"), "--workers", "1")
     assert r.returncode == 3, r.stderr[-3000:]

@@ -159,7 +159,7 @@ def test_failed_validation_puts_nothing_under_the_release_prefix(s3, tmp_path, r
 
     for name in PHOTO_NAMES[:2]:
         s3.put_object(Bucket="src", Key=f"strict/{name}", Body=(PHOTOS / name).read_bytes())
-    policy = _policy(tmp_path, **{"same_person_distance: 0.6 ": "same_person_distance: 9.0 ",
+    policy = _policy(tmp_path, **{"same_person_distance: 0.527": "same_person_distance: 9.0",
                                   "max_reid_rate: 0.09": "max_reid_rate: 0.0"})
     outcome = run_pipeline("s3://src/strict", "s3://rel/failing", policy=policy, workers=1,
                            staging="s3://rel/failing-staging", quarantine="s3://rel/failing-quarantine")

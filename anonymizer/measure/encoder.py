@@ -3,6 +3,7 @@ identity leaked."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import dlib
@@ -52,5 +53,127 @@ class DlibResNetEncoder:
         return np.array([np.array(v) for v in vecs], np.float32)
 
 
+# ArcFace's 112x112 alignment template (insightface): the eyes, nose tip and mouth corners, in the order
+# YuNet and RetinaFace give landmarks (the subject's right eye first, i.e. the one on the image's left).
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], np.float32)
+# dlib's 5-point predictor (outer and inner corner of the image-right eye, of the image-left eye, base of the
+# nose) in the same 112x112 frame: the median over 120 LFW faces aligned by their YuNet landmarks.
+DLIB5_TEMPLATE = np.array([[79.12, 52.39], [66.01, 52.72], [32.05, 52.22], [45.02, 52.60], [55.40, 80.96]], np.float32)
+
+
+def _resolve_model(model: str, model_dir: str | None) -> Path:
+    """An ONNX file: an existing path, else looked up by name in the model directories."""
+    from anonymizer.models import search_dirs
+
+    path = Path(model).expanduser()
+    tried = [path]
+    if not path.is_absolute():
+        for d in search_dirs(model_dir):
+            tried += [d / model, d / Path(model).stem / Path(model).name]
+    for t in tried:
+        if t.is_file():
+            return t
+    from anonymizer.models import ModelNotFoundError
+
+    raise ModelNotFoundError(f"face encoder ONNX model {model!r} not found; looked in: " + ", ".join(map(str, tried))
+                             + " (place it in the policy's model_dir or $ANONYMIZER_MODEL_DIR)")
+
+
+@ENCODERS.register("onnx")
+class OnnxFaceEncoder:
+    """An ArcFace-style recognizer from an ONNX file (ArcFace, SFace, ...), run by OpenCV's DNN module.
+
+    Alignment: a similarity transform of 5 landmarks onto ARCFACE_TEMPLATE (scaled to `input_size`).
+    Landmarks come with the face (YuNet/RetinaFace, found on the same image) or, when the face has none,
+    from dlib's 5-point predictor run on `image` inside the box (so an attacker holding an anonymized image
+    aligns on the anonymized pixels). Embeddings are L2-normalised, so the Euclidean distance d relates to
+    cosine similarity s by d = sqrt(2 - 2 s).
+
+    `backend`: "sface" uses cv2.FaceRecognizerSF (OpenCV Zoo's SFace: BGR 112x112, its own normalisation);
+    "dnn" feeds a blob ((pixel - mean) * scale, RGB unless `bgr`) to cv2.dnn. `same_person_distance` has no
+    universal value: calibrate it (`anonymizer eval reid`); the default is SFace's published cosine 0.363.
+    Nothing is downloaded: the file must be in the model directory.
+    """
+
+    name = "onnx"
+
+    def __init__(self, model: str, model_dir: str | None = None, backend: str = "dnn", input_size: int = 112,
+                 mean: float = 127.5, scale: float = 1 / 127.5, bgr: bool = False,
+                 same_person_distance: float = float(np.sqrt(2 - 2 * 0.363)), licence: str = "see the model's source") -> None:
+        import cv2
+
+        if backend not in ("dnn", "sface"):
+            raise ValueError(f"onnx encoder: backend must be 'dnn' or 'sface', got {backend!r}")
+        self.path = _resolve_model(model, model_dir)
+        self.backend, self.input_size = backend, int(input_size)
+        self.mean, self.scale, self.bgr = float(mean), float(scale), bool(bgr)
+        self.same_person_distance = float(same_person_distance)
+        self.licence = licence
+        self.name = f"onnx:{self.path.name}"
+        if backend == "sface":
+            self._net = cv2.FaceRecognizerSF.create(str(self.path), "")
+        else:
+            self._net = cv2.dnn.readNetFromONNX(str(self.path))
+        self._shape = None
+
+    def _points(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
+        """(landmarks, their template): the face's own 5 points, else dlib's 5 found on `image`."""
+        if face.landmarks is not None:
+            return np.asarray(face.landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE
+        if self._shape is None:
+            self._shape = dlib.shape_predictor(str(locate("dlib_shape5")))
+        r = dlib.rectangle(int(face.x), int(face.y), int(face.x + face.w), int(face.y + face.h))
+        s = self._shape(np.ascontiguousarray(image), r)
+        return np.array([[s.part(i).x, s.part(i).y] for i in range(5)], np.float32), DLIB5_TEMPLATE
+
+    def align(self, image: np.ndarray, faces: Sequence[Face]) -> list[Any]:
+        import cv2
+
+        out = []
+        for f in faces:
+            src, template = self._points(image, f)
+            m, _ = cv2.estimateAffinePartial2D(src, template * (self.input_size / 112.0), method=cv2.LMEDS)
+            if m is None:
+                raise ValueError("onnx encoder: landmarks give no alignment")
+            out.append(m)
+        return out
+
+    def embed(self, image: np.ndarray, alignments: Sequence[Any]) -> np.ndarray:
+        import cv2
+
+        vecs = []
+        for m in alignments:
+            chip = cv2.warpAffine(np.ascontiguousarray(image), m, (self.input_size, self.input_size), flags=cv2.INTER_LINEAR)
+            if self.backend == "sface":
+                v = self._net.feature(cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
+            else:
+                chip = cv2.cvtColor(chip, cv2.COLOR_RGB2BGR) if self.bgr else chip
+                blob = (chip.astype(np.float32) - self.mean) * self.scale
+                self._net.setInput(blob.transpose(2, 0, 1)[None])
+                v = self._net.forward()
+            v = np.asarray(v, np.float32).reshape(-1)
+            vecs.append(v / max(float(np.linalg.norm(v)), 1e-12))
+        if not vecs:
+            return np.zeros((0, 0), np.float32)
+        return np.stack(vecs)
+
+
 def build_encoder(name: str, params: dict, model_dir: str | None = None) -> FaceEncoder:
     return ENCODERS.create(name, model_dir=model_dir, **params)
+
+
+def encoder_inventory(name: str, params: dict, model_dir: str | None = None) -> list[dict]:
+    """The weight files an encoder component loads, with sha256 and licence, for the audit report."""
+    from anonymizer.models import describe, sha256_file
+
+    if name == "dlib_resnet":
+        return [{"component": name, **describe(m, model_dir)} for m in ("dlib_shape5", "dlib_resnet")]
+    if name == "onnx":
+        path = _resolve_model(params["model"], model_dir)
+        rows = [{"component": name, "name": path.stem, "file": path.name, "sha256": sha256_file(str(path)),
+                 "licence": params.get("licence", "unknown: record it in the policy (encoder params.licence)")}]
+        if not params.get("landmarks_from_detector_only"):
+            rows.append({"component": name, **describe("dlib_shape5", model_dir)})
+        return rows
+    return []

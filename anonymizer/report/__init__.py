@@ -16,6 +16,9 @@ PACKAGES = ["anonymizer", "prefect", "ray", "torch", "opencv-python-headless", "
             "face-recognition-models", "pyarrow", "numpy", "pillow", "boto3"]
 
 
+_MAX_BARS = 60
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -73,6 +76,8 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     plt.close(fig)
     ok = images[images["error"].isna()] if len(images) else images
     if len(ok):
+        # One bar per image up to _MAX_BARS; beyond that the images with the most faces (memory stays flat).
+        ok = ok.nlargest(_MAX_BARS, "auditor_faces") if len(ok) > _MAX_BARS else ok
         fig, ax = plt.subplots(figsize=(7, 0.25 * len(ok) + 1.2))
         y = range(len(ok))
         ax.barh(y, ok["faces_anonymized"], color="#4a7bb7", label="anonymized (primary detector)")
@@ -81,8 +86,52 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
         ax.set_yticks(list(y), ok["key"], fontsize=7)
         ax.set_xlabel("faces")
         ax.legend(fontsize=7)
-        ax.set_title("Faces per image")
+        ax.set_title("Faces per image" + (f" (the {_MAX_BARS} with most auditor faces)" if len(images) > _MAX_BARS else ""))
         out["faces_per_image"] = _png(fig)
+        plt.close(fig)
+    return out
+
+
+def attack_figures(attack: dict) -> dict[str, str]:
+    """DET curves of the naive and parrot protocols from an `anonymizer eval reid` result (its JSON)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from statistics import NormalDist
+
+    nd = NormalDist()
+
+    def probit(xs):
+        return [nd.inv_cdf(min(max(float(x), 1e-6), 1 - 1e-6)) for x in xs]
+
+    ticks = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95]
+    out = {}
+    for proto in ("naive", "parrot"):
+        fig, ax = plt.subplots(figsize=(6.5, 4.8))
+        curves = []
+        if attack.get("clean", {}).get("det"):
+            curves.append(("clean (no anonymization)", attack["clean"]["det"], "k"))
+        cmap = plt.get_cmap("tab10")
+        for i, c in enumerate(attack.get("configs", [])):
+            det = c.get("protocols", {}).get(proto, {}).get("det")
+            if det:
+                curves.append((f"{c['operator']}@{c['strength']:g}", det, cmap(i % 10)))
+        for label, det, colour in curves:
+            pts = [(a, b) for a, b in zip(det["fmr"], det["fnmr"]) if 0 < a < 1 and 0 < b < 1]
+            if pts:
+                ax.plot(probit([p[0] for p in pts]), probit([p[1] for p in pts]), color=colour, label=label, lw=1.5)
+        pos = probit(ticks)
+        ax.set_xticks(pos, [f"{t:g}" for t in ticks], fontsize=7)
+        ax.set_yticks(pos, [f"{t:g}" for t in ticks], fontsize=7)
+        ax.set_xlim(pos[0], pos[-1])
+        ax.set_ylim(pos[0], pos[-1])
+        ax.set_xlabel("false match rate")
+        ax.set_ylabel("false non-match rate")
+        ax.set_title(f"DET, {proto} protocol (lower-left = attacker succeeds)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        out[f"det_{proto}"] = _png(fig)
         plt.close(fig)
     return out
 
@@ -91,43 +140,174 @@ def _fmt(value: object) -> object:
     return f"{value:.4g}" if isinstance(value, float) else value
 
 
-def _table(rows: list[dict], columns: list[str]) -> str:
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+def _table(rows: list[dict], columns: list[str], cls: str = "") -> str:
+    if not rows:
+        return "<p><em>none</em></p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape('' if r.get(c) is None else str(r.get(c)))}</td>" for c in columns) + "</tr>"
-        for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _evidence_text(check: dict) -> str:
+    """What an auditor needs to see behind an observed value: counts and the offending rows."""
+    ev = check.get("evidence") or {}
+    parts = []
+    if "element_count" in ev:
+        parts.append(f"{ev.get('unexpected_count', 0)} of {ev['element_count'] - (ev.get('missing_count') or 0)} rows "
+                     f"outside the bound ({ev.get('missing_count') or 0} not scored)")
+    elif "rows" in ev:
+        parts.append(f"{ev['rows']} rows")
+    rows = ev.get("offending_rows") or []
+    if rows:
+        shown = ", ".join(
+            f"{r.get('key', '?')}=" + _cell(next((v for k, v in r.items() if k != "key"), None)) for r in rows[:10])
+        more = (ev.get("offending_row_count") or ev.get("unexpected_count") or len(rows)) - min(10, len(rows))
+        parts.append("offending: " + shown + (f" (+{more} more)" if more > 0 else ""))
+    return "; ".join(parts)
+
+
+def _checks_table(checks: list[dict], docs_link: str | None) -> str:
+    head = "".join(f"<th>{c}</th>" for c in ("check", "result", "threshold", "observed", "evidence", "protects", "expectation"))
+    body = []
+    for c in checks:
+        ok = c["success"]
+        body.append(
+            f'<tr class="{"pass" if ok else "fail"}"><td>{html.escape(c["name"])}</td>'
+            f'<td class="result">{"pass" if ok else "FAIL"}</td><td>{html.escape(_cell(c["threshold"]))}</td>'
+            f'<td>{html.escape(_cell(c["observed"]))}</td><td>{html.escape(_evidence_text(c))}</td>'
+            f'<td>{html.escape(c["protects"])}</td><td><code>{html.escape(c["expectation"])}</code></td></tr>')
+    link = (f'<p>Great-expectations Data Docs for this validation (suites, every expectation and its result): '
+            f'<a href="{html.escape(docs_link)}">{html.escape(docs_link)}</a> (in the report folder).</p>') if docs_link else ""
+    return f'<table id="checks-table"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{link}'
+
+
+_REID_FIGURES = ("reid_histogram", "score_histograms")
+
+
+def _attack_section(report: dict, figures: dict[str, str]) -> str:
+    """Calibration of the attacker and, when attached, the naive/reverse/parrot evaluation (anonymizer eval reid)."""
+    out = []
+    cal = report.get("calibration")
+    same = (report.get("thresholds") or {}).get("same_person_distance")
+    if cal:
+        out.append(
+            f"<p>Decision distance {cal['threshold']:.4f}, calibrated at FAR {cal['far']:g} on {cal.get('impostor_pairs', '?')} "
+            f"impostor pairs of LFW originals (TAR there {cal.get('tar_at_threshold', float('nan')):.3f}); the library default "
+            f"{cal.get('library_threshold', '')} accepts {cal.get('fmr_at_library_threshold', float('nan')):.4f} of impostor pairs.</p>")
+    else:
+        naive = next((c for c in report["verdict"]["checks"] if c["name"] == "naive_reidentification"), None)
+        bound = f"decision distance {same}" if same is not None else (naive or {}).get("threshold", "see the policy")
+        out.append("<p>Naive re-identification bound: " + html.escape(str(bound))
+                   + " (from the policy; its comment records how the distance was calibrated).</p>")
+    attack = report.get("attack_evaluation")
+    if attack:
+        rows = attack.get("table") or []
+        cols = list(rows[0]) if rows else []
+        out.append(f"<p>Attack protocols on {attack.get('dataset', {}).get('identities', '?')} LFW identities "
+                   f"(<code>anonymizer eval reid</code>; rank-1 chance {1 / max(1, attack.get('dataset', {}).get('gallery', 1)):.4f}):</p>")
+        out.append(_table(rows, cols))
+    else:
+        out.append("<p>No attack evaluation is attached to this run: <code>anonymizer eval reid --policy POLICY</code> measures "
+                   "the naive, reverse and parrot protocols for the policy's operator on LFW.</p>")
+    figs = "".join(f'<figure><img alt="{html.escape(k)}" src="data:image/png;base64,{b}"><figcaption>{html.escape(k)}</figcaption></figure>'
+                   for k, b in figures.items() if k in _REID_FIGURES or k.startswith("det_"))
+    out.append(figs)
+    return "".join(out)
 
 
 def render_html(report: dict, figures: dict[str, str]) -> str:
+    """The audit report: verdict first, then each check with its threshold, observation and evidence."""
     v = report["verdict"]
-    colour = "#1e7e34" if report["released"] else "#c0392b"
-    title = "RELEASED" if report["released"] else "NOT RELEASED"
-    checks = [{**c, "result": "pass" if c["success"] else "FAIL"} for c in v["checks"]]
-    figs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{b}"></figure>' for k, b in figures.items())
-    objects = report["objects"]
+    released = report["released"]
+    colour = "#1e7e34" if released else "#c0392b"
+    title = "RELEASED" if released else "NOT RELEASED"
+    objects = report.get("objects", [])
+    quarantined = [o for o in objects if o.get("status") == "quarantined"]
+    policy = report["policy"]
+    lineage = report.get("lineage")
+    run_figs = "".join(f'<figure><img alt="{html.escape(k)}" src="data:image/png;base64,{b}"><figcaption>{html.escape(k)}</figcaption></figure>'
+                       for k, b in figures.items() if not (k in _REID_FIGURES or k.startswith("det_")))
+    failed = [c["name"] for c in v["checks"] if not c["success"]]
+    summary = (f"{len(v['checks']) - len(failed)} of {len(v['checks'])} checks passed"
+               + (f"; failed: {', '.join(failed)}" if failed else "")
+               + (f"; validation error: {v['error']}" if v.get("error") else ""))
+    shard_cols = ["shard", "images", "failed", "faces", "seconds", "worker", "attempts", "resumed"]
+    sections = [("checks", "Checks"), ("reid", "Re-identification risk"), ("counts", "Counts and metrics"),
+                ("quarantine", "Quarantined objects"), ("objects", "Every input object"), ("shards", "Shards"),
+                ("lineage", "Lineage"), ("models", "Models"), ("software", "Software"), ("policy", "Policy")]
+    toc = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in sections if a != "lineage" or lineage)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Anonymization audit report {html.escape(report['run_id'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left}}
+<style>body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0;font-size:13px}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}}
+th{{background:#f4f4f4}}tr.fail td.result{{color:#fff;background:#c0392b;font-weight:bold}}tr.pass td.result{{color:#1e7e34}}
 .verdict{{padding:1em;color:#fff;background:{colour};font-size:1.3em}}code,pre{{background:#f4f4f4}}
-pre{{padding:1em;overflow:auto;font-size:12px}}</style></head><body>
+pre{{padding:1em;overflow:auto;font-size:12px;white-space:pre-wrap}}img{{max-width:100%}}
+@media print{{.verdict{{-webkit-print-color-adjust:exact;print-color-adjust:exact}}h2{{break-after:avoid}}figure{{break-inside:avoid}}}}</style></head><body>
 <div class="verdict" id="verdict">{title}: {html.escape(v['reason'])}</div>
 <h1>Anonymization audit report</h1>
-<p>Run <code>{html.escape(report['run_id'])}</code>, {html.escape(report['started'])} → {html.escape(report['finished'])}.
-Source <code>{html.escape(report['source'])}</code>; {html.escape(report['destination_note'])}.</p>
-<h2>Checks (policy <code>{html.escape(report['policy']['name'])}</code>)</h2>
-{_table(checks, ['name', 'result', 'observed', 'threshold', 'protects', 'expectation'])}
-<h2>Counts</h2>{_table([report['counts']], list(report['counts']))}
-<h2>Metrics</h2>{_table([{"metric": k, "value": _fmt(v)} for k, v in report['metrics'].items()], ['metric', 'value'])}
-<h2>Figures</h2>{figs}
-<h2>Every input object ({len(objects)})</h2>{_table(objects, ['key', 'status', 'reason'])}
-<h2>Shards</h2>{_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report['shards']], ['shard', 'images', 'failed', 'faces', 'seconds', 'worker', 'resumed'])}
-<h2>Models</h2>{_table(report['models'], ['component', 'name', 'file', 'sha256', 'licence'])}
-<h2>Software</h2>{_table([report['software']], list(report['software']))}
-<h2>Policy</h2><p>sha256 <code>{report['policy']['sha256']}</code></p><pre>{html.escape(report['policy']['text'])}</pre>
-<p>This report contains measurements and charts only: no pixels of any original image.</p>
+<p id="summary">{html.escape(summary)}. Run <code>{html.escape(report['run_id'])}</code>, {html.escape(str(report.get('started', '')))} →
+{html.escape(str(report.get('finished', '')))}. Source <code>{html.escape(str(report.get('source', '')))}</code>;
+{html.escape(str(report.get('destination_note', '')))}. Policy <code>{html.escape(policy['name'])}</code>, sha256 <code>{policy['sha256']}</code>.</p>
+<nav>{toc}</nav>
+<h2 id="checks">Checks</h2>
+<p>Each check is an expectation generated from the policy's thresholds; the run is released only if every one passes
+and validation completed (a crash or a missing metric fails the run).</p>
+{_checks_table(v['checks'], v.get('data_docs'))}
+<h2 id="reid">Re-identification risk</h2>{_attack_section(report, figures)}
+<h2 id="counts">Counts and metrics</h2>{_table([report.get('counts', {})], list(report.get('counts', {})))}
+{_table([{"metric": k, "value": _fmt(x)} for k, x in report.get('metrics', {}).items()], ['metric', 'value'])}
+{run_figs}
+<h2 id="quarantine">Quarantined objects ({len(quarantined)})</h2>{_table(quarantined, ['key', 'reason'])}
+<h2 id="objects">Every input object ({len(objects)})</h2>{_table(objects, ['key', 'status', 'reason'])}
+<h2 id="shards">Shards ({len(report.get('shards', []))})</h2>{_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report.get('shards', [])], shard_cols)}
+{f'<h2 id="lineage">Lineage</h2>{_table([{"item": k, "value": x} for k, x in lineage.items()], ["item", "value"])}' if lineage else ''}
+<h2 id="models">Models</h2>{_table(report.get('models', []), ['component', 'name', 'file', 'sha256', 'licence'])}
+<h2 id="software">Software</h2>{_table([{"package": k, "version": x} for k, x in report.get('software', {}).items()], ['package', 'version'])}
+<h2 id="policy">Policy</h2><p><code>{html.escape(policy['name'])}</code>, sha256 <code>{policy['sha256']}</code>:</p><pre>{html.escape(policy['text'])}</pre>
+<p>This report contains measurements and charts only: no pixels of any original or released image.</p>
 </body></html>"""
+
+
+def find_chromium() -> str | None:
+    import shutil
+
+    return next((p for p in (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "chrome")) if p), None)
+
+
+def chromium_args(user_data_dir: str) -> list[str]:
+    """Headless, no network of its own, no profile left behind."""
+    return ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--no-first-run", "--disable-sync", "--disable-extensions", "--no-pdf-header-footer",
+            f"--user-data-dir={user_data_dir}"]
+
+
+def render_pdf(html_bytes: bytes, chromium: str | None = None, timeout: float = 120) -> bytes | None:
+    """report.pdf printed by headless Chromium; None when no Chromium is installed (the HTML is the record)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    chromium = chromium or find_chromium()
+    if not chromium:
+        return None
+    with tempfile.TemporaryDirectory(prefix="anonymizer-pdf-") as tmp:
+        src, pdf = Path(tmp) / "report.html", Path(tmp) / "report.pdf"
+        src.write_bytes(html_bytes)
+        subprocess.run([chromium, *chromium_args(str(Path(tmp) / "profile")), f"--print-to-pdf={pdf}", src.as_uri()],
+                       capture_output=True, timeout=timeout, check=False)
+        return pdf.read_bytes() if pdf.is_file() and pdf.stat().st_size else None
 
 
 def to_json(report: dict) -> bytes:
