@@ -28,6 +28,7 @@ from anonymizer.storage import Location
 from anonymizer.validate import Verdict, validate
 
 EXIT_RELEASED, EXIT_ERROR, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
+_SAMPLE = 6  # anonymized outputs shown in the report's sample grid
 
 
 def _now() -> str:
@@ -183,7 +184,11 @@ def build_report(ctx: RunContext, p: listing.Plan, summaries: list[dict], images
         "policy": {"name": ctx.policy.name, "sha256": ctx.policy.sha256, "text": ctx.policy.text},
     }
     report["thresholds"] = ctx.policy.thresholds.model_dump()
-    html = reporting.render_html(report, reporting.plots(images, faces, same)).encode()
+    figures = reporting.plots(images, faces, same)
+    sample = images[images["error"].isna()].nlargest(_SAMPLE, "faces_anonymized")["key"] if len(images) else []
+    outputs = ctx.staging.child("outputs")
+    figures.update(reporting.sample_grid([(k, outputs.read_bytes(k)) for k in sample]))
+    html = reporting.render_html(report, figures).encode()
     files = {"report.json": reporting.to_json(report), "report.html": html, **verdict.docs}
     pdf = reporting.render_pdf(html)
     if pdf:

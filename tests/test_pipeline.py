@@ -93,7 +93,7 @@ def test_report_accounts_for_every_input(flow_run, dataset):
     assert report["software"]["prefect"] and report["policy"]["sha256"]
     html = (run_dir / "report.html").read_text()
     assert html.index("RELEASED") < html.index("<h1>") and "data:image/png;base64" in html
-    assert "data:image/jpeg" not in html  # charts only: no photo is embedded
+    assert "data:image/jpeg" not in html and 'alt="sample_anonymized_outputs"' in html
     quarantined = pq.read_table(out / "release.quarantine" / report["run_id"] / "objects.parquet").to_pylist()
     assert {q["key"] for q in quarantined} == {"truncated.jpg", "empty.png"}
 

@@ -92,6 +92,29 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     return out
 
 
+def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str, str]:
+    """A few released (anonymized) outputs, downscaled: what the dataset now looks like. Never originals."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    if not outputs:
+        return {}
+    cols = min(3, len(outputs))
+    rows = -(-len(outputs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (key, data) in zip(axes.flat, outputs):
+        img = Image.open(io.BytesIO(data)).convert("RGB")
+        img.thumbnail((width, width))
+        ax.imshow(img)
+        ax.set_title(key, fontsize=7)
+    fig.suptitle("Sample of anonymized outputs")
+    out = {"sample_anonymized_outputs": _png(fig)}
+    plt.close(fig)
+    return out
+
+
 def attack_figures(attack: dict) -> dict[str, str]:
     """DET curves of the naive and parrot protocols from an `anonymizer eval reid` result (its JSON)."""
     import matplotlib
