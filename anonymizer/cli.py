@@ -79,6 +79,13 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dir", help="model directory")
     m.set_defaults(func=_models)
 
+    from anonymizer import verify
+
+    v = sub.add_parser("verify", help="prove a release is clean: no metadata, every output decodes, the manifest "
+                                      "matches the bytes, nothing outside it; exit 3 on any finding")
+    verify.add_arguments(v)
+    v.set_defaults(func=verify.run)
+
     ev = sub.add_parser("eval", help="evaluate components on labelled data")
     ev_sub = ev.add_subparsers(dest="what", required=True)
     for name, module in _EVALS.items():
@@ -89,7 +96,7 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-_EVALS: dict[str, str] = {"detection": "anonymizer.eval.detection"}
+_EVALS: dict[str, str] = {"detection": "anonymizer.eval.detection", "reid": "anonymizer.eval.reid"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anonymizer.imageio import EXTENSIONS
+from anonymizer.imageio import EXTENSIONS, UNSUPPORTED
 from anonymizer.storage import Location, UnsafeKeyError, check_key
 
 LISTING = pa.schema([("key", pa.string()), ("size", pa.int64()), ("version", pa.string()), ("shard", pa.int32())])
@@ -45,6 +45,8 @@ def skip_reason(key: str) -> str | None:
     if name.startswith("."):
         return "hidden file"
     ext = posixpath.splitext(name)[1].lower()
+    if ext in UNSUPPORTED:
+        return UNSUPPORTED[ext]
     if ext not in EXTENSIONS:
         return f"not a supported image type ({ext or 'no extension'}; supported: {', '.join(sorted(set(EXTENSIONS)))})"
     return None
@@ -87,8 +89,8 @@ def plan(source: Location, plan_dir: Location, shard_size: int, previous: pa.Tab
     writers = {name: _Writer(plan_dir, f"{name}.parquet", schema)
                for name, schema in (("listing", LISTING), ("skipped", SKIPPED), ("carried", CARRIED), ("deleted", DELETED))}
     in_shard = shard = 0
-    for entry in source.list():
-        reason = skip_reason(entry.key)
+    for entry in source.list(refused=True):
+        reason = entry.refused or skip_reason(entry.key)
         if reason:
             writers["skipped"].add(key=entry.key, size=entry.size, reason=reason)
             continue

@@ -216,12 +216,15 @@ def release_manifest(ctx: RunContext, p: listing.Plan, images: pd.DataFrame, rep
         "run_id": [ctx.run_id] * len(ok),
         "policy_sha256": [ctx.policy.sha256] * len(ok),
         "origin": ["processed"] * len(ok),
+        "faces": pa.array(ok["faces_detected"].fillna(0).astype("int64").tolist(), pa.int32()),
     })
     tables = [processed]
     if p.carried:
         before = ctx.dest.child(p.previous_release).read_table(release.MANIFEST)
         keep = ctx.plan_dir.read_table("carried.parquet").column("key")
         carried = before.filter(pc.is_in(before.column("key"), value_set=keep))
+        if "faces" not in carried.column_names:  # releases made before the column existed
+            carried = carried.append_column("faces", pa.nulls(len(carried), pa.int32()))
         tables.append(carried.set_column(carried.schema.get_field_index("origin"), "origin",
                                          pa.array(["carried"] * len(carried))).select(processed.column_names))
     manifest = pa.concat_tables(tables).sort_by("key")
@@ -243,8 +246,14 @@ def finish(ctx: RunContext, p: listing.Plan, verdict: Verdict, images: pd.DataFr
         ctx.quarantine.write_table("objects.parquet", pa.Table.from_pandas(failed, preserve_index=False))
     if verdict.passed:
         previous = ctx.dest.child(p.previous_release) if p.previous_release else None
-        where = release.publish(ctx.staging, ctx.dest, ctx.run_id, release_manifest(ctx, p, images, report, files),
-                                files, previous)
+        try:
+            where = release.publish(ctx.staging, ctx.dest, ctx.run_id, release_manifest(ctx, p, images, report, files),
+                                    files, previous)
+        except release.ReleaseVerificationError as exc:
+            # The checker found a leak or a mismatch in the copied release: fail closed, nothing published.
+            verdict = Verdict(False, verdict.checks, error=f"release verification: {exc}")
+            ctx.quarantine.write_bytes("validation.json", reporting.to_json(verdict.to_dict()))
+            where = release.quarantine_run(ctx.staging, ctx.quarantine, files)
     else:
         ctx.quarantine.write_bytes("validation.json", reporting.to_json(verdict.to_dict()))
         where = release.quarantine_run(ctx.staging, ctx.quarantine, files)

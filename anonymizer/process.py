@@ -36,7 +36,8 @@ class Components:
         return cls(
             detector=Ensemble(detectors, d.merge_iou),
             auditor=build_detector(d.auditor.name, d.auditor.params, policy.model_dir),
-            anonymizer=ANONYMIZERS.create(a.operator.name, **a.operator.params, **region),
+            anonymizer=ANONYMIZERS.create(a.operator.name, **a.operator.params, **region,
+                                          **({"model_dir": policy.model_dir} if a.operator.name == "generated" else {})),
             encoder=build_encoder(policy.measurement.encoder.name, policy.measurement.encoder.params, policy.model_dir),
         )
 

@@ -12,11 +12,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
+from anonymizer import verify
 from anonymizer.storage import Location
 
 MANIFEST = "manifest.parquet"
 LATEST = "LATEST"
 _COPIES = 16  # object copies in flight: S3 copies are server-side, so this bounds requests, not bytes
+
+
+class ReleaseVerificationError(RuntimeError):
+    pass
 
 
 def latest(dest: Location) -> str | None:
@@ -44,6 +49,11 @@ def publish(staging: Location, dest: Location, run_id: str, manifest: pa.Table, 
         list(pool.map(copy, manifest.select(["key", "output_key", "origin"]).to_pylist()))
     for name, data in report_files.items():
         target.write_bytes(name, data)
+    # The leak checker (`anonymizer verify`) on what was copied, before the manifest makes it a release.
+    checked = verify.check_contents(target, manifest, report_files.get("report.json"))
+    if not checked.passed:
+        target.delete()  # never became a release: no manifest, no LATEST
+        raise ReleaseVerificationError("; ".join(f"{f.check}: {f.key}: {f.detail}" for f in checked.findings[:20]))
     target.write_table(MANIFEST, manifest)
     if dest.is_local:
         if final.exists():

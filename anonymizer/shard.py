@@ -11,9 +11,18 @@ import time
 
 import pyarrow as pa
 
+from anonymizer import imageio
 from anonymizer.policy import Policy, parse_policy
 from anonymizer.process import Components, ImageResult, process_image
-from anonymizer.storage import Location
+from anonymizer.storage import Location, ObjectTooLargeError, UnsafeKeyError
+
+# Bytes read for one object at most: 8 per allowed pixel (an uncompressed 16-bit RGBA image) plus headers,
+# so that memory stays bounded even before the header is parsed.
+BYTES_PER_PIXEL = 8
+
+
+def max_bytes(max_pixels: int) -> int:
+    return max_pixels * BYTES_PER_PIXEL + (1 << 20)
 
 IMAGE_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.int32()), ("size", pa.int64()), ("sha256", pa.string()), ("error", pa.string()),
@@ -51,12 +60,22 @@ class ShardProcessor:
 
     def process_one(self, key: str) -> ImageResult:
         t0 = time.perf_counter()
+        max_pixels = self.policy.output.max_pixels
         try:
-            data = self.source.read_bytes(key)
+            data = self.source.read_bytes(key, max_bytes=max_bytes(max_pixels))
+        except (ObjectTooLargeError, UnsafeKeyError) as exc:
+            return ImageResult(None, {"key": key, "error": f"refused before reading: {exc}"})
         except Exception as exc:  # noqa: BLE001 - an unreadable object is quarantined, not fatal
-            return ImageResult(None, {"key": key, "error": f"cannot read source object: {type(exc).__name__}: {exc}"})
+            return ImageResult(None, {"key": key, "error": f"storage error: cannot read the source object after "
+                                                         f"retries: {type(exc).__name__}: {exc}"})
         read_s = time.perf_counter() - t0
-        result = process_image(key, data, self.policy, self.components)
+        try:
+            imageio.check_extension(key, data, max_pixels)
+        except imageio.ImageError as exc:
+            result = ImageResult(None, {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                                        "error": str(exc)})
+        else:
+            result = process_image(key, data, self.policy, self.components)
         t1 = time.perf_counter()
         if result.output is not None:
             outputs = self.staging.child("outputs")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import stat
+import time
 import unicodedata
 import uuid
 from dataclasses import dataclass
@@ -21,6 +23,11 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 S3_MAX_ATTEMPTS = 10  # throttling (503 SlowDown) and 5xx are retried with backoff, by pyarrow and botocore
+# A request that hangs (a stalled connection, a half-open socket) is abandoned after these many seconds and
+# retried like any other transient failure. ANONYMIZER_S3_CONNECT_TIMEOUT / ANONYMIZER_S3_REQUEST_TIMEOUT
+# override them; the driver's values travel to the workers inside the pickled filesystem.
+S3_CONNECT_TIMEOUT = 10.0
+S3_REQUEST_TIMEOUT = 60.0
 
 
 class UnsafeKeyError(ValueError):
@@ -49,8 +56,33 @@ def _region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
+# Failures the AWS SDK does not retry by itself although they are transient: a connection dropped while a
+# response is read, an S3 error body that poisons the SDK's fixed-size buffer for a small ranged read
+# ("Failed to flush response stream"). Reads, writes (PUTs) and copies are idempotent: tried again here.
+# (An S3 500 InternalError or 503 SlowDown was already retried by the SDK: not retried again here.)
+_TRANSIENT = ("Failed to flush response stream", "AWS Error NETWORK_CONNECTION", "curlCode", "Connection reset")
+APP_ATTEMPTS = 4
+
+
+def _retrying(fn, *args):
+    for attempt in range(APP_ATTEMPTS):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) or attempt == APP_ATTEMPTS - 1 or not any(t in str(exc) for t in _TRANSIENT):
+                raise
+            time.sleep(0.2 * 2 ** attempt)
+
+
+def _timeouts() -> tuple[float, float]:
+    return (float(os.environ.get("ANONYMIZER_S3_CONNECT_TIMEOUT") or S3_CONNECT_TIMEOUT),
+            float(os.environ.get("ANONYMIZER_S3_REQUEST_TIMEOUT") or S3_REQUEST_TIMEOUT))
+
+
 def s3_filesystem() -> pafs.S3FileSystem:
-    kwargs = {"region": _region(), "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS)}
+    connect, request = _timeouts()
+    kwargs = {"region": _region(), "retry_strategy": pafs.AwsDefaultS3RetryStrategy(max_attempts=S3_MAX_ATTEMPTS),
+              "connect_timeout": connect, "request_timeout": request}
     if _endpoint():
         kwargs["endpoint_override"] = _endpoint()
     return pafs.S3FileSystem(**kwargs)
@@ -60,8 +92,14 @@ def s3_client():
     import boto3
     from botocore.config import Config
 
+    connect, request = _timeouts()
     return boto3.client("s3", endpoint_url=_endpoint(), region_name=_region(),
-                        config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "adaptive"}))
+                        config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "adaptive"},
+                                      connect_timeout=connect, read_timeout=request))
+
+
+class ObjectTooLargeError(ValueError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -69,6 +107,12 @@ class Entry:
     key: str
     size: int
     version: str  # S3 ETag or local mtime: changes when the object does
+    refused: str | None = None  # set (listing with refused=True) for what is listed but must not be read
+
+
+def _printable(name: str) -> str:
+    """A local name that is not valid UTF-8, made printable (its bytes escaped) so that it can be reported."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 @dataclass(frozen=True)
@@ -97,27 +141,60 @@ class Location:
     def path(self, key: str) -> str:
         return posixpath.join(self.base, check_key(key))
 
-    def read_bytes(self, key: str) -> bytes:
-        with self.fs.open_input_stream(self.path(key)) as f:
-            return f.read()
+    def read_bytes(self, key: str, max_bytes: int | None = None) -> bytes:
+        """The object's bytes; more than max_bytes is refused without holding them all in memory. Locally a
+        symbolic link is never followed, and a path that resolves outside the location is refused."""
+        path = self.path(key)
+        if self.is_local:
+            return self._read_local(path, max_bytes)
+        data = _retrying(self._read_remote, path, max_bytes)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(f"object larger than the limit of {max_bytes} bytes")
+        return data
+
+    def _read_remote(self, path: str, max_bytes: int | None) -> bytes:
+        with self.fs.open_input_stream(path) as f:
+            return f.read() if max_bytes is None else f.read(max_bytes + 1)
+
+    def _read_local(self, path: str, max_bytes: int | None) -> bytes:
+        if os.path.realpath(path) != os.path.join(os.path.realpath(self.base), os.path.relpath(path, self.base)):
+            raise UnsafeKeyError(f"{path!r} goes through a symbolic link: never followed")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise UnsafeKeyError(f"{path!r} is not a regular file")
+            data = f.read() if max_bytes is None else f.read(max_bytes + 1)
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(f"object larger than the limit of {max_bytes} bytes")
+        return data
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """A reader never sees a half-written object: S3 PUTs are atomic; local writes go through a rename."""
         final = self.path(key)
         if not self.is_local:
-            with self.fs.open_output_stream(final) as f:  # multipart above pyarrow's part size
-                f.write(data)
+            _retrying(self._write_remote, final, data)
             return
         self.fs.create_dir(posixpath.dirname(final), recursive=True)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as f:
+        try:
+            with self.fs.open_output_stream(tmp) as f:
+                f.write(data)
+            self.fs.move(tmp, final)
+        except BaseException:
+            try:  # a failed write (a full disk) leaves nothing behind to fill it further
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+
+    def _write_remote(self, path: str, data: bytes) -> None:
+        with self.fs.open_output_stream(path) as f:  # multipart above pyarrow's part size
             f.write(data)
-        self.fs.move(tmp, final)
 
     def copy_to(self, key: str, other: "Location", other_key: str) -> None:
         """Server-side copy when both sides are on one S3 endpoint; a stream copy otherwise."""
         if not self.is_local and not other.is_local:
-            self.fs.copy_file(self.path(key), other.path(other_key))
+            _retrying(self.fs.copy_file, self.path(key), other.path(other_key))
         else:
             other.write_bytes(other_key, self.read_bytes(key))
 
@@ -125,16 +202,58 @@ class Location:
         target = self.path(key) if key else self.base
         return self.fs.get_file_info(target).type != pafs.FileType.NotFound
 
-    def list(self) -> Iterator[Entry]:
-        """Every object below this location, streamed page by page (never the whole listing in memory)."""
+    def list(self, refused: bool = False) -> Iterator[Entry]:
+        """Every object below this location, streamed page by page (never the whole listing in memory).
+
+        Locally only regular files are objects: symbolic links (to files or folders, inside the location or
+        not) are never followed, and sockets, FIFOs and devices are never opened. With refused=True they
+        are listed too, with the reason in Entry.refused, so that a plan can account for them."""
         if not self.is_local:
             yield from self._s3_pages()
             return
         if not self.exists():
             return
-        for info in self.fs.get_file_info(pafs.FileSelector(self.base, recursive=True)):
-            if info.type == pafs.FileType.File:
-                yield Entry(posixpath.relpath(info.path, self.base), info.size, str(info.mtime_ns))
+        yield from self._walk(self.base, refused)
+
+    def _walk(self, folder: str, refused: bool) -> Iterator[Entry]:
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            if refused:
+                yield Entry(_printable(posixpath.relpath(folder, self.base)) + "/", 0, "",
+                            f"folder cannot be listed: {exc.strerror}")
+            return
+        for e in entries:
+            key = posixpath.relpath(e.path, self.base)
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                if refused:
+                    yield Entry(_printable(key), 0, "", f"cannot stat: {exc.strerror}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._walk(e.path, refused)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                if _printable(key) != key:
+                    if refused:
+                        yield Entry(_printable(key), st.st_size, str(st.st_mtime_ns),
+                                    "file name is not valid UTF-8: it cannot be a key")
+                    continue
+                yield Entry(key, st.st_size, str(st.st_mtime_ns))
+            elif refused:
+                yield Entry(_printable(key), 0, str(st.st_mtime_ns), self._why_not_a_file(e.path, st))
+
+    def _why_not_a_file(self, path: str, st: os.stat_result) -> str:
+        if stat.S_ISLNK(st.st_mode):
+            target = os.path.realpath(path)
+            base = os.path.realpath(self.base)
+            where = "inside" if target == base or target.startswith(base + os.sep) else "outside"
+            return f"symbolic link (pointing {where} the source): never followed"
+        kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket" if stat.S_ISSOCK(st.st_mode)
+                else "device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file")
+        return f"not a regular file ({kind}): never opened"
 
     def _s3_pages(self) -> Iterator[Entry]:
         bucket, _, prefix = self.base.partition("/")
@@ -151,7 +270,9 @@ class Location:
         self.write_bytes(key, sink.getvalue().to_pybytes())
 
     def read_table(self, key: str) -> pa.Table:
-        return pq.read_table(self.path(key), filesystem=self.fs)
+        if self.is_local:
+            return pq.read_table(self.path(key), filesystem=self.fs)
+        return pq.read_table(pa.BufferReader(self.read_bytes(key)))  # one GET, retried as a whole
 
     def delete(self, key: str = "") -> None:
         if key:

@@ -21,7 +21,7 @@ def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers
     report, files = steps.report(ctx, p, summaries, images, faces, verdict)
     outcome = steps.finish(ctx, p, verdict, images, report, files)
     _artifacts(report, outcome.location)
-    return {"run_id": ctx.run_id, "released": outcome.released, "reason": verdict.reason,
+    return {"run_id": ctx.run_id, "released": outcome.released, "reason": outcome.verdict.reason,
             "location": outcome.location, "exit_code": outcome.exit_code, "counts": report["counts"],
             "metrics": report["metrics"]}
 

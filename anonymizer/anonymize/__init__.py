@@ -63,3 +63,11 @@ def union_mask(masks: Sequence[FaceMask], shape: tuple[int, int]) -> np.ndarray:
 
 
 from anonymizer.anonymize import classical  # noqa: E402,F401  (registration)
+
+
+@ANONYMIZERS.register("generated")
+def _generated(**params) -> Anonymizer:
+    # Imported on demand: torch and the generator load only when a policy asks for them.
+    from anonymizer.generate.anonymizer import GeneratedFace
+
+    return GeneratedFace(**params)

@@ -1,0 +1,147 @@
+"""GeneratedFace: replace each face with one the trained generator draws, in the same pose and context.
+
+Per face, the policy decides (`decide`): faces smaller than `min_face_px`, without (finite) landmarks,
+whose landmarks a rigid head does not explain (`max_reprojection_error`, in eye distances), or turned
+past `max_yaw` / `max_pitch` degrees go to a classical operator (`fallback`, with `fallback_strength`),
+recorded as method "fallback:<name>". The others are generated ("generated"):
+
+1. align the face to the model's canonical crop by its 5 landmarks;
+2. remove the face region (the crop's hole is set to 0: the generator never sees the face's pixels) and
+   add the mask and the landmark heatmaps;
+3. draw z from the face's own RNG (fixed by run seed, image key, face index), so the output is
+   deterministic for the same (seed, key, index) and differs across seeds;
+4. generate, warp the crop back into the image, and blend it through a feathered alpha: the crop's face
+   mask warped back, limited to the policy's face region (`region.face_region` with expand/shape/feather).
+   Pixels where that alpha is 0 keep their exact bytes.
+
+Weights: `weights` is a name, resolved as `<dir>/generator/<name>.pt` in `model_dir`, $ANONYMIZER_MODEL_DIR,
+~/.cache/anonymizer/models and ../shared/models (in that order), or a path to a .pt file. The model card
+`<name>.json` beside it gives the network's configuration (written by anonymizer.generate.train.export).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from anonymizer.anonymize import ANONYMIZERS, Anonymized, FaceMask
+from anonymizer.anonymize.region import face_region
+from anonymizer.faces import Face
+from anonymizer.generate import align as al
+from anonymizer.generate.networks import Generator
+from anonymizer.generate.pose import estimate_pose
+from anonymizer.models import ModelNotFoundError, search_dirs
+
+
+def resolve_weights(weights: str, model_dir: str | None = None) -> Path:
+    p = Path(weights).expanduser()
+    if p.suffix == ".pt" or len(p.parts) > 1:
+        if p.is_file():
+            return p
+        raise ModelNotFoundError(f"generator weights not found: {p}")
+    looked = [d / "generator" / f"{weights}.pt" for d in search_dirs(model_dir)]
+    for candidate in looked:
+        if candidate.is_file():
+            return candidate
+    raise ModelNotFoundError(
+        f"generator weights {weights!r} not found; looked for: {', '.join(str(c) for c in looked)} "
+        "(train them with flows/train_generator.py, or set `weights` to a .pt path)")
+
+
+def load_generator(path: Path, device: str = "cpu") -> tuple[Generator, dict]:
+    card_path = path.with_suffix(".json")
+    if not card_path.is_file():
+        raise ModelNotFoundError(f"model card not found: {card_path} (it gives the network's configuration)")
+    card = json.loads(card_path.read_text())
+    net = Generator(**card["network"])
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net.to(device).eval().requires_grad_(False), card
+
+
+class GeneratedFace:
+    name = "generated"
+
+    def __init__(self, weights: str = "generator", model_dir: str | None = None, fallback: str = "blur",
+                 fallback_strength: float = 0.35, min_face_px: float = 32, max_yaw: float = 60.0,
+                 max_pitch: float = 45.0, max_reprojection_error: float = 0.25, expand: float = 1.35,
+                 shape: str = "ellipse", feather: float = 0.15, device: str = "cpu") -> None:
+        if fallback == self.name:
+            raise ValueError("generated: the fallback must be a classical operator")
+        self.weights_path = resolve_weights(weights, model_dir)
+        self.device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        self.net, self.card = load_generator(self.weights_path, self.device)
+        self.resolution = int(self.card["network"]["resolution"])
+        self.fallback_name = fallback
+        self.fallback = ANONYMIZERS.create(fallback, strength=fallback_strength, expand=expand, shape=shape,
+                                           feather=feather)
+        self.min_face_px, self.max_yaw, self.max_pitch = float(min_face_px), float(max_yaw), float(max_pitch)
+        self.max_reprojection_error = float(max_reprojection_error)
+        self.expand, self.shape, self.feather = expand, shape, feather
+        self._hole = al.hole_mask(self.resolution)
+        self._alpha = al.face_mask(self.resolution)
+
+    def decide(self, face: Face, image_shape: tuple[int, int]) -> str | None:
+        """Why this face falls back to the classical operator, or None when it can be generated."""
+        if face.size < self.min_face_px:
+            return "small"
+        lm = face.landmarks
+        if lm is None or np.asarray(lm).shape != (5, 2) or not np.all(np.isfinite(lm)):
+            return "no_landmarks"
+        try:
+            pose = estimate_pose(lm, image_shape)
+        except ValueError:
+            return "unreliable_landmarks"
+        if pose.reprojection_error > self.max_reprojection_error:
+            return "unreliable_landmarks"
+        if abs(pose.yaw) > self.max_yaw or abs(pose.pitch) > self.max_pitch:
+            return "extreme_pose"
+        return None
+
+    def generate_crop(self, crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The generator's composite for an aligned uint8 crop (its face pixels are removed here first)."""
+        r = self.resolution
+        context = torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 127.5 - 1
+        mask = torch.from_numpy(self._hole)[None, None]
+        context = context * (1 - mask)
+        hm = torch.from_numpy(al.heatmaps(landmarks, r))[None]
+        z = torch.from_numpy(rng.standard_normal(self.net.z_dim).astype(np.float32))[None]
+        with torch.inference_mode():
+            y = self.net(context.to(self.device), mask.to(self.device), hm.to(self.device), z.to(self.device))
+        out = ((y[0].float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round()
+        return np.clip(out, 0, 255).astype(np.uint8)
+
+    def anonymize(self, image: np.ndarray, faces: Sequence[Face], rngs: Sequence[np.random.Generator]) -> Anonymized:
+        out = image.copy()
+        masks: list[FaceMask] = []
+        methods: list[str] = []
+        for face, rng in zip(faces, rngs):
+            if self.decide(face, image.shape[:2]) is not None:
+                res = self.fallback.anonymize(out, [face], [rng])
+                out = res.image
+                masks.append(res.masks[0])
+                methods.append(f"fallback:{self.fallback_name}")
+                continue
+            region = face_region(face, image.shape[:2], self.expand, self.shape, self.feather)
+            if region.alpha.size == 0:
+                masks.append(region)
+                methods.append(self.name)
+                continue
+            a = al.align(out, face.landmarks, self.resolution)
+            gen = self.generate_crop(a.crop, a.landmarks, rng)
+            ys, xs = region.window
+            h, w = region.alpha.shape
+            window = (region.x0, region.y0, region.x0 + w, region.y0 + h)
+            gen_win = al.warp_back(gen, a.matrix, window).astype(np.float32)
+            alpha = np.minimum(al.warp_back(self._alpha, a.matrix, window), region.alpha).astype(np.float32)
+            crop = out[ys, xs]
+            a3 = alpha[:, :, None]
+            blended = np.rint(gen_win * a3 + crop.astype(np.float32) * (1.0 - a3)).astype(np.uint8)
+            out[ys, xs] = np.where(a3 > 0, blended, crop)  # untouched pixels keep their exact bytes
+            masks.append(FaceMask(region.x0, region.y0, alpha))
+            methods.append(self.name)
+        return Anonymized(out, masks, methods)

@@ -1,0 +1,120 @@
+"""LFW for the generator: split by identity, aligned to the canonical crop, cached outside the repository.
+
+The split is a pure function of the identity's name (sha256 → one of 1000 buckets; the first
+`holdout × 1000` are held out for evaluation), so it does not depend on which images are present, on the
+order of listing, or on `limit`. Landmarks come from the project's YuNet at scale 1 (the largest face
+whose centre is nearest the frame's centre: LFW centres the named person). Images where YuNet finds no
+face are skipped and counted.
+
+The cache is one .npz per (split, holdout, limit, size, template) under `~/.cache/anonymizer/lfw_aligned`
+(or `cache_dir`): crops (N×size×size×3 uint8, RGB), landmarks in crop coordinates (N×5×2 float32),
+identities and relative file names, and `data_hash`, the sha256 of crops + landmarks (what the model card
+records).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from anonymizer.generate import align as al
+
+DEFAULT_CACHE = Path.home() / ".cache" / "anonymizer" / "lfw_aligned"
+DEFAULT_HOLDOUT = 0.1
+
+
+def default_lfw_root() -> Path:
+    shared = Path(os.environ.get("ANONYMIZER_SHARED", Path.cwd().parent / "shared"))
+    return shared / "data" / "lfw" / "images"
+
+
+def split_of(identity: str, holdout: float = DEFAULT_HOLDOUT) -> str:
+    bucket = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "little") % 1000
+    return "eval" if bucket < round(holdout * 1000) else "train"
+
+
+def list_images(root: str | os.PathLike, split: str = "train", holdout: float = DEFAULT_HOLDOUT,
+                limit: int | None = None) -> list[tuple[str, Path]]:
+    """(identity, path) of the split's images, identities and files in sorted order, at most `limit`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"LFW images not found at {root} (images/<Name>/<Name>_NNNN.jpg)")
+    out: list[tuple[str, Path]] = []
+    for person in sorted(p for p in root.iterdir() if p.is_dir()):
+        if split != "all" and split_of(person.name, holdout) != split:
+            continue
+        for f in sorted(person.glob("*.jpg")):
+            out.append((person.name, f))
+            if limit is not None and len(out) >= limit:
+                return out
+    return out
+
+
+def split_summary(root: str | os.PathLike, holdout: float = DEFAULT_HOLDOUT) -> dict:
+    """Identity counts per split and a hash of the held-out identity list (for the model card)."""
+    names = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+    held = [n for n in names if split_of(n, holdout) == "eval"]
+    return {"rule": "sha256(identity)[:8] little-endian % 1000 < holdout*1000 → eval", "holdout": holdout,
+            "identities": len(names), "eval_identities": len(held),
+            "eval_identities_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest()}
+
+
+def pick_face(faces, shape):
+    """The largest face, ties broken by closeness to the frame's centre; only faces with landmarks."""
+    faces = [f for f in faces if f.landmarks is not None]
+    if not faces:
+        return None
+    h, w = shape[:2]
+    return max(faces, key=lambda f: (f.w * f.h) - 0.5 * ((f.x + f.w / 2 - w / 2) ** 2 + (f.y + f.h / 2 - h / 2) ** 2))
+
+
+def build_cache(root: str | os.PathLike | None = None, split: str = "train", holdout: float = DEFAULT_HOLDOUT,
+                limit: int | None = None, size: int = al.CROP_SIZE, cache_dir: str | os.PathLike | None = None,
+                model_dir: str | None = None) -> Path:
+    """The aligned crops of the split (built once, then reused); returns the .npz path."""
+    root = Path(root) if root else default_lfw_root()
+    cache_dir = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    tag = hashlib.sha256(json.dumps([al.TEMPLATE.tolist(), str(root.resolve())]).encode()).hexdigest()[:8]
+    path = cache_dir / f"lfw_{split}_h{int(holdout * 1000)}_n{limit or 'all'}_s{size}_{tag}.npz"
+    if path.exists():
+        return path
+    from anonymizer.detect import build_detector
+
+    detector = build_detector("yunet", {"scales": [1.0]}, model_dir)
+    crops, lms, ids, files, skipped = [], [], [], [], 0
+    for identity, f in list_images(root, split, holdout, limit):
+        bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+        if bgr is None:
+            skipped += 1
+            continue
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        face = pick_face(detector.detect(rgb), rgb.shape)
+        if face is None:
+            skipped += 1
+            continue
+        a = al.align(rgb, face.landmarks, size)
+        crops.append(a.crop)
+        lms.append(a.landmarks)
+        ids.append(identity)
+        files.append(str(f.relative_to(root)))
+    if not crops:
+        raise ValueError(f"no usable LFW image in {root} (split {split}, limit {limit})")
+    crops_a, lms_a = np.stack(crops), np.stack(lms).astype(np.float32)
+    digest = hashlib.sha256(crops_a.tobytes() + lms_a.tobytes()).hexdigest()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, crops=crops_a, landmarks=lms_a, identities=np.array(ids), files=np.array(files),
+             data_hash=np.array(digest), skipped=np.array(skipped), split=np.array(split),
+             holdout=np.array(holdout), size=np.array(size))
+    os.replace(tmp, path)
+    return path
+
+
+def load_cache(path: str | os.PathLike) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}

@@ -1,0 +1,338 @@
+"""Training the generator: a Ray Train loop (one process to a GPU cluster) and the export of its weights.
+
+`train_loop_per_worker(config)` is what every Ray Train worker runs:
+- hinge loss for D and G; R1 penalty on real images every `r1_every` steps (lazy: scaled by r1_every);
+- DiffAugment (Zhao et al., 2020): the same differentiable translation (image and conditioning together),
+  colour and cutout (image only) on real and fake images before D;
+- feature matching on D's own features (no pretrained network anywhere); an L1 term toward the original
+  face exists but defaults to 0, since reproducing the identity is what the generator must not do;
+- Adam with β = (0, 0.99); an EMA of G's weights is what gets exported;
+- a checkpoint (G, D, EMA, both optimisers, step) every `checkpoint_every` steps and at the end, through
+  `ray.train.report(..., checkpoint=...)`; a run given a checkpoint resumes from its step.
+
+`train(config, out_dir, ...)` builds the TorchTrainer (1 worker, GPU when torch sees one), runs it and
+writes `<out_dir>/generator/<name>.pt` (the EMA generator as an fp16 state dict) and `<name>.json` (the
+model card: network config, steps, data hash, split, training config, weight sha256).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anonymizer.generate import align as al
+from anonymizer.generate.networks import Discriminator, Generator, count_parameters
+
+DEFAULTS = dict(
+    resolution=128, base_channels=32, max_channels=384, z_dim=128, w_dim=256, bottleneck_blocks=2,
+    batch_size=32, steps=100_000, lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), r1_gamma=1.0, r1_every=16,
+    ema_decay=0.999, fm_weight=1.0, l1_weight=0.0, augment=("translation", "color", "cutout"),
+    checkpoint_every=2000, log_every=100, seed=0, num_threads=None, amp="auto",
+)
+
+STATE_FILE = "state.pt"
+
+
+def full_config(config: dict) -> dict:
+    unknown = set(config) - set(DEFAULTS) - {"data_path", "resume_from"}
+    if unknown:
+        raise ValueError(f"unknown training config keys: {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **config}
+
+
+def network_config(cfg: dict) -> dict:
+    return {k: cfg[k] for k in ("resolution", "base_channels", "max_channels", "z_dim", "w_dim", "bottleneck_blocks")}
+
+
+# ---------------------------------------------------------------- data
+
+def load_tensors(data_path: str, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops as uint8 N×3×R×R and landmarks (crop coordinates at resolution R) as N×5×2."""
+    with np.load(data_path, allow_pickle=False) as z:
+        crops, lms, size = z["crops"], z["landmarks"].astype(np.float32), int(z["size"])
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()
+    if resolution != size:
+        x = F.interpolate(x.float(), size=(resolution, resolution), mode="area").round().clamp(0, 255).to(torch.uint8)
+        lms = lms * (resolution / size)
+    return x, torch.from_numpy(lms)
+
+
+def conditioning(resolution: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    hole = torch.from_numpy(al.hole_mask(resolution))[None, None].to(device)
+    coords = torch.arange(resolution, dtype=torch.float32, device=device)
+    return hole, coords
+
+
+def batch_heatmaps(lms: torch.Tensor, coords: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Same Gaussians as align.heatmaps, batched in torch: B×5×R×R."""
+    sigma = 0.02 * resolution
+    gx = torch.exp(-((coords[None, None, :] - lms[:, :, :1]) ** 2) / (2 * sigma * sigma))
+    gy = torch.exp(-((coords[None, None, :] - lms[:, :, 1:]) ** 2) / (2 * sigma * sigma))
+    return gy[:, :, :, None] * gx[:, :, None, :]
+
+
+# ---------------------------------------------------------------- DiffAugment
+
+def diff_augment(img: torch.Tensor, cond: torch.Tensor, policy, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Differentiable augmentation; translation moves image and conditioning together."""
+    b, dev = img.shape[0], img.device
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=gen, device="cpu").to(dev)
+
+    if "color" in policy:
+        img = img + (rand(b, 1, 1, 1) - 0.5)  # brightness
+        mean = img.mean(1, keepdim=True)
+        img = (img - mean) * (rand(b, 1, 1, 1) * 2) + mean  # saturation
+        mean = img.mean((1, 2, 3), keepdim=True)
+        img = (img - mean) * (rand(b, 1, 1, 1) + 0.5) + mean  # contrast
+    if "translation" in policy:
+        both = torch.cat([img, cond], 1)
+        shift = (rand(b, 2) - 0.5) * 0.25  # up to 1/8 of the side each way (in [-1, 1] units: 0.25)
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1
+        theta[:, :, 2] = shift
+        grid = F.affine_grid(theta, list(both.shape), align_corners=False)
+        both = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        img, cond = both[:, :3], both[:, 3:]
+    if "cutout" in policy:
+        r = img.shape[-1]
+        half = r // 4
+        cy = (rand(b) * r).long()
+        cx = (rand(b) * r).long()
+        ys = torch.arange(r, device=dev)[None, :, None]
+        xs = torch.arange(r, device=dev)[None, None, :]
+        hole = ((ys - cy[:, None, None]).abs() < half // 2 + 1) & ((xs - cx[:, None, None]).abs() < half // 2 + 1)
+        img = img * (~hole)[:, None].to(img.dtype)
+    return img, cond
+
+
+# ---------------------------------------------------------------- the loop
+
+def _save_state(path: Path, **state) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import ray.train
+    import ray.train.torch as rtt
+
+    cfg = full_config(config)
+    if cfg["num_threads"]:
+        torch.set_num_threads(int(cfg["num_threads"]))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = rtt.get_device()
+    torch.manual_seed(cfg["seed"] + rank)
+    gen = torch.Generator().manual_seed(cfg["seed"] * 7919 + rank)
+
+    res = cfg["resolution"]
+    images, landmarks = load_tensors(cfg["data_path"], res)
+    n = images.shape[0]
+    hole, coords = conditioning(res, device)
+
+    G = Generator(**network_config(cfg)).to(device)
+    D = Discriminator(res, cfg["base_channels"], cfg["max_channels"]).to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=tuple(cfg["betas"]))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
+
+    step, resumed_from = 0, None
+    # A restarted attempt of this run resumes from its own latest checkpoint; a new run from `resume_from`
+    # (Ray Train v2 dropped the trainer's resume_from_checkpoint: the loop loads it itself).
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and cfg.get("resume_from"):
+        ckpt = ray.train.Checkpoint.from_directory(cfg["resume_from"])
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+        G.load_state_dict(state["G"])
+        D.load_state_dict(state["D"])
+        G_ema.load_state_dict(state["G_ema"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step = resumed_from = int(state["step"])
+        if state.get("gen_state") is not None:
+            gen.set_state(state["gen_state"])
+
+    G_train = rtt.prepare_model(G, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else G
+    D_train = rtt.prepare_model(D) if world > 1 else D
+    use_amp = device.type == "cuda" and (cfg["amp"] is True or (cfg["amp"] == "auto" and torch.cuda.is_bf16_supported()))
+    aug = tuple(cfg["augment"])
+    bs = min(cfg["batch_size"], n)
+
+    def sample_batch():
+        idx = torch.randint(0, n, (bs,), generator=gen)
+        real = images[idx].to(device).float() / 127.5 - 1
+        hm = batch_heatmaps(landmarks[idx].to(device), coords, res)
+        mask = hole.expand(bs, -1, -1, -1)
+        return real, mask, hm
+
+    def autocast():
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
+
+    metrics: dict = {}
+    t0 = time.time()
+    while step < cfg["steps"]:
+        real, mask, hm = sample_batch()
+        cond = torch.cat([mask, hm], 1)
+        z = torch.randn(bs, cfg["z_dim"], generator=gen).to(device)
+        context = real * (1 - mask)
+
+        # --- D: hinge, plus lazy R1 on the (augmented) reals
+        with autocast():
+            fake = G_train(context, mask, hm, z).detach()
+            r_img, r_cond = diff_augment(real, cond, aug, gen)
+            f_img, f_cond = diff_augment(fake, cond, aug, gen)
+            d_real, _ = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
+            d_fake, _ = D_train(f_img, f_cond[:, :1], f_cond[:, 1:])
+            loss_d = F.relu(1 - d_real.float()).mean() + F.relu(1 + d_fake.float()).mean()
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        r1 = torch.zeros((), device=device)
+        if cfg["r1_gamma"] > 0 and step % cfg["r1_every"] == 0:
+            r_img = r_img.detach().requires_grad_(True)
+            d_r, _ = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
+            (grad,) = torch.autograd.grad(d_r.sum(), r_img, create_graph=True)
+            r1 = grad.pow(2).flatten(1).sum(1).mean()
+            (cfg["r1_gamma"] / 2 * r1 * cfg["r1_every"]).backward()
+        opt_d.step()
+
+        # --- G: hinge + feature matching (+ optional, default-off L1 toward the original)
+        with autocast():
+            fake = G_train(context, mask, hm, z)
+            f_img, f_cond = diff_augment(fake, cond, aug, gen)
+            d_fake, f_feats = D_train(f_img, f_cond[:, :1], f_cond[:, 1:])
+            loss_g = -d_fake.float().mean()
+            fm = torch.zeros((), device=device)
+            if cfg["fm_weight"] > 0:
+                with torch.no_grad():
+                    r_img, r_cond = diff_augment(real, cond, aug, gen)
+                    _, r_feats = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
+                fm = sum(F.l1_loss(a.float().mean(0), b.float().mean(0)) for a, b in zip(f_feats, r_feats))
+            l1 = F.l1_loss(fake * mask, real * mask) if cfg["l1_weight"] > 0 else torch.zeros((), device=device)
+            total_g = loss_g + cfg["fm_weight"] * fm + cfg["l1_weight"] * l1
+        opt_g.zero_grad(set_to_none=True)
+        total_g.backward()
+        opt_g.step()
+
+        with torch.no_grad():  # EMA of G's weights (buffers copied)
+            for pe, p in zip(G_ema.parameters(), G.parameters()):
+                pe.lerp_(p.detach(), 1 - cfg["ema_decay"])
+            for be, b in zip(G_ema.buffers(), G.buffers()):
+                be.copy_(b)
+        step += 1
+
+        metrics = {"step": step, "loss_d": float(loss_d), "loss_g": float(loss_g), "fm": float(fm),
+                   "r1": float(r1), "d_real": float(d_real.float().mean()), "d_fake": float(d_fake.float().mean()),
+                   "seconds": round(time.time() - t0, 2), "resumed_from": resumed_from}
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
+            with tempfile.TemporaryDirectory() as tmp:
+                checkpoint = None
+                if rank == 0:
+                    _save_state(Path(tmp) / STATE_FILE, G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
+                                opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=step,
+                                gen_state=gen.get_state(), config=cfg, network=network_config(cfg))
+                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
+                ray.train.report(metrics, checkpoint=checkpoint)
+        elif step % cfg["log_every"] == 0:
+            ray.train.report(metrics)
+    if not metrics:  # resumed at or past the target: report the checkpoint again so the run has a result
+        ray.train.report({"step": step, "resumed_from": resumed_from}, checkpoint=ckpt if rank == 0 else None)
+
+
+# ---------------------------------------------------------------- driver side
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    p = Path(out_dir) / "checkpoint"
+    return p if (p / STATE_FILE).exists() else None
+
+
+def train(config: dict, out_dir: str | os.PathLike, name: str = "generator", resume_from: str | os.PathLike | None = None,
+          num_workers: int = 1, use_gpu: bool | None = None, data_summary: dict | None = None) -> dict:
+    """Run the TorchTrainer, keep its last checkpoint in `<out_dir>/checkpoint`, export the EMA generator.
+
+    `config` needs `data_path` (an aligned cache from data.build_cache) and `steps` (the total to reach).
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    cfg = full_config(config)
+    if "data_path" not in cfg:
+        raise ValueError("training config needs data_path (see anonymizer.generate.data.build_cache)")
+    out = Path(out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
+    if resume_from:
+        cfg["resume_from"] = str(Path(resume_from).resolve())
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg,
+        scaling_config=ray.train.ScalingConfig(num_workers=num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=None if use_gpu else {"CPU": 1}),
+        run_config=ray.train.RunConfig(name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+                                       storage_path=str(out / "ray"),
+                                       checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.error:
+        raise result.error
+    if result.checkpoint is None:
+        raise RuntimeError("training produced no checkpoint")
+    keep = out / "checkpoint"
+    staging = out / "checkpoint.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    with result.checkpoint.as_directory() as d:
+        shutil.copytree(d, staging)
+    shutil.rmtree(keep, ignore_errors=True)
+    os.replace(staging, keep)
+    return export(keep / STATE_FILE, out, name, data_summary=data_summary, metrics=result.metrics)
+
+
+def export(state_path: str | os.PathLike, out_dir: str | os.PathLike, name: str = "generator",
+           data_summary: dict | None = None, metrics: dict | None = None) -> dict:
+    """The EMA generator as an fp16 state dict + its model card, under `<out_dir>/generator/`."""
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    cfg = state["config"]
+    with np.load(cfg["data_path"], allow_pickle=False) as z:
+        data_hash, n_images = str(z["data_hash"]), int(z["crops"].shape[0])
+        n_ids = len(set(z["identities"].tolist()))
+    gdir = Path(out_dir) / "generator"
+    gdir.mkdir(parents=True, exist_ok=True)
+    weights = gdir / f"{name}.pt"
+    half = {k: (v.half() if v.is_floating_point() else v) for k, v in state["G_ema"].items()}
+    tmp = weights.with_suffix(".tmp")
+    torch.save(half, tmp)
+    os.replace(tmp, weights)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    card = {
+        "name": name, "kind": "anonymizer.generate.networks.Generator (EMA weights, fp16)",
+        "network": state["network"], "steps": int(state["step"]),
+        "parameters": count_parameters(Generator(**state["network"])),
+        "weights_file": weights.name, "weights_sha256": sha, "weights_bytes": weights.stat().st_size,
+        "data": {"source": "LFW (research data set; split by identity)", "data_hash": data_hash,
+                 "images": n_images, "identities": n_ids, **(data_summary or {})},
+        "crop": {"size": int(state["network"]["resolution"]), "template": al.TEMPLATE.tolist(),
+                 "mask_center": list(al.MASK_CENTER), "mask_axes": list(al.MASK_AXES)},
+        "training": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()
+                     if k not in ("data_path", "resume_from")},
+        "final_metrics": metrics or {}, "torch": torch.__version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "pretrained_networks": "none",
+    }
+    card_path = gdir / f"{name}.json"
+    card_path.write_text(json.dumps(card, indent=2, default=str))
+    return {"weights": str(weights), "card": str(card_path), "checkpoint": str(Path(state_path).parent),
+            "steps": card["steps"], "data_hash": data_hash, "sha256": sha}
