@@ -32,10 +32,6 @@ class Face:
         """The shorter side: what limits whether a face can be recognised."""
         return min(self.w, self.h)
 
-    def scaled(self, factor: float) -> "Face":
-        lm = None if self.landmarks is None else self.landmarks * factor
-        return Face(self.x * factor, self.y * factor, self.w * factor, self.h * factor, self.score, self.detector, lm)
-
 
 def valid(face: Face, width: int, height: int) -> bool:
     """A usable detection: finite, non-empty, and overlapping the image."""

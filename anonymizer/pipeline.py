@@ -252,9 +252,7 @@ def finish(ctx: RunContext, p: listing.Plan, verdict: Verdict, images: pd.DataFr
         except release.ReleaseVerificationError as exc:
             # The checker found a leak or a mismatch in the copied release: fail closed, nothing published.
             verdict = Verdict(False, verdict.checks, error=f"release verification: {exc}")
-            ctx.quarantine.write_bytes("validation.json", reporting.to_json(verdict.to_dict()))
-            where = release.quarantine_run(ctx.staging, ctx.quarantine, files)
-    else:
+    if not verdict.passed:
         ctx.quarantine.write_bytes("validation.json", reporting.to_json(verdict.to_dict()))
         where = release.quarantine_run(ctx.staging, ctx.quarantine, files)
     event("finish", run_id=ctx.run_id, released=verdict.passed, location=where.uri)
