@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-_EVALS: dict[str, str] = {"detection": "anonymizer.eval.detection", "reid": "anonymizer.eval.reid"}
+_EVALS: dict[str, str] = {"detection": "anonymizer.eval.detection", "reid": "anonymizer.eval.reid",
+                         "generation": "anonymizer.eval.generation"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
@@ -57,3 +58,61 @@ def nms(faces: list[Face], iou_threshold: float) -> list[Face]:
         if all(iou(f, k) <= iou_threshold for k in kept):
             kept.append(f)
     return kept
+
+
+def weighted_box_fusion(
+    models: Sequence[Sequence[Face]], weights: Sequence[float] | None = None, iou_threshold: float = 0.55,
+) -> list[Face]:
+    """Weighted box fusion (Solovyev, Wang and Gabruseva 2021) of several detectors' faces of one image.
+
+    `models[m]` are detector m's faces (already cut at its own score threshold), `weights[m]` its vote.
+    All boxes, highest weighted score first, join the cluster whose fused box they overlap most at IoU >
+    `iou_threshold`, else start their own. A cluster's box (and landmarks, from the members that have
+    them) is the mean of its members weighted by weight x score. Its score is a weighted vote, as the
+    paper's absent-model-aware average: sum over ALL models of weight x that model's best score in the
+    cluster, divided by the sum of all weights, so a model that missed the face counts 0. Agreement raises a
+    face's score, and a face only one detector found keeps score x weight / sum(weights). Taking each
+    model's best score (not every member's) keeps a detector's duplicate boxes from voting twice. The
+    result does not depend on the order of `models` (ties are broken by the boxes themselves).
+    """
+    weights = [1.0] * len(models) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(models) or any(w <= 0 for w in weights):
+        raise ValueError("one positive weight per model")
+    total = sum(weights)
+    entries = sorted(
+        ((w * f.score, f, m) for m, (fs, w) in enumerate(zip(models, weights)) for f in fs),
+        key=lambda e: (-e[0], e[1].x, e[1].y, e[1].w, e[1].h, e[1].detector),
+    )
+    clusters: list[list[tuple[float, Face, int]]] = []
+    fused: list[Face] = []
+    for entry in entries:
+        best, best_iou = -1, iou_threshold
+        for i, g in enumerate(fused):
+            o = iou(entry[1], g)
+            if o > best_iou:
+                best, best_iou = i, o
+        if best < 0:
+            clusters.append([entry])
+            fused.append(_fuse([entry], weights, total))
+        else:
+            clusters[best].append(entry)
+            fused[best] = _fuse(clusters[best], weights, total)
+    return sorted(fused, key=lambda f: (-f.score, f.x, f.y))
+
+
+def _fuse(members: list[tuple[float, Face, int]], weights: list[float], total: float) -> Face:
+    ws = np.array([max(e[0], 1e-12) for e in members])
+    boxes = np.array([[e[1].x, e[1].y, e[1].x + e[1].w, e[1].y + e[1].h] for e in members])
+    x0, y0, x1, y1 = (ws[:, None] * boxes).sum(0) / ws.sum()
+    best: dict[int, float] = {}
+    for _, f, m in members:
+        best[m] = max(best.get(m, 0.0), f.score)
+    score = sum(weights[m] * s for m, s in best.items()) / total
+    with_lm = [(w, e[1].landmarks) for w, e in zip(ws, members) if e[1].landmarks is not None]
+    landmarks = None
+    if with_lm:
+        lw = np.array([w for w, _ in with_lm])
+        landmarks = (np.stack([lm for _, lm in with_lm]) * lw[:, None, None]).sum(0) / lw.sum()
+        landmarks = landmarks.astype(np.float32)
+    name = "+".join(sorted({e[1].detector for e in members}))
+    return Face(float(x0), float(y0), float(x1 - x0), float(y1 - y0), float(score), name, landmarks)

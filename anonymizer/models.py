@@ -61,13 +61,18 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+PACKAGE_WEIGHTS = Path(__file__).parent / "weights"
+
+
 def search_dirs(model_dir: str | os.PathLike | None = None) -> list[Path]:
-    """Places searched, in order: the configured dir, $ANONYMIZER_MODEL_DIR, the user cache, ../shared/models."""
+    """Places searched, in order: the configured dir, $ANONYMIZER_MODEL_DIR, the user cache, ../shared/models,
+    and last the weights this package ships (the project's own generator)."""
     dirs = [Path(model_dir)] if model_dir else []
     if os.environ.get(MODEL_DIR_ENV):
         dirs.append(Path(os.environ[MODEL_DIR_ENV]))
     dirs.append(USER_MODEL_DIR)
     dirs.append(Path.cwd().parent / "shared" / "models")  # a developer checkout beside ../shared
+    dirs.append(PACKAGE_WEIGHTS)
     return dirs
 
 

@@ -24,9 +24,16 @@ class Component(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class DetectorComponent(Component):
+    weight: float = Field(1.0, gt=0)  # its vote when detections are fused (merge: wbf); unused by nms
+
+
 class Detection(_Strict):
-    detectors: list[Component] = Field(min_length=1)
+    detectors: list[DetectorComponent] = Field(min_length=1)
+    merge: Literal["nms", "wbf"] = "nms"  # nms: union, duplicates suppressed; wbf: weighted box fusion
     merge_iou: float = Field(0.3, ge=0, le=1)
+    min_score: float = Field(0.0, ge=0, le=1)  # wbf: the fused (vote-weighted) score a face needs
+    vote_per_scale: bool = False  # wbf: each scale of a detector votes on its own
     auditor: Component
 
 
@@ -47,6 +54,8 @@ class Measurement(_Strict):
     covered_fraction: float = Field(0.5, gt=0, le=1)
     change_tolerance: int = Field(16, ge=0, le=255)
     mask_margin_px: int = Field(8, ge=0)
+    # The landmark detector that re-finds each face before and after (pose kept, still detectable); null: off.
+    pose_landmarks: Component | None = Component(name="yunet", params={"scales": [1.0], "score_threshold": 0.5})
 
 
 class Thresholds(_Strict):
@@ -57,6 +66,8 @@ class Thresholds(_Strict):
     max_metadata_fields_left: int = Field(ge=0)
     max_failed_fraction: float = Field(ge=0, le=1)
     min_images: int = Field(1, ge=0)
+    max_median_pose_error_deg: float | None = Field(None, gt=0)  # null: pose is measured, not gated
+    min_redetected_fraction: float | None = Field(None, ge=0, le=1)  # null: detectability is measured, not gated
 
 
 class Output(_Strict):

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from anonymizer import imageio
 from anonymizer.anonymize import ANONYMIZERS, Anonymizer, face_rngs
-from anonymizer.detect import Detector, Ensemble, build_detector
+from anonymizer.detect import Detector, Ensemble, build_detector, build_ensemble
 from anonymizer.measure.encoder import FaceEncoder, build_encoder, encoder_inventory
 from anonymizer.measure.metrics import MeasureSettings, image_measurements, reid_distances
+from anonymizer.measure.pose import POSE_COLUMNS, PoseMeter
 from anonymizer.models import describe
 from anonymizer.policy import Policy
 
@@ -27,18 +28,20 @@ class Components:
     auditor: Detector
     anonymizer: Anonymizer
     encoder: FaceEncoder
+    pose_meter: PoseMeter | None = None
 
     @classmethod
     def from_policy(cls, policy: Policy) -> "Components":
         d, a = policy.detection, policy.anonymization
-        detectors = [build_detector(c.name, c.params, policy.model_dir) for c in d.detectors]
         region = a.region.model_dump()
+        pose = policy.measurement.pose_landmarks
         return cls(
-            detector=Ensemble(detectors, d.merge_iou),
+            detector=build_ensemble(d, policy.model_dir),
             auditor=build_detector(d.auditor.name, d.auditor.params, policy.model_dir),
             anonymizer=ANONYMIZERS.create(a.operator.name, **a.operator.params, **region,
                                           **({"model_dir": policy.model_dir} if a.operator.name == "generated" else {})),
             encoder=build_encoder(policy.measurement.encoder.name, policy.measurement.encoder.params, policy.model_dir),
+            pose_meter=PoseMeter(build_detector(pose.name, pose.params, policy.model_dir)) if pose else None,
         )
 
 
@@ -46,10 +49,17 @@ def model_inventory(policy: Policy) -> list[dict]:
     """Every weight file the policy's components load, with its sha256, for the audit report."""
     files = {"yunet": ["yunet"], "retinaface": ["retinaface"], "dlib_cnn": ["dlib_cnn"]}
     out = []
-    for n in [c.name for c in policy.detection.detectors] + [policy.detection.auditor.name]:
+    pose = policy.measurement.pose_landmarks
+    for n in ([c.name for c in policy.detection.detectors] + [policy.detection.auditor.name]
+              + ([pose.name] if pose else [])):
         out += [{"component": n, **describe(m, policy.model_dir)} for m in files.get(n, [])]
         if n == "dlib_hog":
             out.append({"component": n, "name": "dlib_hog", "file": "(built into dlib)", "sha256": None, "licence": "Boost"})
+    op = policy.anonymization.operator
+    if op.name == "generated":
+        from anonymizer.generate.anonymizer import weights_inventory
+
+        out.append(weights_inventory(op.params.get("weights", "generator"), policy.model_dir))
     enc = policy.measurement.encoder
     return out + encoder_inventory(enc.name, enc.params, policy.model_dir)
 
@@ -96,6 +106,8 @@ def _process(key: str, data: bytes, policy: Policy, c: Components, row: dict) ->
         result, img.rgb, released, auditor_faces,
         MeasureSettings(m.min_reid_face_px, m.covered_fraction, m.change_tolerance, m.mask_margin_px))
     distances = reid_distances(c.encoder, img.rgb, released, faces, m.min_reid_face_px)
+    poses = (c.pose_meter.measure(img.rgb, released, faces, m.min_reid_face_px) if c.pose_meter
+             else [None] * len(faces))
     t4 = time.perf_counter()
     same = policy.thresholds.same_person_distance
     scored = [d for d in distances if d is not None]
@@ -113,12 +125,12 @@ def _process(key: str, data: bytes, policy: Policy, c: Components, row: dict) ->
     face_rows = [
         {"key": key, "face": i, "source": "primary", "detector": f.detector, "score": f.score,
          "x": f.x, "y": f.y, "w": f.w, "h": f.h, "size": f.size, "method": method,
-         "reid_distance": d, "covered": True}
-        for i, (f, method, d) in enumerate(zip(faces, result.methods, distances))
+         "reid_distance": d, "covered": True, **(p.row() if p else dict.fromkeys(POSE_COLUMNS))}
+        for i, (f, method, d, p) in enumerate(zip(faces, result.methods, distances, poses))
     ] + [
         {"key": key, "face": i, "source": "auditor", "detector": f.detector, "score": f.score,
          "x": f.x, "y": f.y, "w": f.w, "h": f.h, "size": f.size, "method": None,
-         "reid_distance": None, "covered": not unc}
+         "reid_distance": None, "covered": not unc, **dict.fromkeys(POSE_COLUMNS)}
         for i, (f, unc) in enumerate(zip(auditor_faces, uncovered_flags))
     ]
     return ImageResult(output, row, face_rows)

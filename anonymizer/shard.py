@@ -39,6 +39,10 @@ FACE_SCHEMA = pa.schema([
     ("key", pa.string()), ("face", pa.int32()), ("source", pa.string()), ("detector", pa.string()),
     ("score", pa.float64()), ("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()), ("h", pa.float64()),
     ("size", pa.float64()), ("method", pa.string()), ("reid_distance", pa.float64()), ("covered", pa.bool_()),
+    # Head pose (degrees) before and after, the largest absolute change, and whether the face was found again.
+    ("yaw_before", pa.float64()), ("pitch_before", pa.float64()), ("roll_before", pa.float64()),
+    ("yaw_after", pa.float64()), ("pitch_after", pa.float64()), ("roll_after", pa.float64()),
+    ("pose_error", pa.float64()), ("redetected", pa.bool_()),
 ])
 
 

@@ -67,6 +67,15 @@ def _expectations(policy: Policy) -> list[tuple[str, str, object, str, str]]:
 
     t = policy.thresholds
     E = gx.expectations
+    pose = [] if t.max_median_pose_error_deg is None else [
+        ("pose_kept", "faces", E.ExpectColumnMedianToBeBetween(column="pose_error", max_value=t.max_median_pose_error_deg),
+         "the replacement keeps the head pose (useful data for vision work)",
+         f"median <= {t.max_median_pose_error_deg} degrees")]
+    if t.min_redetected_fraction is not None:
+        pose.append(("still_a_face", "faces", E.ExpectColumnValuesToBeInSet(
+            column="redetected", value_set=[True], mostly=t.min_redetected_fraction),
+            "a replaced face is still found by a detector (the data stays useful; the pose check has faces to measure)",
+            f">= {t.min_redetected_fraction:.0%} of measured faces found again"))
     return [
         ("images_processed", "images", E.ExpectTableRowCountToBeBetween(min_value=t.min_images),
          "an empty run is not a release", f">= {t.min_images} images"),
@@ -80,7 +89,7 @@ def _expectations(policy: Policy) -> list[tuple[str, str, object, str, str]]:
          "faces the auditor detector finds are anonymized too", f"<= {t.max_uncovered_faces} in total"),
         ("naive_reidentification", "faces", E.ExpectColumnValuesToBeBetween(column="reid_distance", min_value=t.same_person_distance, mostly=1 - t.max_reid_rate),
          "a face recognizer cannot link the released face to the original", f"<= {t.max_reid_rate:.0%} of scored faces closer than {t.same_person_distance}"),
-    ]
+    ] + pose
 
 
 def _plain(value: object) -> object:

@@ -5,7 +5,15 @@ virtualenv (created on first use; default /tmp/deface-venv, outside the checkout
 that writes its detections as JSON. Both sides see byte-identical aspect-restored images: we write them
 once as PNGs and the peer reads those.
 
+Two tables: recall by size as each side ships (its own score threshold, so FP/img differs), and recall at
+a matched false-positive rate: every detector's detections cut on its own score ranking where FP/img
+reaches 2 (anonymizer.eval.detection.recall_at_fp_rate), the fair side-by-side. deface runs at its
+default threshold 0.2 (about 6 FP/img here), so cutting it higher is possible; ours reach 2 FP/img only
+where their shipped threshold lets them (a `*` in the cut column: all detections kept, fewer FP).
+`policy` is the --policy file's (else the default policy's) detection section as the pipeline runs it.
+
     python bench/detection_peer.py [--data DIR] [--out bench/results] [--limit N] [--policy FILE]
+        [--detectors yunet,retinaface,ensemble,policy,policy:OTHER.yaml] [--fp-rate 2]
 """
 
 from __future__ import annotations
@@ -82,9 +90,14 @@ def run_peer(python: Path, jobs: list[dict], thresh: float, workdir: Path) -> tu
     return detections, ms, payload["backend"]
 
 
-def run_ours(name: str, samples: list[ev.Sample], jobs: list[dict], policy: str | None, model_dir: str | None) -> dict:
-    """Our detector on the same PNGs the peer reads, timed the same way (detection call only)."""
-    detector = ev.build_named_detector(name, policy, model_dir)
+def run_ours(name: str, samples: list[ev.Sample], jobs: list[dict], policy: str | None, model_dir: str | None,
+             fp_rate: float = ev.MATCHED_FP_RATE) -> dict:
+    """Our detector on the same PNGs the peer reads, timed the same way (detection call only).
+    `policy:FILE` is that policy file's detection (so an old and a new policy can sit side by side)."""
+    if name.startswith("policy:"):
+        detector = ev.build_named_detector("policy", name.split(":", 1)[1], model_dir)
+    else:
+        detector = ev.build_named_detector(name, policy, model_dir)
     detections, ms = [], []
     for job in jobs:
         image = cv2.cvtColor(cv2.imread(job["path"]), cv2.COLOR_BGR2RGB)
@@ -92,22 +105,28 @@ def run_ours(name: str, samples: list[ev.Sample], jobs: list[dict], policy: str 
         faces = detector.detect(image)
         ms.append((time.perf_counter() - t0) * 1000)
         detections.append(ev.to_eval_frame(faces, tuple(job["size"])))
-    return ev.score(samples, detections, ms_per_image=ms)
+    return ev.score(samples, detections, ms_per_image=ms, fp_rate=fp_rate)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(SHARED / "data" / "widerface_val_subset"))
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
-    p.add_argument("--detectors", default="yunet,retinaface,ensemble")
+    p.add_argument("--detectors", default="yunet,retinaface,ensemble,policy")
     p.add_argument("--policy", default=None)
     p.add_argument("--model-dir", default=os.environ.get("ANONYMIZER_MODEL_DIR") or str(SHARED / "models"))
     p.add_argument("--venv", default="/tmp/deface-venv", help="the deface virtualenv (created if missing)")
     p.add_argument("--thresh", type=float, default=0.2, help="CenterFace threshold (deface's default)")
+    p.add_argument("--fp-rate", type=float, default=ev.MATCHED_FP_RATE, help="FP/img of the matched operating point")
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--max-side", type=int, default=None)
     p.add_argument("--skip-peer", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for our detectors (OpenCV, torch)")
     args = p.parse_args(argv)
+    import torch
+
+    cv2.setNumThreads(args.threads)
+    torch.set_num_threads(args.threads)
 
     samples = ev.select_samples(ev.load_ground_truth(args.data), args.limit)
     results: dict[str, dict] = {}
@@ -115,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="detection_peer_") as tmp:
         jobs = write_restored(samples, Path(tmp), args.max_side)
         for name in [n.strip() for n in args.detectors.split(",") if n.strip()]:
-            results[name] = run_ours(name, samples, jobs, args.policy, args.model_dir)
+            results[name] = run_ours(name, samples, jobs, args.policy, args.model_dir, args.fp_rate)
             print(f"{name}: done", flush=True)
         if not args.skip_peer:
             python = ensure_peer_venv(Path(args.venv))
             detections, ms, backend = run_peer(python, jobs, args.thresh, Path(tmp))
-            results[f"deface@{args.thresh}"] = ev.score(samples, detections, ms_per_image=ms)
+            results[f"deface@{args.thresh}"] = ev.score(samples, detections, ms_per_image=ms, fp_rate=args.fp_rate)
             settings["deface_backend"] = backend
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

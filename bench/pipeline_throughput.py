@@ -1,7 +1,8 @@
 """Throughput of the pipeline on ../shared/data/photos: a plain loop over the library vs Ray (1 and 2
 workers) vs the whole Prefect + Ray flow, with the time per stage. Prints a table, writes JSON.
 
-    python bench/pipeline_throughput.py [--photos DIR] [--out bench/results/pipeline.json]
+    python bench/pipeline_throughput.py [--photos DIR] [--policy FILE] [--paths plain,ray1,ray2,prefect]
+                                        [--out bench/results/pipeline.json]
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
 STAGES = ["read_s", "decode_s", "detect_s", "anonymize_s", "measure_s", "write_s"]
 
 
-def plain_loop(photos: list[Path], out: Path) -> dict:
+def plain_loop(photos: list[Path], out: Path, policy_path: str | None) -> dict:
     """The same library calls the Ray actors make, in one process, no orchestration."""
     from anonymizer.policy import load_policy
     from anonymizer.process import Components, process_image
 
     t0 = time.perf_counter()
-    policy = load_policy()
+    policy = load_policy(policy_path)
     components = Components.from_policy(policy)
     load_s = time.perf_counter() - t0
     stages = dict.fromkeys(STAGES, 0.0)
@@ -50,20 +51,20 @@ def plain_loop(photos: list[Path], out: Path) -> dict:
             "images_per_s": len(photos) / (wall + load_s), "stage_s": stages}
 
 
-def ray_path(photos_dir: Path, out: Path, workers: int) -> dict:
+def ray_path(photos_dir: Path, out: Path, workers: int, policy_path: str | None) -> dict:
     import pandas as pd
 
     from anonymizer.pipeline import run_pipeline
 
     t0 = time.perf_counter()
-    o = run_pipeline(str(photos_dir), str(out / "rel"), workers=workers)
+    o = run_pipeline(str(photos_dir), str(out / "rel"), policy=policy_path, workers=workers)
     wall = time.perf_counter() - t0
     images = pd.read_parquet(out / "rel.staging" / o.run_id / "metrics" / "images.parquet")
     return {"path": "Ray (library pipeline)", "workers": workers, "wall_s": wall, "released": o.released,
             "images_per_s": len(images) / wall, "stage_s": {s: float(images[s].sum()) for s in STAGES}}
 
 
-def prefect_path(photos_dir: Path, out: Path, workers: int) -> dict:
+def prefect_path(photos_dir: Path, out: Path, workers: int, policy_path: str | None) -> dict:
     from prefect import flow
 
     from flows.anonymize_dataset import anonymize_dataset
@@ -76,7 +77,7 @@ def prefect_path(photos_dir: Path, out: Path, workers: int) -> dict:
     warm_up()  # starts Prefect's temporary server: a one-off cost, reported apart
     server_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    result = anonymize_dataset(str(photos_dir), str(out / "rel"), workers=workers)
+    result = anonymize_dataset(str(photos_dir), str(out / "rel"), policy=policy_path, workers=workers)
     wall = time.perf_counter() - t1
     n = result["counts"]["listed"]
     return {"path": "Prefect flow + Ray", "workers": workers, "wall_s": wall, "prefect_server_start_s": server_s,
@@ -86,6 +87,8 @@ def prefect_path(photos_dir: Path, out: Path, workers: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
+    ap.add_argument("--policy", help="policy YAML (default: the embedded default policy)")
+    ap.add_argument("--paths", default="plain,ray1,ray2,prefect", help="which paths to time")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     args = ap.parse_args()
     bootstrap = Path.home() / "ray_bootstrap_config.yaml"
@@ -100,17 +103,21 @@ def main() -> None:
     ray_start = time.perf_counter() - t0
     rows = []
     try:
-        (tmp / "plain").mkdir()
-        rows.append(plain_loop(photos, tmp / "plain"))
+        paths = args.paths.split(",")
+        if "plain" in paths:
+            (tmp / "plain").mkdir()
+            rows.append(plain_loop(photos, tmp / "plain", args.policy))
         for w in (1, 2):
-            rows.append(ray_path(args.photos, tmp / f"ray{w}", w))
-        rows.append(prefect_path(args.photos, tmp / "prefect", 2))
+            if f"ray{w}" in paths:
+                rows.append(ray_path(args.photos, tmp / f"ray{w}", w, args.policy))
+        if "prefect" in paths:
+            rows.append(prefect_path(args.photos, tmp / "prefect", 2, args.policy))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]["wall_s"]
     for r in rows:
         r["overhead_vs_plain"] = r["wall_s"] / base - 1
-    result = {"images": len(photos), "cpus": os.cpu_count(), "machine": platform.platform(),
+    result = {"images": len(photos), "policy": args.policy or "default", "cpus": os.cpu_count(), "machine": platform.platform(),
               "ray_start_s": ray_start, "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

@@ -50,3 +50,107 @@ def test_dlib_auditor_agrees_on_a_clear_portrait(shared):
     hog = build_detector("dlib_hog", {"upsample": 1, "min_score": 0.2})
     found = sum(bool(hog.detect(_rgb(p))) for p in lfw_images(8))
     assert found >= 7
+
+
+# --- weighted box fusion ---------------------------------------------------------------------------
+
+
+def _f(x, y, w, h, s, det="a"):
+    from anonymizer.faces import Face
+
+    return Face(float(x), float(y), float(w), float(h), s, det)
+
+
+def test_wbf_fuses_two_overlapping_boxes_into_the_score_weighted_box():
+    import pytest
+
+    from anonymizer.faces import weighted_box_fusion
+
+    a, b = _f(0, 0, 10, 10, 0.9, "yunet"), _f(2, 0, 10, 10, 0.6, "retinaface")  # IoU 2/3
+    (fused,) = weighted_box_fusion([[a], [b]], [1.0, 1.0], 0.55)
+    assert fused.x == pytest.approx((0.9 * 0 + 0.6 * 2) / 1.5)
+    assert fused.x + fused.w == pytest.approx((0.9 * 10 + 0.6 * 12) / 1.5)
+    assert (fused.y, fused.h) == pytest.approx((0.0, 10.0))
+    assert fused.score == pytest.approx((0.9 + 0.6) / 2)  # both models agree: the mean of their scores
+    assert fused.detector == "retinaface+yunet"
+    # weights: the box and the score lean to the heavier model
+    (heavy,) = weighted_box_fusion([[a], [b]], [2.0, 1.0], 0.55)
+    assert heavy.score == pytest.approx((2 * 0.9 + 0.6) / 3)
+    assert heavy.x == pytest.approx((1.8 * 0 + 0.6 * 2) / 2.4)
+
+
+def test_wbf_a_face_only_one_detector_found_keeps_a_reduced_score():
+    import pytest
+
+    from anonymizer.faces import weighted_box_fusion
+
+    lone, other = _f(100, 100, 20, 20, 0.8), _f(0, 0, 10, 10, 0.9, "b")
+    fused = {round(f.x): f for f in weighted_box_fusion([[lone], [other]], [1.0, 3.0], 0.55)}
+    assert fused[100].score == pytest.approx(0.8 * 1 / 4)
+    assert fused[0].score == pytest.approx(0.9 * 3 / 4)
+    assert (fused[100].x, fused[100].y, fused[100].w, fused[100].h) == (100, 100, 20, 20)  # alone: unchanged
+    # a model's own duplicates (e.g. two of its scales) do not vote twice
+    (dup,) = weighted_box_fusion([[_f(0, 0, 10, 10, 0.9), _f(1, 0, 10, 10, 0.5)], []], [1.0, 1.0], 0.55)
+    assert dup.score == pytest.approx(0.9 / 2)
+
+
+def test_wbf_does_not_depend_on_the_order_of_models_or_boxes():
+    from anonymizer.faces import weighted_box_fusion
+
+    rng = np.random.default_rng(0)
+    models = []
+    for m in range(3):  # three models seeing 6 faces with jitter, plus a few stray boxes
+        faces = [_f(c * 40 + rng.normal(0, 2), 50 + rng.normal(0, 2), 20 + rng.normal(0, 2), 22, float(rng.uniform(0.3, 1)), f"m{m}")
+                 for c in range(6) if rng.uniform() < 0.8]
+        faces += [_f(rng.uniform(0, 400), 200, 15, 15, float(rng.uniform(0.3, 1)), f"m{m}") for _ in range(2)]
+        models.append(faces)
+    weights = [1.0, 2.0, 0.5]
+
+    def key(fs):
+        return sorted((round(f.x, 6), round(f.y, 6), round(f.w, 6), round(f.h, 6), round(f.score, 6), f.detector) for f in fs)
+
+    reference = key(weighted_box_fusion(models, weights, 0.4))
+    for perm in ([2, 0, 1], [1, 2, 0]):
+        shuffled = [list(reversed(models[i])) for i in perm]
+        assert key(weighted_box_fusion(shuffled, [weights[i] for i in perm], 0.4)) == reference
+    assert len(reference) < sum(map(len, models))  # it did fuse
+
+
+def test_wbf_ensemble_on_a_real_photo_raises_agreed_faces(shared):
+    """YuNet and RetinaFace both find the large faces: fused, their score beats either alone's vote."""
+    from anonymizer.detect import Ensemble
+
+    img = _rgb(PHOTOS / "multiface.jpg")
+    parts = [build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}),
+             build_detector("retinaface", {"score_threshold": 0.5})]
+    fused = Ensemble(parts, 0.4, merge="wbf", weights=[1.0, 1.0]).detect(img)
+    large = [f for f in fused if f.size >= 40]
+    assert len(large) >= 3
+    for f in large:
+        assert f.detector == "retinaface+yunet" and f.score > 0.5  # a lone detector could give at most 0.5
+        assert f.landmarks is not None and f.landmarks.shape == (5, 2)
+    assert all(f.score <= 0.5 + 1e-6 for f in fused if "+" not in f.detector)
+    # min_score drops what only one detector saw
+    strict = Ensemble(parts, 0.4, merge="wbf", weights=[1.0, 1.0], min_score=0.5).detect(img)
+    assert all("+" in f.detector for f in strict) and len(strict) >= len(large)
+
+
+def test_wbf_vote_per_scale_counts_only_scales_that_ran(shared):
+    """Each YuNet scale votes; a scale skipped for max_side neither votes nor dilutes the others."""
+    import pytest
+
+    from anonymizer.detect import Ensemble
+
+    img = _rgb(PHOTOS / "multiface.jpg")
+    longest = max(img.shape[:2])
+    one_scale = build_detector("yunet", {"scales": [1.0, 2.0], "max_side": longest + 10, "score_threshold": 0.5})
+    fused = Ensemble([one_scale], 0.4, merge="wbf", vote_per_scale=True).detect(img)
+    raw = one_scale.detect(img)  # only 1x fits: one voter, whose scores pass through unchanged
+    assert sorted(f.score for f in fused) == pytest.approx(sorted(f.score for f in raw))
+    both = build_detector("yunet", {"scales": [1.0, 2.0], "score_threshold": 0.5})
+    fused = Ensemble([both], 0.4, merge="wbf", vote_per_scale=True).detect(img)
+    large = [f for f in fused if f.size >= 40]
+    assert large and all(f.score > 0.5 for f in large)  # seen at both scales
+    per_scale = both.detect_per_scale(img)
+    assert sorted(per_scale) == [1.0, 2.0]
+    assert len(fused) <= sum(map(len, per_scale.values()))

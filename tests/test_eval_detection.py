@@ -112,3 +112,73 @@ def test_retinaface_on_real_wider_images() -> None:
     r = ev.evaluate(detector, WIDER, limit=5)
     assert r["faces"] > 20 and r["recall"] > 0.2 and r["fp_per_image"] < 5
     assert r["ms_per_image"] > 0
+
+
+def _sample(name: str, faces: list[tuple[float, float, float, float, bool]]) -> ev.Sample:
+    return ev.Sample(name, Path(name), EVAL, EVAL, [ev.GtFace((x, y, w, h), inv, True, w) for x, y, w, h, inv in faces])
+
+
+EVAL = ev.EVAL_SIDE
+
+
+def test_recall_at_matched_false_positive_rate() -> None:
+    """Cut on the detector's own score ranking where FP/img reaches the rate; recall by size at that cut."""
+    a = _sample("a", [(10, 10, 40, 40, False), (100, 100, 10, 10, False), (200, 200, 20, 20, True)])
+    b = _sample("b", [(50, 50, 20, 20, False)])
+    dets_a = [
+        Face(10, 10, 40, 40, 0.9, "d"),  # TP (40 px)
+        Face(300, 300, 30, 30, 0.8, "d"),  # FP 1
+        Face(100, 100, 10, 10, 0.7, "d"),  # TP (10 px)
+        Face(200, 200, 20, 20, 0.65, "d"),  # on the invalid face: ignored, never an FP
+        Face(10, 10, 40, 40, 0.5, "d"),  # duplicate: FP 3
+    ]
+    dets_b = [
+        Face(300, 10, 30, 30, 0.6, "d"),  # FP 2
+        Face(50, 50, 20, 20, 0.4, "d"),  # TP (20 px), below the cut
+    ]
+    r = ev.recall_at_fp_rate([a, b], [dets_a, dets_b], fp_per_image=1.0)  # budget: 2 FP in 2 images
+    assert r["threshold"] == pytest.approx(0.6) and r["reached"]
+    assert r["fp_per_image"] == pytest.approx(1.0) and r["detections"] == 5
+    assert r["recall"] == pytest.approx(2 / 3)
+    assert r["by_size"][">=32"]["recall"] == 1.0 and r["by_size"]["8-16"]["recall"] == 1.0
+    assert r["by_size"]["16-32"] == {"faces": 1, "recall": 0.0}
+    # a generous rate keeps everything: all faces found, rate not reached
+    r = ev.recall_at_fp_rate([a, b], [dets_a, dets_b], fp_per_image=5.0)
+    assert r["recall"] == 1.0 and not r["reached"] and r["threshold"] == pytest.approx(0.4)
+    # ties: two detections share a score and together overshoot, so the cut falls above both
+    tied = [Face(10, 10, 40, 40, 0.9, "d"), Face(100, 100, 10, 10, 0.7, "d"), Face(300, 300, 30, 30, 0.7, "d")]
+    r = ev.recall_at_fp_rate([a], [tied], fp_per_image=0.5)
+    assert r["threshold"] == pytest.approx(0.9) and r["recall"] == pytest.approx(0.5)
+    # the harness's own score() at that threshold agrees with the cut
+    cut = [[f for f in dets_a if f.score >= 0.6], [f for f in dets_b if f.score >= 0.6]]
+    full = ev.score([a, b], cut, curve=False)
+    m = ev.recall_at_fp_rate([a, b], [dets_a, dets_b], fp_per_image=1.0)
+    assert full["recall"] == pytest.approx(m["recall"]) and full["fp_per_image"] == pytest.approx(m["fp_per_image"])
+
+
+def test_recommended_settings_are_the_default_policys() -> None:
+    """The harness's 'ensemble' without a policy is what policies/default.yaml deploys."""
+    from anonymizer.policy import load_policy
+
+    d = load_policy().detection
+    assert {c.name: dict(c.params) for c in d.detectors} == ev.RECOMMENDED_PARAMS
+    m = ev.RECOMMENDED_MERGE
+    assert (d.merge, d.merge_iou, d.min_score, d.vote_per_scale) == (m["merge"], m["merge_iou"], m["min_score"], m["vote_per_scale"])
+    assert {c.name: c.weight for c in d.detectors} == m["weights"]
+    assert ev.merge_settings(None) == m
+
+
+@pytest.mark.skipif(not WIDER.is_dir(), reason=f"no {WIDER}")
+def test_policy_detection_on_real_wider_images_reports_the_matched_rate(tmp_path: Path) -> None:
+    """`--detectors policy` runs the default policy's fused detection; the table has the matched-FP rows."""
+    parser = argparse.ArgumentParser()
+    ev.add_arguments(parser)
+    args = parser.parse_args(["--data", str(WIDER), "--out", str(tmp_path), "--detectors", "policy", "--limit", "4",
+                              "--model-dir", str(MODELS)])
+    assert ev.run(args) == 0
+    r = json.loads((tmp_path / "detection_eval.json").read_text())["results"]["policy"]
+    assert r["faces"] > 20 and r["recall"] > 0.3
+    m = r["matched_fp"]
+    assert m["fp_rate"] == 2.0 and m["fp_per_image"] <= 2.0 and 0 < m["recall"] <= r["recall"]
+    assert set(m["by_size"]) == {b[0] for b in ev.SIZE_BUCKETS}
+    assert "Recall at a matched false-positive rate" in ev.markdown_table({"policy": r})

@@ -169,6 +169,19 @@ def test_training_flow_end_to_end_and_resume(tiny_model):
     assert cache["crops"].shape[1:] == (128, 128, 3)
 
 
+def test_fit_local_trains_and_resumes_without_ray(tiny_model, tmp_path):
+    """The plain-process entry point (the GPU machine has no Ray): same loop, same checkpoint, same export."""
+    from anonymizer.generate.train import fit_local
+
+    cache = str(next(tiny_model["cache"].glob("*.npz")))
+    first = fit_local({**TINY, "steps": 2, "data_path": cache, "l1_weight": 1.0, "lowfreq_weight": 1.0}, tmp_path, "plain")
+    second = fit_local({**TINY, "steps": 4, "data_path": cache}, tmp_path, "plain")
+    assert (first["steps"], second["steps"]) == (2, 4)
+    assert torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["step"] == 4
+    card = json.loads((tmp_path / "generator" / "plain.json").read_text())
+    assert card["steps"] == 4 and card["weights_sha256"] == second["sha256"]
+
+
 # ---------------------------------------------------------------- the anonymizer
 
 @pytest.fixture(scope="module")
@@ -251,3 +264,117 @@ def test_missing_weights_name_the_file(tmp_path):
         GeneratedFace(weights="nope", model_dir=str(tmp_path))
     with pytest.raises(ModelNotFoundError, match="missing.pt"):
         GeneratedFace(weights=str(tmp_path / "missing.pt"))
+
+
+def test_batched_generation_matches_one_by_one(tiny_model, photo):
+    image, faces = photo
+    one = _generated(tiny_model, batch_size=1).anonymize(image, faces, face_rngs(0, "k", len(faces)))
+    many = _generated(tiny_model, batch_size=32).anonymize(image, faces, face_rngs(0, "k", len(faces)))
+    assert one.methods == many.methods == ["generated"] * len(faces)
+    assert np.abs(one.image.astype(int) - many.image.astype(int)).max() <= 1  # float summation order only
+
+
+def test_tampered_weights_are_refused(tiny_model, tmp_path):
+    from anonymizer.generate.anonymizer import GeneratedFace
+
+    src = tiny_model["out"] / "generator"
+    for name in ("tiny.pt", "tiny.json"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    data = bytearray((tmp_path / "tiny.pt").read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "tiny.pt").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"tiny\.pt: sha256 .* differs from its model card"):
+        GeneratedFace(weights=str(tmp_path / "tiny.pt"))
+
+
+# ---------------------------------------------------------------- pose before and after
+
+def test_pose_meter_keeps_and_loses_faces(yunet):
+    from anonymizer.detect import build_detector
+    from anonymizer.measure.pose import PoseMeter
+
+    meter = PoseMeter(build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}))
+    image = _rgb(LFW / TURNED)
+    face = _main_face(yunet, image)
+    same = meter.measure(image, image, [face], 32)[0]
+    assert same.row()["redetected"] is True
+    assert same.error < 0.5 and same.before.yaw < -8  # the known turned face reads as turned
+    black = ANONYMIZERS.create("mask").anonymize(image, [face], face_rngs(0, "k", 1)).image
+    lost = meter.measure(image, black, [face], 32)[0]
+    assert lost.before is not None and lost.after is None and lost.error is None
+    assert lost.row()["redetected"] is False and lost.row()["yaw_before"] == pytest.approx(same.before.yaw)
+    small = Face(face.x, face.y, 20, 20, face.score, face.detector, face.landmarks)
+    assert meter.measure(image, image, [small], 32) == [None]
+
+
+# ---------------------------------------------------------------- evaluation command
+
+def test_eval_generation_command(tiny_model, tmp_path, shared):
+    from anonymizer.cli import main
+    from anonymizer.generate.data import split_of
+
+    weights = tiny_model["out"] / "generator" / "tiny.pt"
+    rc = main(["eval", "generation", "--weights", str(weights), "--limit", "3", "--photos", "none",
+               "--operators", "generated;blur:0.35", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "generation.json").read_text())
+    g, b = result["operators"]["generated"]["lfw_heldout"], result["operators"]["blur 0.35"]["lfw_heldout"]
+    assert g["faces_scored"] == b["faces_scored"] == 3
+    assert g["methods"] == {"generated": 3} and b["methods"] == {"blur": 3}
+    assert g["background_identical"] == b["background_identical"] == 1.0
+    assert b["diversity_median"] == 0 and g["diversity_median"] > 0  # blur is a function of the face; z is not
+    assert result["weights"]["sha256"] == json.loads(weights.with_suffix(".json").read_text())["weights_sha256"]
+    rows = json.loads((tmp_path / "generation_faces.json").read_text())["generated|lfw_heldout"]
+    assert all(split_of(r["key"].split("/")[1]) == "eval" for r in rows)  # held-out identities only
+    assert (tmp_path / "generation_grid.png").stat().st_size > 1000
+    assert "| generated | lfw_heldout | 3 |" in (tmp_path / "generation.md").read_text()
+
+
+# ---------------------------------------------------------------- the committed generator
+
+def test_committed_weights_load_by_name_and_match_their_card(tmp_path, monkeypatch):
+    from anonymizer.generate.anonymizer import GeneratedFace, resolve_weights
+    from anonymizer.models import PACKAGE_WEIGHTS, sha256_file
+
+    monkeypatch.delenv("ANONYMIZER_MODEL_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)  # no ../shared/models from here: the name must resolve to the package's weights
+    path = resolve_weights("generator")
+    assert path == PACKAGE_WEIGHTS / "generator" / "generator.pt" and path.stat().st_size <= 50_000_000
+    card = json.loads(path.with_suffix(".json").read_text())
+    assert card["weights_sha256"] == sha256_file.__wrapped__(str(path))
+    assert card["steps"] >= 1000 and len(card["data"]["data_hash"]) == 64 and card["data"]["eval_identities"] > 0
+    assert card["pretrained_networks"] == "none" and card["evaluation"]["lfw_heldout"]["faces_scored"] >= 100
+    g = GeneratedFace("generator")
+    assert g.resolution == card["network"]["resolution"] and g.weights_path == path
+
+
+def test_realistic_policy_runs_the_committed_generator(tmp_path, shared, ray_cluster):
+    """policies/realistic.yaml names the generator; through the whole pipeline on two real photos, faces get
+    generated (large ones) or the blur fallback (small ones), every face is measured, and the verdict is
+    the policy's to make: released, or quarantined with the failed check named."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from anonymizer.pipeline import run_pipeline
+    from tests.conftest import REPO
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("group_2.jpg", "group_8.jpg"):  # 4 large faces; 71 small ones (the blur fallback)
+        shutil.copy(PHOTOS / name, src / name)
+    out = run_pipeline(str(src), str(tmp_path / "rel"), policy=str(REPO / "policies" / "realistic.yaml"), workers=1)
+    faces = pq.read_table(tmp_path / "rel.staging" / out.run_id / "metrics" / "faces.parquet").to_pandas()
+    primary = faces[faces["source"] == "primary"]
+    assert set(primary["method"]) == {"generated", "fallback:blur"}
+    assert (primary[primary["method"] == "generated"]["size"] >= 32).all()
+    assert (primary[primary["size"] < 32]["method"] == "fallback:blur").all()
+    generated = primary[primary["method"] == "generated"]
+    assert generated["yaw_before"].notna().all() and generated["reid_distance"].notna().all()
+    report_dir = tmp_path / "rel" / out.run_id if out.released else tmp_path / "rel.quarantine" / out.run_id
+    report = json.loads((report_dir / "report.json").read_text())
+    assert any(m.get("component") == "generated" and m["sha256"] for m in report["models"])
+    assert report["metrics"]["methods"]["generated"] == len(generated)
+    checks = {c["name"]: c for c in report["verdict"]["checks"]}
+    assert {"pose_kept", "still_a_face"} <= set(checks)
+    assert out.released == all(c["success"] for c in checks.values())

@@ -127,3 +127,14 @@ def test_tile_edges_cover_the_image() -> None:
 def test_loads_strictly() -> None:
     net = rf.RetinaFaceDetector._load(MODELS / "retinaface" / "mobilenet0.25_Final.pth", rf.torch.device("cpu"))
     assert sum(p.numel() for p in net.parameters()) > 400_000
+
+
+def test_per_scale_detections_are_what_detect_merges(multiface: np.ndarray) -> None:
+    """detect_per_scale keeps each scale apart (for fusion); together they hold what detect returns."""
+    det = build_detector("retinaface", {"score_threshold": 0.5, "scales": [1.0, 0.5]}, str(MODELS))
+    per_scale = det.detect_per_scale(multiface)
+    assert list(per_scale) == [1.0, 0.5]
+    union = [f for faces in per_scale.values() for f in faces]
+    for f in det.detect(multiface):
+        assert max(iou(f, g) for g in union) > 0.99
+    assert len(per_scale[1.0]) >= len(per_scale[0.5])  # the half-size pass misses small faces

@@ -59,3 +59,24 @@ def test_empty_run_fails(policy):
     images, faces = tables()
     v = validate(policy, images.iloc[:0], faces.iloc[:0])
     assert not v.passed and [c.name for c in v.failed] == ["images_processed"]
+
+
+def test_pose_threshold_gates_only_when_set(policy):
+    images, faces = tables()
+    faces["pose_error"] = [2.0] * 5 + [30.0] * 4 + [None]
+    assert validate(policy, images, faces).passed  # the default policy measures pose but does not gate it
+    strict = policy.model_copy(update={"thresholds": policy.thresholds.model_copy(update={"max_median_pose_error_deg": 5.0})})
+    v = validate(strict, images, faces)
+    assert v.passed and "pose_kept" in {c.name for c in v.checks}  # median 2.0
+    faces["pose_error"] = [2.0] * 4 + [30.0] * 5 + [None]
+    v = validate(strict, images, faces)
+    assert [c.name for c in v.failed] == ["pose_kept"]
+
+
+def test_redetection_threshold_fails_when_faces_are_not_found_again(policy):
+    images, faces = tables()
+    faces["redetected"] = [True] * 7 + [False] * 2 + [None]  # 7/9 found again; the auditor row has no value
+    gated = policy.model_copy(update={"thresholds": policy.thresholds.model_copy(update={"min_redetected_fraction": 0.75})})
+    assert validate(gated, images, faces).passed
+    faces["redetected"] = [True] * 5 + [False] * 4 + [None]
+    assert [c.name for c in validate(gated, images, faces).failed] == ["still_a_face"]

@@ -281,11 +281,23 @@ class RetinaFaceDetector:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Faces in each RGB uint8 image; scales and tiles of all images share padded, batched forwards."""
         raws: list[list[_Raw]] = [[] for _ in images]
-        for chunk in self._batches(self._jobs(images)):
+        for (idx, _), raw in self._run(self._jobs(images)):
+            raws[idx].append(raw)
+        return [self._to_faces(_Raw.concat(r)) for r in raws]
+
+    def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
+        """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
+        raws: dict[float, list[_Raw]] = {s: [] for s in self._usable_scales(image.shape[:2])}
+        for (_, scale), raw in self._run(self._jobs([image])):
+            raws[scale].append(raw)
+        return {s: self._to_faces(_Raw.concat(r)) for s, r in raws.items()}
+
+    def _run(self, jobs: Iterator[_Job]) -> Iterator[tuple[tuple[int, float], _Raw]]:
+        """((image index, scale), candidates in that image's frame) per crop, in batched forwards."""
+        for chunk in self._batches(jobs):
             for (idx, crop, scale, x, y, inner), raw in zip(chunk, self._forward([j[1] for j in chunk])):
                 raw = raw.select(self._whole_boxes(raw.boxes, crop.shape[:2], inner))
-                raws[idx].append(raw.transformed(x, y, scale))
-        return [self._to_faces(_Raw.concat(r)) for r in raws]
+                yield (idx, scale), raw.transformed(x, y, scale)
 
     # internals
 

@@ -50,9 +50,17 @@ class YuNetDetector:
             faces.append(Face(*(float(v) / scale for v in r[:4]), float(r[14]), self.name, lm))
         return faces
 
-    def detect(self, image: np.ndarray) -> list[Face]:
+    def usable_scales(self, shape: tuple[int, ...]) -> list[float]:
+        """The configured scales that keep the longer side within max_side (else one that fits)."""
+        longest = max(shape[:2])
+        return [s for s in self.scales if s * longest <= self.max_side] or [min(1.0, self.max_side / longest)]
+
+    def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
+        """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        longest = max(bgr.shape[:2])
-        usable = [s for s in self.scales if s * longest <= self.max_side] or [min(1.0, self.max_side / longest)]
-        faces = [f for s in usable for f in self._detect_at(bgr, s)]
-        return nms(faces, self.nms_threshold) if len(usable) > 1 else faces
+        return {s: self._detect_at(bgr, s) for s in self.usable_scales(bgr.shape)}
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        per_scale = self.detect_per_scale(image)
+        faces = [f for fs in per_scale.values() for f in fs]
+        return nms(faces, self.nms_threshold) if len(per_scale) > 1 else faces

@@ -33,7 +33,7 @@ from typing import Callable, Iterable, Sequence
 import cv2
 import numpy as np
 
-from anonymizer.detect import Detector, Ensemble, build_detector
+from anonymizer.detect import Detector, Ensemble, build_detector, build_ensemble
 from anonymizer.faces import Face
 
 EVAL_SIDE = 416
@@ -44,15 +44,22 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     (">=32", 32.0, float("inf")),
 )
 WIDER_SUBSETS = {"easy": 50.0, "medium": 20.0, "hard": 0.0}  # min ORIGINAL size among hard-flagged faces
-DETECTOR_CHOICES = ("yunet", "retinaface", "ensemble")
+DETECTOR_CHOICES = ("yunet", "retinaface", "ensemble", "policy")
+MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (the issue's FP budget per image)
 
-# Used where no policy names a detector: the best recall at <= 2 false positives per image found on this
-# subset (sweep of thresholds x scales); the recommendation for policies/default.yaml.
+# Used where no policy names a detector: policies/default.yaml's detection, chosen on this subset with
+# bench/detection_sweep.py (every detector x scale votes, boxes fused by WBF, min_score cuts the vote).
+# These params are the fusion's INPUTS: low thresholds, so `yunet` or `retinaface` alone with them gives
+# many false positives; compare single detectors on the matched-FP table (cut on their own scores).
 RECOMMENDED_PARAMS: dict[str, dict] = {
-    "yunet": {"score_threshold": 0.65, "scales": [1.0, 2.0], "max_side": 4096},
-    "retinaface": {"score_threshold": 0.8, "scales": [1.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
+    "yunet": {"score_threshold": 0.3, "scales": [1.0, 2.0, 3.0], "max_side": 4096},
+    "retinaface": {"score_threshold": 0.3, "scales": [1.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
 }
-RECOMMENDED_MERGE_IOU = 0.3
+# WIDER subset: recall 0.594 at 3.9 FP/img (the union of YuNet >= 0.6 at 3 scales it replaced: 0.557 at 4.0);
+# min_score 0.40 gives 2.0 FP/img at recall 0.552.
+RECOMMENDED_MERGE: dict = {"merge": "wbf", "merge_iou": 0.4, "min_score": 0.29, "vote_per_scale": True,
+                           "weights": {"yunet": 1.0, "retinaface": 1.0}}
+RECOMMENDED_MERGE_IOU = RECOMMENDED_MERGE["merge_iou"]
 
 
 # --- ground truth -------------------------------------------------------------------------------------
@@ -165,21 +172,79 @@ def match_image(
     dets: Sequence[Face], gt_boxes: np.ndarray, scored: np.ndarray, iou_threshold: float = 0.5
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Greedy matching (module docstring): (det scores, det labels 1=TP 0=FP -1=ignored, gt matched)."""
+    scores, labels, gt_index = _match(dets, gt_boxes, scored, iou_threshold)
+    matched = np.zeros(len(gt_boxes), bool)
+    matched[gt_index[gt_index >= 0]] = True
+    return scores, labels, matched
+
+
+def _match(
+    dets: Sequence[Face], gt_boxes: np.ndarray, scored: np.ndarray, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """match_image's greedy matching, also giving which face each true positive took (-1: none)."""
     order = sorted(range(len(dets)), key=lambda i: -dets[i].score)
     scores = np.array([dets[i].score for i in order], float)
     boxes = np.array([[dets[i].x, dets[i].y, dets[i].w, dets[i].h] for i in order], float).reshape(-1, 4)
     ious = _iou_matrix(boxes, gt_boxes.reshape(-1, 4))
     matched = np.zeros(len(gt_boxes), bool)
     labels = np.zeros(len(order), int)
+    gt_index = np.full(len(order), -1, int)
     for i in range(len(order)):
         hit = ious[i] >= iou_threshold
         free = hit & scored & ~matched
         if free.any():
             j = int(np.argmax(np.where(free, ious[i], -1)))
-            matched[j], labels[i] = True, 1
+            matched[j], labels[i], gt_index[i] = True, 1, j
         elif (hit & ~scored).any():
             labels[i] = -1
-    return scores, labels, matched
+    return scores, labels, gt_index
+
+
+def recall_at_fp_rate(
+    samples: Sequence[Sample], detections: Sequence[Sequence[Face]], fp_per_image: float = 2.0,
+    iou_threshold: float = 0.5,
+) -> dict:
+    """Recall (overall and by size) with the detections cut at the score where FP/img reaches `fp_per_image`.
+
+    The cut is taken on the detector's own score ranking over the whole set: the lowest threshold whose
+    kept detections (score >= threshold) make at most `fp_per_image` false positives per image. Greedy
+    matching goes in descending score order, so cutting the matched list is the same as re-matching at
+    that threshold. Detectors that never make that many false positives keep all their detections
+    (`reached` false). This compares detectors at one operating point whatever thresholds they shipped with.
+    """
+    scores, labels, faces = [], [], []
+    sizes: list[float] = []
+    for sample, dets in zip(samples, detections):
+        boxes = np.array([f.box for f in sample.faces], float).reshape(-1, 4)
+        scored = _subset_mask(sample, None)
+        s, lab, gt_index = _match(dets, boxes, scored, iou_threshold)
+        offset = len(sizes)
+        column = np.cumsum(scored) - 1  # face index -> index among the scored faces of this image
+        sizes += [f.size for f, m in zip(sample.faces, scored) if m]
+        scores.append(s)
+        labels.append(lab)
+        faces.append(np.where(gt_index >= 0, offset + column[np.maximum(gt_index, 0)], -1))
+    budget = fp_per_image * len(samples)
+    s, lab, face = (np.concatenate(a) if a else np.zeros(0) for a in (scores, labels, faces))
+    order = np.argsort(-s, kind="stable")
+    s, lab, face = s[order], lab[order].astype(int), face[order].astype(int)
+    fp = np.cumsum(lab == 0)
+    # a cut may only fall between different scores: keep the longest prefix ending at a score change
+    ends = np.flatnonzero(np.r_[s[1:] != s[:-1], True]) if len(s) else np.zeros(0, int)
+    ok = ends[fp[ends] <= budget]
+    keep = int(ok[-1]) + 1 if len(ok) else 0
+    hits = np.zeros(len(sizes), bool)
+    hits[face[:keep][face[:keep] >= 0]] = True
+    sizes_a = np.array(sizes)
+    return {
+        "fp_rate": fp_per_image,
+        "threshold": float(s[keep - 1]) if keep else None,
+        "reached": bool(len(s) and fp[-1] > budget),
+        "detections": keep,
+        "fp_per_image": float(fp[keep - 1] / max(len(samples), 1)) if keep else 0.0,
+        "recall": float(hits.mean()) if len(hits) else None,
+        "by_size": _by_size(sizes_a, hits),
+    }
 
 
 def average_precision(scores: np.ndarray, labels: np.ndarray, n_positives: int) -> float:
@@ -221,10 +286,13 @@ def _subset_mask(sample: Sample, subset: str | None) -> np.ndarray:
 
 def score(
     samples: Sequence[Sample], detections: Sequence[Sequence[Face]], iou_threshold: float = 0.5,
-    ms_per_image: Sequence[float] | None = None, curve: bool = True,
+    ms_per_image: Sequence[float] | None = None, curve: bool = True, fp_rate: float | None = MATCHED_FP_RATE,
 ) -> dict:
-    """Recall overall / by size / by WIDER subset, false positives per image, AP, and optionally a PR curve."""
+    """Recall overall / by size / by WIDER subset, false positives per image, AP, optionally a PR curve,
+    and (`matched_fp`) recall with the detections cut on their own scores at `fp_rate` FP/img."""
     result = _score_subset(samples, detections, None, iou_threshold, curve)
+    if fp_rate is not None:
+        result["matched_fp"] = recall_at_fp_rate(samples, detections, fp_rate, iou_threshold)
     result["wider"] = {
         name: {k: v for k, v in _score_subset(samples, detections, name, iou_threshold, False).items()
                if k in ("faces", "recall", "ap")}
@@ -303,7 +371,7 @@ def select_samples(samples: list[Sample], limit: int | None = None, names: Seque
 def detector_params(policy_path: str | Path | None) -> tuple[dict[str, dict], float, str | None]:
     """Per-detector params and merge IoU: the policy's where it names the detector, else ours."""
     params = {k: dict(v) for k, v in RECOMMENDED_PARAMS.items()}
-    merge_iou, model_dir = RECOMMENDED_MERGE_IOU, None
+    merge_iou, model_dir = RECOMMENDED_MERGE["merge_iou"], None
     if policy_path:
         from anonymizer.policy import load_policy
 
@@ -313,13 +381,36 @@ def detector_params(policy_path: str | Path | None) -> tuple[dict[str, dict], fl
     return params, merge_iou, model_dir
 
 
+def merge_settings(policy_path: str | Path | None) -> dict:
+    """How 'ensemble' merges: the policy's merge, min_score, vote_per_scale and weights, else ours."""
+    settings = {k: (dict(v) if isinstance(v, dict) else v) for k, v in RECOMMENDED_MERGE.items()}
+    if policy_path:
+        from anonymizer.policy import load_policy
+
+        d = load_policy(policy_path).detection
+        settings.update(merge=d.merge, merge_iou=d.merge_iou, min_score=d.min_score, vote_per_scale=d.vote_per_scale)
+        settings["weights"].update({c.name: c.weight for c in d.detectors})
+    return settings
+
+
 def build_named_detector(name: str, policy_path: str | Path | None = None, model_dir: str | None = None) -> Detector:
-    """'yunet', 'retinaface', or 'ensemble' (both, merged by NMS at the policy's merge_iou, as the pipeline does)."""
-    params, merge_iou, policy_model_dir = detector_params(policy_path)
+    """'yunet', 'retinaface', 'ensemble' (both, merged as the policy says, else as RECOMMENDED_MERGE), or
+    'policy' (the policy's `detection:` section exactly as the pipeline builds it; no policy: the default)."""
+    if name == "policy":
+        from anonymizer.policy import load_policy
+
+        policy = load_policy(policy_path)
+        ensemble = build_ensemble(policy.detection, model_dir or policy.model_dir)
+        ensemble.name = f"policy:{policy.name}"
+        return ensemble
+    params, _, policy_model_dir = detector_params(policy_path)
     model_dir = model_dir or policy_model_dir
     if name == "ensemble":
-        parts = [build_detector(n, params[n], model_dir) for n in ("yunet", "retinaface")]
-        ensemble = Ensemble(parts, merge_iou)
+        m = merge_settings(policy_path)
+        names = ("yunet", "retinaface")
+        parts = [build_detector(n, params[n], model_dir) for n in names]
+        ensemble = Ensemble(parts, m["merge_iou"], m["merge"], [m["weights"][n] for n in names], m["min_score"],
+                            m["vote_per_scale"])
         ensemble.name = "ensemble"
         return ensemble
     return build_detector(name, params.get(name, {}), model_dir)
@@ -359,6 +450,18 @@ def markdown_table(results: dict[str, dict]) -> str:
         wider = " | ".join(_fmt(r["wider"][k]["recall"]) for k in WIDER_SUBSETS)
         ms = f"{r['ms_per_image']:.0f}" if "ms_per_image" in r else "-"
         lines.append(f"| {name} | {sizes} | {_fmt(r['recall'])} | {wider} | {r['fp_per_image']:.2f} | {r['ap']:.3f} | {ms} |")
+    matched = {name: r["matched_fp"] for name, r in results.items() if r.get("matched_fp")}
+    if matched:
+        rate = next(iter(matched.values()))["fp_rate"]
+        head = f"| detector @ {rate:g} FP/img | " + " | ".join(f"{b[0]} px" for b in SIZE_BUCKETS)
+        head += " | overall | FP/img | score cut |"
+        lines += ["", f"Recall at a matched false-positive rate: each detector's detections cut on its own score "
+                  f"ranking where FP/img reaches {rate:g} (* = never reaches it: all its detections kept).",
+                  head, "|" + "---|" * (head.count("|") - 1)]
+        for name, m in matched.items():
+            sizes = " | ".join(_fmt(m["by_size"][b[0]]["recall"]) for b in SIZE_BUCKETS)
+            cut = "-" if m["threshold"] is None else f"{m['threshold']:.3f}" + ("" if m["reached"] else "*")
+            lines.append(f"| {name} | {sizes} | {_fmt(m['recall'])} | {m['fp_per_image']:.2f} | {cut} |")
     return "\n".join(lines)
 
 
@@ -369,7 +472,8 @@ def _fmt(v: float | None) -> str:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the widerface_val_subset directory")
     parser.add_argument("--out", required=True, help="directory for detection_eval.json and detection_eval.png")
-    parser.add_argument("--detectors", default=",".join(DETECTOR_CHOICES), help="comma-separated: yunet,retinaface,ensemble")
+    parser.add_argument("--detectors", default="yunet,retinaface,ensemble",
+                        help="comma-separated: yunet,retinaface,ensemble,policy (policy: the --policy file's detection as the pipeline runs it)")
     parser.add_argument("--policy", default=None, help="take detector parameters and merge_iou from this policy file")
     parser.add_argument("--model-dir", default=None, help="where the detector weights are")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick checks)")

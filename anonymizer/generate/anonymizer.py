@@ -15,8 +15,9 @@ recorded as method "fallback:<name>". The others are generated ("generated"):
    Pixels where that alpha is 0 keep their exact bytes.
 
 Weights: `weights` is a name, resolved as `<dir>/generator/<name>.pt` in `model_dir`, $ANONYMIZER_MODEL_DIR,
-~/.cache/anonymizer/models and ../shared/models (in that order), or a path to a .pt file. The model card
-`<name>.json` beside it gives the network's configuration (written by anonymizer.generate.train.export).
+~/.cache/anonymizer/models, ../shared/models and the package's own `anonymizer/weights` (in that order),
+or a path to a .pt file. The model card `<name>.json` beside it gives the network's configuration and the
+weights' sha256, checked on load (written by anonymizer.generate.train.export).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from anonymizer.faces import Face
 from anonymizer.generate import align as al
 from anonymizer.generate.networks import Generator
 from anonymizer.generate.pose import estimate_pose
-from anonymizer.models import ModelNotFoundError, search_dirs
+from anonymizer.models import ModelNotFoundError, search_dirs, sha256_file
 
 
 def resolve_weights(weights: str, model_dir: str | None = None) -> Path:
@@ -57,10 +58,23 @@ def load_generator(path: Path, device: str = "cpu") -> tuple[Generator, dict]:
     if not card_path.is_file():
         raise ModelNotFoundError(f"model card not found: {card_path} (it gives the network's configuration)")
     card = json.loads(card_path.read_text())
+    digest = sha256_file.__wrapped__(str(path))  # not the cached hash: the file is checked as it is now
+    if card.get("weights_sha256") and digest != card["weights_sha256"]:
+        raise ValueError(f"generator weights {path}: sha256 {digest} differs from its model card's {card['weights_sha256']}")
     net = Generator(**card["network"])
     state = torch.load(path, map_location="cpu", weights_only=True)
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
     return net.to(device).eval().requires_grad_(False), card
+
+
+def weights_inventory(weights: str, model_dir: str | None = None) -> dict:
+    """What the audit report records of the generator: file, hash, and where its training data came from."""
+    path = resolve_weights(weights, model_dir)
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    return {"component": "generated", "name": card.get("name", path.stem), "file": path.name,
+            "sha256": sha256_file(str(path)), "steps": card.get("steps"),
+            "licence": "project's own weights; trained on LFW (research data set), see the model card"}
 
 
 class GeneratedFace:
@@ -69,13 +83,14 @@ class GeneratedFace:
     def __init__(self, weights: str = "generator", model_dir: str | None = None, fallback: str = "blur",
                  fallback_strength: float = 0.35, min_face_px: float = 32, max_yaw: float = 60.0,
                  max_pitch: float = 45.0, max_reprojection_error: float = 0.25, expand: float = 1.35,
-                 shape: str = "ellipse", feather: float = 0.15, device: str = "cpu") -> None:
+                 shape: str = "ellipse", feather: float = 0.15, device: str = "auto", batch_size: int = 32) -> None:
         if fallback == self.name:
             raise ValueError("generated: the fallback must be a classical operator")
         self.weights_path = resolve_weights(weights, model_dir)
         self.device = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         self.net, self.card = load_generator(self.weights_path, self.device)
         self.resolution = int(self.card["network"]["resolution"])
+        self.batch_size = int(batch_size)
         self.fallback_name = fallback
         self.fallback = ANONYMIZERS.create(fallback, strength=fallback_strength, expand=expand, shape=shape,
                                            feather=feather)
@@ -102,37 +117,44 @@ class GeneratedFace:
             return "extreme_pose"
         return None
 
-    def generate_crop(self, crop: np.ndarray, landmarks: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """The generator's composite for an aligned uint8 crop (its face pixels are removed here first)."""
-        r = self.resolution
-        context = torch.from_numpy(crop).permute(2, 0, 1).float()[None] / 127.5 - 1
+    def generate_crops(self, crops: list[np.ndarray], landmarks: list[np.ndarray],
+                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
+        """The generator's composites for aligned uint8 crops, in batches of `batch_size`; each face's z comes
+        from its own RNG, so a face's output does not depend on which other faces share its batch."""
+        r, out = self.resolution, []
         mask = torch.from_numpy(self._hole)[None, None]
-        context = context * (1 - mask)
-        hm = torch.from_numpy(al.heatmaps(landmarks, r))[None]
-        z = torch.from_numpy(rng.standard_normal(self.net.z_dim).astype(np.float32))[None]
-        with torch.inference_mode():
-            y = self.net(context.to(self.device), mask.to(self.device), hm.to(self.device), z.to(self.device))
-        out = ((y[0].float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round()
-        return np.clip(out, 0, 255).astype(np.uint8)
+        for i in range(0, len(crops), self.batch_size):
+            part = slice(i, i + self.batch_size)
+            context = torch.from_numpy(np.stack(crops[part])).permute(0, 3, 1, 2).float() / 127.5 - 1
+            hm = torch.from_numpy(np.stack([al.heatmaps(lm, r) for lm in landmarks[part]]))
+            z = torch.from_numpy(np.stack([g.standard_normal(self.net.z_dim).astype(np.float32) for g in rngs[part]]))
+            m = mask.expand(len(context), -1, -1, -1)
+            with torch.inference_mode():
+                y = self.net((context * (1 - m)).to(self.device), m.to(self.device), hm.to(self.device), z.to(self.device))
+            y = ((y.float().cpu().permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
+            out += list(np.clip(y, 0, 255).astype(np.uint8))
+        return out
 
     def anonymize(self, image: np.ndarray, faces: Sequence[Face], rngs: Sequence[np.random.Generator]) -> Anonymized:
+        """Fallback faces first; then every generated face is aligned from that image (so no fallback face's
+        original pixels are context for another), generated in one batch, and blended in order."""
         out = image.copy()
-        masks: list[FaceMask] = []
-        methods: list[str] = []
-        for face, rng in zip(faces, rngs):
+        masks: list[FaceMask | None] = [None] * len(faces)
+        methods = [self.name] * len(faces)
+        todo = []
+        for i, (face, rng) in enumerate(zip(faces, rngs)):
             if self.decide(face, image.shape[:2]) is not None:
                 res = self.fallback.anonymize(out, [face], [rng])
-                out = res.image
-                masks.append(res.masks[0])
-                methods.append(f"fallback:{self.fallback_name}")
+                out, masks[i], methods[i] = res.image, res.masks[0], f"fallback:{self.fallback_name}"
                 continue
             region = face_region(face, image.shape[:2], self.expand, self.shape, self.feather)
             if region.alpha.size == 0:
-                masks.append(region)
-                methods.append(self.name)
+                masks[i] = region
                 continue
-            a = al.align(out, face.landmarks, self.resolution)
-            gen = self.generate_crop(a.crop, a.landmarks, rng)
+            todo.append((i, region, al.align(out, face.landmarks, self.resolution), rng))
+        generated = self.generate_crops([a.crop for _, _, a, _ in todo], [a.landmarks for _, _, a, _ in todo],
+                                        [rng for *_, rng in todo])
+        for (i, region, a, _), gen in zip(todo, generated):
             ys, xs = region.window
             h, w = region.alpha.shape
             window = (region.x0, region.y0, region.x0 + w, region.y0 + h)
@@ -142,6 +164,5 @@ class GeneratedFace:
             a3 = alpha[:, :, None]
             blended = np.rint(gen_win * a3 + crop.astype(np.float32) * (1.0 - a3)).astype(np.uint8)
             out[ys, xs] = np.where(a3 > 0, blended, crop)  # untouched pixels keep their exact bytes
-            masks.append(FaceMask(region.x0, region.y0, alpha))
-            methods.append(self.name)
+            masks[i] = FaceMask(region.x0, region.y0, alpha)
         return Anonymized(out, masks, methods)

@@ -115,12 +115,16 @@ class Generator(nn.Module):
         return rgb * mask + context * (1 - mask)
 
 
+def _sn(module: nn.Module, on: bool) -> nn.Module:
+    return spectral_norm(module) if on else module
+
+
 class _DBlock(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, sn: bool = True) -> None:
         super().__init__()
-        self.c1 = spectral_norm(nn.Conv2d(cin, cout, 3, 1, 1))
-        self.c2 = spectral_norm(nn.Conv2d(cout, cout, 3, 1, 1))
-        self.skip = spectral_norm(nn.Conv2d(cin, cout, 1))
+        self.c1 = _sn(nn.Conv2d(cin, cout, 3, 1, 1), sn)
+        self.c2 = _sn(nn.Conv2d(cout, cout, 3, 1, 1), sn)
+        self.skip = _sn(nn.Conv2d(cin, cout, 1), sn)
 
     def forward(self, x):
         h = self.c2(F.leaky_relu(self.c1(F.leaky_relu(x, 0.2)), 0.2))
@@ -128,14 +132,16 @@ class _DBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, resolution: int = 128, base_channels: int = 32, max_channels: int = 384) -> None:
+    def __init__(self, resolution: int = 128, base_channels: int = 32, max_channels: int = 384,
+                 spectral: bool = True) -> None:
         super().__init__()
-        self.config = dict(resolution=resolution, base_channels=base_channels, max_channels=max_channels)
+        self.config = dict(resolution=resolution, base_channels=base_channels, max_channels=max_channels,
+                           spectral=spectral)
         n = _levels(resolution, bottom=4)
         ch = [min(base_channels * 2**i, max_channels) for i in range(n + 1)]
-        self.stem = spectral_norm(nn.Conv2d(3 + COND_CHANNELS, ch[0], 3, 1, 1))
-        self.blocks = nn.ModuleList([_DBlock(ch[i], ch[i + 1]) for i in range(n)])
-        self.head = spectral_norm(nn.Linear(ch[n] * 16, 1))
+        self.stem = _sn(nn.Conv2d(3 + COND_CHANNELS, ch[0], 3, 1, 1), spectral)
+        self.blocks = nn.ModuleList([_DBlock(ch[i], ch[i + 1], spectral) for i in range(n)])
+        self.head = _sn(nn.Linear(ch[n] * 16, 1), spectral)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor, heatmaps: torch.Tensor):
         x = self.stem(torch.cat([image, mask, heatmaps], 1))

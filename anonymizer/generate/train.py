@@ -1,20 +1,26 @@
-"""Training the generator: a Ray Train loop (one process to a GPU cluster) and the export of its weights.
+"""Training the generator, and the export of its weights.
 
-`train_loop_per_worker(config)` is what every Ray Train worker runs:
+`fit(config, device, ...)` is the loop, free of Ray; `train_loop_per_worker` runs it on Ray Train workers
+(one process to a GPU cluster) and `fit_local` in a plain process (machines without Ray):
 - hinge loss for D and G; R1 penalty on real images every `r1_every` steps (lazy: scaled by r1_every);
 - DiffAugment (Zhao et al., 2020): the same differentiable translation (image and conditioning together),
-  colour and cutout (image only) on real and fake images before D;
-- feature matching on D's own features (no pretrained network anywhere); an L1 term toward the original
-  face exists but defaults to 0, since reproducing the identity is what the generator must not do;
-- Adam with β = (0, 0.99); an EMA of G's weights is what gets exported;
-- a checkpoint (G, D, EMA, both optimisers, step) every `checkpoint_every` steps and at the end, through
-  `ray.train.report(..., checkpoint=...)`; a run given a checkpoint resumes from its step.
+  colour and cutout (image only) on real and fake images before D; `d_spectral_norm` switches D's SN;
+- feature matching on D's own features (no pretrained network anywhere);
+- reconstruction terms: `lowfreq_weight` (L1 between 8×8 average-pooled fake and real crops: skin tone and
+  lighting) and `l1_weight` (full-resolution L1 inside the hole). The generator never sees the face's
+  pixels, so neither can copy an identity: the best it can do is the face *expected* from the context and
+  the landmarks, i.e. they pull it toward a mean face in the right pose (easy to detect, low diversity),
+  and the adversarial term is what adds variety. Short CPU runs lean on them, since the discriminator
+  learns slowly there;
+- `time_budget_s`: stop (with a checkpoint) once the budget is spent, for fixed-length GPU or CPU slots;
+- Adam with β = (0, 0.99); an EMA of G's weights (ramped in over the first steps) is what gets exported;
+- a checkpoint (G, D, EMA, both optimisers, step, RNG) every `checkpoint_every` steps and at the end; a run
+  given a checkpoint resumes from its step.
 
 `train(config, out_dir, ...)` builds the TorchTrainer (1 worker, GPU when torch sees one), runs it and
 writes `<out_dir>/generator/<name>.pt` (the EMA generator as an fp16 state dict) and `<name>.json` (the
 model card: network config, steps, data hash, split, training config, weight sha256).
 """
-
 from __future__ import annotations
 
 import copy
@@ -36,7 +42,8 @@ from anonymizer.generate.networks import Discriminator, Generator, count_paramet
 DEFAULTS = dict(
     resolution=128, base_channels=32, max_channels=384, z_dim=128, w_dim=256, bottleneck_blocks=2,
     batch_size=32, steps=100_000, lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), r1_gamma=1.0, r1_every=16,
-    ema_decay=0.999, fm_weight=1.0, l1_weight=0.0, augment=("translation", "color", "cutout"),
+    ema_decay=0.999, d_spectral_norm=True, fm_weight=1.0, l1_weight=0.0, lowfreq_weight=0.0, time_budget_s=None,
+    augment=("translation", "color", "cutout"),
     checkpoint_every=2000, log_every=100, seed=0, num_threads=None, amp="auto",
 )
 
@@ -125,16 +132,16 @@ def _save_state(path: Path, **state) -> None:
     os.replace(tmp, path)
 
 
-def train_loop_per_worker(config: dict) -> None:
-    import ray.train
-    import ray.train.torch as rtt
-
-    cfg = full_config(config)
+def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None, rank: int = 0, world: int = 1,
+        wrap=lambda module: module) -> int:
+    """The training loop itself, free of Ray: Ray Train's workers call it, and so does `fit_local` on a machine
+    without Ray (the GPU machine). `state` resumes a checkpoint; `report(metrics, state_or_None)` receives the
+    metrics every `log_every` steps and the full state to keep every `checkpoint_every` steps and at the end.
+    Returns the step reached."""
+    cfg = full_config(cfg)
     if cfg["num_threads"]:
         torch.set_num_threads(int(cfg["num_threads"]))
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = rtt.get_device()
+    report = report or (lambda metrics, state: None)
     torch.manual_seed(cfg["seed"] + rank)
     gen = torch.Generator().manual_seed(cfg["seed"] * 7919 + rank)
 
@@ -144,20 +151,13 @@ def train_loop_per_worker(config: dict) -> None:
     hole, coords = conditioning(res, device)
 
     G = Generator(**network_config(cfg)).to(device)
-    D = Discriminator(res, cfg["base_channels"], cfg["max_channels"]).to(device)
+    D = Discriminator(res, cfg["base_channels"], cfg["max_channels"], cfg["d_spectral_norm"]).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=tuple(cfg["betas"]))
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=tuple(cfg["betas"]))
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=tuple(float(b) for b in cfg["betas"]))
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=tuple(float(b) for b in cfg["betas"]))
 
     step, resumed_from = 0, None
-    # A restarted attempt of this run resumes from its own latest checkpoint; a new run from `resume_from`
-    # (Ray Train v2 dropped the trainer's resume_from_checkpoint: the loop loads it itself).
-    ckpt = ray.train.get_checkpoint()
-    if ckpt is None and cfg.get("resume_from"):
-        ckpt = ray.train.Checkpoint.from_directory(cfg["resume_from"])
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+    if state is not None:
         G.load_state_dict(state["G"])
         D.load_state_dict(state["D"])
         G_ema.load_state_dict(state["G_ema"])
@@ -167,8 +167,7 @@ def train_loop_per_worker(config: dict) -> None:
         if state.get("gen_state") is not None:
             gen.set_state(state["gen_state"])
 
-    G_train = rtt.prepare_model(G, parallel_strategy_kwargs={"find_unused_parameters": False}) if world > 1 else G
-    D_train = rtt.prepare_model(D) if world > 1 else D
+    G_train, D_train = wrap(G), wrap(D)
     use_amp = device.type == "cuda" and (cfg["amp"] is True or (cfg["amp"] == "auto" and torch.cuda.is_bf16_supported()))
     aug = tuple(cfg["augment"])
     bs = min(cfg["batch_size"], n)
@@ -185,6 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     metrics: dict = {}
     t0 = time.time()
+    budget = cfg["time_budget_s"]
     while step < cfg["steps"]:
         real, mask, hm = sample_batch()
         cond = torch.cat([mask, hm], 1)
@@ -223,34 +223,89 @@ def train_loop_per_worker(config: dict) -> None:
                     _, r_feats = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
                 fm = sum(F.l1_loss(a.float().mean(0), b.float().mean(0)) for a, b in zip(f_feats, r_feats))
             l1 = F.l1_loss(fake * mask, real * mask) if cfg["l1_weight"] > 0 else torch.zeros((), device=device)
-            total_g = loss_g + cfg["fm_weight"] * fm + cfg["l1_weight"] * l1
+            lowfreq = (F.l1_loss(F.avg_pool2d(fake.float(), res // 8), F.avg_pool2d(real, res // 8))
+                       if cfg["lowfreq_weight"] > 0 else torch.zeros((), device=device))
+            total_g = loss_g + cfg["fm_weight"] * fm + cfg["l1_weight"] * l1 + cfg["lowfreq_weight"] * lowfreq
         opt_g.zero_grad(set_to_none=True)
         total_g.backward()
         opt_g.step()
 
-        with torch.no_grad():  # EMA of G's weights (buffers copied)
+        with torch.no_grad():  # EMA of G's weights (buffers copied); ramped so early steps are not all init
+            beta = min(cfg["ema_decay"], (1 + step) / (10 + step))
             for pe, p in zip(G_ema.parameters(), G.parameters()):
-                pe.lerp_(p.detach(), 1 - cfg["ema_decay"])
+                pe.lerp_(p.detach(), 1 - beta)
             for be, b in zip(G_ema.buffers(), G.buffers()):
                 be.copy_(b)
         step += 1
 
+        out_of_time = budget is not None and time.time() - t0 >= budget
         metrics = {"step": step, "loss_d": float(loss_d), "loss_g": float(loss_g), "fm": float(fm),
+                   "lowfreq": float(lowfreq),
                    "r1": float(r1), "d_real": float(d_real.float().mean()), "d_fake": float(d_fake.float().mean()),
                    "seconds": round(time.time() - t0, 2), "resumed_from": resumed_from}
-        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"]:
-            with tempfile.TemporaryDirectory() as tmp:
-                checkpoint = None
-                if rank == 0:
-                    _save_state(Path(tmp) / STATE_FILE, G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(),
-                                opt_g=opt_g.state_dict(), opt_d=opt_d.state_dict(), step=step,
-                                gen_state=gen.get_state(), config=cfg, network=network_config(cfg))
-                    checkpoint = ray.train.Checkpoint.from_directory(tmp)
-                ray.train.report(metrics, checkpoint=checkpoint)
+        if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"] or out_of_time:
+            report(metrics, dict(G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(), opt_g=opt_g.state_dict(),
+                                 opt_d=opt_d.state_dict(), step=step, gen_state=gen.get_state(), config=cfg,
+                                 network=network_config(cfg)) if rank == 0 else None)
         elif step % cfg["log_every"] == 0:
+            report(metrics, None)
+        if rank == 0 and (step % cfg["log_every"] == 0 or out_of_time):
+            print(json.dumps({"event": "train_step", **metrics}), flush=True)
+        if out_of_time:
+            break
+    if not metrics and rank == 0:  # resumed at or past the target: hand the state back so the run has a result
+        report({"step": step, "resumed_from": resumed_from}, state)
+    return step
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """What every Ray Train worker runs: `fit` with Ray's device, checkpoints and DDP wrapping."""
+    import ray.train
+    import ray.train.torch as rtt
+
+    ctx = ray.train.get_context()
+    device = rtt.get_device()
+    # A restarted attempt of this run resumes from its own latest checkpoint; a new run from `resume_from`
+    # (Ray Train v2 dropped the trainer's resume_from_checkpoint: the loop loads it itself).
+    ckpt = ray.train.get_checkpoint()
+    if ckpt is None and config.get("resume_from"):
+        ckpt = ray.train.Checkpoint.from_directory(config["resume_from"])
+    state = None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = torch.load(Path(d) / STATE_FILE, map_location=device, weights_only=False)
+
+    def report(metrics: dict, to_keep: dict | None) -> None:
+        if to_keep is None:
             ray.train.report(metrics)
-    if not metrics:  # resumed at or past the target: report the checkpoint again so the run has a result
-        ray.train.report({"step": step, "resumed_from": resumed_from}, checkpoint=ckpt if rank == 0 else None)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            _save_state(Path(tmp) / STATE_FILE, **to_keep)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    world = ctx.get_world_size()
+    wrap = (lambda m: rtt.prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": False})) if world > 1 \
+        else (lambda m: m)
+    fit(config, device, state, report, ctx.get_world_rank(), world, wrap)
+
+
+def fit_local(config: dict, out_dir: str | os.PathLike, name: str = "generator", data_summary: dict | None = None) -> dict:
+    """`fit` in this process (no Ray): checkpoints to `<out_dir>/checkpoint/state.pt`, resumed from there when
+    present, then the export. For machines without Ray, such as the GPU machine."""
+    cfg = full_config(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    keep = Path(out_dir) / "checkpoint" / STATE_FILE
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    state = torch.load(keep, map_location=device, weights_only=False) if keep.exists() else None
+    last: dict = {}
+
+    def report(metrics: dict, to_keep: dict | None) -> None:
+        last.update(metrics)
+        if to_keep is not None:
+            _save_state(keep, **to_keep)
+
+    fit(cfg, device, state, report)
+    return export(keep, out_dir, name, data_summary=data_summary, metrics=last)
 
 
 # ---------------------------------------------------------------- driver side

@@ -33,6 +33,9 @@ def summary_metrics(images: pd.DataFrame, faces: pd.DataFrame, same_person: floa
     ok = images[images["error"].isna()] if len(images) else images
     primary = faces[faces["source"] == "primary"] if len(faces) else faces
     scored = primary["reid_distance"].dropna() if len(primary) else pd.Series(dtype=float)
+    posed = primary[primary["yaw_before"].notna()] if len(primary) and "yaw_before" in primary else primary.iloc[:0]
+    pose_error = posed["pose_error"].dropna() if len(posed) else pd.Series(dtype=float)
+    methods = primary["method"].value_counts().to_dict() if len(primary) else {}
     return {
         "images_processed": int(len(ok)),
         "images_failed": int(len(images) - len(ok)),
@@ -46,6 +49,11 @@ def summary_metrics(images: pd.DataFrame, faces: pd.DataFrame, same_person: floa
         "max_outside_changed_fraction": float(ok["outside_changed_fraction"].max()) if len(ok) else None,
         "metadata_fields_in": int(ok["metadata_fields_in"].sum()) if len(ok) else 0,
         "metadata_fields_left": int(ok["metadata_fields_left"].sum()) if len(ok) else 0,
+        "methods": {str(k): int(v) for k, v in methods.items()},  # generated vs fallback operators, per face
+        "pose_measured_faces": int(len(posed)),
+        "redetected_fraction": float(posed["redetected"].astype(bool).mean()) if len(posed) else None,
+        "median_pose_error_deg": float(pose_error.median()) if len(pose_error) else None,
+        "p95_pose_error_deg": float(pose_error.quantile(0.95)) if len(pose_error) else None,
     }
 
 

@@ -1,0 +1,100 @@
+"""Head pose before and after anonymization, per face: is the pose kept, and is a face still there?
+
+The same procedure runs on the original and on the released image, so their difference measures the
+operator and not two different landmark sources: a window around the face's box (one box side of context
+each way) is scaled so the face is about `target_px` wide, a landmark detector (YuNet by default; its
+licence allows commercial use, unlike dlib's 68-point model) runs on it, and the detection that best
+overlaps the face's box gives 5 landmarks, from which `generate.pose.estimate_pose` reads yaw, pitch and
+roll. A face not re-found in the released image is recorded as such (`redetected` False): realistic
+replacements should stay detectable, classical operators usually are not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from anonymizer.detect import Detector
+from anonymizer.faces import Face, iou
+from anonymizer.generate.pose import Pose, estimate_pose
+
+POSE_COLUMNS = ("yaw_before", "pitch_before", "roll_before", "yaw_after", "pitch_after", "roll_after",
+                "pose_error", "redetected")
+
+
+@dataclass(frozen=True)
+class PoseChange:
+    before: Pose | None
+    after: Pose | None
+
+    @property
+    def error(self) -> float | None:
+        """The largest of |Δyaw|, |Δpitch|, |Δroll| in degrees (None when either side has no pose)."""
+        if self.before is None or self.after is None:
+            return None
+        return max(abs(self.before.yaw - self.after.yaw), abs(self.before.pitch - self.after.pitch),
+                   abs(self.before.roll - self.after.roll))
+
+    def row(self) -> dict:
+        b, a = self.before, self.after
+        return {"yaw_before": b and b.yaw, "pitch_before": b and b.pitch, "roll_before": b and b.roll,
+                "yaw_after": a and a.yaw, "pitch_after": a and a.pitch, "roll_after": a and a.roll,
+                "pose_error": self.error, "redetected": a is not None}
+
+
+def find_again(detector: Detector, image: np.ndarray, face: Face, target_px: float = 112.0, min_iou: float = 0.3,
+               need_landmarks: bool = False) -> Face | None:
+    """The detection at `face`'s box in `image` (image coordinates), or None: the detector runs on a window
+    of one box side of context each way, scaled so the face is `target_px` wide."""
+    h, w = image.shape[:2]
+    side = max(face.w, face.h)
+    x0, y0 = max(0, int(face.x - side)), max(0, int(face.y - side))
+    x1, y1 = min(w, int(np.ceil(face.x + face.w + side))), min(h, int(np.ceil(face.y + face.h + side)))
+    if x1 - x0 < 2 or y1 - y0 < 2 or side <= 0:
+        return None
+    scale = target_px / side
+    window = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), None, fx=scale, fy=scale,
+                        interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    target = Face((face.x - x0) * scale, (face.y - y0) * scale, face.w * scale, face.h * scale, 1.0, "box")
+    found = [(iou(target, f), f) for f in detector.detect(window) if f.landmarks is not None or not need_landmarks]
+    if not found:
+        return None
+    best_iou, f = max(found, key=lambda t: t[0])
+    if best_iou < min_iou:
+        return None
+    lm = None if f.landmarks is None else np.asarray(f.landmarks, np.float64) / scale + (x0, y0)
+    return Face(f.x / scale + x0, f.y / scale + y0, f.w / scale, f.h / scale, f.score, f.detector, lm)
+
+
+class PoseMeter:
+    def __init__(self, detector: Detector, target_px: float = 112.0, min_iou: float = 0.3) -> None:
+        self.detector, self.target_px, self.min_iou = detector, target_px, min_iou
+
+    def landmarks(self, image: np.ndarray, face: Face) -> np.ndarray | None:
+        """The 5 landmarks of the face at `face`'s box in `image`, or None when no face is found there."""
+        found = find_again(self.detector, image, face, self.target_px, self.min_iou, need_landmarks=True)
+        return None if found is None else found.landmarks
+
+    def pose(self, image: np.ndarray, face: Face, fallback: np.ndarray | None = None) -> Pose | None:
+        lm = self.landmarks(image, face)
+        lm = fallback if lm is None else lm
+        if lm is None:
+            return None
+        try:
+            return estimate_pose(lm, image.shape[:2])
+        except ValueError:
+            return None
+
+    def measure(self, original: np.ndarray, released: np.ndarray, faces: list[Face], min_face_px: float
+                ) -> list[PoseChange | None]:
+        """Per face (None below `min_face_px`, where landmarks are too unreliable to compare)."""
+        out: list[PoseChange | None] = []
+        for f in faces:
+            if f.size < min_face_px:
+                out.append(None)
+                continue
+            # Before: re-found like the after side; the detector's own landmarks when the window misses it.
+            out.append(PoseChange(self.pose(original, f, f.landmarks), self.pose(released, f)))
+        return out
