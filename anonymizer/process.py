@@ -32,17 +32,26 @@ class Components:
 
     @classmethod
     def from_policy(cls, policy: Policy) -> "Components":
-        d, a = policy.detection, policy.anonymization
-        region = a.region.model_dump()
+        d = policy.detection
         pose = policy.measurement.pose_landmarks
         return cls(
             detector=build_ensemble(d, policy.model_dir),
             auditor=build_detector(d.auditor.name, d.auditor.params, policy.model_dir),
-            anonymizer=ANONYMIZERS.create(a.operator.name, **a.operator.params, **region,
-                                          **({"model_dir": policy.model_dir} if a.operator.name == "generated" else {})),
+            anonymizer=build_operator(policy),
             encoder=build_encoder(policy.measurement.encoder.name, policy.measurement.encoder.params, policy.model_dir),
             pose_meter=PoseMeter(build_detector(pose.name, pose.params, policy.model_dir)) if pose else None,
         )
+
+
+def build_operator(policy: Policy, name: str | None = None, params: dict | None = None) -> Anonymizer:
+    """An operator with the policy's region settings: the policy's own, or `name` with `params` (evaluations).
+    Only the generator loads weights, so only it is given the policy's model_dir."""
+    a = policy.anonymization
+    name = name or a.operator.name
+    params = dict(a.operator.params if params is None else params)
+    if name == "generated":
+        params.setdefault("model_dir", policy.model_dir)
+    return ANONYMIZERS.create(name, **params, **a.region.model_dump())
 
 
 def model_inventory(policy: Policy) -> list[dict]:

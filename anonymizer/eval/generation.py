@@ -35,7 +35,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from anonymizer.anonymize import ANONYMIZERS, face_rngs, union_mask
+from anonymizer.anonymize import face_rngs, union_mask
 from anonymizer.detect import build_detector
 from anonymizer.eval.reid import _jpeg, _read_rgb, central_face
 from anonymizer.faces import Face
@@ -76,9 +76,9 @@ def lfw_samples(lfw_images: Path, policy: Policy, limit: int, images_per_identit
 
 
 def photo_samples(photos: Path, policy: Policy) -> list[Sample]:
-    from anonymizer.process import Components
+    from anonymizer.detect import build_ensemble
 
-    detector = Components.from_policy(policy).detector
+    detector = build_ensemble(policy.detection, policy.model_dir)
     out = []
     for path in sorted(p for p in photos.iterdir() if p.suffix.lower() in {".jpg", ".jpeg", ".png"}):
         rgb = _read_rgb(path)
@@ -107,13 +107,15 @@ class Evaluator:
         self.weights = weights
 
     def operator(self, name: str, strength: float):
-        region = self.policy.anonymization.region.model_dump()
+        from anonymizer.process import build_operator
+
         if name == "generated":
-            params = dict(self.policy.anonymization.operator.params) if self.policy.anonymization.operator.name == name else {}
+            op = self.policy.anonymization.operator
+            params = dict(op.params) if op.name == name else {}
             if self.weights:
                 params["weights"] = self.weights
-            return ANONYMIZERS.create(name, **params, **region, model_dir=self.policy.model_dir)
-        return ANONYMIZERS.create(name, strength=strength, **region)
+            return build_operator(self.policy, name, params)
+        return build_operator(self.policy, name, {"strength": strength})
 
     def run_operator(self, op, samples: Sequence[Sample], progress=None) -> tuple[dict, list[dict]]:
         q = self.policy.output.jpeg_quality
