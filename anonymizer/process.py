@@ -56,7 +56,7 @@ def build_operator(policy: Policy, name: str | None = None, params: dict | None 
 
 def model_inventory(policy: Policy) -> list[dict]:
     """Every weight file the policy's components load, with its sha256, for the audit report."""
-    files = {"yunet": ["yunet"], "retinaface": ["retinaface"], "dlib_cnn": ["dlib_cnn"]}
+    files = {"yunet": ["yunet"], "retinaface": ["retinaface"], "centerface": ["centerface"], "dlib_cnn": ["dlib_cnn"]}
     out = []
     pose = policy.measurement.pose_landmarks
     for n in ([c.name for c in policy.detection.detectors] + [policy.detection.auditor.name]

