@@ -155,6 +155,16 @@ def test_input_size_changes_do_not_corrupt_the_outputs(detector: CenterFaceDetec
     assert per[0] == per[2] and len(per[0]) < 50
 
 
+def test_images_too_small_to_hold_a_face_give_none(detector: CenterFaceDetector) -> None:
+    """Stretched to a 32x32 input, a 1x1 image "has" two faces (any flat colour has 2-7): inputs are at least
+    64 px a side, and images that would need more than a 2x stretch to get there are not run."""
+    one = np.full((1, 1, 3), (9, 99, 199), np.uint8)
+    assert detector.detect(one) == []
+    assert detector.detect(cv2.resize(_rgb(PHOTOS / "group_12.jpg"), (8, 8), interpolation=cv2.INTER_AREA)) == []
+    for colour in (0, 120, 255):  # 40x40 runs (as 64x64) and finds nothing in flat colour
+        assert detector._detect_at(np.full((40, 40, 3), colour, np.uint8), 1.0) == []
+
+
 @needs_model
 def test_votes_in_a_policys_fused_ensemble() -> None:
     """The three detectors in a policy: faces all of them find score above any two; inventory hashes it."""

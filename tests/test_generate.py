@@ -190,10 +190,10 @@ def test_fine_tuning_with_patch_highpass_discriminator_and_mode_seeking(tiny_mod
     cache = str(next(tiny_model["cache"].glob("*.npz")))
     init = tiny_model["out"] / "generator" / "tiny.pt"
     cfg = {**TINY, "steps": 2, "data_path": cache, "init_generator": str(init), "lr_g": 0.0,
-           "d_patch": True, "d_highpass": True, "d_spectral_norm": False, "ms_weight": 1.0}
+           "d_patch": True, "d_highpass": True, "d_spectral_norm": False, "ms_weight": 1.0, "d_warmup_steps": 2}
     fit_local(cfg, tmp_path, "tuned")
     card = json.loads((tmp_path / "generator" / "tuned.json").read_text())
-    assert card["training"]["d_patch"] and card["training"]["d_highpass"]
+    assert card["training"]["d_patch"] and card["training"]["d_highpass"] and card["steps"] == 2
     assert card["final_metrics"]["ms"] > 0
     before = torch.load(init, weights_only=True)
     after = torch.load(tmp_path / "generator" / "tuned.pt", weights_only=True)

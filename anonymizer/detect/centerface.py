@@ -35,6 +35,7 @@ from anonymizer.models import locate
 
 STRIDE = 4  # output maps are 1/4 of the input
 ALIGN = 32  # the network's input sides must be multiples of this
+MIN_INPUT = 64  # at 32x32 it reports "faces" in flat colour (2-7 per uniform image; none at 64 and up)
 OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the ONNX graph's names)
 
 
@@ -89,8 +90,12 @@ class CenterFaceDetector:
 
     def _detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
         h, w = rgb.shape[:2]
-        nw = max(ALIGN, -(-round(w * scale) // ALIGN) * ALIGN)
-        nh = max(ALIGN, -(-round(h * scale) // ALIGN) * ALIGN)
+        nw = max(MIN_INPUT, -(-round(w * scale) // ALIGN) * ALIGN)
+        nh = max(MIN_INPUT, -(-round(h * scale) // ALIGN) * ALIGN)
+        if nw > 2 * w * scale or nh > 2 * h * scale:
+            # Under 32 px a side at this scale, reaching MIN_INPUT would stretch the image more than 2x: too
+            # small to hold a face this network can see; skipped.
+            return []
         interp = cv2.INTER_AREA if nw < w and nh < h else cv2.INTER_LINEAR
         resized = cv2.resize(rgb, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb
         blob = resized.astype(np.float32).transpose(2, 0, 1)[None]  # NCHW, RGB, 0-255

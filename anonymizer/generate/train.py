@@ -22,6 +22,8 @@
   learns slowly there;
 - `init_generator`: start G (and its EMA) from earlier weights (a state.pt or an exported .pt) with a fresh D
   and optimisers: a new discriminator or loss fine-tunes a generator instead of starting over;
+  `d_warmup_steps`: the first steps train D alone against that frozen G (a fresh D facing a moving G stayed
+  at chance; docs/generation.md);
 - `time_budget_s`: stop (with a checkpoint) once the budget is spent, for fixed-length GPU or CPU slots;
 - Adam with β = (0, 0.99); an EMA of G's weights (ramped in over the first steps) is what gets exported;
 - a checkpoint (G, D, EMA, both optimisers, step, RNG) every `checkpoint_every` steps and at the end; a run
@@ -52,7 +54,9 @@ from anonymizer.generate.networks import Discriminator, Generator, count_paramet
 DEFAULTS = dict(
     resolution=128, base_channels=32, max_channels=384, z_dim=128, w_dim=256, bottleneck_blocks=2,
     batch_size=32, steps=100_000, lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), r1_gamma=1.0, r1_every=16,
-    ema_decay=0.999, d_spectral_norm=True, d_patch=False, d_highpass=False, fm_weight=1.0, ms_weight=0.0, ms_tau=0.15, init_generator=None, l1_weight=0.0, lowfreq_weight=0.0, time_budget_s=None,
+    ema_decay=0.999, d_spectral_norm=True, d_patch=False, d_highpass=False, d_warmup_steps=0,
+    fm_weight=1.0, ms_weight=0.0, ms_tau=0.15, init_generator=None,
+    l1_weight=0.0, lowfreq_weight=0.0, time_budget_s=None,
     augment=("translation", "color", "cutout"),
     checkpoint_every=2000, log_every=100, seed=0, num_threads=None, amp="auto",
 )
@@ -214,6 +218,7 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
 
     metrics: dict = {}
+    warmup_left = int(cfg["d_warmup_steps"]) if state is None else 0
     t0 = time.time()
     budget = cfg["time_budget_s"]
     while step < cfg["steps"]:
@@ -234,13 +239,20 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
         r1 = torch.zeros((), device=device)
-        if cfg["r1_gamma"] > 0 and step % cfg["r1_every"] == 0:
+        if cfg["r1_gamma"] > 0 and (step + warmup_left) % cfg["r1_every"] == 0:
             r_img = r_img.detach().requires_grad_(True)
             d_r, _ = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
             (grad,) = torch.autograd.grad(d_r.sum(), r_img, create_graph=True)
             r1 = grad.pow(2).flatten(1).sum(1).mean()
             (cfg["r1_gamma"] / 2 * r1 * cfg["r1_every"]).backward()
         opt_d.step()
+
+        if warmup_left > 0:  # D alone; these steps do not count as training steps
+            warmup_left -= 1
+            if rank == 0 and warmup_left % cfg["log_every"] == 0:
+                print(json.dumps({"event": "d_warmup", "left": warmup_left, "loss_d": float(loss_d.detach()),
+                                  "d_real": d_real_mean}), flush=True)
+            continue
 
         # --- G: hinge + feature matching (+ mode seeking, + optional reconstruction terms)
         half = bs // 2
