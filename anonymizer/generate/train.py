@@ -234,7 +234,8 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             f_img, f_cond = diff_augment(fake, cond, aug, gen)
             d_real, _ = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
             d_fake, _ = D_train(f_img, f_cond[:, :1], f_cond[:, 1:])
-            loss_d = _over_face(F.relu(1 - d_real.float()), r_cond[:, :1]) + _over_face(F.relu(1 + d_fake.float()), f_cond[:, :1])
+            loss_d = (_over_face(F.relu(1 - d_real.float()), r_cond[:, :1])
+                      + _over_face(F.relu(1 + d_fake.float()), f_cond[:, :1]))
             d_real_mean = float(_over_face(d_real.detach(), r_cond[:, :1]))
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
@@ -257,7 +258,8 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
         # --- G: hinge + feature matching (+ mode seeking, + optional reconstruction terms)
         half = bs // 2
         if cfg["ms_weight"] > 0 and half > 0:  # second half: the first half's conditioning, new z
-            real, mask, hm, cond, context = (torch.cat([t[:half], t[:half], t[2 * half:]]) for t in (real, mask, hm, cond, context))
+            real, mask, hm, cond, context = (torch.cat([t[:half], t[:half], t[2 * half:]])
+                                             for t in (real, mask, hm, cond, context))
             z = torch.randn(bs, cfg["z_dim"], generator=gen).to(device)
         with autocast():
             fake = G_train(context, mask, hm, z)
@@ -266,7 +268,8 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             loss_g = -_over_face(d_fake, f_cond[:, :1])
             ms = torch.zeros((), device=device)
             if cfg["ms_weight"] > 0 and half > 0:
-                d_img = ((fake[:half] - fake[half:2 * half]).abs() * mask[:half]).flatten(1).sum(1) / (3 * mask[:half].flatten(1).sum(1))
+                hole_px = 3 * mask[:half].flatten(1).sum(1)
+                d_img = ((fake[:half] - fake[half:2 * half]).abs() * mask[:half]).flatten(1).sum(1) / hole_px
                 d_z = (z[:half] - z[half:2 * half]).abs().mean(1)
                 ms = (d_img.float() / d_z).clamp(max=cfg["ms_tau"]).mean()
             fm = torch.zeros((), device=device)
