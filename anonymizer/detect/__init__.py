@@ -23,6 +23,36 @@ class Detector(Protocol):
 DETECTORS: Registry[Detector] = Registry("detector")
 
 
+def usable_scales(scales: list[float], max_side: int, shape: tuple[int, ...]) -> list[float]:
+    """The configured scales that keep the longer side within max_side (else one that fits)."""
+    longest = max(shape[:2])
+    return [s for s in scales if s * longest <= max_side] or [min(1.0, max_side / longest)]
+
+
+class MultiScale:
+    """For detectors that run the whole image at each of `scales` (`_detect_at`): which scales fit, each
+    scale's faces on its own (what the ensemble's per-scale votes use), and their NMS-merged union."""
+
+    scales: list[float]
+    max_side: int
+    nms_threshold: float
+
+    def usable_scales(self, shape: tuple[int, ...]) -> list[float]:
+        return usable_scales(self.scales, self.max_side, shape)
+
+    def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
+        """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
+        return {s: self._detect_at(image, s) for s in self.usable_scales(image.shape)}
+
+    def detect(self, image: np.ndarray) -> list[Face]:
+        per_scale = self.detect_per_scale(image)
+        faces = [f for fs in per_scale.values() for f in fs]
+        return nms(faces, self.nms_threshold) if len(per_scale) > 1 else faces
+
+    def _detect_at(self, image: np.ndarray, scale: float) -> list[Face]:
+        raise NotImplementedError
+
+
 class Ensemble:
     """Several detectors' faces merged into one list: one face, one region.
 

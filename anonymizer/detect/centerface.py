@@ -28,9 +28,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from anonymizer.detect import DETECTORS
+from anonymizer.detect import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
-from anonymizer.faces import Face, nms
+from anonymizer.faces import Face
 from anonymizer.models import locate
 
 STRIDE = 4  # output maps are 1/4 of the input
@@ -40,7 +40,7 @@ OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the
 
 
 @DETECTORS.register("centerface")
-class CenterFaceDetector:
+class CenterFaceDetector(MultiScale):
     """CenterFace; `scales` resize the whole image (each scale can vote on its own in the ensemble)."""
 
     name = "centerface"
@@ -72,21 +72,6 @@ class CenterFaceDetector:
             net = cv2.dnn.readNetFromONNX(self._onnx)
         self._nets[shape] = net
         return net
-
-    def usable_scales(self, shape: tuple[int, ...]) -> list[float]:
-        """The configured scales that keep the longer side within max_side (else one that fits)."""
-        longest = max(shape[:2])
-        return [s for s in self.scales if s * longest <= self.max_side] or [min(1.0, self.max_side / longest)]
-
-    def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
-        """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
-        return {s: self._detect_at(image, s) for s in self.usable_scales(image.shape)}
-
-    def detect(self, image: np.ndarray) -> list[Face]:
-        """Faces in one RGB uint8 image."""
-        per_scale = self.detect_per_scale(image)
-        faces = [f for fs in per_scale.values() for f in fs]
-        return nms(faces, self.nms_threshold) if len(per_scale) > 1 else faces
 
     def _detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
         h, w = rgb.shape[:2]

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymizer.detect import DETECTORS
+from anonymizer.detect import DETECTORS, usable_scales
 from anonymizer.faces import Face
 from anonymizer.models import locate
 
@@ -326,9 +326,7 @@ class RetinaFaceDetector:
     # internals
 
     def _usable_scales(self, shape: tuple[int, ...]) -> list[float]:
-        longest = max(shape[:2])
-        usable = [s for s in self.scales if s * longest <= self.max_side]
-        return usable or [min(1.0, self.max_side / longest)]
+        return usable_scales(self.scales, self.max_side, shape)
 
     def _crops(self, bgr: np.ndarray, scale: float) -> Iterator[tuple[np.ndarray, int, int, tuple[bool, bool, bool, bool]]]:
         """The scaled image, or its overlapping tiles, with their offsets and which edges are inner."""

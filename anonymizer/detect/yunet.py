@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from anonymizer.detect import DETECTORS
-from anonymizer.faces import Face, nms
+from anonymizer.detect import DETECTORS, MultiScale
+from anonymizer.faces import Face
 from anonymizer.models import locate
 
 
@@ -14,7 +14,7 @@ _MIN_INPUT = 64
 
 
 @DETECTORS.register("yunet")
-class YuNetDetector:
+class YuNetDetector(MultiScale):
     name = "yunet"
 
     def __init__(
@@ -50,17 +50,7 @@ class YuNetDetector:
             faces.append(Face(*(float(v) / scale for v in r[:4]), float(r[14]), self.name, lm))
         return faces
 
-    def usable_scales(self, shape: tuple[int, ...]) -> list[float]:
-        """The configured scales that keep the longer side within max_side (else one that fits)."""
-        longest = max(shape[:2])
-        return [s for s in self.scales if s * longest <= self.max_side] or [min(1.0, self.max_side / longest)]
-
     def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
-        """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
+        """Each usable scale's faces on its own (converted to BGR once for all scales)."""
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         return {s: self._detect_at(bgr, s) for s in self.usable_scales(bgr.shape)}
-
-    def detect(self, image: np.ndarray) -> list[Face]:
-        per_scale = self.detect_per_scale(image)
-        faces = [f for fs in per_scale.values() for f in fs]
-        return nms(faces, self.nms_threshold) if len(per_scale) > 1 else faces
