@@ -99,8 +99,8 @@ class Policy(_Strict):
         return hashlib.sha256(self.text.encode()).hexdigest()
 
 
-def default_policy_text() -> str:
-    return resources.files("anonymizer.policies").joinpath("default.yaml").read_text()
+def default_policy_text(profile: str = "default") -> str:
+    return resources.files("anonymizer.policies").joinpath(f"{profile}.yaml").read_text()
 
 
 def parse_policy(text: str, source: str = "<policy>") -> Policy:
@@ -117,9 +117,10 @@ def parse_policy(text: str, source: str = "<policy>") -> Policy:
         raise PolicyError(f"policy {source}: {problems}") from None
 
 
-def load_policy(path: str | Path | None = None) -> Policy:
+def load_policy(path: str | Path | None = None, profile: str = "default") -> Policy:
+    """The policy file at `path`, else the embedded profile (policies/<profile>.yaml)."""
     if path is None:
-        return parse_policy(default_policy_text(), "default")
+        return parse_policy(default_policy_text(profile), profile)
     path = Path(path)
     try:
         text = path.read_text()

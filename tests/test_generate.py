@@ -200,6 +200,27 @@ def test_fine_tuning_with_patch_highpass_discriminator_and_mode_seeking(tiny_mod
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
 
 
+def test_cvae_branch_trains_an_encoder_that_is_never_exported(tiny_model, tmp_path):
+    """vae: the latent encoder trains beside G, is checkpointed and resumed, and stays out of the export."""
+    from anonymizer.generate.networks import Generator
+    from anonymizer.generate.train import full_config, fit_local
+
+    cache = str(next(tiny_model["cache"].glob("*.npz")))
+    cfg = {**TINY, "data_path": cache, "vae": True, "l1_weight": 1.0, "lowfreq_weight": 1.0}
+    fit_local({**cfg, "steps": 2}, tmp_path, "vae")
+    first = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)["E"]
+    fit_local({**cfg, "steps": 3}, tmp_path, "vae")
+    state = torch.load(tmp_path / "checkpoint" / "state.pt", weights_only=False)
+    assert state["step"] == 3 and state["opt_e"] is not None
+    assert first.keys() == state["E"].keys() and any(not torch.equal(first[k], state["E"][k]) for k in first)
+    card = json.loads((tmp_path / "generator" / "vae.json").read_text())
+    assert card["training"]["vae"] and card["final_metrics"]["kl"] > 0 and card["final_metrics"]["latent"] > 0
+    exported = torch.load(tmp_path / "generator" / "vae.pt", weights_only=True)
+    assert exported.keys() == Generator(**card["network"]).state_dict().keys()
+    with pytest.raises(ValueError, match="vae and ms_weight"):
+        full_config({"vae": True, "ms_weight": 1.0})
+
+
 def test_discriminator_heads_and_pixel_translation():
     from anonymizer.generate.networks import Discriminator
     from anonymizer.generate.train import diff_augment
@@ -257,6 +278,19 @@ def test_generated_face_deterministic_and_background_identical(tiny_model, photo
     # Different images (keys) give different faces too, and the face index matters.
     d = g.anonymize(image, faces, face_rngs(0, "other.jpg", len(faces)))
     assert not np.array_equal(a.image, d.image)
+
+
+def test_truncation_pulls_every_draw_toward_the_prior_centre(tiny_model, photo):
+    image, faces = photo
+    key = "group_2.jpg"
+    centre = _generated(tiny_model, truncation=0.0)  # z = 0 for every face: the seed no longer matters
+    assert np.array_equal(centre.anonymize(image, faces, face_rngs(0, key, len(faces))).image,
+                          centre.anonymize(image, faces, face_rngs(1, key, len(faces))).image)
+    half = _generated(tiny_model, truncation=0.5).anonymize(image, faces, face_rngs(0, key, len(faces))).image
+    full = _generated(tiny_model).anonymize(image, faces, face_rngs(0, key, len(faces))).image
+    assert not np.array_equal(half, full)
+    with pytest.raises(ValueError, match="truncation"):
+        _generated(tiny_model, truncation=1.5)
 
 
 def test_generated_face_fallbacks(tiny_model, photo):
@@ -356,6 +390,7 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
     assert g["background_identical"] == b["background_identical"] == 1.0
     assert b["diversity_median"] == 0 and g["diversity_median"] > 0  # blur is a function of the face; z is not
     assert result["weights"]["sha256"] == json.loads(weights.with_suffix(".json").read_text())["weights_sha256"]
+    assert result["policy"] == "realistic"  # the profile that runs the generator, unless --policy says otherwise
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["generated|lfw_heldout"]
     assert all(split_of(r["key"].split("/")[1]) == "eval" for r in rows)  # held-out identities only
     assert (tmp_path / "generation_grid.png").stat().st_size > 1000

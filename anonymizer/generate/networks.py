@@ -165,5 +165,25 @@ class Discriminator(nn.Module):
         return logit, feats
 
 
+class LatentEncoder(nn.Module):
+    """Training only (cVAE-GAN, BicycleGAN: Zhu et al. 2017): maps the real face region to the mean and log-variance
+    of a z that lets G reconstruct it. G then has to use z, so z drawn from the prior gives different faces. It
+    is never exported: at inference z is random, and nothing of a real face enters G."""
+
+    def __init__(self, resolution: int, base_channels: int, max_channels: int, z_dim: int) -> None:
+        super().__init__()
+        n = _levels(resolution, bottom=4)
+        ch = [min(base_channels * 2**i, max_channels) for i in range(n + 1)]
+        self.stem = nn.Sequential(nn.Conv2d(3 + 1, ch[0], 3, 1, 1), nn.LeakyReLU(0.2))
+        self.blocks = nn.Sequential(*[_EncBlock(ch[i], ch[i + 1]) for i in range(n)])
+        self.head = nn.Linear(ch[n] * 16, 2 * z_dim)
+
+    def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mu, logvar) of z from the face region alone (the context is G's own input)."""
+        x = self.blocks(self.stem(torch.cat([image * mask, mask], 1)))
+        mu, logvar = self.head(x.flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-10, 10)
+
+
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())

@@ -14,6 +14,14 @@
   hole / mean |Δz|, `ms_tau`): the same pose and context must give different faces for different z
   (otherwise G learns to ignore z). The cap matters: MSGAN's unbounded 1/ratio drove this G to colour
   blobs within 600 steps (YuNet found 38% of its faces, dlib 5%);
+- `vae`: a cVAE branch (BicycleGAN's cVAE-GAN + cLR-GAN, Zhu et al. 2017). Half of each G batch takes its
+  z from a latent encoder of the *real* face (training only, never exported), and the reconstruction terms
+  below apply to that half alone, with a KL term (`kl_weight`) toward N(0, I) that spares the first
+  `kl_free_nats` (free bits, Kingma et al. 2016: without them a G that starts by ignoring z gives E no reason
+  to encode anything, and the KL term wins: 0.07 nats after 200 steps); the other half takes z from
+  the prior, and G must let the encoder read that z back (`latent_weight`). Reconstruction then rewards
+  using z instead of ignoring it, so faces from different z differ without a discriminator that has
+  already learned (mode seeking needs one, see above);
 - reconstruction terms: `lowfreq_weight` (L1 between 8×8 average-pooled fake and real crops: skin tone and
   lighting) and `l1_weight` (full-resolution L1 inside the hole). The generator never sees the face's
   pixels, so neither can copy an identity: the best it can do is the face *expected* from the context and
@@ -49,13 +57,14 @@ import torch
 import torch.nn.functional as F
 
 from anonymizer.generate import align as al
-from anonymizer.generate.networks import Discriminator, Generator, count_parameters
+from anonymizer.generate.networks import Discriminator, Generator, LatentEncoder, count_parameters
 
 DEFAULTS = dict(
     resolution=128, base_channels=32, max_channels=384, z_dim=128, w_dim=256, bottleneck_blocks=2,
     batch_size=32, steps=100_000, lr_g=2e-4, lr_d=2e-4, betas=(0.0, 0.99), r1_gamma=1.0, r1_every=16,
     ema_decay=0.999, d_spectral_norm=True, d_patch=False, d_highpass=False, d_warmup_steps=0,
-    fm_weight=1.0, ms_weight=0.0, ms_tau=0.15, init_generator=None,
+    fm_weight=1.0, ms_weight=0.0, ms_tau=0.15, vae=False, kl_weight=0.01, kl_free_nats=0.0, latent_weight=0.5,
+    init_generator=None,
     l1_weight=0.0, lowfreq_weight=0.0, time_budget_s=None,
     augment=("translation", "color", "cutout"),
     checkpoint_every=2000, log_every=100, seed=0, num_threads=None, amp="auto",
@@ -68,7 +77,10 @@ def full_config(config: dict) -> dict:
     unknown = set(config) - set(DEFAULTS) - {"data_path", "resume_from"}
     if unknown:
         raise ValueError(f"unknown training config keys: {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    return {**DEFAULTS, **config}
+    cfg = {**DEFAULTS, **config}
+    if cfg["vae"] and cfg["ms_weight"] > 0:
+        raise ValueError("vae and ms_weight both split the G batch in halves: use one of them")
+    return cfg
 
 
 def network_config(cfg: dict) -> dict:
@@ -190,6 +202,10 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg["lr_g"], betas=tuple(float(b) for b in cfg["betas"]))
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg["lr_d"], betas=tuple(float(b) for b in cfg["betas"]))
+    E = opt_e = None
+    if cfg["vae"]:
+        E = LatentEncoder(res, cfg["base_channels"], cfg["max_channels"], cfg["z_dim"]).to(device)
+        opt_e = torch.optim.Adam(E.parameters(), lr=cfg["lr_g"], betas=tuple(float(b) for b in cfg["betas"]))
 
     step, resumed_from = 0, None
     if state is not None:
@@ -198,6 +214,9 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
         G_ema.load_state_dict(state["G_ema"])
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
+        if E is not None and state.get("E") is not None:
+            E.load_state_dict(state["E"])
+            opt_e.load_state_dict(state["opt_e"])
         step = resumed_from = int(state["step"])
         if state.get("gen_state") is not None:
             gen.set_state(state["gen_state"])
@@ -261,8 +280,21 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             real, mask, hm, cond, context = (torch.cat([t[:half], t[:half], t[2 * half:]])
                                              for t in (real, mask, hm, cond, context))
             z = torch.randn(bs, cfg["z_dim"], generator=gen).to(device)
+        kl = kl_loss = latent = torch.zeros((), device=device)
+        recon = slice(0, bs)  # the samples the reconstruction terms apply to
         with autocast():
+            if E is not None and half > 0:  # second half: z encoded from the real face
+                mu, logvar = E(real[half:], mask[half:])
+                z = torch.cat([z[:half], mu + torch.randn_like(mu) * (0.5 * logvar).exp()])
+                per_dim = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean(0)
+                kl, kl_loss = per_dim.sum(), per_dim.clamp_min(cfg["kl_free_nats"] / cfg["z_dim"]).sum()
+                recon = slice(half, bs)
             fake = G_train(context, mask, hm, z)
+            if E is not None and half > 0 and cfg["latent_weight"] > 0:
+                # G must make a prior z readable back; this trains G alone (BicycleGAN), so E runs detached
+                frozen = {k: v.detach() for k, v in E.named_parameters()}
+                read_back = torch.func.functional_call(E, frozen, (fake[:half], mask[:half]))[0]
+                latent = F.l1_loss(read_back.float(), z[:half])
             f_img, f_cond = diff_augment(fake, cond, aug, gen)
             d_fake, f_feats = D_train(f_img, f_cond[:, :1], f_cond[:, 1:])
             loss_g = -_over_face(d_fake, f_cond[:, :1])
@@ -278,14 +310,24 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
                     r_img, r_cond = diff_augment(real, cond, aug, gen)
                     _, r_feats = D_train(r_img, r_cond[:, :1], r_cond[:, 1:])
                 fm = sum(F.l1_loss(a.float().mean(0), b.float().mean(0)) for a, b in zip(f_feats, r_feats))
-            l1 = F.l1_loss(fake * mask, real * mask) if cfg["l1_weight"] > 0 else torch.zeros((), device=device)
-            lowfreq = (F.l1_loss(F.avg_pool2d(fake.float(), res // 8), F.avg_pool2d(real, res // 8))
+            l1 = (F.l1_loss(fake[recon] * mask[recon], real[recon] * mask[recon]) if cfg["l1_weight"] > 0
+                  else torch.zeros((), device=device))
+            lowfreq = (F.l1_loss(F.avg_pool2d(fake[recon].float(), res // 8), F.avg_pool2d(real[recon], res // 8))
                        if cfg["lowfreq_weight"] > 0 else torch.zeros((), device=device))
             total_g = (loss_g + cfg["fm_weight"] * fm + cfg["l1_weight"] * l1 + cfg["lowfreq_weight"] * lowfreq
-                       - cfg["ms_weight"] * ms)
+                       - cfg["ms_weight"] * ms + cfg["kl_weight"] * kl_loss + cfg["latent_weight"] * latent)
         opt_g.zero_grad(set_to_none=True)
+        if E is not None:
+            opt_e.zero_grad(set_to_none=True)
         total_g.backward()
         opt_g.step()
+        if E is not None:
+            if world > 1:  # E is not DDP-wrapped (it runs twice per step): average its gradients by hand
+                for p in E.parameters():
+                    if p.grad is not None:
+                        torch.distributed.all_reduce(p.grad)
+                        p.grad /= world
+            opt_e.step()
 
         with torch.no_grad():  # EMA of G's weights (buffers copied); ramped so early steps are not all init
             beta = min(cfg["ema_decay"], (1 + step) / (10 + step))
@@ -297,14 +339,17 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
 
         out_of_time = budget is not None and time.time() - t0 >= budget
         metrics = {"step": step, **{k: float(v.detach()) for k, v in
-                                    dict(loss_d=loss_d, loss_g=loss_g, fm=fm, lowfreq=lowfreq, ms=ms).items()},
-                   "r1": float(r1), "d_real": d_real_mean,
+                                    dict(loss_d=loss_d, loss_g=loss_g, fm=fm, l1=l1, lowfreq=lowfreq, ms=ms, kl=kl,
+                                         latent=latent).items()},
+                   "r1": float(r1.detach()), "d_real": d_real_mean,
                    "d_fake": float(_over_face(d_fake.detach(), f_cond[:, :1].detach())),
                    "seconds": round(time.time() - t0, 2), "resumed_from": resumed_from}
         if step % cfg["checkpoint_every"] == 0 or step == cfg["steps"] or out_of_time:
             report(metrics, dict(G=G.state_dict(), D=D.state_dict(), G_ema=G_ema.state_dict(), opt_g=opt_g.state_dict(),
                                  opt_d=opt_d.state_dict(), step=step, gen_state=gen.get_state(), config=cfg,
-                                 network=network_config(cfg)) if rank == 0 else None)
+                                 network=network_config(cfg),
+                                 E=E.state_dict() if E is not None else None,
+                                 opt_e=opt_e.state_dict() if E is not None else None) if rank == 0 else None)
         elif step % cfg["log_every"] == 0:
             report(metrics, None)
         if rank == 0 and (step % cfg["log_every"] == 0 or out_of_time):
