@@ -21,7 +21,8 @@
   to encode anything, and the KL term wins: 0.07 nats after 200 steps); the other half takes z from
   the prior, and G must let the encoder read that z back (`latent_weight`). Reconstruction then rewards
   using z instead of ignoring it, so faces from different z differ without a discriminator that has
-  already learned (mode seeking needs one, see above);
+  already learned (mode seeking needs one, see above). With D at chance the variety came with artefacts and
+  more re-identification (docs/generation.md): a branch to pair with a working D, not to replace it;
 - reconstruction terms: `lowfreq_weight` (L1 between 8×8 average-pooled fake and real crops: skin tone and
   lighting) and `l1_weight` (full-resolution L1 inside the hole). The generator never sees the face's
   pixels, so neither can copy an identity: the best it can do is the face *expected* from the context and
