@@ -21,22 +21,25 @@ REPO = Path(__file__).resolve().parents[1]
 
 def probe(state_path: str, n: int = 64, seed: int = 1) -> dict:
     from anonymizer.generate import train
+    from anonymizer.generate.anonymizer import load_generator
     from anonymizer.generate.data import build_cache
     from anonymizer.generate.networks import Generator, LatentEncoder
 
     state = torch.load(state_path, map_location="cpu", weights_only=False)
-    if "G_ema" not in state:  # exported weights: the network is in the card
-        card = json.loads(Path(state_path).with_suffix(".json").read_text())
-        state = {"G_ema": state, "network": card["network"], "step": card["steps"], "config": card["training"]}
-    cfg, res = state["config"], int(state["network"]["resolution"])
+    if "G_ema" in state:  # a training checkpoint
+        G = Generator(**state["network"]).eval()
+        G.load_state_dict(state["G_ema"])
+        step = int(state["step"])
+    else:  # exported weights, checked against their card
+        G, card = load_generator(Path(state_path))
+        state, step = {}, int(card["steps"])
+    res = G.resolution
     images, landmarks = train.load_tensors(str(build_cache(split="eval")), res)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(images.shape[0], generator=g)[:n]
     real = images[idx].float() / 127.5 - 1
     hole, coords = train.conditioning(res, "cpu")
     hm, mask = train.batch_heatmaps(landmarks[idx], coords, res), hole.expand(len(idx), -1, -1, -1)
-    G = Generator(**state["network"]).eval()
-    G.load_state_dict({k: v.float() for k, v in state["G_ema"].items()})
     context = real * (1 - mask)
 
     def hole_l1(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -45,16 +48,16 @@ def probe(state_path: str, n: int = 64, seed: int = 1) -> dict:
     with torch.no_grad():
         za, zb = (torch.randn(len(idx), G.z_dim, generator=g) for _ in range(2))
         fa, fb = G(context, mask, hm, za), G(context, mask, hm, zb)
-        out = {"checkpoint": str(state_path), "step": int(state["step"]), "faces": len(idx),
+        out = {"checkpoint": str(state_path), "step": step, "faces": len(idx),
                "l1_zero_z": hole_l1(G(context, mask, hm, torch.zeros_like(za)), real),
                "l1_prior_z": hole_l1(fa, real), "prior_draws_differ_by": hole_l1(fa, fb), "l1_encoded_z": None}
         if state.get("E") is not None:
+            cfg = state["config"]
             E = LatentEncoder(res, cfg["base_channels"], cfg["max_channels"], G.z_dim).eval()
             E.load_state_dict(state["E"])
             mu, logvar = E(real, mask)
             out["l1_encoded_z"] = hole_l1(G(context, mask, hm, mu), real)
-            per_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
-            out["kl_nats"] = round(float(per_dim.sum()), 2)
+            out["kl_nats"] = round(float(train.kl_per_dim(mu, logvar).sum()), 2)
     return out
 
 

@@ -287,7 +287,7 @@ class RetinaFaceDetector:
 
     def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
         """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
-        raws: dict[float, list[_Raw]] = {s: [] for s in self._usable_scales(image.shape[:2])}
+        raws: dict[float, list[_Raw]] = {s: [] for s in usable_scales(self.scales, self.max_side, image.shape)}
         for (_, scale), raw in self._run(self._jobs([image])):
             raws[scale].append(raw)
         return {s: self._to_faces(_Raw.concat(r)) for s, r in raws.items()}
@@ -305,7 +305,7 @@ class RetinaFaceDetector:
         """Crops lazily, so only about one scaled image is in memory at a time."""
         for idx, image in enumerate(images):
             bgr = np.ascontiguousarray(image[..., ::-1]).astype(np.float32)
-            for scale in self._usable_scales(bgr.shape[:2]):
+            for scale in usable_scales(self.scales, self.max_side, bgr.shape):
                 for crop, x, y, inner in self._crops(bgr, scale):
                     yield idx, crop, scale, x, y, inner
 
@@ -324,9 +324,6 @@ class RetinaFaceDetector:
             yield batch
 
     # internals
-
-    def _usable_scales(self, shape: tuple[int, ...]) -> list[float]:
-        return usable_scales(self.scales, self.max_side, shape)
 
     def _crops(self, bgr: np.ndarray, scale: float) -> Iterator[tuple[np.ndarray, int, int, tuple[bool, bool, bool, bool]]]:
         """The scaled image, or its overlapping tiles, with their offsets and which edges are inner."""

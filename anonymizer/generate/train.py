@@ -164,6 +164,11 @@ def _over_face(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values.float() * weight).sum() / weight.sum().clamp_min(1.0)
 
 
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per latent dimension, averaged over the batch (nats)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).mean(0)
+
+
 def _load_generator_weights(path: str, device) -> dict:
     """G's state dict from a training state (its EMA) or from exported fp16 weights."""
     obj = torch.load(path, map_location=device, weights_only=False)
@@ -287,7 +292,7 @@ def fit(cfg: dict, device: torch.device, state: dict | None = None, report=None,
             if E is not None and half > 0:  # second half: z encoded from the real face
                 mu, logvar = E(real[half:], mask[half:])
                 z = torch.cat([z[:half], mu + torch.randn_like(mu) * (0.5 * logvar).exp()])
-                per_dim = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1 - logvar.float()).mean(0)
+                per_dim = kl_per_dim(mu.float(), logvar.float())
                 kl, kl_loss = per_dim.sum(), per_dim.clamp_min(cfg["kl_free_nats"] / cfg["z_dim"]).sum()
                 recon = slice(half, bs)
             fake = G_train(context, mask, hm, z)
