@@ -154,3 +154,18 @@ def test_wbf_vote_per_scale_counts_only_scales_that_ran(shared):
     per_scale = both.detect_per_scale(img)
     assert sorted(per_scale) == [1.0, 2.0]
     assert len(fused) <= sum(map(len, per_scale.values()))
+
+
+def test_detector_stack_works_where_dlib_is_missing(shared):
+    """The lent GPU machine has no dlib: the default stack must import and run there (dlib's own detectors
+    import it when built)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['dlib'] = None\n"
+            "import numpy as np\n"
+            "from anonymizer.detect import build_ensemble\n"
+            "from anonymizer.policy import load_policy\n"
+            "print(len(build_ensemble(load_policy().detection).detect(np.zeros((64, 64, 3), np.uint8))))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "0", run.stderr[-2000:]

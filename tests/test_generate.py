@@ -235,6 +235,54 @@ def test_discriminator_heads_and_pixel_translation():
     assert kept.numel() > 0 and torch.isin(kept, ramp).all() and not torch.equal(moved, ramp)
 
 
+def test_discriminator_output_depends_on_its_input_from_the_start():
+    """PyTorch's default init left D's output almost constant (std 0.002 across images at 128 px): D could
+    only move its bias and sat at chance for a whole GPU run. Its spread across images must start near 1."""
+    from anonymizer.generate.networks import Discriminator
+
+    torch.manual_seed(0)
+    # smooth random images (pixel noise would average out in the pooling, unlike a photo)
+    x = torch.nn.functional.interpolate(torch.rand(16, 3, 8, 8) * 2 - 1, size=128, mode="bilinear")
+    mask, hm = torch.zeros(16, 1, 128, 128), torch.zeros(16, 5, 128, 128)
+    for kw in ({}, {"highpass": True}, {"patch": True}):
+        with torch.no_grad():
+            logits = Discriminator(128, 32, 256, **kw)(x, mask, hm)[0]
+        assert logits.reshape(16, -1).mean(1).std() > 0.05, kw
+
+
+def test_jpeg_shard_trains_on_a_bare_box(tiny_model, tmp_path):
+    """The path to a machine without Ray or ../shared: pack the cache as a JPEG shard, then
+    infra/train_local.py unpacks it, trains, resumes, exports in fetchable parts and draws a sample grid."""
+    import subprocess
+    import sys
+
+    from anonymizer.generate.data import load_cache, pack_shard, unpack_shard
+    from tests.conftest import REPO
+
+    cache = next(tiny_model["cache"].glob("*.npz"))
+    shard = pack_shard(cache, tmp_path / "shard.npz", quality=90)
+    back, orig = load_cache(unpack_shard(shard, tmp_path / "back.npz")), load_cache(cache)
+    assert shard.stat().st_size < cache.stat().st_size / 3
+    assert back["crops"].shape == orig["crops"].shape and str(back["data_hash"]) == str(orig["data_hash"])
+    assert np.abs(back["crops"].astype(int) - orig["crops"]).mean() < 3 and int(back["jpeg_quality"]) == 90
+    assert np.array_equal(back["landmarks"], orig["landmarks"])
+    cfg = json.dumps({k: v for k, v in TINY.items() if k != "checkpoint_every"})
+    for steps in (2, 3):
+        run = subprocess.run([sys.executable, str(REPO / "infra" / "train_local.py"), "--data", str(shard), "--out",
+                              str(tmp_path / "run"), "--config", cfg, "--steps", str(steps), "--export-to",
+                              str(tmp_path / "export"), "--part-mib", "1"], capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert '"resume": true' in run.stdout
+    parts = sorted((tmp_path / "export").glob("generator.pt.part*"))
+    card = json.loads((tmp_path / "export" / "generator.json").read_text())
+    assert card["steps"] == 3 and parts
+    import hashlib
+
+    assert hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest() == card["weights_sha256"]
+    grid = cv2.imread(str(tmp_path / "export" / "samples.png"))
+    assert grid.shape == (5 * 64, 8 * 64, 3)
+
+
 # ---------------------------------------------------------------- the anonymizer
 
 @pytest.fixture(scope="module")

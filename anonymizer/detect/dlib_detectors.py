@@ -1,8 +1,9 @@
-"""dlib's HOG and CNN (MMOD) detectors: independent of YuNet, so they audit what it missed."""
+"""dlib's HOG and CNN (MMOD) detectors: independent of YuNet, so they audit what it missed.
+
+dlib is imported when one is built, so the other detectors work where dlib is not installed (the GPU machine)."""
 
 from __future__ import annotations
 
-import dlib
 import numpy as np
 
 from anonymizer.detect import DETECTORS
@@ -15,6 +16,8 @@ class DlibHogDetector:
     name = "dlib_hog"
 
     def __init__(self, model_dir: str | None = None, upsample: int = 1, min_score: float = 0.0) -> None:
+        import dlib
+
         self.upsample, self.min_score = upsample, min_score
         self._det = dlib.get_frontal_face_detector()
 
@@ -28,6 +31,8 @@ class DlibCnnDetector:
     name = "dlib_cnn"
 
     def __init__(self, model_dir: str | None = None, upsample: int = 0) -> None:
+        import dlib
+
         self.upsample = upsample
         self._det = dlib.cnn_face_detection_model_v1(str(locate("dlib_cnn")))
 

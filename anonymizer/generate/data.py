@@ -118,3 +118,38 @@ def build_cache(root: str | os.PathLike | None = None, split: str = "train", hol
 def load_cache(path: str | os.PathLike) -> dict:
     with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
+
+
+def pack_shard(cache_path: str | os.PathLike, out_path: str | os.PathLike, quality: int = 90) -> Path:
+    """The cache with its crops as JPEG (~10x smaller): a training shard small enough to travel to a machine
+    without ../shared (the lent GPU machine takes 64 MiB per call). `unpack_shard` turns it back into a
+    cache; its `data_hash` stays the source cache's, and `jpeg_quality` records the loss."""
+    z = load_cache(cache_path)
+    blobs = []
+    for crop in z["crops"]:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+        if not ok:
+            raise ValueError(f"JPEG encoding failed for a crop of {cache_path}")
+        blobs.append(buf.ravel())
+    offsets = np.cumsum([0] + [len(b) for b in blobs]).astype(np.int64)
+    rest = {k: v for k, v in z.items() if k != "crops"}
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, jpeg=np.concatenate(blobs), offsets=offsets, jpeg_quality=np.array(int(quality)), **rest)
+    os.replace(tmp, out)
+    return out
+
+
+def unpack_shard(shard_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
+    """A shard from `pack_shard` back into a cache that `train` reads."""
+    z = load_cache(shard_path)
+    jpeg, offsets = z.pop("jpeg"), z.pop("offsets")
+    crops = np.stack([cv2.cvtColor(cv2.imdecode(jpeg[a:b], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+                      for a, b in zip(offsets[:-1], offsets[1:])])
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp.npz")
+    np.savez(tmp, crops=crops, **z)
+    os.replace(tmp, out)
+    return out
