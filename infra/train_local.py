@@ -76,7 +76,7 @@ def main() -> None:
     if args.init_generator and train.latest_checkpoint(out) is None:
         cfg["init_generator"] = args.init_generator
     print(json.dumps({"event": "start", "device": "cuda" if torch.cuda.is_available() else "cpu",
-                      "resume": train.latest_checkpoint(out) is not None, **{k: v for k, v in cfg.items()}}), flush=True)
+                      "resume": train.latest_checkpoint(out) is not None, **cfg}), flush=True)
     result = train.fit_local(cfg, out)
     print(json.dumps({"event": "exported", **result}), flush=True)
     grid = out / "samples.png"
