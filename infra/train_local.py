@@ -23,17 +23,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anonymizer.generate import data, train  # noqa: E402
-from anonymizer.generate.networks import Generator  # noqa: E402
+from anonymizer.generate.anonymizer import load_generator  # noqa: E402
 
 
-def sample_grid(weights: str, card: str, cache: str, path: Path, n: int = 8, seeds: int = 3) -> None:
+def sample_grid(weights: str, cache: str, path: Path, n: int = 8, seeds: int = 3) -> None:
     """Rows: real crop, its masked context, then `seeds` generated faces (training crops: a quick look only;
     the held-out evaluation is `anonymizer eval generation`)."""
     import cv2
 
-    net = json.loads(Path(card).read_text())["network"]
-    G = Generator(**net).eval()
-    G.load_state_dict({k: v.float() for k, v in torch.load(weights, map_location="cpu").items()})
+    G, card = load_generator(Path(weights))  # checked against its card's sha256
+    net = card["network"]
     res = net["resolution"]
     crops, lms = train.load_tensors(cache, res)
     idx = torch.linspace(0, crops.shape[0] - 1, n).long()
@@ -73,14 +72,15 @@ def main() -> None:
         if not cache.exists():
             data.unpack_shard(args.data, cache)
     cfg = {**json.loads(args.config), "steps": args.steps, "time_budget_s": args.budget_s, "data_path": str(cache)}
-    if args.init_generator and train.latest_checkpoint(out) is None:
+    resume = train.latest_checkpoint(out) is not None
+    if args.init_generator and not resume:
         cfg["init_generator"] = args.init_generator
     print(json.dumps({"event": "start", "device": "cuda" if torch.cuda.is_available() else "cpu",
-                      "resume": train.latest_checkpoint(out) is not None, **cfg}), flush=True)
+                      "resume": resume, **cfg}), flush=True)
     result = train.fit_local(cfg, out)
     print(json.dumps({"event": "exported", **result}), flush=True)
     grid = out / "samples.png"
-    sample_grid(result["weights"], result["card"], str(cache), grid)
+    sample_grid(result["weights"], str(cache), grid)
     if args.export_to:
         dest = Path(args.export_to)
         dest.mkdir(parents=True, exist_ok=True)
