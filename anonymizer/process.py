@@ -69,6 +69,12 @@ def model_inventory(policy: Policy) -> list[dict]:
         from anonymizer.generate.anonymizer import weights_inventory
 
         out.append(weights_inventory(op.params.get("weights", "generator"), policy.model_dir))
+        guard = op.params.get("identity_guard")
+        if guard:  # the recognizer that vets each generated face, when it is not the measurement's own
+            g = (guard.get("encoder", "dlib_resnet"), guard.get("encoder_params", {}))
+            if g != (policy.measurement.encoder.name, policy.measurement.encoder.params):
+                out += [dict(r, component=f"identity_guard:{r['component']}")
+                        for r in encoder_inventory(*g, policy.model_dir)]
     enc = policy.measurement.encoder
     return out + encoder_inventory(enc.name, enc.params, policy.model_dir)
 

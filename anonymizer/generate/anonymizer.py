@@ -13,6 +13,8 @@ recorded as method "fallback:<name>". The others are generated ("generated"):
 4. generate, warp the crop back into the image, and blend it through a feathered alpha: the crop's face
    mask warped back, limited to the policy's face region (`region.face_region` with expand/shape/feather).
    Pixels where that alpha is 0 keep their exact bytes.
+5. with `identity_guard` (`generate.guard`), a face recognizer checks each draw against the original, and
+   further draws are tried, then the fallback used, for a face it still matches.
 
 Weights: `weights` is a name, resolved as `<dir>/generator/<name>.pt` in `model_dir`, $ANONYMIZER_MODEL_DIR,
 ~/.cache/anonymizer/models, ../shared/models and the package's own `anonymizer/weights` (in that order),
@@ -84,7 +86,7 @@ class GeneratedFace:
                  fallback_strength: float = 0.35, min_face_px: float = 32, max_yaw: float = 60.0,
                  max_pitch: float = 45.0, max_reprojection_error: float = 0.25, expand: float = 1.35,
                  shape: str = "ellipse", feather: float = 0.15, device: str = "auto", batch_size: int = 32,
-                 truncation: float = 1.0) -> None:
+                 truncation: float = 1.0, identity_guard: dict | None = None) -> None:
         if fallback == self.name:
             raise ValueError("generated: the fallback must be a classical operator")
         self.weights_path = resolve_weights(weights, model_dir)
@@ -101,6 +103,11 @@ class GeneratedFace:
         self.min_face_px, self.max_yaw, self.max_pitch = float(min_face_px), float(max_yaw), float(max_pitch)
         self.max_reprojection_error = float(max_reprojection_error)
         self.expand, self.shape, self.feather = expand, shape, feather
+        self.guard = None
+        if identity_guard is not None:
+            from anonymizer.generate.guard import IdentityGuard, IdentityGuardConfig
+
+            self.guard = IdentityGuard(IdentityGuardConfig(**identity_guard), model_dir)
         self._hole = al.hole_mask(self.resolution)
         self._alpha = al.face_mask(self.resolution)
 
@@ -121,28 +128,79 @@ class GeneratedFace:
             return "extreme_pose"
         return None
 
-    def generate_crops(self, crops: list[np.ndarray], landmarks: list[np.ndarray],
-                       rngs: list[np.random.Generator]) -> list[np.ndarray]:
-        """The generator's composites for aligned uint8 crops, in batches of `batch_size`; each face's z comes
-        from its own RNG, so a face's output does not depend on which other faces share its batch."""
+    def generate_crops(self, crops: list[np.ndarray], landmarks: list[np.ndarray], z: np.ndarray) -> list[np.ndarray]:
+        """The generator's composites for aligned uint8 crops, in batches of `batch_size`; row i of `z` is face
+        i's latent, so a face's output does not depend on which other faces share its batch."""
         r, out = self.resolution, []
         mask = torch.from_numpy(self._hole)[None, None]
         for i in range(0, len(crops), self.batch_size):
             part = slice(i, i + self.batch_size)
             context = torch.from_numpy(np.stack(crops[part])).permute(0, 3, 1, 2).float() / 127.5 - 1
             hm = torch.from_numpy(np.stack([al.heatmaps(lm, r) for lm in landmarks[part]]))
-            z = torch.from_numpy(np.stack([g.standard_normal(self.net.z_dim).astype(np.float32) for g in rngs[part]]))
-            z = z * self.truncation  # the truncation trick: draws nearer the prior's centre, fewer odd faces
+            zb = torch.from_numpy(np.ascontiguousarray(z[part], np.float32)) * self.truncation  # truncation trick
             m = mask.expand(len(context), -1, -1, -1)
             with torch.inference_mode():
-                y = self.net((context * (1 - m)).to(self.device), m.to(self.device), hm.to(self.device), z.to(self.device))
+                y = self.net((context * (1 - m)).to(self.device), m.to(self.device), hm.to(self.device), zb.to(self.device))
             y = ((y.float().cpu().permute(0, 2, 3, 1).numpy() + 1) * 127.5).round()
             out += list(np.clip(y, 0, 255).astype(np.uint8))
         return out
 
+    def _blend(self, base: np.ndarray, region: FaceMask, a: al.Aligned, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the region's window of `base` with `gen` warped back and blended in, alpha over that window)."""
+        ys, xs = region.window
+        h, w = region.alpha.shape
+        window = (region.x0, region.y0, region.x0 + w, region.y0 + h)
+        gen_win = al.warp_back(gen, a.matrix, window).astype(np.float32)
+        alpha = np.minimum(al.warp_back(self._alpha, a.matrix, window), region.alpha).astype(np.float32)
+        crop = base[ys, xs]
+        a3 = alpha[:, :, None]
+        blended = np.rint(gen_win * a3 + crop.astype(np.float32) * (1.0 - a3)).astype(np.uint8)
+        return np.where(a3 > 0, blended, crop), alpha  # untouched pixels keep their exact bytes
+
+    def _choose(self, image: np.ndarray, out: np.ndarray, faces: Sequence[Face], todo: list, z: list[np.ndarray]
+                ) -> list[np.ndarray | None]:
+        """Each face's generated crop: its first latent without a guard; with one, the first of its
+        candidates the guard accepts (generated in rounds, batched across the faces still open), else the
+        identity-safe one that keeps the pose best, else None (the fallback)."""
+        if not todo:
+            return []
+        if self.guard is None:
+            return self.generate_crops([t[2].crop for t in todo], [t[2].landmarks for t in todo], np.stack([zz[0] for zz in z]))
+        refs = [self.guard.reference(image, faces[i], (r.x0, r.y0, r.x0 + r.alpha.shape[1], r.y0 + r.alpha.shape[0]))
+                for i, r, _, _ in todo]
+        chosen: list[np.ndarray | None] = [None] * len(todo)
+        spare: list[tuple[float, np.ndarray] | None] = [None] * len(todo)  # identity-safe, pose missed
+        open_ = list(range(len(todo)))
+        for k in range(self.guard.candidates):
+            if not open_:
+                break
+            gens = self.generate_crops([todo[j][2].crop for j in open_], [todo[j][2].landmarks for j in open_],
+                                       np.stack([z[j][k] for j in open_]))
+            still = []
+            for j, gen in zip(open_, gens):
+                _, region, a, _ = todo[j]
+                x0, y0, x1, y1 = refs[j].window
+                patch = out[y0:y1, x0:x1].copy()
+                pixels, _ = self._blend(out, region, a, gen)
+                h, w = region.alpha.shape
+                patch[region.y0 - y0:region.y0 - y0 + h, region.x0 - x0:region.x0 - x0 + w] = pixels
+                v = self.guard.judge(refs[j], patch)
+                if v.accepted:
+                    chosen[j] = gen
+                    continue
+                still.append(j)
+                err = np.inf if v.pose_error is None else v.pose_error
+                if v.identity_ok and (spare[j] is None or err < spare[j][0]):
+                    spare[j] = (err, gen)
+            open_ = still
+        for j in open_:
+            chosen[j] = None if spare[j] is None else spare[j][1]
+        return chosen
+
     def anonymize(self, image: np.ndarray, faces: Sequence[Face], rngs: Sequence[np.random.Generator]) -> Anonymized:
         """Fallback faces first; then every generated face is aligned from that image (so no fallback face's
-        original pixels are context for another), generated in one batch, and blended in order."""
+        original pixels are context for another), generated in one batch (per guard round), and blended in
+        order. A face the identity guard rejects gets the fallback too ("fallback:<name>:reidentifiable")."""
         out = image.copy()
         masks: list[FaceMask | None] = [None] * len(faces)
         methods = [self.name] * len(faces)
@@ -157,17 +215,18 @@ class GeneratedFace:
                 masks[i] = region
                 continue
             todo.append((i, region, al.align(out, face.landmarks, self.resolution), rng))
-        generated = self.generate_crops([a.crop for _, _, a, _ in todo], [a.landmarks for _, _, a, _ in todo],
-                                        [rng for *_, rng in todo])
-        for (i, region, a, _), gen in zip(todo, generated):
-            ys, xs = region.window
-            h, w = region.alpha.shape
-            window = (region.x0, region.y0, region.x0 + w, region.y0 + h)
-            gen_win = al.warp_back(gen, a.matrix, window).astype(np.float32)
-            alpha = np.minimum(al.warp_back(self._alpha, a.matrix, window), region.alpha).astype(np.float32)
-            crop = out[ys, xs]
-            a3 = alpha[:, :, None]
-            blended = np.rint(gen_win * a3 + crop.astype(np.float32) * (1.0 - a3)).astype(np.uint8)
-            out[ys, xs] = np.where(a3 > 0, blended, crop)  # untouched pixels keep their exact bytes
+        # Every candidate's z comes from the face's RNG in order: the first is the unguarded draw.
+        z = [rng.standard_normal((self.guard.candidates if self.guard else 1, self.net.z_dim)).astype(np.float32)
+             for *_, rng in todo]
+        rejected = []
+        for (i, region, a, rng), gen in zip(todo, self._choose(image, out, faces, todo, z)):
+            if gen is None:
+                rejected.append((i, rng))
+                continue
+            pixels, alpha = self._blend(out, region, a, gen)
+            out[region.window] = pixels
             masks[i] = FaceMask(region.x0, region.y0, alpha)
+        for i, rng in rejected:
+            res = self.fallback.anonymize(out, [faces[i]], [rng])
+            out, masks[i], methods[i] = res.image, res.masks[0], f"fallback:{self.fallback_name}:reidentifiable"
         return Anonymized(out, masks, methods)
