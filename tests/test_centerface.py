@@ -1,4 +1,4 @@
-"""CenterFace on real photos through OpenCV DNN: it finds what YuNet finds, per-scale and plain detection
+"""CenterFace on real photos through onnxruntime and OpenCV DNN (the same faces): it finds what YuNet finds, per-scale and plain detection
 agree, a missing model file is named with every place looked, and it votes in a policy's fused ensemble."""
 
 from __future__ import annotations
@@ -38,9 +38,28 @@ def _rgb(path: Path) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-@pytest.fixture(scope="module")
-def detector() -> CenterFaceDetector:
-    return build_detector("centerface", {"score_threshold": 0.5}, str(MODELS))
+@pytest.fixture(scope="module", params=["onnxruntime", "opencv"])
+def detector(request) -> CenterFaceDetector:
+    return build_detector("centerface", {"score_threshold": 0.5, "backend": request.param}, str(MODELS))
+
+
+@needs_model
+def test_onnxruntime_and_opencv_find_the_same_faces() -> None:
+    """The two backends run the same network: the same boxes, scores and landmarks on real photos, at two
+    scales, including after input-size changes (OpenCV's trap, module docstring)."""
+    ort_, cv = (build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5], "backend": b}, str(MODELS))
+                for b in ("onnxruntime", "opencv"))
+    assert (ort_.backend, cv.backend) == ("onnxruntime", "opencv")
+    for name in ("multiface.jpg", "group_12.jpg", "group_3.jpg"):
+        image = _rgb(PHOTOS / name)
+        a, b = ort_.detect_per_scale(image), cv.detect_per_scale(image)
+        for s in (1.0, 1.5):
+            assert len(a[s]) == len(b[s]) > 0, (name, s)
+            for f, g in zip(sorted(a[s], key=lambda f: -f.score), sorted(b[s], key=lambda f: -f.score)):
+                assert abs(f.score - g.score) < 1e-3 and np.abs(np.subtract(f.box, g.box)).max() < 0.5
+                assert np.abs(f.landmarks - g.landmarks).max() < 0.5
+    with pytest.raises(ValueError, match="backend"):
+        build_detector("centerface", {"backend": "tensorrt"}, str(MODELS))
 
 
 def test_decode_on_hand_made_maps() -> None:
@@ -125,12 +144,13 @@ def test_finds_the_large_faces_yunet_finds(detector: CenterFaceDetector) -> None
 @needs_model
 def test_per_scale_and_plain_detection_agree(detector: CenterFaceDetector) -> None:
     image = _rgb(PHOTOS / "multiface.jpg")
-    one = build_detector("centerface", {"score_threshold": 0.5, "scales": [1.0]}, str(MODELS))
+    b = detector.backend
+    one = build_detector("centerface", {"score_threshold": 0.5, "scales": [1.0], "backend": b}, str(MODELS))
     plain = one.detect(image)
     assert list(one.detect_per_scale(image)) == [1.0]
     assert plain == one.detect_per_scale(image)[1.0]  # one scale: exactly its faces
     assert plain == detector.detect(image)  # default scales: [1.0]
-    multi = build_detector("centerface", {"score_threshold": 0.5, "scales": [1.0, 2.0]}, str(MODELS))
+    multi = build_detector("centerface", {"score_threshold": 0.5, "scales": [1.0, 2.0], "backend": b}, str(MODELS))
     per_scale = multi.detect_per_scale(image)
     assert sorted(per_scale) == [1.0, 2.0]
     assert per_scale[1.0] == plain  # each scale's net has seen only its own input size
@@ -138,7 +158,8 @@ def test_per_scale_and_plain_detection_agree(detector: CenterFaceDetector) -> No
     for f in (f for f in plain if f.size >= 40):  # large faces are found at 2x too, in the same place
         assert max(iou(f, g) for g in per_scale[2.0]) >= 0.7
     # max_side: 2x would exceed it, so only 1x runs
-    capped = build_detector("centerface", {"scales": [1.0, 2.0], "max_side": max(image.shape[:2]) + 10}, str(MODELS))
+    capped = build_detector("centerface", {"scales": [1.0, 2.0], "max_side": max(image.shape[:2]) + 10, "backend": b},
+                            str(MODELS))
     assert list(capped.detect_per_scale(image)) == [1.0]
 
 
@@ -150,7 +171,8 @@ def test_input_size_changes_do_not_corrupt_the_outputs(detector: CenterFaceDetec
     first = detector.detect(photo)
     assert detector.detect(grey) == []  # after a 1024x768 input: nothing on a uniform image
     assert detector.detect(photo) == first
-    wide = build_detector("centerface", {"score_threshold": 0.1, "scales": [2.0, 1.0, 2.0]}, str(MODELS))
+    wide = build_detector("centerface", {"score_threshold": 0.1, "scales": [2.0, 1.0, 2.0], "backend": detector.backend},
+                          str(MODELS))
     per = [wide._detect_at(photo, s) for s in (2.0, 1.0, 2.0)]
     assert per[0] == per[2] and len(per[0]) < 50
 

