@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anonymizer.faces import Face
 from anonymizer.generate.pose import Pose
+from anonymizer.measure.pose import PoseChange, PoseMeter
 
 
 class IdentityGuardConfig(BaseModel):
@@ -76,7 +77,6 @@ class IdentityGuard:
         self.pose_meter = None
         if config.max_pose_error_deg is not None:
             from anonymizer.detect import build_detector
-            from anonymizer.measure.pose import PoseMeter
 
             self.pose_meter = PoseMeter(build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}, model_dir))
 
@@ -106,12 +106,9 @@ class IdentityGuard:
         candidate = np.ascontiguousarray(candidate)
         distance = float(np.linalg.norm(self.encoder.embed(candidate, ref.alignment)[0] - ref.embedding))
         identity_ok = distance >= self.config.min_distance
-        if self.pose_meter is None or not identity_ok:  # pose is only worth measuring on a usable draw
+        # Pose is only worth measuring on a draw identity allows, and where the original has a pose to keep.
+        if self.pose_meter is None or not identity_ok or ref.pose is None:
             return Verdict(distance, None, identity_ok, True)
-        after = self.pose_meter.pose(candidate, ref.face)
-        if ref.pose is None:  # no pose to keep: identity decides
-            return Verdict(distance, None, identity_ok, True)
-        if after is None:  # the candidate is not found as a face again
-            return Verdict(distance, None, identity_ok, False)
-        error = max(abs(after.yaw - ref.pose.yaw), abs(after.pitch - ref.pose.pitch), abs(after.roll - ref.pose.roll))
-        return Verdict(distance, error, identity_ok, error <= self.config.max_pose_error_deg)
+        error = PoseChange(ref.pose, self.pose_meter.pose(candidate, ref.face)).error
+        # None: the candidate is not found as a face again, which fails the pose check too
+        return Verdict(distance, error, identity_ok, error is not None and error <= self.config.max_pose_error_deg)
