@@ -82,6 +82,7 @@ class CenterFaceDetector(MultiScale):
                     raise ImportError("centerface: backend onnxruntime needs `pip install onnxruntime onnx` "
                                       "(onnxruntime-gpu for CUDA)") from None
         self.backend = "onnxruntime" if self._session is not None else "opencv"
+        self._input = self._session.get_inputs()[0].name if self._session is not None else None
 
     def _net_for(self, shape: tuple[int, int]) -> "cv2.dnn.Net":
         """A net that has only ever seen inputs of this (height, width) (module docstring: OpenCV bug)."""
@@ -105,7 +106,7 @@ class CenterFaceDetector(MultiScale):
         resized = cv2.resize(rgb, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb
         blob = np.ascontiguousarray(resized.astype(np.float32).transpose(2, 0, 1)[None])  # NCHW, RGB, 0-255
         if self._session is not None:
-            heatmap, sizes, offsets, landmarks = self._session.run(list(OUTPUTS), {self._session.get_inputs()[0].name: blob})
+            heatmap, sizes, offsets, landmarks = self._session.run(list(OUTPUTS), {self._input: blob})
         else:
             net = self._net_for((nh, nw))
             net.setInput(blob)

@@ -166,8 +166,7 @@ class GeneratedFace:
             return []
         if self.guard is None:
             return self.generate_crops([t[2].crop for t in todo], [t[2].landmarks for t in todo], np.stack([zz[0] for zz in z]))
-        refs = [self.guard.reference(image, faces[i], (r.x0, r.y0, r.x0 + r.alpha.shape[1], r.y0 + r.alpha.shape[0]))
-                for i, r, _, _ in todo]
+        refs = [self.guard.reference(image, faces[i], region) for i, region, _, _ in todo]
         chosen: list[np.ndarray | None] = [None] * len(todo)
         spare: list[tuple[float, np.ndarray] | None] = [None] * len(todo)  # identity-safe, pose missed
         open_ = list(range(len(todo)))
@@ -182,8 +181,8 @@ class GeneratedFace:
                 x0, y0, x1, y1 = refs[j].window
                 patch = out[y0:y1, x0:x1].copy()
                 pixels, _ = self._blend(out, region, a, gen)
-                h, w = region.alpha.shape
-                patch[region.y0 - y0:region.y0 - y0 + h, region.x0 - x0:region.x0 - x0 + w] = pixels
+                ys, xs = region.window
+                patch[ys.start - y0:ys.stop - y0, xs.start - x0:xs.stop - x0] = pixels
                 v = self.guard.judge(refs[j], patch)
                 if v.accepted:
                     chosen[j] = gen

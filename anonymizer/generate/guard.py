@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from anonymizer.anonymize import FaceMask
 from anonymizer.faces import Face
 from anonymizer.generate.pose import Pose
 from anonymizer.measure.pose import PoseChange, PoseMeter
@@ -57,7 +58,6 @@ class Reference:
 
 @dataclass(frozen=True)
 class Verdict:
-    distance: float
     pose_error: float | None  # None: not measured, or no face re-found in the candidate
     identity_ok: bool
     pose_ok: bool
@@ -84,14 +84,14 @@ class IdentityGuard:
     def candidates(self) -> int:
         return self.config.candidates
 
-    def reference(self, original: np.ndarray, face: Face, region_window: tuple[int, int, int, int]) -> Reference:
+    def reference(self, original: np.ndarray, face: Face, region: FaceMask) -> Reference:
         self.references += 1
         h, w = original.shape[:2]
         side = max(face.w, face.h)
-        rx0, ry0, rx1, ry1 = region_window
-        x0, y0 = max(0, min(int(face.x - side), rx0)), max(0, min(int(face.y - side), ry0))
-        x1 = min(w, max(int(np.ceil(face.x + face.w + side)), rx1))
-        y1 = min(h, max(int(np.ceil(face.y + face.h + side)), ry1))
+        ys, xs = region.window
+        x0, y0 = max(0, min(int(face.x - side), xs.start)), max(0, min(int(face.y - side), ys.start))
+        x1 = min(w, max(int(np.ceil(face.x + face.w + side)), xs.stop))
+        y1 = min(h, max(int(np.ceil(face.y + face.h + side)), ys.stop))
         lm = None if face.landmarks is None else np.asarray(face.landmarks, np.float64) - (x0, y0)
         local = Face(face.x - x0, face.y - y0, face.w, face.h, face.score, face.detector, lm)
         patch = np.ascontiguousarray(original[y0:y1, x0:x1])
@@ -108,7 +108,7 @@ class IdentityGuard:
         identity_ok = distance >= self.config.min_distance
         # Pose is only worth measuring on a draw identity allows, and where the original has a pose to keep.
         if self.pose_meter is None or not identity_ok or ref.pose is None:
-            return Verdict(distance, None, identity_ok, True)
+            return Verdict(None, identity_ok, True)
         error = PoseChange(ref.pose, self.pose_meter.pose(candidate, ref.face)).error
         # None: the candidate is not found as a face again, which fails the pose check too
-        return Verdict(distance, error, identity_ok, error is not None and error <= self.config.max_pose_error_deg)
+        return Verdict(error, identity_ok, error is not None and error <= self.config.max_pose_error_deg)
