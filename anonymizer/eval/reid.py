@@ -6,11 +6,13 @@ stay comparable between runs:
 
 * Data: LFW identities with at least `min_images` images (``identities.tsv``); per identity the first
   `images_per_identity` images in file-name order. The first is the identity's gallery image, the others
-  are probes (closed-set identification, one gallery entry per identity).
+  are probes (closed-set identification, one gallery entry per identity). The generator is scored only on
+  the identities held out of its training (`identities="heldout"`, chosen automatically for it).
 * Face: the policy's detector on the 250x250 original; the face nearest the image centre (largest on a
   tie). An original with no face is a failure to acquire of the *data* and is left out (counted).
-* Anonymization: `ANONYMIZERS.create(op, strength=s)` with the policy's region settings and the per-face
-  RNG `face_rngs(policy.seed, key, 1)`, then a JPEG round trip at the policy's quality (what is released).
+* Anonymization: the operator as the pipeline builds it (`process.build_operator`: the policy's region
+  settings; the policy's own operator keeps its params, e.g. the generator's identity guard) at strength
+  `s`, the per-face RNG `face_rngs(policy.seed, key, 1)`, then a JPEG round trip at the policy's quality.
 * Attacker alignment: on the image the attacker holds. For an anonymized image the landmarks are found on
   the anonymized pixels inside the original face box (the anonymized region is plainly visible, so a
   determined attacker knows where to look): this keeps every probe scored, a conservative choice.
@@ -59,6 +61,7 @@ DEFAULT_SWEEP: tuple[tuple[str, float], ...] = (
 PROTOCOLS = ("naive", "reverse", "parrot")
 CALIBRATION_FARS = (1e-2, 1e-3, 1e-4)  # recorded next to the target FAR: the profiles use the first two
 FTA_IOU = 0.3
+IDENTITY_SETS = ("all", "heldout")
 
 
 # --- data ---------------------------------------------------------------------------------------------
@@ -72,14 +75,20 @@ class Item:
     gallery: bool     # the identity's gallery image (else a probe)
 
 
-def select(lfw: Path, min_images: int = 3, images_per_identity: int = 3, max_identities: int | None = None) -> list[Item]:
-    """LFW identities with >= min_images images, evenly spaced over the sorted names when capped."""
+def select(lfw: Path, min_images: int = 3, images_per_identity: int = 3, max_identities: int | None = None,
+           identities: str = "all") -> list[Item]:
+    """LFW identities with >= min_images images, evenly spaced over the sorted names when capped.
+    `identities="heldout"`: only those the generator's training split left out (generate/data.py)."""
+    from anonymizer.generate.data import split_of
+
+    if identities not in IDENTITY_SETS:
+        raise ValueError(f"identities must be one of {IDENTITY_SETS}, got {identities!r}")
     lfw = Path(lfw)
     table = lfw / "identities.tsv"
     names = []
     for line in table.read_text().splitlines()[1:]:
         name, n = line.split("\t")
-        if int(n) >= min_images:
+        if int(n) >= min_images and (identities == "all" or split_of(name) == "eval"):
             names.append(name)
     names.sort()
     if max_identities and max_identities < len(names):
@@ -326,8 +335,7 @@ def fta_detector(policy: Policy):
 def attack(orig: Originals, operator: str, strength: float, policy: Policy, components, detector, far: float,
            calibrated: float) -> tuple[dict, dict]:
     """One operator at one strength through the three protocols. Returns (metrics, score arrays)."""
-    region = policy.anonymization.region.model_dump()
-    op = ANONYMIZERS.create(operator, strength=strength, **region)
+    op = _operator(policy, operator, strength)
     enc = components.encoder
     anon_emb, acquired = [], []
     t0 = time.perf_counter()
@@ -363,6 +371,18 @@ def attack(orig: Originals, operator: str, strength: float, policy: Policy, comp
     return metrics, scores
 
 
+def _operator(policy: Policy, name: str, strength: float):
+    """The policy's own operator keeps all its params (the generator's weights, its identity guard); the
+    generator takes no strength."""
+    from anonymizer.process import build_operator
+
+    own = policy.anonymization.operator
+    params = dict(own.params) if name == own.name else {}
+    if name != "generated":
+        params["strength"] = strength
+    return build_operator(policy, name, params)
+
+
 def table_rows(result: dict) -> list[dict]:
     rows = []
     for c in result["configs"]:
@@ -380,14 +400,18 @@ def table_rows(result: dict) -> list[dict]:
 
 def run_sweep(policy: Policy, lfw: Path, sweep: Sequence[tuple[str, float]] = DEFAULT_SWEEP, far: float = 1e-3,
               min_images: int = 3, images_per_identity: int = 3, max_identities: int | None = None,
-              components=None, log=print, cache: Path | None = None) -> tuple[dict, dict]:
-    """Every operator/strength through the protocols. Returns (JSON-able result, score arrays for plots)."""
+              components=None, log=print, cache: Path | None = None, identities: str = "auto") -> tuple[dict, dict]:
+    """Every operator/strength through the protocols. Returns (JSON-able result, score arrays for plots).
+    `identities="auto"`: the held-out identities when the sweep has the generator (it was trained on the
+    others), else all."""
     from anonymizer.process import Components
 
     t0 = time.perf_counter()
     components = components or Components.from_policy(policy)
     detector = fta_detector(policy)
-    items = select(lfw, min_images, images_per_identity, max_identities)
+    if identities == "auto":
+        identities = "heldout" if any(op == "generated" for op, _ in sweep) else "all"
+    items = select(lfw, min_images, images_per_identity, max_identities, identities)
     signature = json.dumps([policy.detection.model_dump(), policy.measurement.encoder.model_dump()], sort_keys=True)
     orig = embed_originals(items, components, log, cache, signature)
     cal, cal_gen, cal_imp = calibrate(orig.embeddings, orig.ids, far)
@@ -409,7 +433,7 @@ def run_sweep(policy: Policy, lfw: Path, sweep: Sequence[tuple[str, float]] = DE
             log(f"{operator} {strength:g}: rank-1 naive {pr['naive']['rank1']:.3f} parrot {pr['parrot']['rank1']:.3f} "
                 f"EER naive {pr['naive']['eer']:.3f} FTA {m['fta_rate']:.3f} ({m['seconds']:.0f} s)")
     result = {
-        "dataset": {"name": "LFW", "path": str(lfw), "min_images": min_images, "images_per_identity": images_per_identity,
+        "dataset": {"name": "LFW", "path": str(lfw), "identity_set": identities, "min_images": min_images, "images_per_identity": images_per_identity,
                     "max_identities": max_identities, "identities": int(len(np.unique(orig.ids))),
                     "images": len(orig.items), "gallery": int(g.sum()), "probes": int((~g).sum()),
                     "originals_without_face": orig.not_acquired},
@@ -577,6 +601,9 @@ def _parse_sweep(text: str) -> list[tuple[str, float]] | str:
         op, _, values = part.partition(":")
         if op.strip() not in ANONYMIZERS.names():
             raise ValueError(f"unknown anonymizer {op!r}; known: {', '.join(ANONYMIZERS.names())}")
+        if op.strip() == "generated":
+            out.append(("generated", 1.0))  # no strength: the policy's (or the default) generator params
+            continue
         out += [(op.strip(), float(v)) for v in values.split(",") if v.strip()]
     return out
 
@@ -595,6 +622,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-images", type=int, default=3, help="identities with at least this many images")
     p.add_argument("--images-per-identity", type=int, default=3, help="first N images per identity (1 gallery + N-1 probes)")
     p.add_argument("--max-identities", type=int, default=None, help="evenly spaced subset of identities (quick runs)")
+    p.add_argument("--identities", choices=("auto",) + IDENTITY_SETS, default="auto",
+                   help="heldout: only LFW identities the generator was not trained on (auto: those when the sweep "
+                        "has 'generated', else all)")
     p.add_argument("--cache", type=Path, default=None,
                    help="JSON cache of the originals' boxes and embeddings (numbers only), reused by later runs")
 
@@ -608,7 +638,7 @@ def run(args: argparse.Namespace) -> int:
         op = policy.anonymization.operator
         sweep = [(op.name, float(op.params.get("strength", 1.0)))]
     result, scores = run_sweep(policy, Path(args.lfw), sweep, args.far, args.min_images, args.images_per_identity,
-                               args.max_identities, cache=args.cache)
+                               args.max_identities, cache=args.cache, identities=args.identities)
     paths = write(result, scores, args.out)
     print(markdown_table(result))
     print(json.dumps({"calibrated_threshold": result["calibration"]["threshold"], "far": result["far"],
