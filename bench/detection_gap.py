@@ -38,9 +38,11 @@ from anonymizer.eval import detection as ev  # noqa: E402
 from anonymizer.faces import Face  # noqa: E402
 from detection_sweep import CACHE, Config, Part, cached_faces, run_config, load_cache  # noqa: E402
 
-# policies/default.yaml's detection, rebuilt from the cache (reproduces the sweep's 0.570 at 2 FP/img)
-DEFAULT = Config((Part("yunet", (1.0, 2.0), 0.3), Part("retinaface", (1.0,), 0.3),
-                  Part("centerface", (1.0, 1.5), 0.3, 3.0)), "wbf", 0.4, 0.0, True)
+# policies/default.yaml's detection (the harness's copy of it), rebuilt from the cache: reproduces 0.570
+DEFAULT = Config(tuple(Part(name, tuple(p["scales"]), p["score_threshold"], ev.RECOMMENDED_MERGE["weights"][name])
+                       for name, p in ev.RECOMMENDED_PARAMS.items()),
+                 ev.RECOMMENDED_MERGE["merge"], ev.RECOMMENDED_MERGE["merge_iou"], 0.0,
+                 ev.RECOMMENDED_MERGE["vote_per_scale"])
 NEAR_MISS_IOU = 0.2
 LARGE_ONLY_PX = 12
 

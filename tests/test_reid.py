@@ -110,8 +110,8 @@ def test_generator_is_attacked_on_identities_it_never_saw(shared, components):
     result, _ = reid.run_sweep(policy, LFW.parent, [("generated", 1.0)], max_identities=6, components=components,
                                log=None)
     assert result["dataset"]["identity_set"] == "heldout"
-    names = reid.select(LFW.parent, max_identities=6, identities="heldout")
-    assert names and all(split_of(it.identity) == "eval" for it in names)
+    items = reid.select(LFW.parent, max_identities=6, identities="heldout")
+    assert items and all(split_of(it.identity) == "eval" for it in items)
     (gen,) = result["configs"]
     assert result["clean"]["rank1"] >= 0.8
     # every probe gets a new face: the attacker no longer finds the person (chance is 1/6 here)

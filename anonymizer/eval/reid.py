@@ -433,8 +433,8 @@ def run_sweep(policy: Policy, lfw: Path, sweep: Sequence[tuple[str, float]] = DE
             log(f"{operator} {strength:g}: rank-1 naive {pr['naive']['rank1']:.3f} parrot {pr['parrot']['rank1']:.3f} "
                 f"EER naive {pr['naive']['eer']:.3f} FTA {m['fta_rate']:.3f} ({m['seconds']:.0f} s)")
     result = {
-        "dataset": {"name": "LFW", "path": str(lfw), "identity_set": identities, "min_images": min_images, "images_per_identity": images_per_identity,
-                    "max_identities": max_identities, "identities": int(len(np.unique(orig.ids))),
+        "dataset": {"name": "LFW", "path": str(lfw), "identity_set": identities, "min_images": min_images,
+                    "images_per_identity": images_per_identity, "max_identities": max_identities, "identities": int(len(np.unique(orig.ids))),
                     "images": len(orig.items), "gallery": int(g.sum()), "probes": int((~g).sum()),
                     "originals_without_face": orig.not_acquired},
         "attacker": {"encoder": policy.measurement.encoder.name, "params": policy.measurement.encoder.params,
