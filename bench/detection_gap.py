@@ -77,11 +77,11 @@ def false_positive_kinds(samples, detections, cut: float) -> tuple[dict, list[tu
     near_sizes, unannotated = [], []
     for i, (sample, dets) in enumerate(zip(samples, detections)):
         boxes, valid, size = _gt(sample)
-        order = sorted(range(len(dets)), key=lambda k: -dets[k].score)
-        scores, labels, gt_index = ev._match(dets, boxes, valid, 0.5)
+        ranked = sorted(dets, key=lambda f: -f.score)  # _match's own order, so its labels line up with these
+        scores, labels, gt_index = ev._match(ranked, boxes, valid, 0.5)
         matched = set(gt_index[(labels == 1) & (scores >= cut)].tolist())
-        ious = ev._iou_matrix(np.array([[dets[k].x, dets[k].y, dets[k].w, dets[k].h] for k in order]).reshape(-1, 4), boxes)
-        for rank, k in enumerate(order):
+        ious = ev._iou_matrix(np.array([[f.x, f.y, f.w, f.h] for f in ranked]).reshape(-1, 4), boxes)
+        for rank, face in enumerate(ranked):
             if scores[rank] < cut or labels[rank] != 0:
                 continue
             o = ious[rank] if len(boxes) else np.zeros(0)
@@ -97,7 +97,7 @@ def false_positive_kinds(samples, detections, cut: float) -> tuple[dict, list[tu
                 kinds["on_invalid_face"] += 1
             else:
                 kinds["no_annotation_near"] += 1
-                unannotated.append((i, dets[k]))
+                unannotated.append((i, face))
     total = sum(kinds.values())
     out = {"false_positives": total, **kinds,
            "near_miss_face_size_px_p10_p50_p90": [round(float(v), 1) for v in np.percentile(near_sizes, [10, 50, 90])] if near_sizes else None}
