@@ -403,6 +403,54 @@ def test_tampered_weights_are_refused(tiny_model, tmp_path):
 
 # ---------------------------------------------------------------- identity guard (committed weights)
 
+def test_harmonize_takes_light_and_colour_blobs_but_no_structure_from_the_original():
+    from anonymizer.generate.harmonize import harmonize, inner_face
+
+    size, rng = 64, np.random.default_rng(0)
+    inner = inner_face(size)
+    yy, xx = np.mgrid[0:size, 0:size]
+    # The original: warm skin, bright, with sharp structure of its own (a fine luminance checkerboard).
+    checker = (((yy // 2) + (xx // 2)) % 2) * 60
+    original = np.clip(np.stack([170 + checker, 120 + checker, 90 + checker], -1), 0, 255).astype(np.uint8)
+    # The generated face: grey, dark, with structure of its own (a smooth gradient plus noise).
+    grey = np.clip(40 + xx * 0.8 + rng.normal(0, 6, (size, size)), 0, 255)
+    generated = np.repeat(grey[..., None], 3, -1).astype(np.uint8)
+    out = harmonize(generated, original, inner)
+
+    lab = lambda x: cv2.cvtColor(x.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)  # noqa: E731
+    o, g, h = lab(original), lab(generated), lab(out)
+    # Light: the original's mean and spread of lightness over the inner face.
+    assert abs(h[inner, 0].mean() - o[inner, 0].mean()) < 1.5
+    assert abs(h[inner, 0].std() - o[inner, 0].std()) < 2.5
+    # Colour: the original's (warm) chroma, where the generated face had none.
+    assert abs(g[inner, 1:].mean(0)).max() < 1
+    assert np.abs(h[inner, 1:].mean(0) - o[inner, 1:].mean(0)).max() < 2.5
+    # Structure: the generated face's, not the original's checkerboard.
+    corr = lambda a, b: float(np.corrcoef(a.ravel(), b.ravel())[0, 1])  # noqa: E731
+    assert corr(h[inner, 0], g[inner, 0]) > 0.97
+    hp = lambda x: x - cv2.GaussianBlur(x, (0, 0), 1.0)  # noqa: E731
+    assert abs(corr(hp(h[..., 0])[inner], hp(o[..., 0])[inner])) < 0.1
+
+
+def test_generated_faces_take_the_photos_colour(photo):
+    """The committed generator (greyscale LFW) on a colour photo: harmonised faces are about as coloured as
+    the faces they replace, where the raw output is grey."""
+    from anonymizer.eval.generation import colour_shift
+    from anonymizer.generate.anonymizer import GeneratedFace
+
+    image, faces = photo
+    rngs = face_rngs(0, "group_2.jpg", len(faces))
+    raw = GeneratedFace("generator", harmonize=False).anonymize(image, faces, rngs)
+    rngs = face_rngs(0, "group_2.jpg", len(faces))
+    harmonized = GeneratedFace("generator").anonymize(image, faces, rngs)
+    assert harmonized.methods == raw.methods == ["generated"] * len(faces)
+    raw_shift = [colour_shift(image, raw.image, f) for f in faces]
+    shift = [colour_shift(image, harmonized.image, f) for f in faces]
+    assert np.median(raw_shift) > 10 and np.median(shift) < np.median(raw_shift) / 2, (raw_shift, shift)
+    outside = union_mask(harmonized.masks, image.shape[:2]) == 0
+    assert np.array_equal(harmonized.image[outside], image[outside])
+
+
 def _distances(image, out, faces):
     from anonymizer.measure.encoder import DlibResNetEncoder
 
@@ -503,6 +551,7 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
     assert g["methods"].get("generated", 0) >= 1 and b["methods"] == {"blur": 3}
     assert g["background_identical"] == b["background_identical"] == 1.0
     assert b["diversity_median"] == 0 and g["diversity_median"] > 0  # blur is a function of the face; z is not
+    assert g["colour_delta_e_median"] >= 0 and b["colour_delta_e_median"] >= 0
     assert result["weights"]["sha256"] == json.loads(weights.with_suffix(".json").read_text())["weights_sha256"]
     assert result["policy"] == "realistic"  # the profile that runs the generator, unless --policy says otherwise
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["generated|lfw_heldout"]

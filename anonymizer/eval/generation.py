@@ -20,6 +20,10 @@ Conventions (fixed so runs stay comparable):
   by dlib HOG, each in a window around the face scaled so the face is ~112 px (dlib HOG needs ~80 px).
 * Diversity: dlib distance between the outputs of two seeds for the same face (a new identity per seed
   means a distance above 0.6; blur gives 0: it is a function of the face).
+* Colour: CIE76 ΔE between the mean Lab colour of the face box's central half before and after (median
+  over faces). A grey or wrongly exposed face in a colour photo is what first gives a generated face away;
+  a classical operator that keeps the face's average (blur) scores low here too, so it is a check, not
+  a measure of realism.
 * Background: the share of images whose pixels outside the operator's masks are byte-identical before the
   JPEG round trip.
 * Speed: faces/s of each operator's `anonymize` call (CPU, or the GPU torch finds), and images/s on the
@@ -91,6 +95,14 @@ def photo_samples(photos: Path, policy: Policy) -> list[Sample]:
     return out
 
 
+def colour_shift(before: np.ndarray, after: np.ndarray, face: Face) -> float:
+    h, w = before.shape[:2]
+    x0, y0 = int(max(0, face.x + face.w / 4)), int(max(0, face.y + face.h / 4))
+    x1, y1 = int(min(w, face.x + 3 * face.w / 4)) + 1, int(min(h, face.y + 3 * face.h / 4)) + 1
+    mean = lambda img: cv2.cvtColor(img[y0:y1, x0:x1].astype(np.float32) / 255, cv2.COLOR_RGB2Lab).reshape(-1, 3).mean(0)  # noqa: E731
+    return float(np.linalg.norm(mean(before) - mean(after)))
+
+
 def _stats(values: Sequence[float]) -> dict:
     v = np.abs(np.asarray([x for x in values if x is not None], np.float64))
     if not v.size:
@@ -150,6 +162,7 @@ class Evaluator:
                     "reid_distance": float(np.linalg.norm(e0[j] - e1[j])),
                     "reid_distance_realigned": float(np.linalg.norm(r0[j] - r1[j])),
                     "seed_distance": float(np.linalg.norm(e1[j] - e2[j])),
+                    "colour_delta_e": round(colour_shift(s.rgb, out, f), 2),
                     "yunet_detects": a is not None,
                     "dlib_detects": find_again(self.hog, out, f) is not None,
                     "d_yaw": None if a is None or b is None else a.yaw - b.yaw,
@@ -180,6 +193,7 @@ class Evaluator:
             "detectable_dlib": frac(lambda r: r["dlib_detects"]),
             "diversity_median": round(float(np.median([r["seed_distance"] for r in rows])), 3) if n else None,
             "diversity_new_identity": frac(lambda r: r["seed_distance"] >= SAME_PERSON),
+            "colour_delta_e_median": round(float(np.median([r["colour_delta_e"] for r in rows])), 2) if n else None,
             "background_identical": round(timing["background_identical"], 4),
             "faces_per_s": round(timing["faces"] / timing["seconds"], 1) if timing["seconds"] else None,
             "images_per_s": round(timing["images"] / timing["seconds"], 2) if timing["seconds"] else None,
@@ -248,6 +262,8 @@ def evaluate(policy: Policy, lfw_images: Path | None, photos: Path | None, out: 
                             **{k: v for k, v in summary.items() if k != "methods"}}))
     if "lfw_heldout" in sets:
         sample_grid(ev, sets["lfw_heldout"], operators, out / "generation_grid.png")
+    if "photos" in sets:  # in colour, several faces per image: what the harmonisation is for
+        sample_grid(ev, [s for s in sets["photos"] if s.scored], operators, out / "generation_grid_photos.png")
     (out / "generation.json").write_text(json.dumps(result, indent=2))
     (out / "generation_faces.json").write_text(json.dumps(per_face))
     (out / "generation.md").write_text(markdown_table(result))
@@ -257,8 +273,8 @@ def evaluate(policy: Policy, lfw_images: Path | None, photos: Path | None, out: 
 def markdown_table(result: dict) -> str:
     lines = ["| operator | set | faces | reid < 0.6 | reid < calibrated | reid < 0.6 re-aligned | median \\|Δyaw\\| | p95 \\|Δyaw\\| | "
              "p95 \\|Δpitch\\| | p95 \\|Δroll\\| | YuNet detects | dlib detects | new identity per seed | "
-             "background identical | faces/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "colour ΔE | background identical | faces/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, by_set in result["operators"].items():
         for set_name, s in by_set.items():
             lines.append(
@@ -266,7 +282,7 @@ def markdown_table(result: dict) -> str:
                 f"{s['reid_rate_realigned']} | "
                 f"{s['yaw']['median']} | {s['yaw']['p95']} | {s['pitch']['p95']} | {s['roll']['p95']} | "
                 f"{s['detectable_yunet']} | {s['detectable_dlib']} | {s['diversity_new_identity']} | "
-                f"{s['background_identical']} | {s['faces_per_s']} |")
+                f"{s['colour_delta_e_median']} | {s['background_identical']} | {s['faces_per_s']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -286,7 +302,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="e.g. 'generated;blur:0.15,0.35;noise:0.8' (default: generated, blur 0.15/0.35, "
                         "pixelate 0.2, noise 0.8, mask)")
     p.add_argument("--out", type=Path, default=Path("out/eval/generation"), help="folder for generation.json, "
-                   "generation.md and generation_grid.png (not to be committed: LFW's and the photos' licences)")
+                   "generation.md and the sample grids (not to be committed: LFW's and the photos' licences)")
 
 
 def _parse_operators(text: str | None) -> list[tuple[str, float]]:
@@ -307,5 +323,5 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"{label} folder not found: {folder}")
     result = evaluate(policy, args.lfw, photos, args.out, args.limit, _parse_operators(args.operators), args.weights)
     print(markdown_table(result))
-    print(f"wrote {args.out / 'generation.json'}, {args.out / 'generation.md'}, {args.out / 'generation_grid.png'}")
+    print(f"wrote generation.json, generation.md and the sample grids to {args.out}")
     return 0

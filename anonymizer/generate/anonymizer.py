@@ -10,7 +10,8 @@ recorded as method "fallback:<name>". The others are generated ("generated"):
    add the mask and the landmark heatmaps;
 3. draw z from the face's own RNG (fixed by run seed, image key, face index), so the output is
    deterministic for the same (seed, key, index) and differs across seeds;
-4. generate, warp the crop back into the image, and blend it through a feathered alpha: the crop's face
+4. generate, give the face the photo's light and colour (`harmonize`, on by default: the generator learned
+   from greyscale LFW), warp the crop back into the image, and blend it through a feathered alpha: the crop's face
    mask warped back, limited to the policy's face region (`region.face_region` with expand/shape/feather).
    Pixels where that alpha is 0 keep their exact bytes.
 5. with `identity_guard` (`generate.guard`), a face recognizer checks each draw against the original, and
@@ -35,6 +36,7 @@ from anonymizer.anonymize import ANONYMIZERS, Anonymized, FaceMask
 from anonymizer.anonymize.region import face_region
 from anonymizer.faces import Face
 from anonymizer.generate import align as al
+from anonymizer.generate import harmonize as hz
 from anonymizer.generate.networks import Generator
 from anonymizer.generate.pose import estimate_pose
 from anonymizer.models import ModelNotFoundError, search_dirs, sha256_file
@@ -86,7 +88,7 @@ class GeneratedFace:
                  fallback_strength: float = 0.35, min_face_px: float = 32, max_yaw: float = 60.0,
                  max_pitch: float = 45.0, max_reprojection_error: float = 0.25, expand: float = 1.35,
                  shape: str = "ellipse", feather: float = 0.15, device: str = "auto", batch_size: int = 32,
-                 truncation: float = 1.0, identity_guard: dict | None = None) -> None:
+                 truncation: float = 1.0, harmonize: bool = True, identity_guard: dict | None = None) -> None:
         if fallback == self.name:
             raise ValueError("generated: the fallback must be a classical operator")
         self.weights_path = resolve_weights(weights, model_dir)
@@ -110,6 +112,7 @@ class GeneratedFace:
             self.guard = IdentityGuard(IdentityGuardConfig(**identity_guard), model_dir)
         self._hole = al.hole_mask(self.resolution)
         self._alpha = al.face_mask(self.resolution)
+        self._inner = hz.inner_face(self.resolution) if harmonize else None
 
     def decide(self, face: Face, image_shape: tuple[int, int]) -> str | None:
         """Why this face falls back to the classical operator, or None when it can be generated."""
@@ -147,6 +150,8 @@ class GeneratedFace:
 
     def _blend(self, base: np.ndarray, region: FaceMask, a: al.Aligned, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(the region's window of `base` with `gen` warped back and blended in, alpha over that window)."""
+        if self._inner is not None:
+            gen = hz.harmonize(gen, a.crop, self._inner)
         ys, xs = region.window
         h, w = region.alpha.shape
         window = (region.x0, region.y0, region.x0 + w, region.y0 + h)
