@@ -401,7 +401,7 @@ def test_tampered_weights_are_refused(tiny_model, tmp_path):
         GeneratedFace(weights=str(tmp_path / "tiny.pt"))
 
 
-# ---------------------------------------------------------------- identity guard (committed weights)
+# ---------------------------------------------------------------- light and colour (harmonize)
 
 def test_harmonize_takes_light_and_colour_blobs_but_no_structure_from_the_original():
     from anonymizer.generate.harmonize import harmonize, inner_face
@@ -450,6 +450,8 @@ def test_generated_faces_take_the_photos_colour(photo):
     outside = union_mask(harmonized.masks, image.shape[:2]) == 0
     assert np.array_equal(harmonized.image[outside], image[outside])
 
+
+# ---------------------------------------------------------------- identity guard (committed weights)
 
 def _distances(image, out, faces):
     from anonymizer.measure.encoder import DlibResNetEncoder

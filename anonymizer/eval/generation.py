@@ -99,8 +99,8 @@ def colour_shift(before: np.ndarray, after: np.ndarray, face: Face) -> float:
     h, w = before.shape[:2]
     x0, y0 = int(max(0, face.x + face.w / 4)), int(max(0, face.y + face.h / 4))
     x1, y1 = int(min(w, face.x + 3 * face.w / 4)) + 1, int(min(h, face.y + 3 * face.h / 4)) + 1
-    mean = lambda img: cv2.cvtColor(img[y0:y1, x0:x1].astype(np.float32) / 255, cv2.COLOR_RGB2Lab).reshape(-1, 3).mean(0)  # noqa: E731
-    return float(np.linalg.norm(mean(before) - mean(after)))
+    lab = [cv2.cvtColor(img[y0:y1, x0:x1].astype(np.float32) / 255, cv2.COLOR_RGB2Lab) for img in (before, after)]
+    return float(np.linalg.norm(lab[0].reshape(-1, 3).mean(0) - lab[1].reshape(-1, 3).mean(0)))
 
 
 def _stats(values: Sequence[float]) -> dict:

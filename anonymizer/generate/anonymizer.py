@@ -11,9 +11,9 @@ recorded as method "fallback:<name>". The others are generated ("generated"):
 3. draw z from the face's own RNG (fixed by run seed, image key, face index), so the output is
    deterministic for the same (seed, key, index) and differs across seeds;
 4. generate, give the face the photo's light and colour (`harmonize`, on by default: the generator learned
-   from greyscale LFW), warp the crop back into the image, and blend it through a feathered alpha: the crop's face
-   mask warped back, limited to the policy's face region (`region.face_region` with expand/shape/feather).
-   Pixels where that alpha is 0 keep their exact bytes.
+   from greyscale LFW), warp the crop back into the image, and blend it through a feathered alpha: the
+   crop's face mask warped back, limited to the policy's face region (`region.face_region` with
+   expand/shape/feather). Pixels where that alpha is 0 keep their exact bytes.
 5. with `identity_guard` (`generate.guard`), a face recognizer checks each draw against the original, and
    further draws are tried, then the fallback used, for a face it still matches.
 
