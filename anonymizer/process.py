@@ -43,12 +43,17 @@ class Components:
         )
 
 
-def build_operator(policy: Policy, name: str | None = None, params: dict | None = None) -> Anonymizer:
-    """An operator with the policy's region settings: the policy's own, or `name` with `params` (evaluations).
-    Only the generator loads weights, so only it is given the policy's model_dir."""
+def build_operator(policy: Policy, name: str | None = None, strength: float | None = None, **overrides) -> Anonymizer:
+    """An operator as the pipeline builds it, with the policy's region settings: the policy's own, or `name`
+    (evaluations) at `strength`. The policy's own operator keeps its params (the generator's weights, its
+    identity guard); the generator takes no strength. Only the generator loads weights, so only it is given
+    the policy's model_dir."""
     a = policy.anonymization
     name = name or a.operator.name
-    params = dict(a.operator.params if params is None else params)
+    params = dict(a.operator.params) if name == a.operator.name else {}
+    if strength is not None and name != "generated":
+        params["strength"] = strength
+    params.update(overrides)
     if name == "generated":
         params.setdefault("model_dir", policy.model_dir)
     return ANONYMIZERS.create(name, **params, **a.region.model_dump())

@@ -34,14 +34,13 @@ def load_sets(n_lfw: int) -> dict[str, list]:
 
 
 def operators(device: str) -> dict:
-    from anonymizer.anonymize import ANONYMIZERS
     from anonymizer.policy import load_policy
+    from anonymizer.process import build_operator
 
-    params = dict(load_policy(profile="realistic").anonymization.operator.params, device=device)
-    guard = params.pop("identity_guard")
-    return {"blur 0.35": ANONYMIZERS.create("blur", strength=0.35),
-            "generated": ANONYMIZERS.create("generated", **params),
-            "generated + identity guard": ANONYMIZERS.create("generated", **params, identity_guard=guard)}
+    policy = load_policy(profile="realistic")
+    return {"blur 0.35": build_operator(policy, "blur", 0.35),
+            "generated": build_operator(policy, device=device, identity_guard=None),
+            "generated + identity guard": build_operator(policy, device=device)}
 
 
 def time_operator(op, samples) -> dict:

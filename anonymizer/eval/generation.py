@@ -125,13 +125,8 @@ class Evaluator:
     def operator(self, name: str, strength: float):
         from anonymizer.process import build_operator
 
-        if name == "generated":
-            op = self.policy.anonymization.operator
-            params = dict(op.params) if op.name == name else {}
-            if self.weights:
-                params["weights"] = self.weights
-            return build_operator(self.policy, name, params)
-        return build_operator(self.policy, name, {"strength": strength})
+        weights = {"weights": self.weights} if name == "generated" and self.weights else {}
+        return build_operator(self.policy, name, strength, **weights)
 
     def run_operator(self, op, samples: Sequence[Sample], progress=None) -> tuple[dict, list[dict]]:
         q = self.policy.output.jpeg_quality

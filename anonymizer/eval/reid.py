@@ -335,7 +335,9 @@ def fta_detector(policy: Policy):
 def attack(orig: Originals, operator: str, strength: float, policy: Policy, components, detector, far: float,
            calibrated: float) -> tuple[dict, dict]:
     """One operator at one strength through the three protocols. Returns (metrics, score arrays)."""
-    op = _operator(policy, operator, strength)
+    from anonymizer.process import build_operator
+
+    op = build_operator(policy, operator, strength)
     enc = components.encoder
     anon_emb, acquired = [], []
     t0 = time.perf_counter()
@@ -369,18 +371,6 @@ def attack(orig: Originals, operator: str, strength: float, policy: Policy, comp
     }
     scores["same_image"] = (same_image, np.zeros(0))
     return metrics, scores
-
-
-def _operator(policy: Policy, name: str, strength: float):
-    """The policy's own operator keeps all its params (the generator's weights, its identity guard); the
-    generator takes no strength."""
-    from anonymizer.process import build_operator
-
-    own = policy.anonymization.operator
-    params = dict(own.params) if name == own.name else {}
-    if name != "generated":
-        params["strength"] = strength
-    return build_operator(policy, name, params)
 
 
 def table_rows(result: dict) -> list[dict]:
