@@ -5,8 +5,11 @@ The flow `flows/train_generator.py` is the way to train where Ray runs; this is 
 (`train.fit_local`) for a bare box, plus what such a box needs: a sample grid to look at, and the exported
 weights copied to `--export-to` in parts small enough to be fetched (`--part-mib`).
 
-    python infra/train_local.py --data shard.npz --out run/ --config '{"batch_size": 64}' --steps 100000 \
-        --budget-s 480 [--init-generator generator.pt] [--export-to DIR]
+    python infra/train_local.py --data shard.npz --out run/ --config infra/generator_128.json --steps 200000 \
+        --budget-s 540 [--init-generator generator.pt] [--export-to DIR]
+
+`infra/generator_128.json` is the recipe for the issue's 128×128 generator on a GPU (docs/generation.md,
+"The next GPU run").
 """
 
 from __future__ import annotations
@@ -54,7 +57,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", required=True, help="an aligned cache (.npz) or a shard from data.pack_shard")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--config", default="{}", help="training config as JSON (anonymizer.generate.train.DEFAULTS)")
+    ap.add_argument("--config", default="{}",
+                    help="training config: JSON, or a .json file such as infra/generator_128.json (keys: train.DEFAULTS)")
     ap.add_argument("--steps", type=int, required=True, help="the total step to reach")
     ap.add_argument("--budget-s", type=float, default=None)
     ap.add_argument("--init-generator", default=None, help="start G from these weights when there is no checkpoint")
@@ -71,7 +75,8 @@ def main() -> None:
         cache = out / "cache.npz"
         if not cache.exists():
             data.unpack_shard(args.data, cache)
-    cfg = {**json.loads(args.config), "steps": args.steps, "time_budget_s": args.budget_s, "data_path": str(cache)}
+    given = Path(args.config).read_text() if args.config.endswith(".json") else args.config
+    cfg = {**json.loads(given), "steps": args.steps, "time_budget_s": args.budget_s, "data_path": str(cache)}
     resume = train.latest_checkpoint(out) is not None
     if args.init_generator and not resume:
         cfg["init_generator"] = args.init_generator

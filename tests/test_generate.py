@@ -267,9 +267,10 @@ def test_jpeg_shard_trains_on_a_bare_box(tiny_model, tmp_path):
     assert np.abs(back["crops"].astype(int) - orig["crops"]).mean() < 3 and int(back["jpeg_quality"]) == 90
     assert np.array_equal(back["landmarks"], orig["landmarks"])
     cfg = json.dumps({k: v for k, v in TINY.items() if k != "checkpoint_every"})
-    for steps in (2, 3):
+    (tmp_path / "tiny.json").write_text(cfg)
+    for steps, config in ((2, str(tmp_path / "tiny.json")), (3, cfg)):  # the config as a file, then as JSON
         run = subprocess.run([sys.executable, str(REPO / "infra" / "train_local.py"), "--data", str(shard), "--out",
-                              str(tmp_path / "run"), "--config", cfg, "--steps", str(steps), "--export-to",
+                              str(tmp_path / "run"), "--config", config, "--steps", str(steps), "--export-to",
                               str(tmp_path / "export"), "--part-mib", "1"], capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-2000:]
     assert '"resume": true' in run.stdout
@@ -281,6 +282,18 @@ def test_jpeg_shard_trains_on_a_bare_box(tiny_model, tmp_path):
     assert hashlib.sha256(b"".join(p.read_bytes() for p in parts)).hexdigest() == card["weights_sha256"]
     grid = cv2.imread(str(tmp_path / "export" / "samples.png"))
     assert grid.shape == (5 * 64, 8 * 64, 3)
+
+
+def test_the_gpu_recipe_is_a_valid_config_within_the_weights_limit():
+    """infra/generator_128.json is what the next GPU run trains: `train` must accept it (full_config rejects
+    unknown keys and clashing options), and its generator must fit the issue's 50 MB of fp16 weights."""
+    from anonymizer.generate.networks import Generator, count_parameters
+    from anonymizer.generate.train import full_config, network_config
+    from tests.conftest import REPO
+
+    cfg = full_config(json.loads((REPO / "infra" / "generator_128.json").read_text()))
+    assert cfg["resolution"] == 128 and not cfg["d_spectral_norm"]  # the issue's target; D as fixed in session 5
+    assert 2 * count_parameters(Generator(**network_config(cfg))) <= 50e6
 
 
 # ---------------------------------------------------------------- the anonymizer
