@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from anonymizer.pipeline import EXIT_ERROR, EXIT_USAGE
+from anonymizer import exit_codes
 
 # Prefect without a server starts a temporary one: slow to start on small machines; no telemetry.
 _ENV_DEFAULTS = {
@@ -18,21 +18,30 @@ _ENV_DEFAULTS = {
 }
 
 
+def _orchestrated_engines() -> dict:
+    """Engines that orchestrators plug in (entry points `anonymizer.engines`: the Prefect flow is one), so
+    the library never imports its orchestrator."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group="anonymizer.engines")}
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     kwargs = dict(source=args.source, dest=args.dest, policy=args.policy, workers=args.workers, run_id=args.run_id,
                   staging=args.staging, quarantine=args.quarantine, full=args.full, ray_address=args.ray_address)
-    if args.engine == "prefect":
-        from flows.anonymize_dataset import anonymize_dataset
-
-        result = anonymize_dataset(**kwargs)
-    else:
+    plugged = _orchestrated_engines()
+    if args.engine in plugged:
+        result = plugged[args.engine].load()(**kwargs)
+    elif args.engine in ("ray", "local"):
         from anonymizer.pipeline import run_pipeline
 
-        o = run_pipeline(**kwargs)
-        result = {"run_id": o.run_id, "released": o.released, "reason": o.verdict.reason, "location": o.location,
-                  "exit_code": o.exit_code, "counts": o.report["counts"], "metrics": o.report["metrics"]}
+        result = run_pipeline(**kwargs, engine=args.engine).summary()
+    else:
+        known = ", ".join(["ray", "local", *plugged])
+        print(f"anonymizer: error: engine {args.engine!r} is not installed (known: {known})", file=sys.stderr)
+        return exit_codes.USAGE
     print(json.dumps(result, indent=2, default=str))
     state = "RELEASED" if result["released"] else "NOT RELEASED (quarantined)"
     print(f"{state}: {result['reason']}\nreport: {result['location']}/report.html", file=sys.stderr)
@@ -44,13 +53,13 @@ def _models(args: argparse.Namespace) -> int:
 
     if args.action == "fetch":
         print(models.fetch(args.name, args.dir or models.USER_MODEL_DIR))
-        return 0
+        return exit_codes.RELEASED
     for name in models.MODELS:
         try:
             print(json.dumps({**models.describe(name, args.dir), "path": str(models.locate(name, args.dir))}))
         except (FileNotFoundError, ValueError) as exc:
             print(json.dumps({"name": name, "error": str(exc)}))
-    return 0
+    return exit_codes.RELEASED
 
 
 def parser() -> argparse.ArgumentParser:
@@ -69,8 +78,9 @@ def parser() -> argparse.ArgumentParser:
                      help="process every object, not only those new or changed since the latest release")
     run.add_argument("--ray-address", help="an existing Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     run.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph...; default: $AWS_ENDPOINT_URL, else AWS)")
-    run.add_argument("--engine", choices=["prefect", "plain"], default="prefect",
-                     help="orchestrate with the Prefect flow (default) or the library alone")
+    run.add_argument("--engine", default="prefect",
+                     help="prefect (default): the Prefect flow, shards on Ray; ray: the library alone, shards on "
+                          "Ray; local: one process, no Ray and no Prefect (small jobs, debugging)")
     run.set_defaults(func=_run)
 
     m = sub.add_parser("models", help="list the model files in use, or fetch one (needs a network)")
@@ -79,7 +89,7 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--dir", help="model directory")
     m.set_defaults(func=_models)
 
-    from anonymizer import verify
+    from anonymizer.release import verify
 
     v = sub.add_parser("verify", help="prove a release is clean: no metadata, every output decodes, the manifest "
                                       "matches the bytes, nothing outside it; exit 3 on any finding")
@@ -113,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (PolicyError, ModelNotFoundError, FileNotFoundError) as exc:
         print(f"anonymizer: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     except Exception as exc:  # noqa: BLE001 - report, never a bare traceback for a user
         print(f"anonymizer: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return exit_codes.ERROR
 
 
 if __name__ == "__main__":

@@ -116,3 +116,17 @@ def _fuse(members: list[tuple[float, Face, int]], weights: list[float], total: f
         landmarks = landmarks.astype(np.float32)
     name = "+".join(sorted({e[1].detector for e in members}))
     return Face(float(x0), float(y0), float(x1 - x0), float(y1 - y0), float(score), name, landmarks)
+
+
+def context_window(face: Face, image_shape: tuple[int, int],
+                   cover: tuple[int, int, int, int] | None = None) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the face's box with one box side of context each way, clipped to the image and
+    grown to contain `cover` (another window) when given. Landmark re-finding and the identity guard look
+    at a face through this same window."""
+    h, w = image_shape
+    side = max(face.w, face.h)
+    x0, y0 = int(face.x - side), int(face.y - side)
+    x1, y1 = int(np.ceil(face.x + face.w + side)), int(np.ceil(face.y + face.h + side))
+    if cover is not None:
+        x0, y0, x1, y1 = min(x0, cover[0]), min(y0, cover[1]), max(x1, cover[2]), max(y1, cover[3])
+    return max(0, x0), max(0, y0), min(w, x1), min(h, y1)

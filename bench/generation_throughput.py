@@ -35,7 +35,7 @@ def load_sets(n_lfw: int) -> dict[str, list]:
 
 def operators(device: str) -> dict:
     from anonymizer.policy import load_policy
-    from anonymizer.process import build_operator
+    from anonymizer.components import build_operator
 
     policy = load_policy(profile="realistic")
     return {"blur 0.35": build_operator(policy, "blur", 0.35),

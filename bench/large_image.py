@@ -1,5 +1,5 @@
 """Time and peak memory of one image at the default policy's pixel limit (100 MP, 10,000 × 10,000), through
-the same `process_image` the workers call. Prints a line, writes JSON.
+the same `anonymize_image` the workers call. Prints a line, writes JSON.
 
     python bench/large_image.py [--side 10000] [--out bench/results/large_image.json]
 """
@@ -27,14 +27,15 @@ def main() -> None:
     from PIL import Image
 
     from anonymizer.policy import load_policy
-    from anonymizer.process import Components, process_image
+    from anonymizer.components import Components
+    from anonymizer.pipeline.image import ImageSettings, anonymize_image
 
     buf = io.BytesIO()
     Image.new("RGB", (args.side, args.side), (120, 130, 140)).save(buf, "PNG")  # compresses to ~300 kB
     policy = load_policy()
     components = Components.from_policy(policy)
     t = time.perf_counter()
-    r = process_image("large.png", buf.getvalue(), policy, components)
+    r = anonymize_image("large.png", buf.getvalue(), ImageSettings.from_policy(policy), components)
     result = {
         "pixels": args.side ** 2, "png_bytes": len(buf.getvalue()), "error": r.image.get("error"),
         "seconds": round(time.perf_counter() - t, 1),

@@ -20,10 +20,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def probe(state_path: str, n: int = 64, seed: int = 1) -> dict:
-    from anonymizer.generate import train
-    from anonymizer.generate.anonymizer import load_generator
-    from anonymizer.generate.data import build_cache
-    from anonymizer.generate.networks import Generator, LatentEncoder
+    from training import train
+    from anonymizer.anonymize.generated.operator import load_generator
+    from training.data import build_cache
+    from anonymizer.anonymize.generated.networks import Generator
+    from training.networks import LatentEncoder
 
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     if "G_ema" in state:  # a training checkpoint

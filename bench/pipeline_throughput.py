@@ -1,7 +1,7 @@
-"""Throughput of the pipeline on ../shared/data/photos: a plain loop over the library vs Ray (1 and 2
+"""Throughput of the pipeline on ../shared/data/photos: the local engine (one process) vs Ray (1 and 2
 workers) vs the whole Prefect + Ray flow, with the time per stage. Prints a table, writes JSON.
 
-    python bench/pipeline_throughput.py [--photos DIR] [--policy FILE] [--paths plain,ray1,ray2,prefect]
+    python bench/pipeline_throughput.py [--photos DIR] [--policy FILE] [--paths local,ray1,ray2,prefect]
                                         [--out bench/results/pipeline.json]
 """
 
@@ -25,43 +25,19 @@ SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
 STAGES = ["read_s", "decode_s", "detect_s", "anonymize_s", "measure_s", "write_s"]
 
 
-def plain_loop(photos: list[Path], out: Path, policy_path: str | None) -> dict:
-    """The same library calls the Ray actors make, in one process, no orchestration."""
-    from anonymizer.policy import load_policy
-    from anonymizer.process import Components, process_image
-
-    t0 = time.perf_counter()
-    policy = load_policy(policy_path)
-    components = Components.from_policy(policy)
-    load_s = time.perf_counter() - t0
-    stages = dict.fromkeys(STAGES, 0.0)
-    t1 = time.perf_counter()
-    for p in photos:
-        ts = time.perf_counter()
-        data = p.read_bytes()
-        stages["read_s"] += time.perf_counter() - ts
-        r = process_image(p.name, data, policy, components)
-        ts = time.perf_counter()
-        (out / p.name).write_bytes(r.output)
-        stages["write_s"] += time.perf_counter() - ts
-        for s in ("decode_s", "detect_s", "anonymize_s", "measure_s"):
-            stages[s] += r.image[s]
-    wall = time.perf_counter() - t1
-    return {"path": "plain loop", "workers": 1, "wall_s": wall + load_s, "model_load_s": load_s,
-            "images_per_s": len(photos) / (wall + load_s), "stage_s": stages}
-
-
-def ray_path(photos_dir: Path, out: Path, workers: int, policy_path: str | None) -> dict:
+def library_run(photos_dir: Path, out: Path, workers: int, policy_path: str | None, engine: str) -> dict:
+    """The library pipeline without Prefect: shards in this process (`local`) or on Ray actors (`ray`)."""
     import pandas as pd
 
     from anonymizer.pipeline import run_pipeline
 
     t0 = time.perf_counter()
-    o = run_pipeline(str(photos_dir), str(out / "rel"), policy=policy_path, workers=workers)
+    o = run_pipeline(str(photos_dir), str(out / engine), policy=policy_path, workers=workers, engine=engine)
     wall = time.perf_counter() - t0
-    images = pd.read_parquet(out / "rel.staging" / o.run_id / "metrics" / "images.parquet")
-    return {"path": "Ray (library pipeline)", "workers": workers, "wall_s": wall, "released": o.released,
-            "images_per_s": len(images) / wall, "stage_s": {s: float(images[s].sum()) for s in STAGES}}
+    images = pd.read_parquet(out / f"{engine}.staging" / o.run_id / "metrics" / "images.parquet")
+    return {"path": f"library pipeline, engine {engine}", "workers": 1 if engine == "local" else workers,
+            "wall_s": wall, "released": o.released, "images_per_s": len(images) / wall,
+            "stage_s": {s: float(images[s].sum()) for s in STAGES}}
 
 
 def prefect_path(photos_dir: Path, out: Path, workers: int, policy_path: str | None) -> dict:
@@ -88,7 +64,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
     ap.add_argument("--policy", help="policy YAML (default: the embedded default policy)")
-    ap.add_argument("--paths", default="plain,ray1,ray2,prefect", help="which paths to time")
+    ap.add_argument("--paths", default="local,ray1,ray2,prefect", help="which paths to time")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "pipeline.json")
     args = ap.parse_args()
     bootstrap = Path.home() / "ray_bootstrap_config.yaml"
@@ -104,28 +80,27 @@ def main() -> None:
     rows = []
     try:
         paths = args.paths.split(",")
-        if "plain" in paths:
-            (tmp / "plain").mkdir()
-            rows.append(plain_loop(photos, tmp / "plain", args.policy))
+        if "local" in paths:
+            rows.append(library_run(args.photos, tmp, 1, args.policy, "local"))
         for w in (1, 2):
             if f"ray{w}" in paths:
-                rows.append(ray_path(args.photos, tmp / f"ray{w}", w, args.policy))
+                rows.append(library_run(args.photos, tmp / f"ray{w}", w, args.policy, "ray"))
         if "prefect" in paths:
             rows.append(prefect_path(args.photos, tmp / "prefect", 2, args.policy))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     base = rows[0]["wall_s"]
     for r in rows:
-        r["overhead_vs_plain"] = r["wall_s"] / base - 1
+        r["overhead_vs_first"] = r["wall_s"] / base - 1
     result = {"images": len(photos), "policy": args.policy or "default", "cpus": os.cpu_count(), "machine": platform.platform(),
               "ray_start_s": ray_start, "runs": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"\n{len(photos)} images, {os.cpu_count()} CPUs; Ray start {ray_start:.1f} s (not included below)\n")
-    print("| path | workers | wall s | images/s | vs plain loop |")
+    print("| path | workers | wall s | images/s | vs first row |")
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['path']} | {r['workers']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | {r['overhead_vs_plain']:+.0%} |")
+        print(f"| {r['path']} | {r['workers']} | {r['wall_s']:.1f} | {r['images_per_s']:.2f} | {r['overhead_vs_first']:+.0%} |")
     print("\nTime per stage, summed over images (s):")
     print("| path | workers | " + " | ".join(STAGES) + " |")
     print("|---|---|" + "---|" * len(STAGES))

@@ -116,7 +116,7 @@ def main() -> None:
                     (local / f"img_{i:06d}.jpg").write_bytes(data)
                     client.put_object(Bucket="bench", Key=f"src{n}/img_{i:06d}.jpg", Body=data)
                 list(pool.map(put, range(n)))
-            common = ["--policy", str(policy), "--workers", "2", "--engine", "plain"]
+            common = ["--policy", str(policy), "--workers", "2", "--engine", "ray"]
             for where, src, dest in (("local", str(local), str(tmp / f"rel{n}")),
                                      ("s3", f"s3://bench/src{n}", f"s3://bench/rel{n}")):
                 if where == "local" and n != args.sizes[0]:

@@ -1,4 +1,4 @@
-"""The dataset anonymization flow: plan → process shards on Ray → validate → release or quarantine → report."""
+"""The dataset anonymization flow: plan → anonymize shards on Ray → validate → release or quarantine → report."""
 
 from __future__ import annotations
 
@@ -13,17 +13,15 @@ from tasks import steps
 def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers: int | None = None,
                       run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
                       full: bool = False, ray_address: str | None = None) -> dict:
-    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, ray_address)
+    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, "ray", ray_address)
     p = steps.plan(ctx)
-    summaries = steps.process_shards(ctx, p, workers)
+    summaries = steps.anonymize_shards(ctx, p, workers)
     images, faces = steps.collect(ctx, p)
     verdict = steps.validate(ctx, p, images, faces)
     report, files = steps.report(ctx, p, summaries, images, faces, verdict)
     outcome = steps.finish(ctx, p, verdict, images, report, files)
     _artifacts(report, outcome.location)
-    return {"run_id": ctx.run_id, "released": outcome.released, "reason": outcome.verdict.reason,
-            "location": outcome.location, "exit_code": outcome.exit_code, "counts": report["counts"],
-            "metrics": report["metrics"]}
+    return outcome.summary()
 
 
 def _artifacts(report: dict, location: str) -> None:

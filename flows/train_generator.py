@@ -1,6 +1,6 @@
 """The generator's training flow: align + cache the LFW training split, train on Ray Train, export.
 
-Thin: the work is `anonymizer.generate` (data.build_cache, train.train). `steps` is the total to reach;
+Thin: the work is in training/ (data.build_cache, train.train). `steps` is the total to reach;
 with `resume` (default) a previous run's checkpoint in `out_dir/checkpoint` is continued from its step.
 """
 
@@ -13,7 +13,7 @@ from prefect.artifacts import create_markdown_artifact
 @task(name="align-lfw")
 def align_lfw(lfw_root: str | None, split: str, holdout: float, limit: int | None, cache_dir: str | None,
               model_dir: str | None) -> str:
-    from anonymizer.generate import data
+    from training import data
 
     return str(data.build_cache(lfw_root, split, holdout, limit, cache_dir=cache_dir, model_dir=model_dir))
 
@@ -25,13 +25,14 @@ def train_generator(steps: int, out_dir: str, config: dict | None = None, name: 
                     ray_address: str | None = None, model_dir: str | None = None) -> dict:
     import ray
 
-    from anonymizer.generate import data, train
+    from anonymizer.eval import lfw
+    from training import train
 
     cache = align_lfw(lfw_root, "train", holdout, limit, cache_dir, model_dir)
     if not ray.is_initialized():
         ray.init(address=ray_address, include_dashboard=False, logging_level="WARNING")
     resume_from = train.latest_checkpoint(out_dir) if resume else None
-    summary = data.split_summary(lfw_root or data.default_lfw_root(), holdout)
+    summary = lfw.split_summary(lfw_root or lfw.default_lfw_root(), holdout)
     result = train.train({**(config or {}), "steps": steps, "data_path": cache}, out_dir, name,
                          resume_from=resume_from, num_workers=num_workers, use_gpu=use_gpu, data_summary=summary)
     result["resumed_from"] = str(resume_from) if resume_from else None

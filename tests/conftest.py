@@ -50,7 +50,7 @@ def policy():
 
 @pytest.fixture(scope="session")
 def components(policy):
-    from anonymizer.process import Components
+    from anonymizer.components import Components
 
     return Components.from_policy(policy)
 

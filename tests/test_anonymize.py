@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anonymizer.anonymize import ANONYMIZERS, face_rngs, union_mask
+from anonymizer.anonymize import ANONYMIZERS, face_rngs
+from anonymizer.regions import union_mask
 from anonymizer.measure.metrics import reid_distances
 from conftest import PHOTOS, lfw_images
 

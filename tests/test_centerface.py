@@ -191,7 +191,7 @@ def test_images_too_small_to_hold_a_face_give_none(detector: CenterFaceDetector)
 def test_votes_in_a_policys_fused_ensemble() -> None:
     """The three detectors in a policy: faces all of them find score above any two; inventory hashes it."""
     from anonymizer.policy import parse_policy, default_policy_text
-    from anonymizer.process import model_inventory
+    from anonymizer.components import model_inventory
 
     text = default_policy_text()
     if "name: centerface" not in text:

@@ -84,7 +84,7 @@ def _manifest(client, bucket, key):
 
 def test_throttling_errors_stalls_and_resets_are_survived_and_a_dead_object_is_quarantined(s3, tmp_path, ray_cluster, shared):
     from anonymizer.pipeline import run_pipeline
-    from anonymizer.verify import verify_release
+    from anonymizer.release.verify import verify_release
 
     client, proxy = s3
     keys = _put(client, "fsrc", "t", 10)
@@ -160,7 +160,7 @@ def test_full_staging_disk_releases_nothing_and_a_rerun_completes(tmp_path, ray_
     import ray
 
     import quotafs
-    from anonymizer import pipeline
+    from anonymizer.pipeline import run as pipeline
     from anonymizer.storage import Location
 
     ray.cloudpickle.register_pickle_by_value(quotafs)  # the workers get the full disk too
@@ -177,7 +177,7 @@ def test_full_staging_disk_releases_nothing_and_a_rerun_completes(tmp_path, ray_
     root = ctx.staging.base
     ctx.staging = Location(quotafs.quota_fs(root, quotafs.usage(root) + 40_000), root, ctx.staging.uri)
     with pytest.raises(Exception, match="No space left"):
-        pipeline.process(ctx, p, workers=1)
+        pipeline.anonymize_shards(ctx, p, workers=1)
     assert not dest.exists() or not any(dest.iterdir())
     leftovers = [f for f in (tmp_path / "rel.staging").rglob("*.tmp-*")]
     assert leftovers == []
@@ -196,7 +196,7 @@ def test_full_staging_disk_releases_nothing_and_a_rerun_completes(tmp_path, ray_
 
 
 def test_prefect_task_crashing_mid_release_is_retried_and_releases_once(tmp_path, ray_cluster, prefect_server, shared):
-    from anonymizer import release
+    from anonymizer.release import publish as release
     from flows.anonymize_dataset import anonymize_dataset
 
     src = tmp_path / "src"

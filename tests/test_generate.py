@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from anonymizer.anonymize import ANONYMIZERS, face_rngs, union_mask
+from anonymizer.anonymize import ANONYMIZERS, face_rngs
+from anonymizer.regions import union_mask
 from anonymizer.faces import Face
-from anonymizer.generate import align as al
-from anonymizer.generate.pose import MODEL_POINTS, estimate_pose
+from anonymizer.anonymize.generated import align as al
+from anonymizer.headpose import MODEL_POINTS, estimate_pose
 from tests.conftest import LFW, PHOTOS
 
 FRONTAL = "Micky_Arison/Micky_Arison_0001.jpg"  # |yaw| < 5° by YuNet + solvePnP
@@ -36,7 +37,7 @@ def yunet(shared):
 
 
 def _main_face(detector, image):
-    from anonymizer.generate.data import pick_face
+    from training.data import pick_face
 
     return pick_face(detector.detect(image), image.shape)
 
@@ -77,7 +78,7 @@ def test_heatmaps():
         assert h[k, iy, ix] > 0.8
         assert h[k, (iy + 20) % 64, ix] < 1e-6  # local
     # The training loop's batched torch version is the same function.
-    from anonymizer.generate.train import batch_heatmaps
+    from training.train import batch_heatmaps
 
     t = batch_heatmaps(torch.from_numpy(lm)[None], torch.arange(64, dtype=torch.float32), 64)[0].numpy()
     np.testing.assert_allclose(t, h, atol=1e-6)
@@ -162,7 +163,8 @@ def test_training_flow_end_to_end_and_resume(tiny_model):
     weights = torch.load(out / "generator" / "tiny.pt", weights_only=True)
     assert all(v.dtype == torch.float16 for v in weights.values() if v.is_floating_point())
     # The split is by identity: no training image belongs to a held-out identity.
-    from anonymizer.generate.data import load_cache, split_of
+    from training.data import load_cache
+    from anonymizer.eval.lfw import split_of
 
     cache = load_cache(next(tiny_model["cache"].glob("*.npz")))
     assert all(split_of(i) == "train" for i in cache["identities"].tolist())
@@ -171,7 +173,7 @@ def test_training_flow_end_to_end_and_resume(tiny_model):
 
 def test_fit_local_trains_and_resumes_without_ray(tiny_model, tmp_path):
     """The plain-process entry point (the GPU machine has no Ray): same loop, same checkpoint, same export."""
-    from anonymizer.generate.train import fit_local
+    from training.train import fit_local
 
     cache = str(next(tiny_model["cache"].glob("*.npz")))
     first = fit_local({**TINY, "steps": 2, "data_path": cache, "l1_weight": 1.0, "lowfreq_weight": 1.0}, tmp_path, "plain")
@@ -185,7 +187,7 @@ def test_fit_local_trains_and_resumes_without_ray(tiny_model, tmp_path):
 def test_fine_tuning_with_patch_highpass_discriminator_and_mode_seeking(tiny_model, tmp_path):
     """init_generator starts G from exported weights (lr 0 keeps them exactly), the patch/high-pass D and
     the mode-seeking term run, and the card records them."""
-    from anonymizer.generate.train import fit_local
+    from training.train import fit_local
 
     cache = str(next(tiny_model["cache"].glob("*.npz")))
     init = tiny_model["out"] / "generator" / "tiny.pt"
@@ -202,8 +204,8 @@ def test_fine_tuning_with_patch_highpass_discriminator_and_mode_seeking(tiny_mod
 
 def test_cvae_branch_trains_an_encoder_that_is_never_exported(tiny_model, tmp_path):
     """vae: the latent encoder trains beside G, is checkpointed and resumed, and stays out of the export."""
-    from anonymizer.generate.networks import Generator
-    from anonymizer.generate.train import full_config, fit_local
+    from anonymizer.anonymize.generated.networks import Generator
+    from training.train import full_config, fit_local
 
     cache = str(next(tiny_model["cache"].glob("*.npz")))
     cfg = {**TINY, "data_path": cache, "vae": True, "l1_weight": 1.0, "lowfreq_weight": 1.0}
@@ -222,8 +224,8 @@ def test_cvae_branch_trains_an_encoder_that_is_never_exported(tiny_model, tmp_pa
 
 
 def test_discriminator_heads_and_pixel_translation():
-    from anonymizer.generate.networks import Discriminator
-    from anonymizer.generate.train import diff_augment
+    from anonymizer.anonymize.generated.networks import Discriminator
+    from training.train import diff_augment
 
     x, mask, hm = torch.rand(2, 3, 64, 64) * 2 - 1, torch.zeros(2, 1, 64, 64), torch.zeros(2, 5, 64, 64)
     assert Discriminator(64, 8, 32)(x, mask, hm)[0].shape == (2,)
@@ -238,7 +240,7 @@ def test_discriminator_heads_and_pixel_translation():
 def test_discriminator_output_depends_on_its_input_from_the_start():
     """PyTorch's default init left D's output almost constant (std 0.002 across images at 128 px): D could
     only move its bias and sat at chance for a whole GPU run. Its spread must start well above that."""
-    from anonymizer.generate.networks import Discriminator
+    from anonymizer.anonymize.generated.networks import Discriminator
 
     torch.manual_seed(0)
     # smooth random images (pixel noise would average out in the pooling, unlike a photo)
@@ -252,11 +254,11 @@ def test_discriminator_output_depends_on_its_input_from_the_start():
 
 def test_jpeg_shard_trains_on_a_bare_box(tiny_model, tmp_path):
     """The path to a machine without Ray or ../shared: pack the cache as a JPEG shard, then
-    infra/train_local.py unpacks it, trains, resumes, exports in fetchable parts and draws a sample grid."""
+    training/train_local.py unpacks it, trains, resumes, exports in fetchable parts and draws a sample grid."""
     import subprocess
     import sys
 
-    from anonymizer.generate.data import load_cache, pack_shard, unpack_shard
+    from training.data import load_cache, pack_shard, unpack_shard
     from tests.conftest import REPO
 
     cache = next(tiny_model["cache"].glob("*.npz"))
@@ -269,9 +271,9 @@ def test_jpeg_shard_trains_on_a_bare_box(tiny_model, tmp_path):
     cfg = json.dumps({k: v for k, v in TINY.items() if k != "checkpoint_every"})
     (tmp_path / "tiny.json").write_text(cfg)
     for steps, config in ((2, str(tmp_path / "tiny.json")), (3, cfg)):  # the config as a file, then as JSON
-        run = subprocess.run([sys.executable, str(REPO / "infra" / "train_local.py"), "--data", str(shard), "--out",
+        run = subprocess.run([sys.executable, "-m", "training.train_local", "--data", str(shard), "--out",
                               str(tmp_path / "run"), "--config", config, "--steps", str(steps), "--export-to",
-                              str(tmp_path / "export"), "--part-mib", "1"], capture_output=True, text=True, timeout=300)
+                              str(tmp_path / "export"), "--part-mib", "1"], capture_output=True, text=True, timeout=300, cwd=REPO)
         assert run.returncode == 0, run.stderr[-2000:]
     assert '"resume": true' in run.stdout
     parts = sorted((tmp_path / "export").glob("generator.pt.part*"))
@@ -285,13 +287,14 @@ def test_jpeg_shard_trains_on_a_bare_box(tiny_model, tmp_path):
 
 
 def test_the_gpu_recipe_is_a_valid_config_within_the_weights_limit():
-    """infra/generator_128.json is what the next GPU run trains: `train` must accept it (full_config rejects
+    """training/generator_128.json is what the next GPU run trains: `train` must accept it (full_config rejects
     unknown keys and clashing options), and its generator must fit the issue's 50 MB of fp16 weights."""
-    from anonymizer.generate.networks import Generator, count_parameters
-    from anonymizer.generate.train import full_config, network_config
+    from anonymizer.anonymize.generated.networks import Generator
+    from training.networks import count_parameters
+    from training.train import full_config, network_config
     from tests.conftest import REPO
 
-    cfg = full_config(json.loads((REPO / "infra" / "generator_128.json").read_text()))
+    cfg = full_config(json.loads((REPO / "training" / "generator_128.json").read_text()))
     assert cfg["resolution"] == 128 and not cfg["d_spectral_norm"]  # the issue's target; D as fixed in session 5
     assert 2 * count_parameters(Generator(**network_config(cfg))) <= 50e6
 
@@ -307,7 +310,7 @@ def photo(yunet):
 
 
 def _generated(tiny_model, **kw):
-    from anonymizer.generate.anonymizer import GeneratedFace
+    from anonymizer.anonymize.generated.operator import GeneratedFace
 
     return GeneratedFace(weights=str(tiny_model["out"] / "generator" / "tiny.pt"), **kw)
 
@@ -332,7 +335,7 @@ def test_generated_face_deterministic_and_background_identical(tiny_model, photo
         diff = np.abs(a.image[ys, xs].astype(int) - image[ys, xs].astype(int)).max(-1)
         assert (diff[core] > 0).mean() > 0.5
         # The mask stays within the policy's face region.
-        from anonymizer.anonymize.region import face_region
+        from anonymizer.regions import face_region
 
         r = face_region(face, image.shape[:2], 1.35, "ellipse", 0.15)
         assert (m.x0, m.y0, m.alpha.shape) == (r.x0, r.y0, r.alpha.shape) and np.all(m.alpha <= r.alpha)
@@ -384,7 +387,7 @@ def test_generated_face_fallbacks(tiny_model, photo):
 
 
 def test_missing_weights_name_the_file(tmp_path):
-    from anonymizer.generate.anonymizer import GeneratedFace
+    from anonymizer.anonymize.generated.operator import GeneratedFace
     from anonymizer.models import ModelNotFoundError
 
     with pytest.raises(ModelNotFoundError, match=r"generator[/\\]nope\.pt"):
@@ -402,7 +405,7 @@ def test_batched_generation_matches_one_by_one(tiny_model, photo):
 
 
 def test_tampered_weights_are_refused(tiny_model, tmp_path):
-    from anonymizer.generate.anonymizer import GeneratedFace
+    from anonymizer.anonymize.generated.operator import GeneratedFace
 
     src = tiny_model["out"] / "generator"
     for name in ("tiny.pt", "tiny.json"):
@@ -417,7 +420,7 @@ def test_tampered_weights_are_refused(tiny_model, tmp_path):
 # ---------------------------------------------------------------- light and colour (harmonize)
 
 def test_harmonize_takes_light_and_colour_blobs_but_no_structure_from_the_original():
-    from anonymizer.generate.harmonize import harmonize, inner_face
+    from anonymizer.anonymize.generated.harmonize import harmonize, inner_face
 
     size, rng = 64, np.random.default_rng(0)
     inner = inner_face(size)
@@ -449,7 +452,7 @@ def test_generated_faces_take_the_photos_colour(photo):
     """The committed generator (greyscale LFW) on a colour photo: harmonised faces are about as coloured as
     the faces they replace, where the raw output is grey."""
     from anonymizer.eval.generation import colour_shift
-    from anonymizer.generate.anonymizer import GeneratedFace
+    from anonymizer.anonymize.generated.operator import GeneratedFace
 
     image, faces = photo
     rngs = face_rngs(0, "group_2.jpg", len(faces))
@@ -475,7 +478,7 @@ def _distances(image, out, faces):
 
 
 def test_identity_guard_redraws_or_falls_back_for_faces_the_recognizer_still_matches(photo):
-    from anonymizer.generate.anonymizer import GeneratedFace
+    from anonymizer.anonymize.generated.operator import GeneratedFace
 
     image, faces = photo
     rngs = lambda seed=0: face_rngs(seed, "group_2.jpg", len(faces))  # noqa: E731
@@ -509,7 +512,7 @@ def test_identity_guard_redraws_or_falls_back_for_faces_the_recognizer_still_mat
 
 
 def test_identity_guard_with_pose_keeps_a_turned_face_turned(yunet):
-    from anonymizer.generate.anonymizer import GeneratedFace
+    from anonymizer.anonymize.generated.operator import GeneratedFace
     from anonymizer.measure.pose import PoseMeter
 
     image = _rgb(LFW / TURNED)
@@ -551,7 +554,7 @@ def test_pose_meter_keeps_and_loses_faces(yunet):
 
 def test_eval_generation_command(tiny_model, tmp_path, shared):
     from anonymizer.cli import main
-    from anonymizer.generate.data import split_of
+    from anonymizer.eval.lfw import split_of
 
     weights = tiny_model["out"] / "generator" / "tiny.pt"
     rc = main(["eval", "generation", "--weights", str(weights), "--limit", "3", "--photos", "none",
@@ -578,7 +581,7 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
 # ---------------------------------------------------------------- the committed generator
 
 def test_committed_weights_load_by_name_and_match_their_card(tmp_path, monkeypatch):
-    from anonymizer.generate.anonymizer import GeneratedFace, resolve_weights
+    from anonymizer.anonymize.generated.operator import GeneratedFace, resolve_weights
     from anonymizer.models import PACKAGE_WEIGHTS, sha256_file
 
     monkeypatch.delenv("ANONYMIZER_MODEL_DIR", raising=False)

@@ -272,7 +272,7 @@ def test_every_input_is_accounted_for_with_a_specific_reason(hostile_run):
 
 
 def test_release_verifies_clean_and_leaks_nothing(hostile_run):
-    from anonymizer.verify import verify_release
+    from anonymizer.release.verify import verify_release
 
     rel = hostile_run["release"]
     result = verify_release(str(rel))

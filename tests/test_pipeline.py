@@ -106,16 +106,16 @@ def test_report_accounts_for_every_input(flow_run, dataset):
 
 
 def test_resume_redoes_only_unfinished_shards(dataset, tmp_path, ray_cluster):
-    from anonymizer import pipeline
-    from anonymizer.shard import shard_dir
+    from anonymizer.pipeline import run as pipeline
+    from anonymizer.pipeline.shard import shard_dir
 
     ctx = pipeline.RunContext.create(str(dataset), str(tmp_path / "rel"), run_id="resume-test")
     p = pipeline.plan(ctx)
     assert pipeline.plan(ctx) == p  # a re-run re-uses the stored plan
-    first = pipeline.process(ctx, p, workers=2)
+    first = pipeline.anonymize_shards(ctx, p, workers=2)
     assert len(first) == p.shards and not any(s.get("resumed") for s in first)
     shard_dir(ctx.staging, 1).delete("_SUCCESS")  # as if the run died while shard 1 was in flight
-    again = pipeline.process(ctx, p, workers=1)
+    again = pipeline.anonymize_shards(ctx, p, workers=1)
     assert [s["shard"] for s in again if not s.get("resumed")] == [1]
     assert len(again) == p.shards and [s["attempts"] for s in again if s["shard"] == 1] == [2]
 
@@ -146,7 +146,7 @@ def test_policy_no_run_can_meet_publishes_nothing(tmp_path, shared):
 
 def test_missing_model_is_a_clear_error(tmp_path, shared):
     env = {"ANONYMIZER_MODEL_DIR": str(tmp_path / "nowhere")}
-    r = _cli("run", str(PHOTOS), str(tmp_path / "rel"), "--engine", "plain", env=env, cwd=tmp_path)
+    r = _cli("run", str(PHOTOS), str(tmp_path / "rel"), "--engine", "ray", env=env, cwd=tmp_path)
     assert r.returncode == 2
     assert "face_detection_yunet_2023mar.onnx" in r.stderr and "nowhere/yunet" in r.stderr
 

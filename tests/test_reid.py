@@ -104,7 +104,7 @@ def test_protocols_report_every_metric(small_run):
 def test_generator_is_attacked_on_identities_it_never_saw(shared, components):
     """The generator (realistic: with its identity guard) goes through the same three protocols, built as the
     pipeline builds it, on LFW identities held out of its training only."""
-    from anonymizer.generate.data import split_of
+    from anonymizer.eval.lfw import split_of
 
     policy = reid.load_policy(str(REPO / "policies" / "realistic.yaml"))
     result, _ = reid.run_sweep(policy, LFW.parent, [("generated", 1.0)], max_identities=6, components=components,

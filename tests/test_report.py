@@ -29,17 +29,18 @@ def policy():
 
 @pytest.fixture(scope="module")
 def run(shared, policy):
-    """8 LFW portraits through process_image (what a Ray worker does) under the standard profile, then
+    """8 LFW portraits through anonymize_image (what a Ray worker does) under the standard profile, then
     validate and report."""
-    from anonymizer.process import Components, process_image
-    from anonymizer.shard import FACE_SCHEMA, IMAGE_SCHEMA
+    from anonymizer.components import Components
+    from anonymizer.pipeline.image import ImageSettings, anonymize_image
+    from anonymizer.pipeline.shard import FACE_SCHEMA, IMAGE_SCHEMA
 
     components = Components.from_policy(policy)
     images, faces, originals, outputs = [], [], {}, {}
     for path in lfw_images(8):
         key = f"people/{path.name}"
         data = path.read_bytes()
-        r = process_image(key, data, policy, components)
+        r = anonymize_image(key, data, ImageSettings.from_policy(policy), components)
         images.append({**r.image, "shard": 0})
         faces.extend(r.faces)
         originals[key] = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

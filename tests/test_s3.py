@@ -177,7 +177,7 @@ def test_killed_run_resumes_and_releases_each_object_exactly_once(s3, tmp_path, 
         s3.put_object(Bucket="kill", Key=f"src/photos/{name}", Body=(PHOTOS / name).read_bytes())
     policy = _policy(tmp_path, **{"shard_size: 100 ": "shard_size: 3 "})
     cmd = [sys.executable, "-m", "anonymizer.cli", "run", "s3://kill/src", "s3://kill/rel", "--run-id", "nightly-1",
-           "--policy", policy, "--workers", "1", "--engine", "plain"]
+           "--policy", policy, "--workers", "1", "--engine", "ray"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=os.environ.copy(), start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

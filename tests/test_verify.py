@@ -15,7 +15,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from anonymizer import imageio
-from anonymizer.verify import metadata_in, verify_release
+from anonymizer.release.verify import metadata_in, verify_release
 from conftest import REPO
 
 

@@ -14,9 +14,9 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from anonymizer.anonymize import ANONYMIZERS, Anonymized
-from anonymizer.anonymize.region import face_region
+from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.faces import Face
+from anonymizer.regions import blend, face_region
 
 
 class RegionOperator:
@@ -43,11 +43,7 @@ class RegionOperator:
                 continue
             ys, xs = mask.window
             crop = out[ys, xs]
-            new = self.transform(crop, face, rng).astype(np.float32)
-            a = mask.alpha[:, :, None]
-            blended = np.rint(new * a + crop.astype(np.float32) * (1.0 - a)).astype(np.uint8)
-            # Pixels the mask does not touch keep their exact bytes.
-            out[ys, xs] = np.where(a > 0, blended, crop)
+            out[ys, xs] = blend(crop, self.transform(crop, face, rng), mask.alpha)
         return Anonymized(out, masks, [self.name] * len(masks))
 
 

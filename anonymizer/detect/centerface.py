@@ -35,7 +35,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from anonymizer.detect import DETECTORS, MultiScale
+from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
 from anonymizer.models import locate
@@ -51,6 +51,7 @@ class CenterFaceDetector(MultiScale):
     """CenterFace; `scales` resize the whole image (each scale can vote on its own in the ensemble)."""
 
     name = "centerface"
+    MODELS = ("centerface",)  # weight files (anonymizer.models names), for the audit report
 
     def __init__(
         self,

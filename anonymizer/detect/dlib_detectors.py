@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anonymizer.detect import DETECTORS
+from anonymizer.detect.base import DETECTORS
 from anonymizer.faces import Face
 from anonymizer.models import locate
 
@@ -14,6 +14,10 @@ from anonymizer.models import locate
 @DETECTORS.register("dlib_hog")
 class DlibHogDetector:
     name = "dlib_hog"
+
+    @staticmethod
+    def weight_files(params: dict, model_dir: str | None) -> list[dict]:
+        return [{"name": "dlib_hog", "file": "(built into dlib)", "sha256": None, "licence": "Boost"}]
 
     def __init__(self, model_dir: str | None = None, upsample: int = 1, min_score: float = 0.0) -> None:
         import dlib
@@ -29,12 +33,13 @@ class DlibHogDetector:
 @DETECTORS.register("dlib_cnn")
 class DlibCnnDetector:
     name = "dlib_cnn"
+    MODELS = ("dlib_cnn",)  # weight files (anonymizer.models names), for the audit report
 
     def __init__(self, model_dir: str | None = None, upsample: int = 0) -> None:
         import dlib
 
         self.upsample = upsample
-        self._det = dlib.cnn_face_detection_model_v1(str(locate("dlib_cnn")))
+        self._det = dlib.cnn_face_detection_model_v1(str(locate("dlib_cnn", model_dir)))
 
     def detect(self, image: np.ndarray) -> list[Face]:
         out = self._det(np.ascontiguousarray(image), self.upsample)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymizer.detect import DETECTORS, usable_scales
+from anonymizer.detect.base import DETECTORS, usable_scales
 from anonymizer.faces import Face
 from anonymizer.models import locate
 
@@ -238,6 +238,7 @@ class RetinaFaceDetector:
     """
 
     name = "retinaface"
+    MODELS = ("retinaface",)  # weight files (anonymizer.models names), for the audit report
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from anonymizer.detect import DETECTORS, MultiScale
+from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.faces import Face
 from anonymizer.models import locate
 
@@ -16,6 +16,7 @@ _MIN_INPUT = 64
 @DETECTORS.register("yunet")
 class YuNetDetector(MultiScale):
     name = "yunet"
+    MODELS = ("yunet",)  # weight files (anonymizer.models names), for the audit report
 
     def __init__(
         self,

@@ -42,7 +42,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from anonymizer.anonymize import face_rngs, union_mask
+from anonymizer.anonymize import face_rngs
+from anonymizer.regions import union_mask
 from anonymizer.detect import build_detector
 from anonymizer.eval.reid import _jpeg, _read_rgb, central_face
 from anonymizer.faces import Face
@@ -63,7 +64,7 @@ class Sample:
 
 
 def lfw_samples(lfw_images: Path, policy: Policy, limit: int, images_per_identity: int = 2) -> list[Sample]:
-    from anonymizer.generate.data import list_images
+    from anonymizer.eval.lfw import list_images
 
     detector = build_detector("yunet", {"scales": [1.0]}, policy.model_dir)
     per_id: dict[str, int] = {}
@@ -123,7 +124,7 @@ class Evaluator:
         self.weights = weights
 
     def operator(self, name: str, strength: float):
-        from anonymizer.process import build_operator
+        from anonymizer.components import build_operator
 
         weights = {"weights": self.weights} if name == "generated" and self.weights else {}
         return build_operator(self.policy, name, strength, **weights)

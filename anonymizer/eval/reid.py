@@ -79,7 +79,7 @@ def select(lfw: Path, min_images: int = 3, images_per_identity: int = 3, max_ide
            identities: str = "all") -> list[Item]:
     """LFW identities with >= min_images images, evenly spaced over the sorted names when capped.
     `identities="heldout"`: only those the generator's training split left out (generate/data.py)."""
-    from anonymizer.generate.data import split_of
+    from anonymizer.eval.lfw import split_of
 
     if identities not in IDENTITY_SETS:
         raise ValueError(f"identities must be one of {IDENTITY_SETS}, got {identities!r}")
@@ -335,7 +335,7 @@ def fta_detector(policy: Policy):
 def attack(orig: Originals, operator: str, strength: float, policy: Policy, components, detector, far: float,
            calibrated: float) -> tuple[dict, dict]:
     """One operator at one strength through the three protocols. Returns (metrics, score arrays)."""
-    from anonymizer.process import build_operator
+    from anonymizer.components import build_operator
 
     op = build_operator(policy, operator, strength)
     enc = components.encoder
@@ -394,7 +394,7 @@ def run_sweep(policy: Policy, lfw: Path, sweep: Sequence[tuple[str, float]] = DE
     """Every operator/strength through the protocols. Returns (JSON-able result, score arrays for plots).
     `identities="auto"`: the held-out identities when the sweep has the generator (it was trained on the
     others), else all."""
-    from anonymizer.process import Components
+    from anonymizer.components import Components
 
     t0 = time.perf_counter()
     components = components or Components.from_policy(policy)

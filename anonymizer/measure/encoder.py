@@ -26,6 +26,7 @@ class FaceEncoder(Protocol):
 
 
 ENCODERS: Registry[FaceEncoder] = Registry("face encoder")
+ENCODERS.register_lazy("mobilefacenet", "anonymizer.measure.mobilefacenet:MobileFaceNetEncoder")
 
 
 @ENCODERS.register("dlib_resnet")
@@ -39,8 +40,14 @@ class DlibResNetEncoder:
     def __init__(self, model_dir: str | None = None, landmarks: int = 5) -> None:
         if landmarks not in (5, 68):
             raise ValueError(f"dlib_resnet: landmarks must be 5 or 68, got {landmarks}")
-        self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}")))
-        self._net = dlib.face_recognition_model_v1(str(locate("dlib_resnet")))
+        self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}", model_dir)))
+        self._net = dlib.face_recognition_model_v1(str(locate("dlib_resnet", model_dir)))
+
+    @staticmethod
+    def weight_files(params: dict, model_dir: str | None) -> list[dict]:
+        from anonymizer.models import describe
+
+        return [describe(m, model_dir) for m in (f"dlib_shape{params.get('landmarks', 5)}", "dlib_resnet")]
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> list[Any]:
         img = np.ascontiguousarray(image)
@@ -65,6 +72,52 @@ ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 7
 DLIB5_TEMPLATE = np.array([[79.12, 52.39], [66.01, 52.72], [32.05, 52.22], [45.02, 52.60], [55.40, 80.96]], np.float32)
 
 
+class FivePointAligner:
+    """Similarity transforms onto ARCFACE_TEMPLATE (scaled to `size`) for ArcFace-style recognizers.
+
+    Landmarks come with the face (YuNet/RetinaFace, found on the same image) or, when the face has none,
+    from dlib's 5-point predictor run on `image` inside the box (so an attacker holding an anonymized image
+    aligns on the anonymized pixels); that predictor is loaded on first need.
+    """
+
+    def __init__(self, size: int = 112, model_dir: str | None = None, owner: str = "encoder") -> None:
+        self.size, self.owner, self._model_dir = int(size), owner, model_dir
+        self._shape = None
+
+    def points(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
+        """(landmarks, their template): the face's own 5 points, else dlib's 5 found on `image`."""
+        if face.landmarks is not None:
+            return np.asarray(face.landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE
+        if self._shape is None:
+            self._shape = dlib.shape_predictor(str(locate("dlib_shape5", self._model_dir)))
+        r = dlib.rectangle(int(face.x), int(face.y), int(face.x + face.w), int(face.y + face.h))
+        s = self._shape(np.ascontiguousarray(image), r)
+        return np.array([[s.part(i).x, s.part(i).y] for i in range(5)], np.float32), DLIB5_TEMPLATE
+
+    def __call__(self, image: np.ndarray, faces: Sequence[Face]) -> list[np.ndarray]:
+        """One 2x3 matrix per face, mapping image pixels to the size x size chip."""
+        import cv2
+
+        out = []
+        for f in faces:
+            src, template = self.points(image, f)
+            m, _ = cv2.estimateAffinePartial2D(src, template * (self.size / 112.0), method=cv2.LMEDS)
+            if m is None:
+                raise ValueError(f"{self.owner}: landmarks give no alignment")
+            out.append(m)
+        return out
+
+    def chips(self, image: np.ndarray, matrices: Sequence[np.ndarray]) -> np.ndarray:
+        """N x size x size x 3 chips of `image` (same channel order)."""
+        import cv2
+
+        img = np.ascontiguousarray(image)
+        out = np.zeros((len(matrices), self.size, self.size, 3), np.uint8)
+        for i, m in enumerate(matrices):
+            out[i] = cv2.warpAffine(img, m, (self.size, self.size), flags=cv2.INTER_LINEAR)
+        return out
+
+
 def _resolve_model(model: str, model_dir: str | None) -> Path:
     """An ONNX file: an existing path, else looked up by name in the model directories."""
     from anonymizer.models import search_dirs
@@ -87,11 +140,9 @@ def _resolve_model(model: str, model_dir: str | None) -> Path:
 class OnnxFaceEncoder:
     """An ArcFace-style recognizer from an ONNX file (ArcFace, SFace, ...), run by OpenCV's DNN module.
 
-    Alignment: a similarity transform of 5 landmarks onto ARCFACE_TEMPLATE (scaled to `input_size`).
-    Landmarks come with the face (YuNet/RetinaFace, found on the same image) or, when the face has none,
-    from dlib's 5-point predictor run on `image` inside the box (so an attacker holding an anonymized image
-    aligns on the anonymized pixels). Embeddings are L2-normalised, so the Euclidean distance d relates to
-    cosine similarity s by d = sqrt(2 - 2 s).
+    Alignment: `FivePointAligner` (5 landmarks onto ARCFACE_TEMPLATE scaled to `input_size`; dlib's
+    5-point predictor when the face has no landmarks). Embeddings are L2-normalised, so the Euclidean
+    distance d relates to cosine similarity s by d = sqrt(2 - 2 s).
 
     `backend`: "sface" uses cv2.FaceRecognizerSF (OpenCV Zoo's SFace: BGR 112x112, its own normalisation);
     "dnn" feeds a blob ((pixel - mean) * scale, RGB unless `bgr`) to cv2.dnn. `same_person_distance` has no
@@ -118,36 +169,27 @@ class OnnxFaceEncoder:
             self._net = cv2.FaceRecognizerSF.create(str(self.path), "")
         else:
             self._net = cv2.dnn.readNetFromONNX(str(self.path))
-        self._shape = None
+        self._aligner = FivePointAligner(self.input_size, model_dir, "onnx encoder")
 
-    def _points(self, image: np.ndarray, face: Face) -> tuple[np.ndarray, np.ndarray]:
-        """(landmarks, their template): the face's own 5 points, else dlib's 5 found on `image`."""
-        if face.landmarks is not None:
-            return np.asarray(face.landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE
-        if self._shape is None:
-            self._shape = dlib.shape_predictor(str(locate("dlib_shape5")))
-        r = dlib.rectangle(int(face.x), int(face.y), int(face.x + face.w), int(face.y + face.h))
-        s = self._shape(np.ascontiguousarray(image), r)
-        return np.array([[s.part(i).x, s.part(i).y] for i in range(5)], np.float32), DLIB5_TEMPLATE
+    @staticmethod
+    def weight_files(params: dict, model_dir: str | None) -> list[dict]:
+        from anonymizer.models import describe, sha256_file
+
+        path = _resolve_model(params["model"], model_dir)
+        rows = [{"name": path.stem, "file": path.name, "sha256": sha256_file(str(path)),
+                 "licence": params.get("licence", "unknown: record it in the policy (encoder params.licence)")}]
+        if not params.get("landmarks_from_detector_only"):
+            rows.append(describe("dlib_shape5", model_dir))
+        return rows
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> list[Any]:
-        import cv2
-
-        out = []
-        for f in faces:
-            src, template = self._points(image, f)
-            m, _ = cv2.estimateAffinePartial2D(src, template * (self.input_size / 112.0), method=cv2.LMEDS)
-            if m is None:
-                raise ValueError("onnx encoder: landmarks give no alignment")
-            out.append(m)
-        return out
+        return self._aligner(image, faces)
 
     def embed(self, image: np.ndarray, alignments: Sequence[Any]) -> np.ndarray:
         import cv2
 
         vecs = []
-        for m in alignments:
-            chip = cv2.warpAffine(np.ascontiguousarray(image), m, (self.input_size, self.input_size), flags=cv2.INTER_LINEAR)
+        for chip in self._aligner.chips(image, alignments):
             if self.backend == "sface":
                 v = self._net.feature(cv2.cvtColor(chip, cv2.COLOR_RGB2BGR))
             else:
@@ -164,19 +206,3 @@ class OnnxFaceEncoder:
 
 def build_encoder(name: str, params: dict, model_dir: str | None = None) -> FaceEncoder:
     return ENCODERS.create(name, model_dir=model_dir, **params)
-
-
-def encoder_inventory(name: str, params: dict, model_dir: str | None = None) -> list[dict]:
-    """The weight files an encoder component loads, with sha256 and licence, for the audit report."""
-    from anonymizer.models import describe, sha256_file
-
-    if name == "dlib_resnet":
-        return [{"component": name, **describe(m, model_dir)} for m in ("dlib_shape5", "dlib_resnet")]
-    if name == "onnx":
-        path = _resolve_model(params["model"], model_dir)
-        rows = [{"component": name, "name": path.stem, "file": path.name, "sha256": sha256_file(str(path)),
-                 "licence": params.get("licence", "unknown: record it in the policy (encoder params.licence)")}]
-        if not params.get("landmarks_from_detector_only"):
-            rows.append({"component": name, **describe("dlib_shape5", model_dir)})
-        return rows
-    return []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anonymizer.anonymize import Anonymized, union_mask
+from anonymizer.regions import Anonymized, union_mask
 from anonymizer.faces import Face
 from anonymizer.measure.encoder import FaceEncoder
 

@@ -4,7 +4,7 @@ The same procedure runs on the original and on the released image, so their diff
 operator and not two different landmark sources: a window around the face's box (one box side of context
 each way) is scaled so the face is about `target_px` wide, a landmark detector (YuNet by default; its
 licence allows commercial use, unlike dlib's 68-point model) runs on it, and the detection that best
-overlaps the face's box gives 5 landmarks, from which `generate.pose.estimate_pose` reads yaw, pitch and
+overlaps the face's box gives 5 landmarks, from which `headpose.estimate_pose` reads yaw, pitch and
 roll. A face not re-found in the released image is recorded as such (`redetected` False): realistic
 replacements should stay detectable, classical operators usually are not.
 """
@@ -17,8 +17,8 @@ import cv2
 import numpy as np
 
 from anonymizer.detect import Detector
-from anonymizer.faces import Face, iou
-from anonymizer.generate.pose import Pose, estimate_pose
+from anonymizer.faces import Face, context_window, iou
+from anonymizer.headpose import Pose, estimate_pose
 
 POSE_COLUMNS = ("yaw_before", "pitch_before", "roll_before", "yaw_after", "pitch_after", "roll_after",
                 "pose_error", "redetected")
@@ -48,10 +48,8 @@ def find_again(detector: Detector, image: np.ndarray, face: Face, target_px: flo
                need_landmarks: bool = False) -> Face | None:
     """The detection at `face`'s box in `image` (image coordinates), or None: the detector runs on a window
     of one box side of context each way, scaled so the face is `target_px` wide."""
-    h, w = image.shape[:2]
     side = max(face.w, face.h)
-    x0, y0 = max(0, int(face.x - side)), max(0, int(face.y - side))
-    x1, y1 = min(w, int(np.ceil(face.x + face.w + side))), min(h, int(np.ceil(face.y + face.h + side)))
+    x0, y0, x1, y1 = context_window(face, image.shape[:2])
     if x1 - x0 < 2 or y1 - y0 < 2 or side <= 0:
         return None
     scale = target_px / side

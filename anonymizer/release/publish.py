@@ -12,11 +12,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
-from anonymizer import verify
+from anonymizer.release import verify
+from anonymizer.release.layout import LATEST, MANIFEST
 from anonymizer.storage import Location
 
-MANIFEST = "manifest.parquet"
-LATEST = "LATEST"
 _COPIES = 16  # object copies in flight: S3 copies are server-side, so this bounds requests, not bytes
 
 

@@ -12,15 +12,15 @@ recorded as method "fallback:<name>". The others are generated ("generated"):
    deterministic for the same (seed, key, index) and differs across seeds;
 4. generate, give the face the photo's light and colour (`harmonize`, on by default: the generator learned
    from greyscale LFW), warp the crop back into the image, and blend it through a feathered alpha: the
-   crop's face mask warped back, limited to the policy's face region (`region.face_region` with
+   crop's face mask warped back, limited to the policy's face region (`regions.face_region` with
    expand/shape/feather). Pixels where that alpha is 0 keep their exact bytes.
-5. with `identity_guard` (`generate.guard`), a face recognizer checks each draw against the original, and
+5. with `identity_guard` (`guard`), a face recognizer checks each draw against the original, and
    further draws are tried, then the fallback used, for a face it still matches.
 
 Weights: `weights` is a name, resolved as `<dir>/generator/<name>.pt` in `model_dir`, $ANONYMIZER_MODEL_DIR,
 ~/.cache/anonymizer/models, ../shared/models and the package's own `anonymizer/weights` (in that order),
 or a path to a .pt file. The model card `<name>.json` beside it gives the network's configuration and the
-weights' sha256, checked on load (written by anonymizer.generate.train.export).
+weights' sha256, checked on load (written by training/train.py export).
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from anonymizer.anonymize import ANONYMIZERS, Anonymized, FaceMask
-from anonymizer.anonymize.region import face_region
+from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
+from anonymizer.anonymize.generated import align as al
+from anonymizer.anonymize.generated import harmonize as hz
+from anonymizer.anonymize.generated.networks import Generator
 from anonymizer.faces import Face
-from anonymizer.generate import align as al
-from anonymizer.generate import harmonize as hz
-from anonymizer.generate.networks import Generator
-from anonymizer.generate.pose import estimate_pose
+from anonymizer.headpose import estimate_pose
+from anonymizer.regions import FaceMask, blend, face_region
 from anonymizer.models import ModelNotFoundError, search_dirs, sha256_file
 
 
@@ -84,6 +84,19 @@ def weights_inventory(weights: str, model_dir: str | None = None) -> dict:
 class GeneratedFace:
     name = "generated"
 
+    @staticmethod
+    def weight_files(params: dict, model_dir: str | None) -> list[dict]:
+        """The generator's weights, and the identity guard's recognizer when it has one."""
+        from anonymizer.measure.encoder import ENCODERS
+
+        rows = [weights_inventory(params.get("weights", "generator"), model_dir)]
+        guard = params.get("identity_guard")
+        if guard:
+            name = guard.get("encoder", "dlib_resnet")
+            rows += [dict(r, component=f"identity_guard:{name}")
+                     for r in ENCODERS.factory(name).weight_files(guard.get("encoder_params", {}), model_dir)]
+        return rows
+
     def __init__(self, weights: str = "generator", model_dir: str | None = None, fallback: str = "blur",
                  fallback_strength: float = 0.35, min_face_px: float = 32, max_yaw: float = 60.0,
                  max_pitch: float = 45.0, max_reprojection_error: float = 0.25, expand: float = 1.35,
@@ -107,7 +120,7 @@ class GeneratedFace:
         self.expand, self.shape, self.feather = expand, shape, feather
         self.guard = None
         if identity_guard is not None:
-            from anonymizer.generate.guard import IdentityGuard, IdentityGuardConfig
+            from anonymizer.anonymize.generated.guard import IdentityGuard, IdentityGuardConfig
 
             self.guard = IdentityGuard(IdentityGuardConfig(**identity_guard), model_dir)
         self._hole = al.hole_mask(self.resolution)
@@ -153,14 +166,10 @@ class GeneratedFace:
         if self._inner is not None:
             gen = hz.harmonize(gen, a.crop, self._inner)
         ys, xs = region.window
-        h, w = region.alpha.shape
-        window = (region.x0, region.y0, region.x0 + w, region.y0 + h)
+        window = region.box
         gen_win = al.warp_back(gen, a.matrix, window).astype(np.float32)
         alpha = np.minimum(al.warp_back(self._alpha, a.matrix, window), region.alpha).astype(np.float32)
-        crop = base[ys, xs]
-        a3 = alpha[:, :, None]
-        blended = np.rint(gen_win * a3 + crop.astype(np.float32) * (1.0 - a3)).astype(np.uint8)
-        return np.where(a3 > 0, blended, crop), alpha  # untouched pixels keep their exact bytes
+        return blend(base[ys, xs], gen_win, alpha), alpha
 
     def _choose(self, image: np.ndarray, out: np.ndarray, faces: Sequence[Face], todo: list, z: list[np.ndarray]
                 ) -> list[np.ndarray | None]:

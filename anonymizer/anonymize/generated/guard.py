@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from anonymizer.anonymize import FaceMask
-from anonymizer.faces import Face
-from anonymizer.generate.pose import Pose
+from anonymizer.faces import Face, context_window
+from anonymizer.headpose import Pose
 from anonymizer.measure.pose import PoseChange, PoseMeter
+from anonymizer.regions import FaceMask
 
 
 class IdentityGuardConfig(BaseModel):
@@ -57,7 +57,7 @@ class Reference:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Decision:
     pose_error: float | None  # None: not measured, or no face re-found in the candidate
     identity_ok: bool
     pose_ok: bool
@@ -86,12 +86,7 @@ class IdentityGuard:
 
     def reference(self, original: np.ndarray, face: Face, region: FaceMask) -> Reference:
         self.references += 1
-        h, w = original.shape[:2]
-        side = max(face.w, face.h)
-        ys, xs = region.window
-        x0, y0 = max(0, min(int(face.x - side), xs.start)), max(0, min(int(face.y - side), ys.start))
-        x1 = min(w, max(int(np.ceil(face.x + face.w + side)), xs.stop))
-        y1 = min(h, max(int(np.ceil(face.y + face.h + side)), ys.stop))
+        x0, y0, x1, y1 = context_window(face, original.shape[:2], cover=region.box)
         lm = None if face.landmarks is None else np.asarray(face.landmarks, np.float64) - (x0, y0)
         local = Face(face.x - x0, face.y - y0, face.w, face.h, face.score, face.detector, lm)
         patch = np.ascontiguousarray(original[y0:y1, x0:x1])
@@ -100,7 +95,7 @@ class IdentityGuard:
         pose = self.pose_meter.pose(patch, local, lm) if self.pose_meter else None
         return Reference((x0, y0, x1, y1), local, alignment, embedding, pose)
 
-    def judge(self, ref: Reference, candidate: np.ndarray) -> Verdict:
+    def judge(self, ref: Reference, candidate: np.ndarray) -> Decision:
         """`candidate`: the window `ref.window` with the generated face composited in."""
         self.judged += 1
         candidate = np.ascontiguousarray(candidate)
@@ -108,7 +103,7 @@ class IdentityGuard:
         identity_ok = distance >= self.config.min_distance
         # Pose is only worth measuring on a draw identity allows, and where the original has a pose to keep.
         if self.pose_meter is None or not identity_ok or ref.pose is None:
-            return Verdict(None, identity_ok, True)
+            return Decision(None, identity_ok, True)
         error = PoseChange(ref.pose, self.pose_meter.pose(candidate, ref.face)).error
         # None: the candidate is not found as a face again, which fails the pose check too
-        return Verdict(error, identity_ok, error is not None and error <= self.config.max_pose_error_deg)
+        return Decision(error, identity_ok, error is not None and error <= self.config.max_pose_error_deg)

@@ -59,8 +59,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anonymizer.generate import align as al
-from anonymizer.generate.networks import Discriminator, Generator, LatentEncoder, count_parameters
+from anonymizer.anonymize.generated import align as al
+from anonymizer.anonymize.generated.networks import Generator
+from training.networks import Discriminator, LatentEncoder, count_parameters
 
 DEFAULTS = dict(
     resolution=128, base_channels=32, max_channels=384, z_dim=128, w_dim=256, bottleneck_blocks=2,
@@ -440,7 +441,7 @@ def train(config: dict, out_dir: str | os.PathLike, name: str = "generator", res
 
     cfg = full_config(config)
     if "data_path" not in cfg:
-        raise ValueError("training config needs data_path (see anonymizer.generate.data.build_cache)")
+        raise ValueError("training config needs data_path (see training.data.build_cache)")
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     use_gpu = torch.cuda.is_available() if use_gpu is None else use_gpu
@@ -487,7 +488,7 @@ def export(state_path: str | os.PathLike, out_dir: str | os.PathLike, name: str 
     os.replace(tmp, weights)
     sha = hashlib.sha256(weights.read_bytes()).hexdigest()
     card = {
-        "name": name, "kind": "anonymizer.generate.networks.Generator (EMA weights, fp16)",
+        "name": name, "kind": "anonymizer.anonymize.generated.networks.Generator (EMA weights, fp16)",
         "network": state["network"], "steps": int(state["step"]),
         "parameters": count_parameters(Generator(**state["network"])),
         "weights_file": weights.name, "weights_sha256": sha, "weights_bytes": weights.stat().st_size,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from anonymizer.generate import align as al
+from anonymizer.anonymize.generated import align as al
 
 CHROMA_SIGMA = 0.08   # of the crop side
 INNER_FEATHER = 0.5   # the inner face: where al.face_mask with this feather is above 0.5 (no hair, no background)

@@ -1,4 +1,4 @@
-"""Process one shard: every image in it, outputs and metrics to staging, then a completion marker.
+"""One shard: every image in it, outputs and metrics to staging, then a completion marker.
 
 The marker is written last, so a shard with a marker is complete; a re-run with the same run id skips it.
 """
@@ -12,8 +12,9 @@ import time
 import pyarrow as pa
 
 from anonymizer import imageio
-from anonymizer.policy import Policy, parse_policy
-from anonymizer.process import Components, ImageResult, process_image
+from anonymizer.components import Components
+from anonymizer.pipeline.image import ImageResult, ImageSettings, anonymize_image
+from anonymizer.policy import Policy
 from anonymizer.storage import Location, ObjectTooLargeError, UnsafeKeyError
 
 # Bytes read for one object at most: 8 per allowed pixel (an uncompressed 16-bit RGBA image) plus headers,
@@ -28,7 +29,7 @@ IMAGE_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.int32()), ("size", pa.int64()), ("sha256", pa.string()), ("error", pa.string()),
     ("format", pa.string()), ("width", pa.int32()), ("height", pa.int32()), ("mode", pa.string()),
     ("faces_detected", pa.int32()), ("faces_anonymized", pa.int32()), ("auditor_faces", pa.int32()),
-    ("uncovered_faces", pa.int32()), ("reid_scored", pa.int32()), ("reid_matches", pa.int32()),
+    ("uncovered_faces", pa.int32()), ("reid_scored", pa.int32()),
     ("outside_changed_fraction", pa.float64()), ("masked_fraction", pa.float64()),
     ("metadata_fields_in", pa.int32()), ("metadata_fields_left", pa.int32()),
     ("output_sha256", pa.string()), ("output_size", pa.int64()),
@@ -54,17 +55,18 @@ def is_done(staging: Location, shard_id: int) -> bool:
     return shard_dir(staging, shard_id).exists("_SUCCESS")
 
 
-class ShardProcessor:
-    """Holds the loaded models; Ray wraps it as an actor, the plain path uses it directly."""
+class ShardWorker:
+    """Loads the policy's models once and runs shards with them; Ray wraps it as an actor, the local
+    executor calls it directly."""
 
-    def __init__(self, policy: Policy | str, source: Location, staging: Location, worker: str = "local") -> None:
-        self.policy = parse_policy(policy, "run policy") if isinstance(policy, str) else policy
-        self.components = Components.from_policy(self.policy)
+    def __init__(self, policy: Policy, source: Location, staging: Location, worker: str = "local") -> None:
+        self.settings = ImageSettings.from_policy(policy)
+        self.components = Components.from_policy(policy)
         self.source, self.staging, self.worker = source, staging, worker
 
-    def process_one(self, key: str) -> ImageResult:
+    def read_and_anonymize(self, key: str) -> ImageResult:
         t0 = time.perf_counter()
-        max_pixels = self.policy.output.max_pixels
+        max_pixels = self.settings.max_pixels
         try:
             data = self.source.read_bytes(key, max_bytes=max_bytes(max_pixels))
         except (ObjectTooLargeError, UnsafeKeyError) as exc:
@@ -79,7 +81,7 @@ class ShardProcessor:
             result = ImageResult(None, {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
                                         "error": str(exc)})
         else:
-            result = process_image(key, data, self.policy, self.components)
+            result = anonymize_image(key, data, self.settings, self.components)
         t1 = time.perf_counter()
         if result.output is not None:
             outputs = self.staging.child("outputs")
@@ -90,7 +92,7 @@ class ShardProcessor:
         result.image.update(read_s=read_s, write_s=time.perf_counter() - t1, worker=self.worker)
         return result
 
-    def process(self, shard_id: int, keys: list[str]) -> dict:
+    def run_shard(self, shard_id: int, keys: list[str]) -> dict:
         t0 = time.perf_counter()
         out = shard_dir(self.staging, shard_id)
         # Counted before the work: an attempt that dies mid-shard still shows as a retry in the report.
@@ -98,7 +100,7 @@ class ShardProcessor:
         out.write_bytes("_ATTEMPTS", str(attempts).encode())
         images, faces = [], []
         for key in keys:
-            r = self.process_one(key)
+            r = self.read_and_anonymize(key)
             images.append({**r.image, "shard": shard_id})
             faces.extend(r.faces)
         out.write_table("images.parquet", pa.Table.from_pylist(images, schema=IMAGE_SCHEMA))

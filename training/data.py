@@ -1,8 +1,6 @@
 """LFW for the generator: split by identity, aligned to the canonical crop, cached outside the repository.
 
-The split is a pure function of the identity's name (sha256 → one of 1000 buckets; the first
-`holdout × 1000` are held out for evaluation), so it does not depend on which images are present, on the
-order of listing, or on `limit`. Landmarks come from the project's YuNet at scale 1 (the largest face
+The split is anonymizer.eval.lfw's (by identity name; held-out identities never train). Landmarks come from the project's YuNet at scale 1 (the largest face
 whose centre is nearest the frame's centre: LFW centres the named person). Images where YuNet finds no
 face are skipped and counted.
 
@@ -22,48 +20,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from anonymizer.generate import align as al
+from anonymizer.anonymize.generated import align as al
+from anonymizer.eval.lfw import DEFAULT_HOLDOUT, default_lfw_root, list_images
 
 DEFAULT_CACHE = Path.home() / ".cache" / "anonymizer" / "lfw_aligned"
-DEFAULT_HOLDOUT = 0.1
-
-
-def default_lfw_root() -> Path:
-    shared = Path(os.environ.get("ANONYMIZER_SHARED", Path.cwd().parent / "shared"))
-    return shared / "data" / "lfw" / "images"
-
-
-def split_of(identity: str, holdout: float = DEFAULT_HOLDOUT) -> str:
-    bucket = int.from_bytes(hashlib.sha256(identity.encode()).digest()[:8], "little") % 1000
-    return "eval" if bucket < round(holdout * 1000) else "train"
-
-
-def list_images(root: str | os.PathLike, split: str = "train", holdout: float = DEFAULT_HOLDOUT,
-                limit: int | None = None) -> list[tuple[str, Path]]:
-    """(identity, path) of the split's images, identities and files in sorted order, at most `limit`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"LFW images not found at {root} (images/<Name>/<Name>_NNNN.jpg)")
-    out: list[tuple[str, Path]] = []
-    for person in sorted(p for p in root.iterdir() if p.is_dir()):
-        if split != "all" and split_of(person.name, holdout) != split:
-            continue
-        for f in sorted(person.glob("*.jpg")):
-            out.append((person.name, f))
-            if limit is not None and len(out) >= limit:
-                return out
-    return out
-
-
-def split_summary(root: str | os.PathLike, holdout: float = DEFAULT_HOLDOUT) -> dict:
-    """Identity counts per split and a hash of the held-out identity list (for the model card)."""
-    names = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
-    held = [n for n in names if split_of(n, holdout) == "eval"]
-    return {"rule": "sha256(identity)[:8] little-endian % 1000 < holdout*1000 → eval", "holdout": holdout,
-            "identities": len(names), "eval_identities": len(held),
-            "eval_identities_sha256": hashlib.sha256("\n".join(held).encode()).hexdigest()}
-
-
 def pick_face(faces, shape):
     """The largest face, ties broken by closeness to the frame's centre; only faces with landmarks."""
     faces = [f for f in faces if f.landmarks is not None]

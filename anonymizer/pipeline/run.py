@@ -1,4 +1,4 @@
-"""The run, step by step: plan → process shards → collect → validate → report → release or quarantine.
+"""The run, step by step: plan → anonymize shards → collect → validate → report → release or quarantine.
 
 Each step is a plain function of a RunContext; `run_pipeline` chains them without Prefect, and the
 Prefect flow in flows/ wraps the same functions as tasks. Re-running a run id resumes it: the plan is
@@ -17,17 +17,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from anonymizer import listing, release
+from anonymizer import exit_codes
 from anonymizer import report as reporting
-from anonymizer.execute import process_shards
+from anonymizer.components import model_inventory
 from anonymizer.logs import event
+from anonymizer.pipeline import plan as listing
+from anonymizer.pipeline.executors import EXECUTORS
+from anonymizer.pipeline.shard import FACE_SCHEMA, IMAGE_SCHEMA, shard_dir
 from anonymizer.policy import Policy, load_policy
-from anonymizer.process import model_inventory
-from anonymizer.shard import FACE_SCHEMA, IMAGE_SCHEMA, shard_dir
+from anonymizer.release import publish as release
+from anonymizer.release.layout import MANIFEST
 from anonymizer.storage import Location
 from anonymizer.validate import Verdict, validate
 
-EXIT_RELEASED, EXIT_ERROR, EXIT_USAGE, EXIT_QUARANTINED = 0, 1, 2, 3
 _SAMPLE = 6  # anonymized outputs shown in the report's sample grid
 
 
@@ -48,13 +50,16 @@ class RunContext:
     quarantine: Location  # this run's quarantine folder
     policy: Policy
     full: bool = False    # ignore the previous release: process everything
+    engine: str = "ray"   # the executor of the shards: "ray" or "local" (see pipeline/executors.py)
     ray_address: str | None = None
     started: str = field(default_factory=_now)
 
     @classmethod
     def create(cls, source: str, dest: str, policy: str | None = None, run_id: str | None = None,
                staging: str | None = None, quarantine: str | None = None, full: bool = False,
-               ray_address: str | None = None) -> "RunContext":
+               engine: str = "ray", ray_address: str | None = None) -> "RunContext":
+        if engine not in EXECUTORS:
+            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(EXECUTORS)}")
         run_id = run_id or new_run_id()
         dest_root = dest.rstrip("/")
         return cls(
@@ -65,6 +70,7 @@ class RunContext:
             quarantine=Location.parse(quarantine or dest_root + ".quarantine").child(run_id),
             policy=load_policy(policy),
             full=full,
+            engine=engine,
             ray_address=ray_address,
         )
 
@@ -83,7 +89,13 @@ class Outcome:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_RELEASED if self.released else EXIT_QUARANTINED
+        return exit_codes.RELEASED if self.released else exit_codes.QUARANTINED
+
+    def summary(self) -> dict:
+        """What the command line prints and the Prefect flow returns."""
+        return {"run_id": self.run_id, "released": self.released, "reason": self.verdict.reason,
+                "location": self.location, "exit_code": self.exit_code, "counts": self.report["counts"],
+                "metrics": self.report["metrics"]}
 
 
 def plan(ctx: RunContext) -> listing.Plan:
@@ -93,18 +105,18 @@ def plan(ctx: RunContext) -> listing.Plan:
         event("plan.resumed", run_id=ctx.run_id, **resumed.__dict__)
         return resumed
     previous_id = None if ctx.full else release.latest(ctx.dest)
-    previous = ctx.dest.child(previous_id).read_table(release.MANIFEST) if previous_id else None
+    previous = ctx.dest.child(previous_id).read_table(MANIFEST) if previous_id else None
     ctx.staging.write_bytes("policy.yaml", ctx.policy.text.encode())
     p = listing.plan(ctx.source, ctx.plan_dir, ctx.policy.execution.shard_size, previous, previous_id)
     event("plan", run_id=ctx.run_id, **p.__dict__)
     return p
 
 
-def process(ctx: RunContext, p: listing.Plan, workers: int | None = None) -> list[dict]:
+def anonymize_shards(ctx: RunContext, p: listing.Plan, workers: int | None = None) -> list[dict]:
     if not p.shards:
         return []
-    return process_shards(ctx.policy, ctx.source, ctx.staging, listing.iter_shards(ctx.plan_dir), p.shards, workers,
-                          ctx.ray_address)
+    return EXECUTORS[ctx.engine](ctx.policy, ctx.source, ctx.staging, listing.iter_shards(ctx.plan_dir), p.shards,
+                                 workers=workers, ray_address=ctx.ray_address)
 
 
 def collect(ctx: RunContext, p: listing.Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -220,7 +232,7 @@ def release_manifest(ctx: RunContext, p: listing.Plan, images: pd.DataFrame, rep
     })
     tables = [processed]
     if p.carried:
-        before = ctx.dest.child(p.previous_release).read_table(release.MANIFEST)
+        before = ctx.dest.child(p.previous_release).read_table(MANIFEST)
         keep = ctx.plan_dir.read_table("carried.parquet").column("key")
         carried = before.filter(pc.is_in(before.column("key"), value_set=keep))
         if "faces" not in carried.column_names:  # releases made before the column existed
@@ -261,10 +273,11 @@ def finish(ctx: RunContext, p: listing.Plan, verdict: Verdict, images: pd.DataFr
 
 def run_pipeline(source: str, dest: str, policy: str | None = None, workers: int | None = None,
                  run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
-                 full: bool = False, ray_address: str | None = None) -> Outcome:
-    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, ray_address)
+                 full: bool = False, engine: str = "ray", ray_address: str | None = None) -> Outcome:
+    """The whole run without Prefect: shards on Ray (`engine="ray"`) or in this process (`"local"`)."""
+    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, engine, ray_address)
     p = plan(ctx)
-    summaries = process(ctx, p, workers)
+    summaries = anonymize_shards(ctx, p, workers)
     images, faces = collect(ctx, p)
     verdict = check(ctx, p, images, faces)
     report, files = build_report(ctx, p, summaries, images, faces, verdict)

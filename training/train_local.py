@@ -1,14 +1,14 @@
 """Train the generator on a machine without Ray or Prefect (the lent GPU machine), from a cache or a JPEG
-shard (`anonymizer.generate.data.pack_shard`), resuming `<out>/checkpoint/state.pt` when it is there.
+shard (`training.data.pack_shard`), resuming `<out>/checkpoint/state.pt` when it is there.
 
 The flow `flows/train_generator.py` is the way to train where Ray runs; this is the same `fit` loop
 (`train.fit_local`) for a bare box, plus what such a box needs: a sample grid to look at, and the exported
 weights copied to `--export-to` in parts small enough to be fetched (`--part-mib`).
 
-    python infra/train_local.py --data shard.npz --out run/ --config infra/generator_128.json --steps 200000 \
+    python -m training.train_local --data shard.npz --out run/ --config training/generator_128.json --steps 200000 \
         --budget-s 540 [--init-generator generator.pt] [--export-to DIR]
 
-`infra/generator_128.json` is the recipe for the issue's 128×128 generator on a GPU (docs/generation.md,
+`training/generator_128.json` is the recipe for the 128×128 generator on a GPU (docs/generation.md,
 "The next GPU run").
 """
 
@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from anonymizer.generate import data, train  # noqa: E402
-from anonymizer.generate.anonymizer import load_generator  # noqa: E402
+from anonymizer.anonymize.generated.operator import load_generator
+from training import data, train
 
 
 def sample_grid(weights: str, cache: str, path: Path, n: int = 8, seeds: int = 3) -> None:
@@ -58,7 +55,7 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="an aligned cache (.npz) or a shard from data.pack_shard")
     ap.add_argument("--out", required=True)
     ap.add_argument("--config", default="{}",
-                    help="training config: JSON, or a .json file such as infra/generator_128.json (keys: train.DEFAULTS)")
+                    help="training config: JSON, or a .json file such as training/generator_128.json (keys: train.DEFAULTS)")
     ap.add_argument("--steps", type=int, required=True, help="the total step to reach")
     ap.add_argument("--budget-s", type=float, default=None)
     ap.add_argument("--init-generator", default=None, help="start G from these weights when there is no checkpoint")

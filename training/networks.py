@@ -1,11 +1,4 @@
-"""The generator and the discriminator.
-
-Generator: a U-Net. Its input is 9 channels at the crop resolution: the crop with the face region set to 0
-(background context only: it never sees the face's pixels), the binary mask of that region, and the 5
-landmark heatmaps. The encoder keeps skip connections from the context; the latent z goes through a small
-mapping network to w, and w modulates (per-channel scale and shift, StyleGAN/FiLM style) every decoder
-block, so different z give different identities in the same pose and context. The output is composited:
-generated pixels inside the mask, the input context outside, in [-1, 1].
+"""Training-only networks: the conditional discriminator and the latent encoder.
 
 Discriminator: conditional (it sees the image with the same mask and heatmaps), residual blocks (spectral
 norm optional, off by default), He-initialised so that its output depends on its input from the first step,
@@ -17,9 +10,6 @@ With `highpass=True` it also sees the image's high-pass residual (image minus it
 "mean face" and a real one have the same local means, so from raw pixels D must first grow its own edge
 filters before it can tell them apart (no separation after 120 steps at lr 1e-3 on a 5×5-blurred real
 face), while from the residual it separates them within 40 steps.
-
-`base_channels` sets the width (channels double per level up to `max_channels`): 8 runs a tiny CPU test,
-the default 32/384 at 128×128 is 12.9 M (G) + 6.3 M (D) parameters: 26 MB of fp16 generator weights.
 """
 
 from __future__ import annotations
@@ -31,97 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import spectral_norm
 
-COND_CHANNELS = 1 + 5  # mask + heatmaps
-
-
-def _levels(resolution: int, bottom: int = 8) -> int:
-    n = int(round(math.log2(resolution / bottom)))
-    if n < 1 or bottom * 2**n != resolution:
-        raise ValueError(f"resolution must be {bottom}·2^k (k ≥ 1), got {resolution}")
-    return n
-
-
-def _groups(c: int) -> int:
-    for g in (8, 4, 2, 1):
-        if c % g == 0:
-            return g
-    return 1
-
-
-class _EncBlock(nn.Module):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, 2, 1)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
-        self.n1, self.n2 = nn.GroupNorm(_groups(cout), cout), nn.GroupNorm(_groups(cout), cout)
-
-    def forward(self, x):
-        x = F.leaky_relu(self.n1(self.conv1(x)), 0.2)
-        return F.leaky_relu(self.n2(self.conv2(x)), 0.2)
-
-
-class _ModConv(nn.Module):
-    """conv → group norm → scale and shift from w → leaky ReLU."""
-
-    def __init__(self, cin: int, cout: int, w_dim: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm = nn.GroupNorm(_groups(cout), cout, affine=False)
-        self.affine = nn.Linear(w_dim, 2 * cout)
-        nn.init.normal_(self.affine.weight, std=0.02)  # z matters from the first step; scale starts near 1
-        nn.init.zeros_(self.affine.bias)
-
-    def forward(self, x, w):
-        gamma, beta = self.affine(w)[:, :, None, None].chunk(2, dim=1)
-        return F.leaky_relu(self.norm(self.conv(x)) * (1 + gamma) + beta, 0.2)
-
-
-class _DecBlock(nn.Module):
-    def __init__(self, cin: int, cskip: int, cout: int, w_dim: int) -> None:
-        super().__init__()
-        self.c1 = _ModConv(cin + cskip, cout, w_dim)
-        self.c2 = _ModConv(cout, cout, w_dim)
-
-    def forward(self, x, skip, w):
-        x = F.interpolate(x, scale_factor=2, mode="nearest")
-        x = torch.cat([x, skip], 1)
-        return self.c2(self.c1(x, w), w)
-
-
-class Generator(nn.Module):
-    def __init__(self, resolution: int = 128, base_channels: int = 32, max_channels: int = 384,
-                 z_dim: int = 128, w_dim: int = 256, bottleneck_blocks: int = 2) -> None:
-        super().__init__()
-        self.config = dict(resolution=resolution, base_channels=base_channels, max_channels=max_channels,
-                           z_dim=z_dim, w_dim=w_dim, bottleneck_blocks=bottleneck_blocks)
-        self.resolution, self.z_dim = resolution, z_dim
-        n = _levels(resolution)
-        ch = [min(base_channels * 2**i, max_channels) for i in range(n + 1)]
-        self.stem = nn.Sequential(nn.Conv2d(3 + COND_CHANNELS, ch[0], 3, 1, 1), nn.LeakyReLU(0.2))
-        self.enc = nn.ModuleList([_EncBlock(ch[i], ch[i + 1]) for i in range(n)])
-        self.mapping = nn.Sequential(nn.Linear(z_dim, w_dim), nn.LeakyReLU(0.2), nn.Linear(w_dim, w_dim),
-                                     nn.LeakyReLU(0.2))
-        self.mid = nn.ModuleList([_ModConv(ch[n], ch[n], w_dim) for _ in range(2 * bottleneck_blocks)])
-        self.dec = nn.ModuleList([_DecBlock(ch[i + 1], ch[i], ch[i], w_dim) for i in reversed(range(n))])
-        self.to_rgb = nn.Conv2d(ch[0], 3, 1)
-
-    def forward(self, context: torch.Tensor, mask: torch.Tensor, heatmaps: torch.Tensor, z: torch.Tensor):
-        """context: B×3×H×W in [-1, 1], already 0 where mask is 1; mask: B×1×H×W in {0, 1}; heatmaps: B×5×H×W;
-        z: B×z_dim. Returns the composite (generated inside the mask, context outside)."""
-        context = context * (1 - mask)  # the generator never sees the face's pixels, whatever it is given
-        x = self.stem(torch.cat([context, mask, heatmaps], 1))
-        skips = [x]
-        for block in self.enc:
-            x = block(x)
-            skips.append(x)
-        w = self.mapping(z)
-        for i in range(0, len(self.mid), 2):
-            x = x + self.mid[i + 1](self.mid[i](x, w), w)
-        for block, skip in zip(self.dec, reversed(skips[:-1])):
-            x = block(x, skip, w)
-        rgb = torch.tanh(self.to_rgb(x))
-        return rgb * mask + context * (1 - mask)
-
+from anonymizer.anonymize.generated.networks import COND_CHANNELS, EncBlock, levels
 
 _RES_SCALE = 1 / math.sqrt(2)  # two summed unit-variance paths stay unit-variance
 
@@ -161,7 +61,7 @@ class Discriminator(nn.Module):
         self.config = dict(resolution=resolution, base_channels=base_channels, max_channels=max_channels,
                            spectral=spectral, patch=patch, highpass=highpass)
         self.patch, self.highpass = patch, highpass
-        n = _levels(resolution, bottom=8 if patch else 4)
+        n = levels(resolution, bottom=8 if patch else 4)
         ch = [min(base_channels * 2**i, max_channels) for i in range(n + 1)]
         self.stem = _sn(nn.Conv2d(3 * (1 + highpass) + COND_CHANNELS, ch[0], 3, 1, 1), spectral)
         self.blocks = nn.ModuleList([_DBlock(ch[i], ch[i + 1], spectral) for i in range(n)])
@@ -189,10 +89,10 @@ class LatentEncoder(nn.Module):
 
     def __init__(self, resolution: int, base_channels: int, max_channels: int, z_dim: int) -> None:
         super().__init__()
-        n = _levels(resolution, bottom=4)
+        n = levels(resolution, bottom=4)
         ch = [min(base_channels * 2**i, max_channels) for i in range(n + 1)]
         self.stem = nn.Sequential(nn.Conv2d(3 + 1, ch[0], 3, 1, 1), nn.LeakyReLU(0.2))
-        self.blocks = nn.Sequential(*[_EncBlock(ch[i], ch[i + 1]) for i in range(n)])
+        self.blocks = nn.Sequential(*[EncBlock(ch[i], ch[i + 1]) for i in range(n)])
         self.head = nn.Linear(ch[n] * 16, 2 * z_dim)
 
     def forward(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,12 +31,10 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from anonymizer import imageio
+from anonymizer import exit_codes, imageio
+from anonymizer.release.layout import IMAGES, LATEST, MANIFEST, REPORT_FILES, REPORT_PREFIXES
 from anonymizer.storage import Location, UnsafeKeyError, check_key
 
-MANIFEST, LATEST, IMAGES = "manifest.parquet", "LATEST", "images/"
-REPORT_FILES = ("report.json", "report.html", "report.pdf")
-REPORT_PREFIXES = ("data_docs/",)  # validation evidence published with the report
 REQUIRED_COLUMNS = ("key", "output_key", "source_sha256", "output_sha256", "output_size")
 _DECODE_LIMIT = 1 << 31  # the release is checked, not defended against: decode whatever it holds
 _READERS = 8
@@ -322,5 +320,5 @@ def run(args: argparse.Namespace) -> int:
     state = "CLEAN" if result.passed else f"NOT CLEAN: {len(result.findings)} finding(s)"
     print(f"{state}: {result.objects} outputs checked in {result.release}", file=sys.stderr)
     if any(f.check == "manifest" and "not a release" in f.detail for f in result.findings):
-        return 2
-    return 0 if result.passed else 3
+        return exit_codes.USAGE
+    return exit_codes.RELEASED if result.passed else exit_codes.QUARANTINED

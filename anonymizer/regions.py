@@ -1,0 +1,74 @@
+"""Face regions: the window and soft mask an operator may change, and the blend that keeps the rest intact.
+
+A FaceMask is alpha in [0, 1] over an image window; every pixel where alpha is 0 keeps its exact bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from anonymizer.faces import Face
+
+
+@dataclass
+class FaceMask:
+    """Alpha in [0, 1] over the image window starting at (x0, y0); 0 outside it."""
+
+    x0: int
+    y0: int
+    alpha: np.ndarray  # float32, h×w
+
+    @property
+    def window(self) -> tuple[slice, slice]:
+        h, w = self.alpha.shape
+        return slice(self.y0, self.y0 + h), slice(self.x0, self.x0 + w)
+
+    @property
+    def box(self) -> tuple[int, int, int, int]:
+        """(x0, y0, x1, y1) of the window."""
+        h, w = self.alpha.shape
+        return self.x0, self.y0, self.x0 + w, self.y0 + h
+
+
+@dataclass
+class Anonymized:
+    image: np.ndarray
+    masks: list[FaceMask]
+    methods: list[str] = field(default_factory=list)  # the operator each face got (fallbacks differ)
+
+
+def face_region(face: Face, image_shape: tuple[int, int], expand: float, shape: str, feather: float) -> FaceMask:
+    """Forehead to chin, as an ellipse (or box) grown from the detector's box. Detector boxes stop at the
+    eyebrows: grow them more upward, so the forehead and hairline go too."""
+    height, width = image_shape
+    cx = face.x + face.w / 2
+    cy = face.y + face.h / 2 - 0.08 * face.h
+    a = face.w * expand / 2
+    b = face.h * expand * 1.12 / 2
+    x0, x1 = max(0, int(np.floor(cx - a))), min(width, int(np.ceil(cx + a)) + 1)
+    y0, y1 = max(0, int(np.floor(cy - b))), min(height, int(np.ceil(cy + b)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return FaceMask(0, 0, np.zeros((0, 0), np.float32))
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    dx, dy = (xx + 0.5 - cx) / a, (yy + 0.5 - cy) / b
+    r = np.sqrt(dx * dx + dy * dy) if shape == "ellipse" else np.maximum(np.abs(dx), np.abs(dy))
+    alpha = np.clip((1.0 - r) / feather, 0.0, 1.0) if feather > 0 else (r <= 1.0).astype(np.float32)
+    return FaceMask(x0, y0, alpha.astype(np.float32))
+
+
+def blend(crop: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """`new` over `crop` through `alpha` (h×w); where alpha is 0 the crop's exact bytes are kept."""
+    a = alpha[:, :, None]
+    blended = np.rint(new.astype(np.float32) * a + crop.astype(np.float32) * (1.0 - a)).astype(np.uint8)
+    return np.where(a > 0, blended, crop)
+
+
+def union_mask(masks: Sequence[FaceMask], shape: tuple[int, int]) -> np.ndarray:
+    out = np.zeros(shape, np.float32)
+    for m in masks:
+        ys, xs = m.window
+        np.maximum(out[ys, xs], m.alpha, out=out[ys, xs])
+    return out
