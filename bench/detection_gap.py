@@ -1,12 +1,12 @@
 """Where the default detection's remaining misses are, on the WIDER FACE val subset, from the sweep's cache.
 
-The issue's goal (recall 0.97 / 0.90 / 0.75 for >=32 px / 16-32 px / all at <= 2 FP/img) is far from the
+A recall goal of 0.97 / 0.90 / 0.75 (>=32 px / 16-32 px / all, at <= 2 FP/img) is far from the
 default's 0.946 / 0.807 / 0.570. This asks why, with four measurements:
 
 * ceiling: recall of the UNION of every cached raw detection (every network at every cached scale, at the
   cache's low thresholds), with no false-positive bound. A face no network proposes cannot be recovered
   by fusion or re-scoring; one that some network proposes is lost in the ranking.
-* the default at 2 FP/img, scored at IoU 0.5 (the issue's rule) and at 0.4 / 0.3: how much of the loss is
+* the default at 2 FP/img, scored at IoU 0.5 (WIDER's rule) and at 0.4 / 0.3: how much of the loss is
   box placement on tiny faces rather than a face not found.
 * the false positives that the 2 FP/img cut keeps, by kind: a box on an annotated face that no detection
   matched at IoU 0.5 (a near miss: it counts as a miss AND a false positive), a duplicate of a matched

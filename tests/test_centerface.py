@@ -13,7 +13,7 @@ import pytest
 
 from anonymizer import models
 from anonymizer.detect import Ensemble, build_detector, build_ensemble
-from anonymizer.detect.centerface import CenterFaceDetector, decode
+from anonymizer.detect.centerface import CenterFaceDetector, decode_heatmaps
 from anonymizer.faces import iou, nms
 
 SHARED = Path(os.environ.get("ANONYMIZER_SHARED", Path(__file__).resolve().parents[1] / ".." / "shared"))
@@ -73,7 +73,7 @@ def test_decode_on_hand_made_maps() -> None:
     offsets[0, 0, 3, 5], offsets[0, 1, 3, 5] = 0.25, -0.5  # dy, dx in cells
     lms = np.zeros((1, 10, 8, 8), np.float32)
     lms[0, 0, 3, 5], lms[0, 1, 3, 5] = 0.5, 0.25  # first point: half the height down, a quarter of the width in
-    boxes, scores, points = decode(hm, sizes, offsets, lms, (32, 32), threshold=0.1)
+    boxes, scores, points = decode_heatmaps(hm, sizes, offsets, lms, (32, 32), threshold=0.1)
     cx, cy = (5 - 0.5 + 0.5) * 4, (3 + 0.25 + 0.5) * 4  # 20, 15
     assert scores.tolist() == pytest.approx([0.9])
     assert boxes[0].tolist() == pytest.approx([cx - 4, cy - 6, cx + 4, cy + 6])
@@ -81,7 +81,7 @@ def test_decode_on_hand_made_maps() -> None:
     assert points[0, 0].tolist() == pytest.approx([cx - 4 + 0.25 * 8, cy - 6 + 0.5 * 12])
     # a box over the border is clipped at both ends (not shifted inside)
     sizes[0, :, 3, 5] = np.log(20.0)  # 80 x 80 px around (20, 15) in a 32 px image
-    (box,), _, _ = decode(hm, sizes, offsets, lms, (32, 32), threshold=0.1)
+    (box,), _, _ = decode_heatmaps(hm, sizes, offsets, lms, (32, 32), threshold=0.1)
     assert box.tolist() == pytest.approx([0, 0, 32, 32])
 
 

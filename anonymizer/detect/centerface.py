@@ -112,7 +112,7 @@ class CenterFaceDetector(MultiScale):
             net = self._net_for((nh, nw))
             net.setInput(blob)
             heatmap, sizes, offsets, landmarks = net.forward(list(OUTPUTS))
-        boxes, scores, points = decode(heatmap, sizes, offsets, landmarks, (nh, nw), self.score_threshold)
+        boxes, scores, points = decode_heatmaps(heatmap, sizes, offsets, landmarks, (nh, nw), self.score_threshold)
         keep = nms_indices(boxes, scores, self.nms_threshold)
         sx, sy = nw / w, nh / h
         boxes = boxes[keep] / np.array([sx, sy, sx, sy], np.float32)
@@ -149,7 +149,7 @@ def _ort_session(model: bytes, device: str):
     return ort.InferenceSession(m.SerializeToString(), opts, providers=providers)
 
 
-def decode(
+def decode_heatmaps(
     heatmap: np.ndarray, sizes: np.ndarray, offsets: np.ndarray, landmarks: np.ndarray, shape: tuple[int, int],
     threshold: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -157,7 +157,7 @@ def prior_boxes(height: int, width: int) -> np.ndarray:
     return np.concatenate(levels).astype(np.float32)
 
 
-def decode(loc: torch.Tensor, ldm: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def decode_priors(loc: torch.Tensor, ldm: torch.Tensor, priors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Boxes (x0, y0, x1, y1) and landmarks (5, 2) in pixels, as biubug6's decode/decode_landm."""
     centre = priors[:, :2] + loc[:, :2] * VARIANCE[0] * priors[:, 2:]
     size = priors[:, 2:] * torch.exp(loc[:, 2:] * VARIANCE[1])
@@ -378,7 +378,7 @@ class RetinaFaceDetector:
         keep = torch.nonzero(conf >= self.score_threshold).squeeze(1)
         if keep.numel() > self.pre_nms_top_k:
             keep = keep[torch.topk(conf[keep], self.pre_nms_top_k).indices]
-        boxes, pts = decode(loc[keep], ldm[keep], priors[keep])
+        boxes, pts = decode_priors(loc[keep], ldm[keep], priors[keep])
         raw = _Raw(boxes.cpu().numpy(), conf[keep].cpu().numpy(), pts.cpu().numpy())
         h, w = shape
         centres = (raw.boxes[:, :2] + raw.boxes[:, 2:]) / 2  # drop what the padding alone produced

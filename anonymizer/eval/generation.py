@@ -2,7 +2,7 @@
 
 Conventions (fixed so runs stay comparable):
 
-* Data: held-out LFW identities (the generator's training split leaves them out: `generate.data.split_of`),
+* Data: held-out LFW identities (the generator's training split leaves them out: `anonymizer.eval.lfw.split_of`),
   the first `images_per_identity` images of each, at most `limit`; the face nearest the centre, found by
   YuNet at scale 1. Optionally the photos folder: every face the policy's detectors find, scored when
   its shorter side is at least the policy's `min_reid_face_px`.
@@ -10,7 +10,7 @@ Conventions (fixed so runs stay comparable):
   the policy's quality (what a release holds). `generated` takes the policy's (or `--weights`) generator.
 * Re-identification (naive): dlib distance between the original face and the same face after
   anonymization, aligned on the original (the attacker's best crop); the rate under 0.6 (dlib's own
-  threshold, as the issue defines it) and under the policy's calibrated `same_person_distance`.
+  threshold) and under the policy's calibrated `same_person_distance`.
 * Re-identification, re-aligned: the same network, aligned by dlib's 68-point predictor found on each image
   itself (the attacker aligns what it sees). The identity guard selects draws by the first measure; this
   one checks that they are not just past the line for that one crop.
@@ -52,7 +52,7 @@ from anonymizer.policy import Policy, load_policy
 
 DEFAULT_OPERATORS: tuple[tuple[str, float], ...] = (
     ("generated", 1.0), ("blur", 0.15), ("blur", 0.35), ("pixelate", 0.2), ("noise", 0.8), ("mask", 1.0))
-SAME_PERSON = 0.6  # dlib's published threshold; the issue's definition of a naive re-identification
+SAME_PERSON = 0.6  # dlib's published threshold: the definition of a naive re-identification
 
 
 @dataclass

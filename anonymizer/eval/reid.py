@@ -35,14 +35,11 @@ stay comparable between runs:
 from __future__ import annotations
 
 import argparse
-import base64
 import html
-import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import NormalDist
 from typing import Sequence
 
 import cv2
@@ -51,6 +48,7 @@ import numpy as np
 from anonymizer.anonymize import ANONYMIZERS, face_rngs
 from anonymizer.faces import Face, iou
 from anonymizer.policy import Policy, load_policy
+from anonymizer.report.charts import cell, det_chart, html_table, png
 
 DEFAULT_SWEEP: tuple[tuple[str, float], ...] = (
     ("blur", 0.05), ("blur", 0.15), ("blur", 0.35),
@@ -78,7 +76,7 @@ class Item:
 def select(lfw: Path, min_images: int = 3, images_per_identity: int = 3, max_identities: int | None = None,
            identities: str = "all") -> list[Item]:
     """LFW identities with >= min_images images, evenly spaced over the sorted names when capped.
-    `identities="heldout"`: only those the generator's training split left out (generate/data.py)."""
+    `identities="heldout"`: only those the generator's training split left out (anonymizer/eval/lfw.py)."""
     from anonymizer.eval.lfw import split_of
 
     if identities not in IDENTITY_SETS:
@@ -444,17 +442,6 @@ def run_sweep(policy: Policy, lfw: Path, sweep: Sequence[tuple[str, float]] = DE
 # --- output -------------------------------------------------------------------------------------------
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-def _probit(p: np.ndarray) -> np.ndarray:
-    nd = NormalDist()
-    return np.array([nd.inv_cdf(min(max(float(x), 1e-6), 1 - 1e-6)) for x in p])
-
-
 def figures(result: dict, scores: dict) -> dict[str, str]:
     """DET curves per protocol and genuine/impostor histograms, as base64 PNG (numbers only)."""
     import matplotlib
@@ -462,31 +449,14 @@ def figures(result: dict, scores: dict) -> dict[str, str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ticks = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95]
     out = {}
     names = [k for k in scores if "@" in k]
     cmap = plt.get_cmap("tab10")
     for proto in PROTOCOLS:
-        fig, ax = plt.subplots(figsize=(6.5, 5))
         curves = [("clean (no anonymization)", scores["clean"], "k")] + [
             (n, scores[n][proto], cmap(i % 10)) for i, n in enumerate(names)]
-        for label, (gen, imp), colour in curves:
-            _, fmr, fnmr = det_curve(gen, imp)
-            keep = (fmr > 0) & (fnmr > 0) & (fmr < 1) & (fnmr < 1)
-            ax.plot(_probit(fmr[keep]), _probit(fnmr[keep]), color=colour, label=label, lw=1.5)
-        pos = _probit(np.array(ticks))
-        ax.set_xticks(pos, [f"{t:g}" for t in ticks], fontsize=7)
-        ax.set_yticks(pos, [f"{t:g}" for t in ticks], fontsize=7)
-        ax.set_xlim(pos[0], pos[-1])
-        ax.set_ylim(pos[0], pos[-1])
-        ax.axvline(_probit(np.array([result["far"]]))[0], color="#888", ls=":", lw=1)
-        ax.set_xlabel("false match rate (FMR)")
-        ax.set_ylabel("false non-match rate (FNMR)")
-        ax.set_title(f"DET, {proto} protocol (lower-left = attacker succeeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper right")
-        out[f"det_{proto}"] = _png(fig)
-        plt.close(fig)
+        out[f"det_{proto}"] = det_chart([(label, *det_curve(gen, imp)[1:], colour) for label, (gen, imp), colour in curves],
+                                        f"DET, {proto} protocol (lower-left = attacker succeeds)", far=result["far"])
     # Genuine vs impostor scores of each protocol: every protocol has its own impostor distribution
     # (anonymized faces look alike, so parrot impostors are close too).
     t = result["calibration"]["threshold"]
@@ -506,24 +476,9 @@ def figures(result: dict, scores: dict) -> dict[str, str]:
     axes[0][0].legend(fontsize=6)
     fig.suptitle(f"Score distributions (distance; dashed: calibrated threshold {t:.3f})", fontsize=9)
     fig.tight_layout()
-    out["score_histograms"] = _png(fig)
+    out["score_histograms"] = png(fig)
     plt.close(fig)
     return out
-
-
-def _cell(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return html.escape(str(v))
-
-
-def html_table(rows: list[dict]) -> str:
-    if not rows:
-        return "<p>(none)</p>"
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def render_html(result: dict, figs: dict[str, str]) -> str:
@@ -573,7 +528,7 @@ def markdown_table(result: dict) -> str:
     lines.append(f"| none (clean) | - | {c['eer']:.3f} | {c['tar_at_far']:.3f} | {c['rank1']:.3f} | {c['rank1']:.3f} | "
                  f"{c['rank1']:.3f} | {c['eer']:.3f} | {c['fta_rate']:.3f} | 1 |")
     for r in result["table"]:
-        lines.append("| " + " | ".join(_cell(r[k]) if k != "strength" else f"{r[k]:g}" for k in cols) + " |")
+        lines.append("| " + " | ".join(cell(r[k]) if k != "strength" else f"{r[k]:g}" for k in cols) + " |")
     return "\n".join(lines)
 
 

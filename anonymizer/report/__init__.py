@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -11,6 +10,8 @@ import platform
 from importlib import metadata
 
 import pandas as pd
+
+from anonymizer.report.charts import cell, det_chart, html_table, png
 
 PACKAGES = ["anonymizer", "prefect", "ray", "torch", "opencv-python-headless", "great-expectations", "dlib-bin",
             "face-recognition-models", "pyarrow", "numpy", "pillow", "boto3"]
@@ -57,12 +58,6 @@ def summary_metrics(images: pd.DataFrame, faces: pd.DataFrame, same_person: floa
     }
 
 
-def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
 def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict[str, str]:
     """Figures as base64 PNG: charts of numbers only."""
     import matplotlib
@@ -80,7 +75,7 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     ax.set_ylabel("faces")
     ax.legend()
     ax.set_title("Naive re-identification (higher is safer)")
-    out["reid_histogram"] = _png(fig)
+    out["reid_histogram"] = png(fig)
     plt.close(fig)
     ok = images[images["error"].isna()] if len(images) else images
     if len(ok):
@@ -95,7 +90,7 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
         ax.set_xlabel("faces")
         ax.legend(fontsize=7)
         ax.set_title("Faces per image" + (f" (the {_MAX_BARS} with most auditor faces)" if len(images) > _MAX_BARS else ""))
-        out["faces_per_image"] = _png(fig)
+        out["faces_per_image"] = png(fig)
         plt.close(fig)
     return out
 
@@ -118,7 +113,7 @@ def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str,
         ax.imshow(img)
         ax.set_title(key, fontsize=7)
     fig.suptitle("Sample of anonymized outputs")
-    out = {"sample_anonymized_outputs": _png(fig)}
+    out = {"sample_anonymized_outputs": png(fig)}
     plt.close(fig)
     return out
 
@@ -129,65 +124,24 @@ def attack_figures(attack: dict) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from statistics import NormalDist
 
-    nd = NormalDist()
-
-    def probit(xs):
-        return [nd.inv_cdf(min(max(float(x), 1e-6), 1 - 1e-6)) for x in xs]
-
-    ticks = [1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95]
+    cmap = plt.get_cmap("tab10")
     out = {}
     for proto in ("naive", "parrot"):
-        fig, ax = plt.subplots(figsize=(6.5, 4.8))
         curves = []
         if attack.get("clean", {}).get("det"):
-            curves.append(("clean (no anonymization)", attack["clean"]["det"], "k"))
-        cmap = plt.get_cmap("tab10")
+            det = attack["clean"]["det"]
+            curves.append(("clean (no anonymization)", det["fmr"], det["fnmr"], "k"))
         for i, c in enumerate(attack.get("configs", [])):
             det = c.get("protocols", {}).get(proto, {}).get("det")
             if det:
-                curves.append((f"{c['operator']}@{c['strength']:g}", det, cmap(i % 10)))
-        for label, det, colour in curves:
-            pts = [(a, b) for a, b in zip(det["fmr"], det["fnmr"]) if 0 < a < 1 and 0 < b < 1]
-            if pts:
-                ax.plot(probit([p[0] for p in pts]), probit([p[1] for p in pts]), color=colour, label=label, lw=1.5)
-        pos = probit(ticks)
-        ax.set_xticks(pos, [f"{t:g}" for t in ticks], fontsize=7)
-        ax.set_yticks(pos, [f"{t:g}" for t in ticks], fontsize=7)
-        ax.set_xlim(pos[0], pos[-1])
-        ax.set_ylim(pos[0], pos[-1])
-        ax.set_xlabel("false match rate")
-        ax.set_ylabel("false non-match rate")
-        ax.set_title(f"DET, {proto} protocol (lower-left = attacker succeeds)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        out[f"det_{proto}"] = _png(fig)
-        plt.close(fig)
+                curves.append((f"{c['operator']}@{c['strength']:g}", det["fmr"], det["fnmr"], cmap(i % 10)))
+        out[f"det_{proto}"] = det_chart(curves, f"DET, {proto} protocol (lower-left = attacker succeeds)")
     return out
 
 
 def _fmt(value: object) -> object:
     return f"{value:.4g}" if isinstance(value, float) else value
-
-
-def _cell(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value, default=str, ensure_ascii=False)
-    return str(value)
-
-
-def _table(rows: list[dict], columns: list[str], cls: str = "") -> str:
-    if not rows:
-        return "<p><em>none</em></p>"
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _evidence_text(check: dict) -> str:
@@ -202,7 +156,7 @@ def _evidence_text(check: dict) -> str:
     rows = ev.get("offending_rows") or []
     if rows:
         shown = ", ".join(
-            f"{r.get('key', '?')}=" + _cell(next((v for k, v in r.items() if k != "key"), None)) for r in rows[:10])
+            f"{r.get('key', '?')}=" + cell(next((v for k, v in r.items() if k != "key"), None)) for r in rows[:10])
         more = (ev.get("offending_row_count") or ev.get("unexpected_count") or len(rows)) - min(10, len(rows))
         parts.append("offending: " + shown + (f" (+{more} more)" if more > 0 else ""))
     return "; ".join(parts)
@@ -215,8 +169,8 @@ def _checks_table(checks: list[dict], docs_link: str | None) -> str:
         ok = c["success"]
         body.append(
             f'<tr class="{"pass" if ok else "fail"}"><td>{html.escape(c["name"])}</td>'
-            f'<td class="result">{"pass" if ok else "FAIL"}</td><td>{html.escape(_cell(c["threshold"]))}</td>'
-            f'<td>{html.escape(_cell(c["observed"]))}</td><td>{html.escape(_evidence_text(c))}</td>'
+            f'<td class="result">{"pass" if ok else "FAIL"}</td><td>{html.escape(cell(c["threshold"]))}</td>'
+            f'<td>{html.escape(cell(c["observed"]))}</td><td>{html.escape(_evidence_text(c))}</td>'
             f'<td>{html.escape(c["protects"])}</td><td><code>{html.escape(c["expectation"])}</code></td></tr>')
     link = (f'<p>Great-expectations Data Docs for this validation (suites, every expectation and its result): '
             f'<a href="{html.escape(docs_link)}">{html.escape(docs_link)}</a> (in the report folder).</p>') if docs_link else ""
@@ -247,7 +201,7 @@ def _attack_section(report: dict, figures: dict[str, str]) -> str:
         cols = list(rows[0]) if rows else []
         out.append(f"<p>Attack protocols on {attack.get('dataset', {}).get('identities', '?')} LFW identities "
                    f"(<code>anonymizer eval reid</code>; rank-1 chance {1 / max(1, attack.get('dataset', {}).get('gallery', 1)):.4f}):</p>")
-        out.append(_table(rows, cols))
+        out.append(html_table(rows, cols))
     else:
         out.append("<p>No attack evaluation is attached to this run: <code>anonymizer eval reid --policy POLICY</code> measures "
                    "the naive, reverse and parrot protocols for the policy's operator on LFW.</p>")
@@ -297,15 +251,15 @@ pre{{padding:1em;overflow:auto;font-size:12px;white-space:pre-wrap}}img{{max-wid
 and validation completed (a crash or a missing metric fails the run).</p>
 {_checks_table(v['checks'], v.get('data_docs'))}
 <h2 id="reid">Re-identification risk</h2>{_attack_section(report, figures)}
-<h2 id="counts">Counts and metrics</h2>{_table([report.get('counts', {})], list(report.get('counts', {})))}
-{_table([{"metric": k, "value": _fmt(x)} for k, x in report.get('metrics', {}).items()], ['metric', 'value'])}
+<h2 id="counts">Counts and metrics</h2>{html_table([report.get('counts', {})], list(report.get('counts', {})))}
+{html_table([{"metric": k, "value": _fmt(x)} for k, x in report.get('metrics', {}).items()], ['metric', 'value'])}
 {run_figs}
-<h2 id="quarantine">Quarantined objects ({len(quarantined)})</h2>{_table(quarantined, ['key', 'reason'])}
-<h2 id="objects">Every input object ({len(objects)})</h2>{_table(objects, ['key', 'status', 'reason'])}
-<h2 id="shards">Shards ({len(report.get('shards', []))})</h2>{_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report.get('shards', [])], shard_cols)}
-{f'<h2 id="lineage">Lineage</h2>{_table([{"item": k, "value": x} for k, x in lineage.items()], ["item", "value"])}' if lineage else ''}
-<h2 id="models">Models</h2>{_table(report.get('models', []), ['component', 'name', 'file', 'sha256', 'licence'])}
-<h2 id="software">Software</h2>{_table([{"package": k, "version": x} for k, x in report.get('software', {}).items()], ['package', 'version'])}
+<h2 id="quarantine">Quarantined objects ({len(quarantined)})</h2>{html_table(quarantined, ['key', 'reason'])}
+<h2 id="objects">Every input object ({len(objects)})</h2>{html_table(objects, ['key', 'status', 'reason'])}
+<h2 id="shards">Shards ({len(report.get('shards', []))})</h2>{html_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report.get('shards', [])], shard_cols)}
+{f'<h2 id="lineage">Lineage</h2>{html_table([{"item": k, "value": x} for k, x in lineage.items()], ["item", "value"])}' if lineage else ''}
+<h2 id="models">Models</h2>{html_table(report.get('models', []), ['component', 'name', 'file', 'sha256', 'licence'])}
+<h2 id="software">Software</h2>{html_table([{"package": k, "version": x} for k, x in report.get('software', {}).items()], ['package', 'version'])}
 <h2 id="policy">Policy</h2><p><code>{html.escape(policy['name'])}</code>, sha256 <code>{policy['sha256']}</code>:</p><pre>{html.escape(policy['text'])}</pre>
 <p>This report contains measurements and charts only: no pixels of any original or released image.</p>
 </body></html>"""
