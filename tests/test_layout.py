@@ -12,12 +12,12 @@ LIB = REPO / "anonymizer"
 
 # A module may import from its own layer's package and from lower layers only.
 LAYERS = [
-    {"faces", "regions", "headpose", "registry", "models", "logs", "exit_codes", "imageio", "storage", "policy",
-     "policy_check"},
+    {"faces", "regions", "headpose", "registry", "models", "logs", "exit_codes", "imageio", "storage", "policy"},
     {"detect"},
     {"measure"},
+    {"bank"},
     {"anonymize"},
-    {"components", "validate", "report", "release", "vault", "bank"},
+    {"components", "policy_check", "validate", "report", "release", "vault"},
     {"pipeline"},
     {"eval", "cli"},
 ]
