@@ -1,5 +1,6 @@
 """Named policy profiles (strict, standard, research): they load, every threshold carries its rationale,
-the profiles are ordered, the generated suite fails on each violated threshold, and validation fails closed."""
+the profiles are ordered, the generated suite fails on each violated threshold, and validation fails closed.
+Every embedded profile extends the default and detects at least what the default detects."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import re
 import pandas as pd
 import pytest
 
-from anonymizer.policy import load_policy
+from anonymizer.policy import load_policy, parse_policy, profiles
 from anonymizer.validate import validate
 from conftest import REPO
 
@@ -23,7 +24,7 @@ def profile(request):
 
 
 def test_profile_loads_under_its_name_and_builds(profile):
-    from anonymizer.process import Components
+    from anonymizer.components import Components
 
     assert profile.name in PROFILES
     c = Components.from_policy(profile)
@@ -31,24 +32,56 @@ def test_profile_loads_under_its_name_and_builds(profile):
 
 
 def test_every_threshold_states_its_rationale(profile):
-    text = profile.text
-    block = text.split("\nthresholds:\n")[1].split("\n\n")[0].splitlines()
-    commented = False
-    for line in block:
-        if line.strip().startswith("#"):
-            commented = True
-        elif re.match(r"\s+\w+:", line):
-            assert commented or "#" in line, f"{profile.name}: threshold without a rationale: {line.strip()}"
-            commented = False
+    for source in profile.sources:  # the profile's own file, and each it extends (the default's thresholds)
+        if "\nthresholds:\n" not in source.text:
+            continue
+        block = source.text.split("\nthresholds:\n")[1].split("\n\n")[0].splitlines()
+        commented = False
+        for line in block:
+            if line.strip().startswith("#"):
+                commented = True
+            elif re.match(r"\s+\w+:", line):
+                assert commented or "#" in line, f"{source.source}: threshold without a rationale: {line.strip()}"
+                commented = False
     for phrase in ("Recital 26", "singling out", "linkability", "inference", "Policy 0070", "FAR"):
-        assert phrase in text, f"{profile.name}: rationale does not mention {phrase!r}"
+        assert phrase in profile.source_text, f"{profile.name}: rationale does not mention {phrase!r}"
 
 
 def test_calibrated_distance_is_recorded_with_its_provenance(profile):
     t = profile.thresholds.same_person_distance
-    line = next(ln for ln in profile.text.splitlines() if ln.strip().startswith("same_person_distance:"))
-    assert "calibrated" in line and "FAR" in line, line
+    setter = next(s for s in profile.sources if re.search(r"^\s+same_person_distance:", s.text, re.M))
+    line = next(ln for ln in setter.text.splitlines() if ln.strip().startswith("same_person_distance:"))
+    assert "calibrated" in line and "FAR" in line and str(t) in line, line
     assert t < 0.6  # stricter than dlib's library default: it was calibrated on data, not taken from the library
+
+
+@pytest.mark.parametrize("name", profiles())
+def test_every_embedded_profile_loads_checks_and_extends_the_default(name):
+    from anonymizer.policy_check import check_components
+
+    p = load_policy(profile=name)
+    assert p.name == name and p == load_policy(REPO / "policies" / f"{name}.yaml")
+    check_components(p)  # every component name and param is one its factory takes
+    assert parse_policy(p.text, "run policy") == p  # the merged text is what a worker is sent
+    assert p.sources[-1].source == "default", f"{name}: extends {p.sources[-1].source}, not the default"
+
+
+def test_no_profile_detects_less_than_the_default():
+    """Drift guard: every profile runs each of the default's detectors, at the default's scales or more, at
+    no higher score threshold, fused the same way at no higher cut (a profile may add detectors or scales)."""
+    base = load_policy().detection
+    for name in profiles():
+        d = load_policy(profile=name).detection
+        mine = {c.name: c for c in d.detectors}
+        for c in base.detectors:
+            assert c.name in mine, f"{name}: drops the default's detector {c.name}"
+            p, q = c.params, mine[c.name].params
+            assert set(p.get("scales", [1.0])) <= set(q.get("scales", [1.0])), f"{name}: {c.name} at fewer scales"
+            assert q.get("score_threshold", 1.0) <= p.get("score_threshold", 1.0), f"{name}: {c.name} threshold"
+            assert mine[c.name].weight == c.weight, f"{name}: {c.name} votes differently"
+        assert (d.merge, d.merge_iou, d.vote_per_scale) == (base.merge, base.merge_iou, base.vote_per_scale), name
+        assert d.min_score <= base.min_score, f"{name}: a higher fused-score cut than the default's"
+        assert d.auditor == base.auditor, f"{name}: another auditor"
 
 
 def test_profiles_are_ordered_from_strict_to_research():
