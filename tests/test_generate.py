@@ -224,7 +224,7 @@ def test_cvae_branch_trains_an_encoder_that_is_never_exported(tiny_model, tmp_pa
 
 
 def test_discriminator_heads_and_pixel_translation():
-    from anonymizer.anonymize.generated.networks import Discriminator
+    from training.networks import Discriminator
     from training.train import diff_augment
 
     x, mask, hm = torch.rand(2, 3, 64, 64) * 2 - 1, torch.zeros(2, 1, 64, 64), torch.zeros(2, 5, 64, 64)
@@ -240,7 +240,7 @@ def test_discriminator_heads_and_pixel_translation():
 def test_discriminator_output_depends_on_its_input_from_the_start():
     """PyTorch's default init left D's output almost constant (std 0.002 across images at 128 px): D could
     only move its bias and sat at chance for a whole GPU run. Its spread must start well above that."""
-    from anonymizer.anonymize.generated.networks import Discriminator
+    from training.networks import Discriminator
 
     torch.manual_seed(0)
     # smooth random images (pixel noise would average out in the pooling, unlike a photo)
