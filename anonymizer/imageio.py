@@ -60,7 +60,7 @@ class ImageError(ValueError):
 
 @dataclass
 class Decoded:
-    rgb: np.ndarray          # H×W×3 uint8, upright
+    rgb: np.ndarray          # H×W×3 uint8, upright; 0 wherever alpha is 0 (no visible colour there)
     alpha: np.ndarray | None  # H×W uint8, when the input had transparency
     format: str              # JPEG, PNG, WEBP, BMP, TIFF, AVIF
     mode: str                # the input's Pillow mode
@@ -153,6 +153,11 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         rgb = np.ascontiguousarray(np.asarray(img.convert("RGB")))
     except ValueError as exc:  # e.g. LAB: no conversion to RGB in Pillow
         raise ImageError(f"colour mode {mode} ({fmt}) cannot be converted to RGB: {exc}") from None
+    if alpha is not None and not alpha.all():
+        # Fully transparent pixels show nothing: their colour is set to 0, so that what is hidden there never
+        # travels and a lossy codec's changes there (WebP rewrites it) are not counted as changed pixels.
+        rgb = rgb.copy()
+        rgb[alpha == 0] = 0
     return Decoded(rgb, alpha, fmt, mode, grayscale)
 
 

@@ -35,6 +35,20 @@ class ModelSpec:
     package_subdir: str = "models"  # where in that package's folder the file lies
     package_hint: str | None = None  # how to install the package (else `pip install <package>`)
     in_model_dirs: bool = False  # also look in the model directories (before the package)
+    folder: str | None = None  # its folder in a model directory, where several files share one (default: name)
+    # What the licence allows, for the licence gate (anonymizer.components.check_licences): "permissive"
+    # (any use), "non-commercial" (the weights' licence, or their training data's terms, exclude commercial
+    # use), "research" (research use only, e.g. a research data set's terms). A policy runs the latter two
+    # only when it lists them in `accept_licences`.
+    licence_class: str = "permissive"
+
+    def __post_init__(self) -> None:
+        if self.licence_class not in LICENCE_CLASSES:
+            raise ValueError(f"model {self.name!r}: licence_class must be one of {LICENCE_CLASSES}, "
+                             f"got {self.licence_class!r}")
+
+
+LICENCE_CLASSES = ("permissive", "non-commercial", "research")
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -68,11 +82,35 @@ MODELS: dict[str, ModelSpec] = {
     "dlib_shape5": ModelSpec("dlib_shape5", "shape_predictor_5_face_landmarks.dat", None, None, "CC0 (dlib models)", "face_recognition_models"),
     "dlib_shape68": ModelSpec(
         "dlib_shape68", "shape_predictor_68_face_landmarks.dat", None, None,
-        "iBUG 300-W: research use (dlib models)", "face_recognition_models",
+        "iBUG 300-W: research use (dlib models)", "face_recognition_models", licence_class="research",
     ),
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
     ),
+    "mobilefacenet": ModelSpec(
+        "mobilefacenet",
+        "MobileFaceNet.onnx",
+        "b7120c095d60094f28a4a54ba6a8bf51b297a6273fb40ef6350dfec1f63d9507",
+        None,  # an ONNX export of foamliu/MobileFaceNet's released PyTorch weights: no upstream copy of this file
+        "Apache-2.0 code (foamliu/MobileFaceNet); weights trained on a refined MS-Celeb-1M, a data set Microsoft "
+        "withdrew: not cleared for commercial use",
+        licence_class="non-commercial",
+    ),
+    "scrfd": ModelSpec(
+        "scrfd",
+        "scrfd_2.5g_bnkps.onnx",
+        "3f1ac54e769cb5fd76eda11ac3c088eed78d1f51a935a839d04d49b0e770219e",
+        None,  # InsightFace publishes it on Google Drive / OneDrive: no stable direct URL
+        "non-commercial research only (InsightFace)",
+        licence_class="non-commercial",
+    ),
+    **{f"mtcnn_{net}": ModelSpec(
+        f"mtcnn_{net}", f"{net}.pt", digest, None, "MIT (timesler/facenet-pytorch)", folder="mtcnn",
+    ) for net, digest in (
+        ("pnet", "a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"),
+        ("rnet", "bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"),
+        ("onet", "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"),
+    )},
 }
 
 
@@ -105,7 +143,7 @@ def locate(name: str, model_dir: str | os.PathLike | None = None) -> Path:
     tried: list[Path] = []
     if not spec.package or spec.in_model_dirs:
         for d in search_dirs(model_dir):
-            tried += [d / spec.name / spec.filename, d / spec.filename]
+            tried += [d / (spec.folder or spec.name) / spec.filename, d / spec.filename]
     if spec.package:
         pkg = _package_dir(spec.package, spec.package_subdir)
         tried.append((pkg or Path(f"<package {spec.package} not installed>")) / spec.filename)
@@ -139,7 +177,8 @@ def describe(name: str, model_dir: str | os.PathLike | None = None) -> dict:
     digest = sha256_file(str(path))
     if spec.sha256 and digest != spec.sha256:
         raise ValueError(f"model {name!r} at {path}: sha256 {digest} differs from the pinned {spec.sha256}")
-    return {"name": name, "file": spec.filename, "sha256": digest, "licence": spec.licence}
+    return {"name": name, "file": spec.filename, "sha256": digest, "licence": spec.licence,
+            "licence_class": spec.licence_class}
 
 
 def fetch(name: str, dest_dir: str | os.PathLike, url: str | None = None) -> Path:
@@ -148,7 +187,7 @@ def fetch(name: str, dest_dir: str | os.PathLike, url: str | None = None) -> Pat
     url = url or spec.url
     if not url or not spec.sha256:
         raise ValueError(f"model {name!r} has no pinned download; place {spec.filename} in a model directory")
-    target = Path(dest_dir) / spec.name / spec.filename
+    target = Path(dest_dir) / (spec.folder or spec.name) / spec.filename
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=target.parent, delete=False) as tmp:
         with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - pinned URL, verified below

@@ -65,8 +65,16 @@ class Anonymization(_Strict):
     region: Region = Region()
 
 
+class Recognizer(Component):
+    # Its own decision distance: recognizers' distances are not comparable (`anonymizer eval calibrate`).
+    same_person_distance: float = Field(gt=0)
+
+
 class Measurement(_Strict):
     encoder: Component = Component(name="dlib_resnet")
+    # An independent second recognizer (another network and training set): the gate's re-identification
+    # check must hold for it too, at its own calibrated distance; null: the first recognizer only.
+    second_encoder: Recognizer | None = None
     min_reid_face_px: int = Field(32, ge=1)
     covered_fraction: float = Field(0.5, gt=0, le=1)
     change_tolerance: int = Field(16, ge=0, le=255)
@@ -91,12 +99,18 @@ class Output(_Strict):
     jpeg_quality: int = Field(95, ge=1, le=100)
     webp_quality: int = Field(95, ge=1, le=100)
     max_pixels: int = Field(100_000_000, gt=0)
+    # Publish every key as HMAC-SHA256(secret, key) (keys can be people's names); the secret comes from
+    # $ANONYMIZER_PSEUDONYM_KEY or the file $ANONYMIZER_PSEUDONYM_KEY_FILE names (anonymizer/release/pseudonyms.py).
+    pseudonymize_keys: bool = False
 
 
 class Execution(_Strict):
     shard_size: int = Field(8, ge=1)
     workers: int | None = Field(None, ge=1)
     cpus_per_worker: float = Field(0.8, gt=0)
+    # At the end of a run, other runs' staging and quarantine folders untouched this long are removed
+    # (anonymizer/release/retention.py); null: kept until `anonymizer staging clean`.
+    staging_retention_days: float | None = Field(None, gt=0)
 
 
 class PolicySource(_Strict):

@@ -26,6 +26,8 @@ def components(policy: Policy) -> list[tuple[str, str, Component, tuple[str, ...
     out.append(("detection.auditor", "detector", d.auditor, DETECTOR_INJECTED))
     out.append(("anonymization.operator", "anonymizer", policy.anonymization.operator, OPERATOR_INJECTED))
     out.append(("measurement.encoder", "encoder", m.encoder, ENCODER_INJECTED))
+    if m.second_encoder is not None:
+        out.append(("measurement.second_encoder", "encoder", m.second_encoder, ENCODER_INJECTED))
     if m.pose_landmarks is not None:
         out.append(("measurement.pose_landmarks", "detector", m.pose_landmarks, DETECTOR_INJECTED))
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import posixpath
 import stat
+import threading
 import time
 import unicodedata
 import uuid
@@ -46,6 +47,14 @@ def check_key(key: str) -> str:
     if unicodedata.normalize("NFC", key) != key:
         raise UnsafeKeyError(f"unsafe key {key!r}: not in Unicode NFC form (two keys could name one object)")
     return key
+
+
+def overlaps(a: "Location", b: "Location") -> bool:
+    """Whether one location is the other or lies below it (local paths resolved; S3 on '/' boundaries)."""
+    if a.is_local != b.is_local:
+        return False
+    x, y = (a.base.rstrip("/") + "/", b.base.rstrip("/") + "/")
+    return x.startswith(y) or y.startswith(x)
 
 
 def _endpoint() -> str | None:
@@ -96,6 +105,36 @@ def s3_client():
     return boto3.client("s3", endpoint_url=_endpoint(), region_name=_region(),
                         config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "adaptive"},
                                       connect_timeout=connect, read_timeout=request))
+
+
+_CLIENTS: dict[tuple, object] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _client(fs: pafs.FileSystem):
+    """A boto3 client with the settings of `fs` (an S3FileSystem, made where the Location was, possibly in
+    another process: its endpoint and timeouts travel inside it, not in this process's environment); one per
+    settings in this process (clients are thread-safe; making one is slow)."""
+    try:
+        kw = fs.__reduce__()[1][0]
+    except Exception:  # noqa: BLE001 - settings not exposed: this process's environment
+        kw = {}
+    endpoint = kw.get("endpoint_override") or _endpoint()
+    if endpoint and "://" not in endpoint:
+        endpoint = f"{kw.get('scheme') or 'https'}://{endpoint}"
+    connect, request = _timeouts()
+    settings = (endpoint, kw.get("region") or _region(), kw.get("connect_timeout") or connect,
+                kw.get("request_timeout") or request)
+    with _CLIENTS_LOCK:
+        if settings not in _CLIENTS:
+            import boto3
+            from botocore.config import Config
+
+            _CLIENTS[settings] = boto3.session.Session().client(
+                "s3", endpoint_url=settings[0], region_name=settings[1],
+                config=Config(retries={"max_attempts": S3_MAX_ATTEMPTS, "mode": "adaptive"},
+                              connect_timeout=settings[2], read_timeout=settings[3]))
+        return _CLIENTS[settings]
 
 
 class ObjectTooLargeError(ValueError):
@@ -157,16 +196,60 @@ class Location:
             return f.read() if max_bytes is None else f.read(max_bytes + 1)
 
     def _read_local(self, path: str, max_bytes: int | None) -> bytes:
+        return self._read_local_versioned(path, max_bytes)[0]
+
+    def _read_local_versioned(self, path: str, max_bytes: int | None) -> tuple[bytes, str]:
         if os.path.realpath(path) != os.path.join(os.path.realpath(self.base), os.path.relpath(path, self.base)):
             raise UnsafeKeyError(f"{path!r} goes through a symbolic link: never followed")
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_NONBLOCK", 0))
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
                 raise UnsafeKeyError(f"{path!r} is not a regular file")
             data = f.read() if max_bytes is None else f.read(max_bytes + 1)
         if max_bytes is not None and len(data) > max_bytes:
             raise ObjectTooLargeError(f"object larger than the limit of {max_bytes} bytes")
-        return data
+        return data, str(st.st_mtime_ns)
+
+    def read_with_version(self, key: str, max_bytes: int | None = None) -> tuple[bytes, str]:
+        """The object's bytes (as read_bytes) and the version of exactly those bytes: locally the mtime of the
+        file that was read, on S3 the ETag of the one GET that returned them. An object replaced after it was
+        listed is recorded as what was read, never with the listing's version."""
+        path = self.path(key)
+        if self.is_local:
+            return self._read_local_versioned(path, max_bytes)
+        from botocore.exceptions import BotoCoreError
+
+        for attempt in range(APP_ATTEMPTS):
+            try:
+                return self._get_object(path, max_bytes)
+            except BotoCoreError as exc:  # a connection dropped or stalled mid-body: the SDK does not retry those
+                if attempt == APP_ATTEMPTS - 1:
+                    raise OSError(f"{self.uri}/{key}: {type(exc).__name__}: {exc}") from exc
+                time.sleep(0.2 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+    def _get_object(self, path: str, max_bytes: int | None) -> tuple[bytes, str]:
+        from botocore.exceptions import ClientError
+
+        bucket, _, key = path.partition("/")
+        try:
+            got = _client(self.fs).get_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                raise FileNotFoundError(f"s3://{path}: no such object") from None
+            raise
+        body = got["Body"]
+        try:
+            if max_bytes is not None and got.get("ContentLength", 0) > max_bytes:
+                raise ObjectTooLargeError(f"object of {got['ContentLength']} bytes is larger than the limit of "
+                                          f"{max_bytes} bytes")
+            data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+        finally:
+            body.close()
+        if max_bytes is not None and len(data) > max_bytes:
+            raise ObjectTooLargeError(f"object larger than the limit of {max_bytes} bytes")
+        return data, got["ETag"].strip('"')
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """A reader never sees a half-written object: S3 PUTs are atomic; local writes go through a rename."""
@@ -175,7 +258,8 @@ class Location:
             _retrying(self._write_remote, final, data)
             return
         self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
+        # Short whatever the key: a name at the file system's limit (255 bytes) plus a suffix would not fit.
+        tmp = posixpath.join(posixpath.dirname(final), f".tmp-{uuid.uuid4().hex[:16]}")
         try:
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
@@ -190,6 +274,41 @@ class Location:
     def _write_remote(self, path: str, data: bytes) -> None:
         with self.fs.open_output_stream(path) as f:  # multipart above pyarrow's part size
             f.write(data)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        """S3 only: the object's bytes and ETag (None when absent), for a conditional write after it."""
+        bucket, _, path = self.path(key).partition("/")
+        client = s3_client()
+        try:
+            got = client.get_object(Bucket=bucket, Key=path)
+        except client.exceptions.NoSuchKey:
+            return None
+        return got["Body"].read(), got["ETag"]
+
+    def write_conditional(self, key: str, data: bytes, etag: str | None) -> str | None:
+        """S3 only: write the object if it is still the version `etag` names (If-Match), or, with etag None,
+        if it does not exist (If-None-Match: *); the new ETag, or None when another writer got there first."""
+        from botocore.exceptions import ClientError
+
+        bucket, _, path = self.path(key).partition("/")
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            return s3_client().put_object(Bucket=bucket, Key=path, Body=data, **condition)["ETag"]
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey") or status in (409, 412):
+                return None
+            raise
+
+    def discard(self, key: str) -> None:
+        """Delete one object. On S3 by a plain DeleteObject: pyarrow's delete_file would leave an empty folder
+        marker for the parent behind, an object nobody wrote."""
+        if self.is_local:
+            self.delete(key)
+            return
+        bucket, _, path = self.path(key).partition("/")
+        s3_client().delete_object(Bucket=bucket, Key=path)
 
     def copy_to(self, key: str, other: "Location", other_key: str) -> None:
         """Server-side copy when both sides are on one S3 endpoint; a stream copy otherwise."""

@@ -1,6 +1,6 @@
 """Images/s and faces/s of the `generated` operator, with and without its identity guard, against blur.
 
-Inputs: ../shared/data/photos (every face the `realistic` policy's detectors find, detected once before
+Inputs: ../shared/data/photos (every face the `generated` policy's detectors find, detected once before
 timing) and held-out LFW portraits (one face each). Only the operator's `anonymize` call is timed, after one
 warm-up image; the generator runs on `--device` (the guard's recognizer, dlib, runs on the CPU). Runs
 without Ray or Prefect. Prints a table, writes JSON.
@@ -28,7 +28,7 @@ def load_sets(n_lfw: int) -> dict[str, list]:
     from anonymizer.eval.generation import lfw_samples, photo_samples
     from anonymizer.policy import load_policy
 
-    policy = load_policy(profile="realistic")
+    policy = load_policy(profile="generated")
     return {"photos": photo_samples(SHARED / "data" / "photos", policy),
             "lfw_heldout": lfw_samples(SHARED / "data" / "lfw" / "images", policy, n_lfw)}
 
@@ -37,7 +37,7 @@ def operators(device: str) -> dict:
     from anonymizer.policy import load_policy
     from anonymizer.components import build_operator
 
-    policy = load_policy(profile="realistic")
+    policy = load_policy(profile="generated")
     return {"blur 0.35": build_operator(policy, "blur", 0.35),
             "generated": build_operator(policy, device=device, identity_guard=None),
             "generated + identity guard": build_operator(policy, device=device)}

@@ -12,8 +12,10 @@ from tasks import steps
 @flow(name="anonymize-dataset", log_prints=True)
 def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers: int | None = None,
                       run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
-                      full: bool = False, ray_address: str | None = None) -> dict:
-    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, "ray", ray_address)
+                      full: bool = False, ray_address: str | None = None, vault: str | None = None,
+                      vault_key: str | None = None) -> dict:
+    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, "ray", ray_address, vault,
+                            vault_key)
     p = steps.plan(ctx)
     summaries = steps.anonymize_shards(ctx, p, workers)
     images, faces = steps.collect(ctx, p)

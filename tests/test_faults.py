@@ -205,33 +205,38 @@ def test_prefect_task_crashing_mid_release_is_retried_and_releases_once(tmp_path
         (src / p.name).write_bytes(p.read_bytes())
     dest = tmp_path / "rel"
     real, calls, seen = release.publish, [], {}
+    real_check = release.verify.check_contents
 
-    def crashing_publish(staging, dest_loc, run_id, manifest, files, previous=None):
-        calls.append(run_id)
-        if len(calls) == 1:  # the first attempt dies after copying one output, before the manifest
-            first = manifest.to_pylist()[0]
-            staging.child("outputs").copy_to(first["key"], dest_loc.child(f".{run_id}.partial"), first["output_key"])
+    def dying_check(*args, **kw):  # the first attempt dies after copying everything, before the manifest
+        if len(calls) == 1:
             seen["dest"] = sorted(p.name for p in dest.iterdir())
             raise RuntimeError("worker node lost mid-release")
-        return real(staging, dest_loc, run_id, manifest, files, previous)
+        return real_check(*args, **kw)
 
-    release.publish = crashing_publish
+    def crashing_publish(*args, **kw):
+        calls.append(args[2])
+        return real(*args, **kw)
+
+    release.publish, release.verify.check_contents = crashing_publish, dying_check
     try:
         state = anonymize_dataset(str(src), str(dest), workers=1, return_state=True)
     finally:
-        release.publish = real
+        release.publish, release.verify.check_contents = real, real_check
     assert state.is_completed(), state
     result = state.result()
     assert result["released"] and len(calls) == 2
     assert "LATEST" not in seen["dest"] and result["run_id"] not in seen["dest"]  # no visible partial release
+    assert f".{result['run_id']}.partial" in seen["dest"] and f".{result['run_id']}.publishing" in seen["dest"]
     run = dest / result["run_id"]
     assert {p.name for p in dest.iterdir()} == {"LATEST", result["run_id"]}
     assert sorted(pq.read_table(run / "manifest.parquet").column("key").to_pylist()) == sorted(p.name for p in src.iterdir())
     assert len(list((run / "images").iterdir())) == 3
     ROWS["prefect_task"] = [
-        "a Prefect task crashing mid-release (release-or-quarantine raises after copying one output)",
+        "a Prefect task crashing mid-release (release-or-quarantine raises after copying the outputs and reports, "
+        "before the manifest)",
         "Prefect retries the task; the release is published once; the crashed attempt left only a hidden "
-        "`.<run>.partial` folder, never `DEST/<run>` or LATEST", "2 publish calls, 1 release, DEST = {LATEST, run}",
+        "`.<run>.partial` folder and the `.<run>.publishing` marker that lets the retry clear it, never `DEST/<run>` "
+        "or LATEST", "2 publish calls, 1 release, DEST = {LATEST, run}",
         0, "`test_faults.py::test_prefect_task_crashing_mid_release_...`"]
 
 

@@ -563,7 +563,7 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
     result = json.loads((tmp_path / "generation.json").read_text())
     g, b = result["operators"]["generated"]["lfw_heldout"], result["operators"]["blur 0.35"]["lfw_heldout"]
     assert g["faces_scored"] == b["faces_scored"] == 3
-    # The realistic profile's identity guard may send a face these 5-step weights draw too close to the person
+    # The generated profile's identity guard may send a face these 5-step weights draw too close to the person
     # to the fallback, and says so.
     assert sum(g["methods"].values()) == 3 and set(g["methods"]) <= {"generated", "fallback:blur:reidentifiable"}
     assert g["methods"].get("generated", 0) >= 1 and b["methods"] == {"blur": 3}
@@ -571,7 +571,7 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
     assert b["diversity_median"] == 0 and g["diversity_median"] > 0  # blur is a function of the face; z is not
     assert g["colour_delta_e_median"] >= 0 and b["colour_delta_e_median"] >= 0
     assert result["weights"]["sha256"] == json.loads(weights.with_suffix(".json").read_text())["weights_sha256"]
-    assert result["policy"] == "realistic"  # the profile that runs the generator, unless --policy says otherwise
+    assert result["policy"] == "generated"  # the profile that runs the generator, unless --policy says otherwise
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["generated|lfw_heldout"]
     assert all(split_of(r["key"].split("/")[1]) == "eval" for r in rows)  # held-out identities only
     assert (tmp_path / "generation_grid.png").stat().st_size > 1000
@@ -596,8 +596,8 @@ def test_committed_weights_load_by_name_and_match_their_card(tmp_path, monkeypat
     assert g.resolution == card["network"]["resolution"] and g.weights_path == path
 
 
-def test_realistic_policy_runs_the_committed_generator(tmp_path, shared, ray_cluster):
-    """policies/realistic.yaml names the generator; through the whole pipeline on two real photos, faces get
+def test_generated_policy_runs_the_committed_generator(tmp_path, shared, ray_cluster):
+    """policies/generated.yaml names the generator; through the whole pipeline on two real photos, faces get
     generated (large ones) or the blur fallback (small ones), every face is measured, and the verdict is
     the policy's to make: released, or quarantined with the failed check named."""
     import shutil
@@ -611,7 +611,7 @@ def test_realistic_policy_runs_the_committed_generator(tmp_path, shared, ray_clu
     src.mkdir()
     for name in ("group_2.jpg", "group_8.jpg"):  # 4 large faces; 71 small ones (the blur fallback)
         shutil.copy(PHOTOS / name, src / name)
-    out = run_pipeline(str(src), str(tmp_path / "rel"), policy=str(REPO / "policies" / "realistic.yaml"), workers=1)
+    out = run_pipeline(str(src), str(tmp_path / "rel"), policy=str(REPO / "policies" / "generated.yaml"), workers=1)
     faces = pq.read_table(tmp_path / "rel.staging" / out.run_id / "metrics" / "faces.parquet").to_pandas()
     primary = faces[faces["source"] == "primary"]
     assert set(primary["method"]) == {"generated", "fallback:blur"}

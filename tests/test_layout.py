@@ -17,7 +17,7 @@ LAYERS = [
     {"measure"},
     {"bank"},
     {"anonymize"},
-    {"components", "policy_check", "validate", "report", "release", "vault"},
+    {"components", "policy_check", "validate", "report", "release", "vault", "identity"},
     {"pipeline"},
     {"eval", "cli"},
 ]

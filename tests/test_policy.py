@@ -57,7 +57,7 @@ def test_unreadable_and_malformed_policies(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n")
     with pytest.raises(PolicyError, match="expected a mapping"):
         load_policy(tmp_path / "list.yaml")
-    with pytest.raises(PolicyError, match="unknown profile 'lax'; known: default, realistic"):
+    with pytest.raises(PolicyError, match="unknown profile 'lax'; known: default, generated, realistic"):
         load_policy(profile="lax")
 
 
@@ -120,7 +120,7 @@ def test_extends_chain_of_files_and_profiles(tmp_path):
     p = load_policy(_write(tmp_path / "runs" / "mine.yaml", "extends: ../shared/team.yaml\nname: mine\n"
                                                              "output: {jpeg_quality: 90}\n"))
     assert (p.name, p.seed, p.output.jpeg_quality, p.thresholds.max_reid_rate) == ("mine", 7, 90, 0.05)
-    assert p.anonymization.operator.name == "generated"  # from realistic
+    assert p.anonymization.operator.name == "bank"  # from realistic
     assert p.thresholds.max_median_pose_error_deg == 12  # from realistic
     assert p.detection == load_policy().detection  # from default, through realistic
     assert [s.source for s in p.sources][2:] == ["realistic", "default"]
@@ -140,7 +140,7 @@ def test_extends_cycles_and_unknown_parents_are_refused(tmp_path):
         load_policy(tmp_path / "self.yaml")
     _write(tmp_path / "c.yaml", "extends: lenient\nname: c\n")
     with pytest.raises(PolicyError, match=r"c.yaml: key 'extends': unknown profile 'lenient'; known: default, "
-                                          r"realistic, research, standard, strict"):
+                                          r"generated, realistic, research, standard, strict"):
         load_policy(tmp_path / "c.yaml")
     _write(tmp_path / "d.yaml", "extends: nowhere/base.yaml\nname: d\n")
     with pytest.raises(PolicyError, match=r"d.yaml: key 'extends': no policy file .*nowhere/base.yaml"):
@@ -223,7 +223,7 @@ def test_params_the_pipeline_passes_are_neither_required_nor_settable():
     with pytest.raises(PolicyError, match=r"key 'anonymization.operator.params.strength': anonymizer 'blur' "
                                           r"needs parameter 'strength'"):
         check_components(parse_policy(missing, "m.yaml"), "m.yaml")
-    guard = default_policy_text("realistic").replace("truncation: 1.0", "truncaton: 1.0")
+    guard = default_policy_text("generated").replace("truncation: 1.0", "truncaton: 1.0")
     with pytest.raises(PolicyError, match=r"'anonymization.operator.params.truncaton': unknown parameter for "
                                           r"anonymizer 'generated'"):
         check_components(parse_policy(guard, "g.yaml"), "g.yaml")

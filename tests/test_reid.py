@@ -102,11 +102,11 @@ def test_protocols_report_every_metric(small_run):
 
 
 def test_generator_is_attacked_on_identities_it_never_saw(shared, components):
-    """The generator (realistic: with its identity guard) goes through the same three protocols, built as the
+    """The generator (the generated profile: with its identity guard) goes through the same three protocols, built as the
     pipeline builds it, on LFW identities held out of its training only."""
     from anonymizer.eval.lfw import split_of
 
-    policy = reid.load_policy(str(REPO / "policies" / "realistic.yaml"))
+    policy = reid.load_policy(str(REPO / "policies" / "generated.yaml"))
     result, _ = reid.run_sweep(policy, LFW.parent, [("generated", 1.0)], max_identities=6, components=components,
                                log=None)
     assert result["dataset"]["identity_set"] == "heldout"
@@ -178,7 +178,8 @@ def onnx_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("backend", ["dnn", "sface"])
 def test_onnx_encoder_embeds_aligned_faces(onnx_dir, components, backend):
-    from anonymizer.measure.encoder import ENCODERS, build_encoder, encoder_inventory
+    from anonymizer.components import weight_files
+    from anonymizer.measure.encoder import ENCODERS, build_encoder
 
     enc = build_encoder("onnx", {"model": "tiny_face.onnx", "backend": backend}, str(onnx_dir))
     assert enc.name == "onnx:tiny_face.onnx"
@@ -200,7 +201,7 @@ def test_onnx_encoder_embeds_aligned_faces(onnx_dir, components, backend):
         expected = ((chip.astype(np.float32) - 127.5) / 127.5).transpose(2, 0, 1).reshape(3, 4, 28, 4, 28).mean((2, 4))
         expected = expected.reshape(-1) / np.linalg.norm(expected)
         assert with_landmarks[0] == pytest.approx(expected, abs=1e-4)
-    rows = encoder_inventory("onnx", {"model": "tiny_face.onnx", "licence": "test"}, str(onnx_dir))
+    rows = weight_files(ENCODERS, "onnx", {"model": "tiny_face.onnx", "licence": "test"}, str(onnx_dir))
     assert rows[0]["file"] == "tiny_face.onnx" and len(rows[0]["sha256"]) == 64 and rows[0]["licence"] == "test"
     with pytest.raises(FileNotFoundError, match="missing.onnx"):
         ENCODERS.create("onnx", model="missing.onnx", model_dir=str(onnx_dir))

@@ -181,6 +181,18 @@ def test_report_holds_no_original_pixels(run):
     assert any(_contains(img, patches[0]) for img in _embedded_images(leaked))
 
 
+def test_closing_line_says_which_pixels_the_report_holds(run):
+    assert "no pixels of any original or output image" in run["html"]
+    outputs = [(k, cv2.imencode(".jpg", cv2.cvtColor(o, cv2.COLOR_RGB2BGR))[1].tobytes())
+               for k, o in list(run["outputs"].items())[:3]]
+    page = reporting.render_html(run["report"], reporting.sample_grid(outputs))
+    assert 'alt="sample_anonymized_outputs"' in page
+    # With released outputs shown, the report never claims to hold no pixels of them.
+    assert "no pixels of any original or released image" not in page
+    assert "no pixels of any original or output image" not in page
+    assert "thumbnails of released images" in page and "no pixels of any original image" in page
+
+
 def _chromium():
     path = reporting.find_chromium()
     if not path:

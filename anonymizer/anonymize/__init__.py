@@ -8,5 +8,6 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized, Anonymizer, face_
 from anonymizer.anonymize import classical  # noqa: F401  (registration)
 
 ANONYMIZERS.register_lazy("generated", "anonymizer.anonymize.generated.operator:GeneratedFace")
+ANONYMIZERS.register_lazy("bank", "anonymizer.anonymize.bankface:BankFace")
 
 __all__ = ["ANONYMIZERS", "Anonymized", "Anonymizer", "face_rngs"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -80,21 +80,41 @@ class Ensemble:
         self.name = "+".join(d.name for d in detectors)
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        h, w = image.shape[:2]
+        return self._fuse(image.shape, [self._votes(d, image) for d in self.detectors])
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
+        """Each image's faces; a detector that takes batches (RetinaFace's `detect_per_scale_batch`) runs
+        every image in shared forward passes: on a GPU, few large calls. What it finds is what `detect` finds
+        up to float rounding, except that a crop smaller than others in its batch is padded to the largest,
+        which can move the score of a face at its border slightly. The pipeline calls `detect`."""
+        per_detector = [self._votes_batch(d, images) for d in self.detectors]
+        return [self._fuse(im.shape, [votes[i] for votes in per_detector]) for i, im in enumerate(images)]
+
+    def _votes(self, d: Detector, image: np.ndarray) -> list[list[Face]]:
+        """One detector's voters on one image: each scale's faces on its own (vote_per_scale), else all."""
+        if self.vote_per_scale and hasattr(d, "detect_per_scale"):
+            return list(d.detect_per_scale(image).values())
+        return [d.detect(image)]
+
+    def _votes_batch(self, d: Detector, images: Sequence[np.ndarray]) -> list[list[list[Face]]]:
+        if self.vote_per_scale and hasattr(d, "detect_per_scale_batch"):
+            return [list(per_scale.values()) for per_scale in d.detect_per_scale_batch(images)]
+        if not self.vote_per_scale and hasattr(d, "detect_batch"):
+            return [[faces] for faces in d.detect_batch(images)]
+        return [self._votes(d, im) for im in images]
+
+    def _fuse(self, shape: tuple[int, ...], votes: list[list[list[Face]]]) -> list[Face]:
+        """The detectors' voters (votes[detector] = its lists of faces) on one image, merged."""
+        h, w = shape[:2]
         if self.merge == "wbf":
             models, weights = [], []
-            for d, weight in zip(self.detectors, self.weights):
-                if self.vote_per_scale and hasattr(d, "detect_per_scale"):
-                    voters = list(d.detect_per_scale(image).values())
-                else:
-                    voters = [d.detect(image)]
+            for voters, weight in zip(votes, self.weights):
                 for faces in voters:
                     models.append([f for f in faces if valid(f, w, h)])
                     weights.append(weight)
             fused = weighted_box_fusion(models, weights, self.merge_iou)
             return [f for f in fused if f.score >= self.min_score]
-        per_detector = [[f for f in d.detect(image) if valid(f, w, h)] for d in self.detectors]
-        faces = [f for fs in per_detector for f in fs]
+        faces = [f for voters in votes for fs in voters for f in fs if valid(f, w, h)]
         return nms(faces, self.merge_iou) if len(self.detectors) > 1 else faces
 
 

@@ -288,10 +288,15 @@ class RetinaFaceDetector:
 
     def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
         """Each usable scale's faces on its own, before the cross-scale NMS (for fusion and sweeps)."""
-        raws: dict[float, list[_Raw]] = {s: [] for s in usable_scales(self.scales, self.max_side, image.shape)}
-        for (_, scale), raw in self._run(self._jobs([image])):
-            raws[scale].append(raw)
-        return {s: self._to_faces(_Raw.concat(r)) for s, r in raws.items()}
+        return self.detect_per_scale_batch([image])[0]
+
+    def detect_per_scale_batch(self, images: Sequence[np.ndarray]) -> list[dict[float, list[Face]]]:
+        """`detect_per_scale` of each image; scales and tiles of all images share batched forwards."""
+        raws: list[dict[float, list[_Raw]]] = [
+            {s: [] for s in usable_scales(self.scales, self.max_side, im.shape)} for im in images]
+        for (idx, scale), raw in self._run(self._jobs(images)):
+            raws[idx][scale].append(raw)
+        return [{s: self._to_faces(_Raw.concat(r)) for s, r in per_scale.items()} for per_scale in raws]
 
     def _run(self, jobs: Iterator[_Job]) -> Iterator[tuple[tuple[int, float], _Raw]]:
         """((image index, scale), candidates in that image's frame) per crop, in batched forwards."""

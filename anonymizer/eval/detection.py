@@ -472,6 +472,189 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"
 
 
+# --- auditors -----------------------------------------------------------------------------------------
+#
+# The auditor re-detects faces to check the primary detectors' work, so what matters is the share of faces
+# it finds by size at a false-positive rate a release can live with (an auditor face no mask covers fails
+# the run). Each candidate runs once at a low score cut; the cut that gives at most MATCHED_FP_RATE FP/img on
+# WIDER is then its deployed setting, and the figures are re-scored at exactly that setting. On real photos without
+# ground truth, the reference is the default policy's detectors (what the pipeline anonymizes): recall there
+# is the share of those faces the auditor also finds, and "unmatched" its faces that match none of them
+# (a missed face or a false positive: either would fail the uncovered-faces check).
+
+AUDITOR_BUCKETS: tuple[tuple[str, float, float], ...] = (("<16", 0.0, 16.0), ("16-32", 16.0, 32.0), (">=32", 32.0, float("inf")))
+# name -> the detector, its params as measured (a low cut), the parameter ("name" or "name.index") that cuts,
+# and other cuts to score too ("also")
+AUDITOR_CANDIDATES: dict[str, dict] = {
+    "scrfd": {"detector": "scrfd", "params": {"score_threshold": 0.2, "scales": [1.0], "max_side": 4096},
+              "cut": "score_threshold"},
+    # also: higher O-Net cuts, for fewer false positives on real photos (hands, clothing)
+    "mtcnn": {"detector": "mtcnn", "params": {"min_face_size": 20, "thresholds": [0.6, 0.7, 0.5]}, "cut": "thresholds.2",
+              "also": [0.8, 0.9]},
+    # also: the cut policies/default.yaml runs it at
+    "dlib_hog": {"detector": "dlib_hog", "params": {"upsample": 1, "min_score": -0.3}, "cut": "min_score", "also": [0.2]},
+    "dlib_cnn": {"detector": "dlib_cnn", "params": {"upsample": 0}, "cut": None},
+    "opencv_haar": {"detector": "opencv_haar", "params": {"min_size": 24, "min_neighbors": 3, "min_score": 0.0},
+                    "cut": "min_score"},
+}
+
+
+def _with_cut(params: dict, cut: str, value: float) -> dict:
+    out = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in params.items()}
+    key, _, index = cut.partition(".")
+    if index:
+        out[key][int(index)] = value
+    else:
+        out[key] = value
+    return out
+
+
+def _auditor_buckets(by_size: dict) -> dict:
+    """The harness's size buckets merged into the auditor's: <16 = <8 + 8-16."""
+    small = [by_size[b] for b in ("<8", "8-16")]
+    faces = sum(b["faces"] for b in small)
+    hits = sum(b["faces"] * (b["recall"] or 0.0) for b in small)
+    return {"<16": {"faces": faces, "recall": hits / faces if faces else None},
+            "16-32": by_size["16-32"], ">=32": by_size[">=32"]}
+
+
+def auditor_cut(samples: Sequence[Sample], detections: list[list[Face]], iou_threshold: float = 0.5) -> float | None:
+    """The score cut at MATCHED_FP_RATE FP/img, rounded up to 3 decimals (so it stays within the budget); None
+    where it is never reached."""
+    matched = recall_at_fp_rate(samples, detections, MATCHED_FP_RATE, iou_threshold)
+    if not matched["reached"] or matched["threshold"] is None:
+        return None
+    return float(np.ceil(matched["threshold"] * 1000 - 1e-9) / 1000)
+
+
+def _above(detections: Sequence[Sequence[Face]], cut: float | None) -> list[list[Face]]:
+    """What the detector outputs with its score cut raised to `cut`: greedy NMS and cascades keep a box only
+    for higher-scoring ones, so raising the cut removes boxes and never changes the rest."""
+    return [list(d) if cut is None else [f for f in d if f.score >= cut] for d in detections]
+
+
+def auditor_wider(samples: Sequence[Sample], detections: list[list[Face]], iou_threshold: float = 0.5) -> dict:
+    """Recall by auditor size bucket and FP/img of these detections."""
+    r = score(samples, detections, iou_threshold, curve=False, fp_rate=None)
+    buckets = _auditor_buckets(r["by_size"])
+    return {"images": r["images"], "faces": {k: v["faces"] for k, v in buckets.items()},
+            "recall": {k: v["recall"] for k, v in buckets.items()}, "recall_all": r["recall"],
+            "fp_per_image": r["fp_per_image"], "iou": iou_threshold, "fp_budget": MATCHED_FP_RATE}
+
+
+def photo_images(photos_dir: str | Path) -> list[Path]:
+    return sorted(p for p in Path(photos_dir).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise FileNotFoundError(path)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def detect_photos(detect: Callable[[np.ndarray], list[Face]], photos: Sequence[Path]) -> tuple[list[list[Face]], list[float]]:
+    out, ms = [], []
+    for p in photos:
+        image = _read_rgb(p)
+        t0 = time.perf_counter()
+        out.append(detect(image))
+        ms.append((time.perf_counter() - t0) * 1000)
+    return out, ms
+
+
+def photo_agreement(detections: Sequence[Sequence[Face]], reference: Sequence[Sequence[Face]],
+                    iou_threshold: float = 0.5) -> dict:
+    """Share of the reference's faces the candidate finds (greedy IoU matching), by reference face size
+    sqrt(w*h) in the photo's pixels, and the candidate's faces per image that match no reference face."""
+    sizes, hits, unmatched = [], [], 0
+    for dets, ref in zip(detections, reference):
+        boxes = np.array([[f.x, f.y, f.w, f.h] for f in ref], float).reshape(-1, 4)
+        _, labels, matched = match_image(dets, boxes, np.ones(len(ref), bool), iou_threshold)
+        unmatched += int((labels == 0).sum())
+        sizes += [float(np.sqrt(max(f.w, 0) * max(f.h, 0))) for f in ref]
+        hits += matched.tolist()
+    sizes_a, hits_a = np.array(sizes), np.array(hits, bool)
+    by_size = {}
+    for name, lo, hi in AUDITOR_BUCKETS:
+        m = (sizes_a >= lo) & (sizes_a < hi) if len(sizes_a) else np.zeros(0, bool)
+        by_size[name] = (int(m.sum()), float(hits_a[m].mean()) if m.any() else None)
+    return {"images": len(reference), "reference_faces": int(len(hits_a)),
+            "recall": float(hits_a.mean()) if len(hits_a) else None,
+            "faces_by_size": {k: v[0] for k, v in by_size.items()}, "recall_by_size": {k: v[1] for k, v in by_size.items()},
+            "unmatched_per_image": unmatched / max(len(reference), 1), "iou": iou_threshold}
+
+
+def evaluate_auditors(names: Sequence[str], data_dir: str | Path, photos_dir: str | Path | None = None,
+                      policy_path: str | Path | None = None, model_dir: str | None = None, limit: int | None = None,
+                      iou_threshold: float = 0.5, log: Callable[[str], None] = print) -> dict:
+    """Each candidate auditor once on WIDER and on the photos, scored at the cut that gives MATCHED_FP_RATE
+    FP/img on WIDER (its deployed params) and at each of its `also` cuts (e.g. a policy's current setting);
+    on the photos against the policy's (default: the default policy's) detectors."""
+    samples = select_samples(load_ground_truth(data_dir), limit)
+    photos = photo_images(photos_dir) if photos_dir else []
+    reference, ref_name = None, None
+    if photos:
+        ref = build_named_detector("policy", policy_path, model_dir)
+        reference, _ = detect_photos(ref.detect, photos)
+        ref_name = ref.name
+        log(f"reference {ref_name}: {sum(map(len, reference))} faces on {len(photos)} photos")
+    out = {}
+    for name in names:
+        c = AUDITOR_CANDIDATES[name]
+        detector = build_detector(c["detector"], c["params"], model_dir)
+        detections, ms = detect_samples(detector.detect, samples, None)
+        on_photos, pms = detect_photos(detector.detect, photos) if photos else ([], [])
+        cuts = [auditor_cut(samples, detections, iou_threshold) if c["cut"] else None]
+        cuts += [v for v in c.get("also", ()) if v not in cuts]
+        for i, cut in enumerate(cuts):
+            row_name = name if i == 0 else f"{name}@{cut:g}"
+            params = c["params"] if cut is None else _with_cut(c["params"], c["cut"], cut)
+            wider = {**auditor_wider(samples, _above(detections, cut), iou_threshold),
+                     "ms_per_image": float(np.mean(ms)) if ms else None}
+            row = {"detector": c["detector"], "params": params, "wider": wider}
+            if photos:
+                row["photos"] = {**photo_agreement(_above(on_photos, cut), reference, iou_threshold),
+                                 "reference": ref_name, "ms_per_image": float(np.mean(pms))}
+            out[row_name] = row
+            log(auditor_table({row_name: row}).splitlines()[-1])
+    return out
+
+
+def auditor_table(results: dict[str, dict]) -> str:
+    head = ("| auditor (deployed params) | WIDER <16 | 16-32 | >=32 | FP/img | ms/img | photos <16 | 16-32 | >=32 "
+            "| all | unmatched/img | ms/img |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, r in results.items():
+        w, p = r["wider"], r.get("photos")
+        cells = [_fmt(w["recall"][b]) for b, _, _ in AUDITOR_BUCKETS]
+        cells += [f"{w['fp_per_image']:.2f}", f"{w['ms_per_image']:.0f}" if w.get("ms_per_image") else "-"]
+        if p:
+            cells += [_fmt(p["recall_by_size"][b]) for b, _, _ in AUDITOR_BUCKETS]
+            cells += [_fmt(p["recall"]), f"{p['unmatched_per_image']:.2f}", f"{p['ms_per_image']:.0f}"]
+        else:
+            cells += ["-"] * 6
+        params = json.dumps(r["params"], separators=(",", ":"))
+        lines.append(f"| {name} `{params}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_strength(results: dict[str, dict], path: str | Path, command: str) -> None:
+    """Merge these auditors' figures into the strength file the audit report reads (anonymizer.detect.strength)."""
+    from anonymizer.detect.strength import auditor_key
+
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    entries = data.get("auditors", {})
+    for r in results.values():
+        entries[auditor_key(r["detector"], r["params"])] = {
+            "detector": r["detector"], "params": r["params"], "wider": r["wider"],
+            **({"photos": r["photos"]} if r.get("photos") else {}), "command": command}
+    data = {"about": "Auditor recall by face size, measured by `anonymizer eval detection --auditors`; keyed by "
+                     "detector and full params (anonymizer/detect/strength.py).", "auditors": entries}
+    path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the widerface_val_subset directory")
     parser.add_argument("--out", required=True, help="directory for detection_eval.json and detection_eval.png")
@@ -482,9 +665,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick checks)")
     parser.add_argument("--max-side", type=int, default=None, help="cap the restored image's longer side (default: original size)")
     parser.add_argument("--iou", type=float, default=0.5, help="IoU for a detection to count as finding a face")
+    parser.add_argument("--auditors", default=None,
+                        help=f"measure auditor candidates instead ({','.join(AUDITOR_CANDIDATES)}): recall by size at "
+                             f"{MATCHED_FP_RATE:g} FP/img on --data, and with --photos against the policy's detectors")
+    parser.add_argument("--photos", default=None, help="--auditors: a folder of real photos (reference: --policy's detectors)")
+    parser.add_argument("--write-strength", default=None,
+                        help="--auditors: merge the figures into this strength file (the audit report's: "
+                             "anonymizer/detect/auditor_strength.json)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.auditors:
+        return run_auditors(args)
     names = [n.strip() for n in args.detectors.split(",") if n.strip()]
     unknown = [n for n in names if n not in DETECTOR_CHOICES]
     if unknown:
@@ -497,6 +689,28 @@ def run(args: argparse.Namespace) -> int:
         results[name] = evaluate(detector, args.data, limit=args.limit, max_side=args.max_side, iou_threshold=args.iou)
     write_outputs(results, out, settings={"data": str(args.data), "policy": args.policy, "max_side": args.max_side, "iou": args.iou})
     print(markdown_table(results))
+    return 0
+
+
+def run_auditors(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    names = [n.strip() for n in args.auditors.split(",") if n.strip()]
+    unknown = [n for n in names if n not in AUDITOR_CANDIDATES]
+    if unknown:
+        raise SystemExit(f"unknown auditor(s) {unknown}; choose from {', '.join(AUDITOR_CANDIDATES)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = evaluate_auditors(names, args.data, args.photos, args.policy, args.model_dir, args.limit, args.iou,
+                                log=lambda line: print(line, file=sys.stderr, flush=True))
+    command = "anonymizer eval detection " + " ".join(shlex.quote(a) for a in sys.argv[3:]) if len(sys.argv) > 3 else ""
+    settings = {"data": str(args.data), "photos": args.photos, "policy": args.policy, "limit": args.limit,
+                "iou": args.iou, "command": command}
+    (out / "auditor_eval.json").write_text(json.dumps({"settings": settings, "results": results}, indent=2))
+    if args.write_strength:
+        write_strength(results, args.write_strength, command)
+    print(auditor_table(results))
     return 0
 
 

@@ -291,7 +291,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--photos", type=Path, default=shared / "photos" if shared else None,
                    help="a folder of photos to run as well ('none' to skip)")
     p.add_argument("--policy", help="policy YAML: detection, region, seed, encoder, the generator's parameters "
-                   "(default: the embedded realistic profile, the one that runs the generator)")
+                   "(default: the embedded generated profile, the one that runs the generator)")
     p.add_argument("--weights", help="generator weights name or .pt path (default: the policy's, else 'generator')")
     p.add_argument("--limit", type=int, default=300, help="held-out LFW faces to evaluate")
     p.add_argument("--operators", default=None,
@@ -312,7 +312,7 @@ def _parse_operators(text: str | None) -> list[tuple[str, float]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    policy = load_policy(args.policy, profile="realistic")
+    policy = load_policy(args.policy, profile="generated")
     photos = None if str(args.photos).lower() == "none" else args.photos
     for label, folder in (("LFW images", args.lfw), ("photos", photos)):
         if folder is not None and not Path(folder).is_dir():

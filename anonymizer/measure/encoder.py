@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
-import dlib
 import numpy as np
 
 from anonymizer.faces import Face
@@ -31,15 +30,20 @@ ENCODERS.register_lazy("mobilefacenet", "anonymizer.measure.mobilefacenet:Mobile
 
 @ENCODERS.register("dlib_resnet")
 class DlibResNetEncoder:
-    """dlib's 128-d ResNet (LFW 99.38%); 0.6 is its published same-person distance. `landmarks` picks the
-    shape predictor that aligns the chip: 5 points (the default), or 68 (iBUG 300-W: research use only)."""
+    """dlib's 128-d ResNet (LFW 99.38%); 0.6 is its published same-person distance (FAR about 1e-2 on LFW).
+    `calibrated_distances`: the distances at FAR 1e-3 and 1e-4 set by `anonymizer eval calibrate` on LFW
+    calibration identities (docs/reid.md). `landmarks` picks the shape predictor that aligns the chip:
+    5 points (the default), or 68 (iBUG 300-W: research use only)."""
 
     name = "dlib_resnet"
     same_person_distance = 0.6
+    calibrated_distances = {1e-3: 0.5261, 1e-4: 0.4685}
 
     def __init__(self, model_dir: str | None = None, landmarks: int = 5) -> None:
         if landmarks not in (5, 68):
             raise ValueError(f"dlib_resnet: landmarks must be 5 or 68, got {landmarks}")
+        import dlib  # here, not at the top: the other encoders work where dlib is not installed (the GPU machine)
+
         self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}", model_dir)))
         self._net = dlib.face_recognition_model_v1(str(locate("dlib_resnet", model_dir)))
 
@@ -50,6 +54,8 @@ class DlibResNetEncoder:
         return [describe(m, model_dir) for m in (f"dlib_shape{params.get('landmarks', 5)}", "dlib_resnet")]
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> list[Any]:
+        import dlib
+
         img = np.ascontiguousarray(image)
         rects = [dlib.rectangle(int(f.x), int(f.y), int(f.x + f.w), int(f.y + f.h)) for f in faces]
         return [self._shape(img, r) for r in rects]
@@ -57,6 +63,8 @@ class DlibResNetEncoder:
     def embed(self, image: np.ndarray, alignments: Sequence[Any]) -> np.ndarray:
         if not alignments:
             return np.zeros((0, 128), np.float32)
+        import dlib
+
         shapes = dlib.full_object_detections()
         shapes.extend(alignments)
         vecs = self._net.compute_face_descriptor(np.ascontiguousarray(image), shapes)
@@ -88,6 +96,8 @@ class FivePointAligner:
         """(landmarks, their template): the face's own 5 points, else dlib's 5 found on `image`."""
         if face.landmarks is not None:
             return np.asarray(face.landmarks, np.float32).reshape(5, 2), ARCFACE_TEMPLATE
+        import dlib
+
         if self._shape is None:
             self._shape = dlib.shape_predictor(str(locate("dlib_shape5", self._model_dir)))
         r = dlib.rectangle(int(face.x), int(face.y), int(face.x + face.w), int(face.y + face.h))

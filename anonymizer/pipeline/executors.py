@@ -1,18 +1,26 @@
 """Executors: run every shard not yet complete in staging, and return one summary per shard.
 
-- `local`: in this process, one shard after another; no Ray. For small jobs, debugging and tests.
+- `local`: in this process, no Ray. For small jobs, debugging and tests. One thread per CPU (at most
+  LOCAL_MAX_THREADS; or `workers`) runs shards side by side, each thread with models of its own and its
+  CPU share of library threads: most of an image's time is in native code that lets go of the GIL
+  (ONNX Runtime, OpenCV, torch, dlib's HOG), and single-threaded networks side by side waste less than
+  one network spread over every core.
 - `ray`: a pool of actors that each load the models once; GPU actors when Ray has GPUs. Shards are
   handed out as actors free up (a bounded number in flight), so the driver's memory does not grow with
   the dataset. An actor that dies is restarted and its shard retried (max_restarts / max_task_retries);
-  the shard's attempt count goes into the report.
+  the shard's attempt count goes into the report. An actor's library threads are its CPU share.
 
 Both run the same `ShardWorker`; a shard with a completion marker is skipped (a resumed run).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import threading
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
+from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 from tqdm import tqdm
@@ -21,6 +29,7 @@ from anonymizer.logs import event
 from anonymizer.pipeline.shard import ShardWorker, is_done, shard_dir
 from anonymizer.policy import Policy
 from anonymizer.storage import Location
+from anonymizer.vault import VaultWriter
 
 Shards = Iterable[tuple[int, list[str]]]
 
@@ -46,16 +55,72 @@ def _collector(total: int) -> tuple[list[dict], Callable[[dict], None], tqdm]:
     return summaries, finished, bar
 
 
-def run_local(policy: Policy, source: Location, staging: Location, shards: Shards, total: int, **_) -> list[dict]:
+# Default thread count of the local engine at most: each thread holds models of its own (about 0.5 GB).
+LOCAL_MAX_THREADS = 8
+
+
+def cpus() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run_local(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
+              vault: VaultWriter | None = None, workers: int | None = None, **_) -> list[dict]:
+    n = max(1, min(total, workers or min(cpus(), LOCAL_MAX_THREADS)))
     summaries, finished, bar = _collector(total)
-    worker: ShardWorker | None = None  # models load at the first shard to do: a fully resumed run loads none
-    try:
-        for shard_id, keys in _pending(staging, shards, finished):
-            worker = worker or ShardWorker(policy, source, staging)
-            finished(worker.run_shard(shard_id, keys))
-    finally:
-        bar.close()
+    if n == 1:
+        worker: ShardWorker | None = None  # models load at the first shard to do: a fully resumed run loads none
+        try:
+            for shard_id, keys in _pending(staging, shards, finished):
+                worker = worker or ShardWorker(policy, source, staging, vault=vault)
+                finished(worker.run_shard(shard_id, keys))
+        finally:
+            bar.close()
+        return sorted(summaries, key=lambda s: s["shard"])
+    local, loading = threading.local(), threading.Lock()
+
+    def run(job: tuple[int, list[str]]) -> dict:
+        if not hasattr(local, "worker"):
+            # Each thread's own models, and vault writer (the same run and data key, its own pending records).
+            # One thread loads at a time: the libraries' first imports happen there.
+            with loading:
+                own_vault = copy.copy(vault) if vault is not None else None
+                local.worker = ShardWorker(policy, source, staging, vault=own_vault)
+        return local.worker.run_shard(*job)
+
+    with library_threads(max(1, cpus() // n)), ThreadPoolExecutor(n) as pool:
+        running: set[Future] = set()
+        try:
+            for job in _pending(staging, shards, finished):
+                if len(running) >= n:  # bounded in flight, as the Ray pool: the plan is read as shards free up
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        finished(f.result())
+                running.add(pool.submit(run, job))
+            for f in as_completed(running):
+                finished(f.result())
+        finally:
+            for f in running:
+                f.cancel()
+            bar.close()
     return sorted(summaries, key=lambda s: s["shard"])
+
+
+@contextmanager
+def library_threads(threads: int) -> Iterator[None]:
+    """OpenCV's and torch's thread counts (process-wide; ONNX Runtime sessions take OpenCV's when made), set
+    for the block and restored after it."""
+    import cv2
+    import torch
+
+    before = cv2.getNumThreads(), torch.get_num_threads()
+    cv2.setNumThreads(threads)
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before[0])
+        torch.set_num_threads(before[1])
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -68,14 +133,15 @@ def ensure_ray(address: str | None = None) -> None:
 
 
 class _ShardActor(ShardWorker):
-    def __init__(self, policy: Policy, source: Location, staging: Location, threads: int) -> None:
+    def __init__(self, policy: Policy, source: Location, staging: Location, threads: int,
+                 vault: VaultWriter | None) -> None:
         import cv2
         import ray
         import torch
 
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
-        super().__init__(policy, source, staging, worker=ray.get_runtime_context().get_actor_id()[:12])
+        super().__init__(policy, source, staging, worker=ray.get_runtime_context().get_actor_id()[:12], vault=vault)
 
 
 # Storage settings the driver was given reach the workers too. On a cluster, prefer IAM roles for the
@@ -85,8 +151,10 @@ _FORWARD = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAUL
             "ANONYMIZER_MODEL_DIR")
 
 
-def _forwarded_env() -> dict[str, str]:
-    return {k: os.environ[k] for k in _FORWARD if k in os.environ}
+def _forwarded_env(vault: VaultWriter | None) -> dict[str, str]:
+    """The storage settings, and the vault's key-encryption key when it comes from an environment variable."""
+    names = (*_FORWARD, *([vault.provider.var] if vault is not None and vault.provider.kind == "env" else []))
+    return {k: os.environ[k] for k in names if k in os.environ}
 
 
 def default_workers() -> int:
@@ -99,7 +167,7 @@ def default_workers() -> int:
 
 
 def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
-               workers: int | None = None, ray_address: str | None = None) -> list[dict]:
+               workers: int | None = None, ray_address: str | None = None, vault: VaultWriter | None = None) -> list[dict]:
     import ray
     from ray.util import ActorPool
 
@@ -108,14 +176,14 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     cpus = policy.execution.cpus_per_worker
     actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3,
-                           runtime_env={"env_vars": _forwarded_env()})(_ShardActor)
+                           runtime_env={"env_vars": _forwarded_env(vault)})(_ShardActor)
     actors: list = []
     pool: ActorPool | None = None  # started at the first shard to do: a fully resumed run starts none
     summaries, finished, bar = _collector(total)
     try:
         for job in _pending(staging, shards, finished):
             if pool is None:
-                actors = [actor_cls.remote(policy, source, staging, max(1, round(cpus))) for _ in range(n)]
+                actors = [actor_cls.remote(policy, source, staging, max(1, round(cpus)), vault) for _ in range(n)]
                 pool = ActorPool(actors)
                 event("shards.start", shards=total, workers=n, gpus_per_worker=gpus)
             while not pool.has_free():

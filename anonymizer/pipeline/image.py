@@ -11,6 +11,8 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from anonymizer import imageio
 from anonymizer.anonymize import face_rngs
 from anonymizer.components import Components
@@ -26,6 +28,7 @@ class ImageSettings:
     jpeg_quality: int
     webp_quality: int
     measure: MeasureSettings
+    keep_originals: bool = False  # return each face window's original pixels (for the recovery vault)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> "ImageSettings":
@@ -39,6 +42,8 @@ class ImageResult:
     output: bytes | None
     image: dict
     faces: list[dict] = field(default_factory=list)
+    # (face index, window (x0, y0, w, h), the window's original pixels) when settings.keep_originals
+    originals: list[tuple[int, tuple[int, int, int, int], np.ndarray]] = field(default_factory=list)
 
 
 def _sha(data: bytes) -> str:
@@ -74,6 +79,8 @@ def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Component
     m = s.measure
     per_image, uncovered_flags = image_measurements(result, img.rgb, released, auditor_faces, m)
     distances = reid_distances(c.encoder, img.rgb, released, faces, m.min_reid_face_px)
+    second = (reid_distances(c.second_encoder, img.rgb, released, faces, m.min_reid_face_px) if c.second_encoder
+              else [None] * len(faces))
     poses = (c.pose_meter.measure(img.rgb, released, faces, m.min_reid_face_px) if c.pose_meter
              else [None] * len(faces))
     t4 = time.perf_counter()
@@ -90,12 +97,15 @@ def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Component
     face_rows = [
         {"key": key, "face": i, "source": "primary", "detector": f.detector, "score": f.score,
          "x": f.x, "y": f.y, "w": f.w, "h": f.h, "size": f.size, "method": method,
-         "reid_distance": d, "covered": True, **(p.row() if p else dict.fromkeys(POSE_COLUMNS))}
-        for i, (f, method, d, p) in enumerate(zip(faces, result.methods, distances, poses))
+         "reid_distance": d, "reid_distance_second": d2, "covered": True,
+         **(p.row() if p else dict.fromkeys(POSE_COLUMNS))}
+        for i, (f, method, d, d2, p) in enumerate(zip(faces, result.methods, distances, second, poses))
     ] + [
         {"key": key, "face": i, "source": "auditor", "detector": f.detector, "score": f.score,
          "x": f.x, "y": f.y, "w": f.w, "h": f.h, "size": f.size, "method": None,
-         "reid_distance": None, "covered": not unc, **dict.fromkeys(POSE_COLUMNS)}
+         "reid_distance": None, "reid_distance_second": None, "covered": not unc, **dict.fromkeys(POSE_COLUMNS)}
         for i, (f, unc) in enumerate(zip(auditor_faces, uncovered_flags))
     ]
-    return ImageResult(output, row, face_rows)
+    originals = [(i, (mk.x0, mk.y0, mk.alpha.shape[1], mk.alpha.shape[0]), img.rgb[mk.window].copy())
+                 for i, mk in enumerate(result.masks) if mk.alpha.size] if s.keep_originals else []
+    return ImageResult(output, row, face_rows, originals)

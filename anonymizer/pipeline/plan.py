@@ -33,7 +33,9 @@ class Plan:
     skipped: int = 0
     carried: int = 0
     deleted: int = 0
-    previous_release: str | None = None
+    previous_release: str | None = None  # the release unchanged objects are carried from (None: a full run)
+    supersedes: str | None = None        # LATEST when the run was planned: the release it must replace
+    binding: str | None = None           # the policy and model files the run is made under (run.run_binding)
 
 
 def skip_reason(key: str) -> str | None:
@@ -79,7 +81,9 @@ class _Writer:
 
 
 def plan(source: Location, plan_dir: Location, shard_size: int, previous: pa.Table | None = None,
-         previous_release: str | None = None) -> Plan:
+         previous_release: str | None = None, max_size: int | None = None, supersedes: str | None = None,
+         binding: str | None = None) -> Plan:
+    """`max_size`: objects the listing says are larger are skipped, never read (a read is bounded too)."""
     if not source.exists():
         raise FileNotFoundError(f"source {source.uri} does not exist")
     before = {}
@@ -91,6 +95,9 @@ def plan(source: Location, plan_dir: Location, shard_size: int, previous: pa.Tab
     in_shard = shard = 0
     for entry in source.list(refused=True):
         reason = entry.refused or skip_reason(entry.key)
+        if not reason and max_size is not None and entry.size > max_size:
+            reason = (f"refused from its listed size: {entry.size} bytes, over the {max_size} bytes output.max_pixels "
+                      "allows; never read")
         if reason:
             writers["skipped"].add(key=entry.key, size=entry.size, reason=reason)
             continue
@@ -107,7 +114,7 @@ def plan(source: Location, plan_dir: Location, shard_size: int, previous: pa.Tab
     for w in writers.values():
         w.close()
     result = Plan(shard + 1 if writers["listing"].count else 0, writers["listing"].count, writers["skipped"].count,
-                  writers["carried"].count, writers["deleted"].count, previous_release)
+                  writers["carried"].count, writers["deleted"].count, previous_release, supersedes, binding)
     plan_dir.write_bytes("_SUCCESS", json.dumps(asdict(result)).encode())
     return result
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from dataclasses import replace
 
 import pyarrow as pa
 
@@ -16,6 +17,7 @@ from anonymizer.components import Components
 from anonymizer.pipeline.image import ImageResult, ImageSettings, anonymize_image
 from anonymizer.policy import Policy
 from anonymizer.storage import Location, ObjectTooLargeError, UnsafeKeyError
+from anonymizer.vault import VaultWriter
 
 # Bytes read for one object at most: 8 per allowed pixel (an uncompressed 16-bit RGBA image) plus headers,
 # so that memory stays bounded even before the header is parsed.
@@ -35,11 +37,13 @@ IMAGE_SCHEMA = pa.schema([
     ("output_sha256", pa.string()), ("output_size", pa.int64()),
     ("decode_s", pa.float64()), ("detect_s", pa.float64()), ("anonymize_s", pa.float64()), ("measure_s", pa.float64()),
     ("read_s", pa.float64()), ("write_s", pa.float64()), ("worker", pa.string()),
+    ("version", pa.string()),  # of the bytes read (S3: the ETag of the GET), not the listing's
 ])
 FACE_SCHEMA = pa.schema([
     ("key", pa.string()), ("face", pa.int32()), ("source", pa.string()), ("detector", pa.string()),
     ("score", pa.float64()), ("x", pa.float64()), ("y", pa.float64()), ("w", pa.float64()), ("h", pa.float64()),
-    ("size", pa.float64()), ("method", pa.string()), ("reid_distance", pa.float64()), ("covered", pa.bool_()),
+    ("size", pa.float64()), ("method", pa.string()), ("reid_distance", pa.float64()),
+    ("reid_distance_second", pa.float64()), ("covered", pa.bool_()),
     # Head pose (degrees) before and after, the largest absolute change, and whether the face was found again.
     ("yaw_before", pa.float64()), ("pitch_before", pa.float64()), ("roll_before", pa.float64()),
     ("yaw_after", pa.float64()), ("pitch_after", pa.float64()), ("roll_after", pa.float64()),
@@ -59,16 +63,17 @@ class ShardWorker:
     """Loads the policy's models once and runs shards with them; Ray wraps it as an actor, the local
     executor calls it directly."""
 
-    def __init__(self, policy: Policy, source: Location, staging: Location, worker: str = "local") -> None:
-        self.settings = ImageSettings.from_policy(policy)
+    def __init__(self, policy: Policy, source: Location, staging: Location, worker: str = "local",
+                 vault: VaultWriter | None = None) -> None:
+        self.settings = replace(ImageSettings.from_policy(policy), keep_originals=vault is not None)
         self.components = Components.from_policy(policy)
-        self.source, self.staging, self.worker = source, staging, worker
+        self.source, self.staging, self.worker, self.vault = source, staging, worker, vault
 
     def read_and_anonymize(self, key: str) -> ImageResult:
         t0 = time.perf_counter()
         max_pixels = self.settings.max_pixels
         try:
-            data = self.source.read_bytes(key, max_bytes=max_bytes(max_pixels))
+            data, version = self.source.read_with_version(key, max_bytes=max_bytes(max_pixels))
         except (ObjectTooLargeError, UnsafeKeyError) as exc:
             return ImageResult(None, {"key": key, "error": f"refused before reading: {exc}"})
         except Exception as exc:  # noqa: BLE001 - an unreadable object is quarantined, not fatal
@@ -89,7 +94,7 @@ class ShardWorker:
             # Integrity: read the object back; a mismatch quarantines the image instead of releasing it.
             if hashlib.sha256(outputs.read_bytes(key)).hexdigest() != result.image["output_sha256"]:
                 result.image["error"] = "integrity: the staged output does not match what was written"
-        result.image.update(read_s=read_s, write_s=time.perf_counter() - t1, worker=self.worker)
+        result.image.update(read_s=read_s, write_s=time.perf_counter() - t1, worker=self.worker, version=version)
         return result
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
@@ -101,6 +106,9 @@ class ShardWorker:
         images, faces = [], []
         for key in keys:
             r = self.read_and_anonymize(key)
+            if self.vault is not None and r.output is not None:
+                for face, box, pixels in r.originals:
+                    self.vault.add(key, face, box, pixels, r.image["output_sha256"])
             images.append({**r.image, "shard": shard_id})
             faces.extend(r.faces)
         out.write_table("images.parquet", pa.Table.from_pylist(images, schema=IMAGE_SCHEMA))
@@ -110,5 +118,7 @@ class ShardWorker:
             "faces": sum(1 for f in faces if f["source"] == "primary"), "seconds": time.perf_counter() - t0,
             "worker": self.worker, "attempts": attempts,
         }
+        if self.vault is not None:
+            self.vault.stage(f"{shard_id:06d}")  # before the marker: a completed shard's originals are staged
         out.write_bytes("_SUCCESS", json.dumps(summary).encode())
         return summary

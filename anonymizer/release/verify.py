@@ -4,14 +4,17 @@ For a release folder DEST/<run id>/ (or DEST, whose LATEST names it), local or o
 
 - every file carries pixels only: no EXIF, GPS, EXIF thumbnail, XMP, IPTC, ICC, comment or text block
   (Pillow's view of the file, and an independent walk of the JPEG segments / PNG chunks / WebP chunks,
-  which also refuses data hidden after the end of the image);
+  which also refuses data hidden after the (first) end of the image);
 - every output decodes, as the format its extension names;
-- the manifest matches the bytes: each output exists with the size and sha256 the manifest records, and the
-  report the manifest points to is the one beside it;
-- nothing is in the release that the manifest does not list (no object outside the release's outputs and
-  its report files), no output key could land outside the release prefix, no symbolic link;
-- no output is byte-identical to its source where faces were found (the manifest's `faces` column; without
-  it, an identical output is a warning).
+- the manifest matches the bytes: each output exists with the size and sha256 the manifest records, and so
+  does every other file (report, Data Docs), whose hashes the manifest's `files` metadata lists;
+- nothing is in the release that the manifest does not list, no output key could land outside the release
+  prefix, no symbolic link; the report's images are its PNG charts, report.pdf is a PDF, and the Data Docs
+  pages hold no markup great-expectations does not write;
+- no output is byte-identical to its source where faces were found (the manifest's `unchanged` and `faces`
+  columns; without face information, an identical output is a warning);
+- with `--public-key`, the manifest's Ed25519 signature (manifest.parquet.sig, made at publish with the key
+  $ANONYMIZER_SIGNING_KEY_FILE names) matches it: no row or hash was edited after publishing.
 
 `check_contents(location, manifest, report_json)` runs the same checks on a release being built, before
 its manifest is written: release.publish can refuse to publish on any finding (fail closed).
@@ -23,8 +26,10 @@ import argparse
 import hashlib
 import io
 import json
+import os
 import posixpath
 import struct
+from html.parser import HTMLParser
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
@@ -35,7 +40,10 @@ from anonymizer import exit_codes, imageio
 from anonymizer.release.layout import IMAGES, LATEST, MANIFEST, REPORT_FILES, REPORT_PREFIXES
 from anonymizer.storage import Location, UnsafeKeyError, check_key
 
-REQUIRED_COLUMNS = ("key", "output_key", "source_sha256", "output_sha256", "output_size")
+REQUIRED_COLUMNS = ("key", "output_key", "output_sha256", "output_size")
+SIGNATURE = MANIFEST + ".sig"  # raw Ed25519 signature of the manifest file's bytes
+FILES_META = "files"  # manifest metadata: {name: sha256} of every file of the release that is not an output
+SIGNING_KEY_ENV = "ANONYMIZER_SIGNING_KEY_FILE"  # PEM Ed25519 private key (openssl genpkey -algorithm ed25519)
 _DECODE_LIMIT = 1 << 31  # the release is checked, not defended against: decode whatever it holds
 _READERS = 8
 
@@ -70,20 +78,45 @@ class VerifyResult:
 _JPEG_ALLOWED_APP = {0xE0: b"JFIF\x00", 0xEE: b"Adobe"}  # JFIF header; Adobe's colour-transform flag
 
 
+def _entropy_end(data: bytes, i: int) -> int:
+    """Where the entropy-coded data from `i` ends: the next marker that is not a stuffed 0xFF00 or a restart."""
+    while True:
+        j = data.find(b"\xff", i)
+        if j < 0 or j + 1 >= len(data):
+            return -1
+        nxt = data[j + 1]
+        if nxt == 0x00 or 0xD0 <= nxt <= 0xD7:
+            i = j + 2
+        elif nxt == 0xFF:
+            i = j + 1  # fill bytes before a marker
+        else:
+            return j
+
+
 def _scan_jpeg(data: bytes) -> list[str]:
+    """Segment by segment and through each scan to the first end-of-image marker: anything after it (another
+    JPEG appended, whose own end marker would end a search from the back) is hidden data."""
     found, i = [], 2
     if data[:2] != b"\xff\xd8":
         return ["not a JPEG stream"]
-    while i + 4 <= len(data):
+    while i + 2 <= len(data):
         if data[i] != 0xFF:
             return found + [f"garbage between JPEG segments at byte {i}"]
         marker = data[i + 1]
         if marker == 0xFF:
             i += 1
             continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+        if marker == 0xD9:
+            if data[i + 2:].strip(b"\x00"):
+                found.append(f"{len(data) - i - 2} bytes after the end of the image")
+            return found
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
+        if marker == 0xD8:
+            return found + [f"a second start-of-image marker at byte {i}"]
+        if i + 4 > len(data):
+            break
         length = struct.unpack(">H", data[i + 2:i + 4])[0]
         payload = data[i + 4:i + 2 + length]
         if 0xE0 <= marker <= 0xEF:
@@ -94,14 +127,11 @@ def _scan_jpeg(data: bytes) -> list[str]:
                 found.append("JFIF segment with an embedded thumbnail")
         elif marker == 0xFE:
             found.append("COM (comment) segment")
-        if marker == 0xDA:  # start of scan: entropy-coded data up to EOI
-            end = data.rfind(b"\xff\xd9")
-            if end < 0:
-                return found + ["no end-of-image marker"]
-            if data[end + 2:].strip(b"\x00"):
-                found.append(f"{len(data) - end - 2} bytes after the end of the image")
-            return found
         i += 2 + length
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next marker
+            i = _entropy_end(data, i)
+            if i < 0:
+                return found + ["no end-of-image marker"]
     return found + ["truncated JPEG segments"]
 
 
@@ -201,11 +231,20 @@ def check_contents(release: Location, manifest: pa.Table, report_json: bytes | N
         listed, bad = _listing(release)
         result.findings += bad
     expected = {r["output_key"] for r in rows}
+    files = _listed_files(manifest)
     # Nothing in the release that the manifest does not account for.
     for key in listed:
-        if key in expected or key in REPORT_FILES or key == MANIFEST or key.startswith(REPORT_PREFIXES):
+        if key in expected or key in (MANIFEST, SIGNATURE):
+            continue
+        if files is None and (key in REPORT_FILES or key.startswith(REPORT_PREFIXES)):
+            continue
+        if files is not None and key in files:
             continue
         result.findings.append(Finding("unlisted_object", key, "in the release but not in its manifest"))
+    if files is None:
+        result.warnings.append(Finding("warning:unhashed_files", MANIFEST, "the manifest lists no hashes of the "
+                                                                           "report and Data Docs: they are not verified"))
+    result.findings += _check_files(release, files if files is not None else {}, set(listed))
     keys = [r["key"] for r in rows]
     if len(set(keys)) != len(keys):
         result.findings.append(Finding("manifest", MANIFEST, "a key appears more than once"))
@@ -231,7 +270,8 @@ def check_contents(release: Location, manifest: pa.Table, report_json: bytes | N
         except Exception as exc:  # noqa: BLE001
             return [Finding("missing_output", r["key"], f"{r['output_key']}: cannot be read: {type(exc).__name__}: {exc}")]
         found = check_output(r["key"], r["output_key"], data, r["output_sha256"], r["output_size"])
-        if r["output_sha256"] == r["source_sha256"]:
+        unchanged = r["unchanged"] if "unchanged" in r else r.get("source_sha256") == r["output_sha256"]
+        if unchanged:
             if has_faces and (r["faces"] or 0) > 0:
                 found.append(Finding("unchanged_face", r["key"], f"{r['faces']} face(s) found, yet the output is "
                                                                   "byte-identical to the source"))
@@ -251,6 +291,121 @@ def check_contents(release: Location, manifest: pa.Table, report_json: bytes | N
     if report_json is not None:
         result.findings += _check_report(report_json, manifest)
     return result
+
+
+def _listed_files(manifest: pa.Table) -> dict[str, str] | None:
+    raw = (manifest.schema.metadata or {}).get(FILES_META.encode())
+    if raw is None:
+        return None
+    try:
+        files = json.loads(raw)
+    except ValueError:
+        return {}
+    return files if isinstance(files, dict) else {}
+
+
+def with_file_hashes(manifest: pa.Table, files: dict[str, bytes]) -> pa.Table:
+    """The manifest with the sha256 of every non-output file of the release (report, Data Docs) in its metadata."""
+    meta = dict(manifest.schema.metadata or {})
+    meta[FILES_META.encode()] = json.dumps({n: hashlib.sha256(d).hexdigest() for n, d in sorted(files.items())}).encode()
+    return manifest.replace_schema_metadata(meta)
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("img", "image", "source", "object", "embed", "iframe", "video", "picture", "input"):
+            self.sources.append(f"<{tag}> " + " ".join(f"{k}={(v or '')[:40]}" for k, v in attrs if k != "alt"))
+            src = dict(attrs).get("src") or dict(attrs).get("data") or ""
+            if tag == "img" and src.startswith("data:image/png;base64,"):
+                self.sources.pop()
+
+
+def _content_findings(name: str, data: bytes) -> list[str]:
+    """What a report file holds that it should not: report.html shows its PNG charts only, report.pdf is a PDF,
+    a Data Docs page holds only great-expectations' own markup."""
+    if name == "report.pdf" and not data.startswith(b"%PDF-"):
+        return ["not a PDF"]
+    if name == "report.html":
+        parser = _Images()
+        parser.feed(data.decode("utf-8", "replace"))
+        return [f"embeds {s[:120]} (the report's images are PNG charts)" for s in parser.sources]
+    if name == "report.json":
+        try:
+            json.loads(data)
+        except ValueError as exc:
+            return [f"not valid JSON: {exc}"]
+    if name.startswith(REPORT_PREFIXES) and name.endswith(".html"):
+        from anonymizer.validate import foreign_markup
+
+        return foreign_markup(data)
+    return []
+
+
+def _check_files(release: Location, files: dict[str, str], present: set[str]) -> list[Finding]:
+    out = []
+    for name in sorted(set(files) | {n for n in present if n in REPORT_FILES}):
+        if name not in present:
+            out.append(Finding("report_files", name, "listed in the manifest but not in the release"))
+            continue
+        try:
+            data = release.read_bytes(name)
+        except Exception as exc:  # noqa: BLE001
+            out.append(Finding("report_files", name, f"cannot be read: {type(exc).__name__}: {exc}"))
+            continue
+        if name in files and hashlib.sha256(data).hexdigest() != files[name]:
+            out.append(Finding("report_files", name, "its sha256 is not the one the manifest records"))
+        out += [Finding("report_files", name, f) for f in _content_findings(name, data)]
+    return out
+
+
+# ---- the manifest's signature ---------------------------------------------------------------------------
+
+def manifest_bytes(manifest: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(manifest, sink)
+    return sink.getvalue().to_pybytes()
+
+
+def signing_key():
+    """The Ed25519 private key $ANONYMIZER_SIGNING_KEY_FILE names (PEM), or None: releases are then unsigned."""
+    path = os.environ.get(SIGNING_KEY_ENV)
+    if not path:
+        return None
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    try:
+        key = serialization.load_pem_private_key(open(path, "rb").read(), password=None)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ValueError(f"${SIGNING_KEY_ENV} ({path}): not a readable, unencrypted PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"${SIGNING_KEY_ENV} ({path}): an Ed25519 key is needed, not {type(key).__name__}")
+    return key
+
+
+def check_signature(manifest: bytes, signature: bytes | None, public_key_pem: bytes) -> list[Finding]:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        key = serialization.load_pem_public_key(public_key_pem)
+    except ValueError as exc:
+        return [Finding("signature", SIGNATURE, f"the public key is not a PEM public key: {exc}")]
+    if not isinstance(key, Ed25519PublicKey):
+        return [Finding("signature", SIGNATURE, f"the public key is {type(key).__name__}, not Ed25519")]
+    if signature is None:
+        return [Finding("signature", SIGNATURE, "missing: the manifest is not signed")]
+    try:
+        key.verify(signature, manifest)
+    except InvalidSignature:
+        return [Finding("signature", SIGNATURE, "does not match the manifest under this public key: the manifest "
+                                                "was changed after it was signed, or another key signed it")]
+    return []
 
 
 def _check_report(report_json: bytes, manifest: pa.Table) -> list[Finding]:
@@ -280,16 +435,24 @@ def resolve(location: Location) -> Location:
     return location
 
 
-def verify_release(location: Location | str) -> VerifyResult:
+def verify_release(location: Location | str, public_key: str | None = None) -> VerifyResult:
+    """`public_key`: a PEM Ed25519 public key file; the manifest's signature must then match it."""
     loc = resolve(Location.parse(location) if isinstance(location, str) else location)
     if not loc.exists(MANIFEST):
         return VerifyResult(loc.uri, findings=[Finding("manifest", MANIFEST, f"no {MANIFEST} at {loc.uri}: not a release")])
+    raw = loc.read_bytes(MANIFEST)
+    signature = loc.read_bytes(SIGNATURE) if loc.exists(SIGNATURE) else None
     try:
-        manifest = pq.read_table(io.BytesIO(loc.read_bytes(MANIFEST)))
+        manifest = pq.read_table(io.BytesIO(raw))
     except Exception as exc:  # noqa: BLE001
         return VerifyResult(loc.uri, findings=[Finding("manifest", MANIFEST, f"unreadable: {type(exc).__name__}: {exc}")])
     report = loc.read_bytes("report.json") if loc.exists("report.json") else None
     result = check_contents(loc, manifest, report)
+    if public_key is not None:
+        result.findings += check_signature(raw, signature, open(public_key, "rb").read())
+    elif signature is not None:
+        result.warnings.append(Finding("warning:signature_not_checked", SIGNATURE,
+                                       "the manifest is signed; give --public-key to check the signature"))
     if report is None:
         result.findings.append(Finding("report", "report.json", "missing"))
     return result
@@ -300,6 +463,7 @@ def verify_release(location: Location | str) -> VerifyResult:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("release", help="a release folder DEST/<run id> (or DEST: its LATEST), local or s3://")
     p.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    p.add_argument("--public-key", help="PEM Ed25519 public key: the manifest's signature must match it")
     p.add_argument("--endpoint-url", help="S3 endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
 
 
@@ -309,7 +473,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.endpoint_url:
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
-    result = verify_release(args.release)
+    result = verify_release(args.release, args.public_key)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     else:

@@ -1,5 +1,6 @@
 """Report: the audit record of a run, as report.json (for machines) and a self-contained report.html
-(for a compliance auditor). Neither holds a single pixel of an original image."""
+(for a compliance auditor). Neither holds a single pixel of an original image; only the report of a released
+run shows a few downscaled outputs (`sample_grid`), since a failed run's outputs may still show faces."""
 
 from __future__ import annotations
 
@@ -86,7 +87,7 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
         ax.barh(y, ok["faces_anonymized"], color="#4a7bb7", label="anonymized (primary detector)")
         ax.barh(y, ok["auditor_faces"], color="#f0ad4e", alpha=0.6, label="found by auditor")
         ax.barh(y, ok["uncovered_faces"], color="#c0392b", label="auditor faces not covered")
-        ax.set_yticks(list(y), ok["key"], fontsize=7)
+        ax.set_yticks(list(y), ok["key"], fontsize=7, parse_math=False)  # keys are text: a '$' is not math
         ax.set_xlabel("faces")
         ax.legend(fontsize=7)
         ax.set_title("Faces per image" + (f" (the {_MAX_BARS} with most auditor faces)" if len(images) > _MAX_BARS else ""))
@@ -95,8 +96,12 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     return out
 
 
+SAMPLE_FIGURE = "sample_anonymized_outputs"
+
+
 def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str, str]:
-    """A few released (anonymized) outputs, downscaled: what the dataset now looks like. Never originals."""
+    """A few released (anonymized) outputs, downscaled: what the dataset now looks like. Never originals, and
+    never the outputs of a run that failed its checks (they are what the checks refused)."""
     import matplotlib.pyplot as plt
     from PIL import Image
 
@@ -111,9 +116,9 @@ def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str,
         img = Image.open(io.BytesIO(data)).convert("RGB")
         img.thumbnail((width, width))
         ax.imshow(img)
-        ax.set_title(key, fontsize=7)
+        ax.set_title(key, fontsize=7, parse_math=False)
     fig.suptitle("Sample of anonymized outputs")
-    out = {"sample_anonymized_outputs": png(fig)}
+    out = {SAMPLE_FIGURE: png(fig)}
     plt.close(fig)
     return out
 
@@ -162,7 +167,49 @@ def _evidence_text(check: dict) -> str:
     return "; ".join(parts)
 
 
-def _checks_table(checks: list[dict], docs_link: str | None) -> str:
+def auditor_record(name: str, params: dict) -> dict:
+    """The policy's auditor and its measured strength (anonymizer.detect.strength), for report.json and the
+    sentence printed beside the uncovered-faces check."""
+    from anonymizer.detect.strength import auditor_strength, summary
+
+    entry = auditor_strength(name, params)
+    return {"name": name, "params": params, "strength": entry, "summary": summary(name, entry)}
+
+
+def _policy_settings(report: dict) -> dict:
+    """The settings of the policy the run used (its canonical YAML), or {} where the report lacks them."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(report["policy"]["text"])
+    except (KeyError, TypeError, yaml.YAMLError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _auditor(report: dict) -> dict | None:
+    if report.get("auditor"):
+        return report["auditor"]
+    a = (_policy_settings(report).get("detection") or {}).get("auditor")
+    return auditor_record(a["name"], a.get("params") or {}) if isinstance(a, dict) and a.get("name") else None
+
+
+def _licences(report: dict) -> str:
+    """Every model file's licence, first thing after the verdict: what the release may be used for."""
+    rows, seen = [], set()
+    for m in report.get("models", []):
+        key = (m.get("name"), m.get("file"))
+        if key not in seen:
+            seen.add(key)
+            rows.append({"model": m.get("name"), "file": m.get("file"), "used by": m.get("component"),
+                         "licence class": m.get("licence_class", "unknown"), "licence": m.get("licence")})
+    accepted = ", ".join(["permissive", *(_policy_settings(report).get("accept_licences") or [])])
+    return (f'<h2 id="licences">Model licences</h2><p>Licence classes this policy accepts: {html.escape(accepted)} '
+            "(anything else refuses the run before it starts).</p>"
+            + html_table(rows, ["model", "file", "used by", "licence class", "licence"]))
+
+
+def _checks_table(checks: list[dict], docs_link: str | None, notes: dict[str, str] | None = None) -> str:
     head = "".join(f"<th>{c}</th>" for c in ("check", "result", "threshold", "observed", "evidence", "protects", "expectation"))
     body = []
     for c in checks:
@@ -170,7 +217,8 @@ def _checks_table(checks: list[dict], docs_link: str | None) -> str:
         body.append(
             f'<tr class="{"pass" if ok else "fail"}"><td>{html.escape(c["name"])}</td>'
             f'<td class="result">{"pass" if ok else "FAIL"}</td><td>{html.escape(cell(c["threshold"]))}</td>'
-            f'<td>{html.escape(cell(c["observed"]))}</td><td>{html.escape(_evidence_text(c))}</td>'
+            f'<td>{html.escape(cell(c["observed"]))}</td>'
+            f'<td>{html.escape("; ".join(t for t in (_evidence_text(c), (notes or {}).get(c["name"], "")) if t))}</td>'
             f'<td>{html.escape(c["protects"])}</td><td><code>{html.escape(c["expectation"])}</code></td></tr>')
     link = (f'<p>Great-expectations Data Docs for this validation (suites, every expectation and its result): '
             f'<a href="{html.escape(docs_link)}">{html.escape(docs_link)}</a> (in the report folder).</p>') if docs_link else ""
@@ -211,6 +259,14 @@ def _attack_section(report: dict, figures: dict[str, str]) -> str:
     return "".join(out)
 
 
+def _mode_html(mode: dict | None) -> str:
+    """Anonymised or pseudonymised: what a compliance reader must know first about a release."""
+    if not mode:
+        return ""
+    return (f'<p id="mode"><strong>Release mode: {html.escape(mode["mode"])}</strong>. '
+            f'{html.escape(mode.get("note", ""))}.</p>')
+
+
 def render_html(report: dict, figures: dict[str, str]) -> str:
     """The audit report: verdict first, then each check with its threshold, observation and evidence."""
     v = report["verdict"]
@@ -232,6 +288,11 @@ def render_html(report: dict, figures: dict[str, str]) -> str:
                 ("quarantine", "Quarantined objects"), ("objects", "Every input object"), ("shards", "Shards"),
                 ("lineage", "Lineage"), ("models", "Models"), ("software", "Software"), ("policy", "Policy")]
     toc = " · ".join(f'<a href="#{a}">{t}</a>' for a, t in sections if a != "lineage" or lineage)
+    auditor = _auditor(report)
+    notes = {"uncovered_faces": auditor["summary"]} if auditor else {}
+    auditor_note = (f'<p id="auditor-strength">Uncovered faces are those the auditor ({html.escape(auditor["name"])}, '
+                    f'<code>{html.escape(json.dumps(auditor["params"]))}</code>) finds and no mask covers; the check is '
+                    f'only as strong as the auditor: {html.escape(auditor["summary"])}.</p>') if auditor else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Anonymization audit report {html.escape(report['run_id'])}</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1150px;margin:2em auto;color:#222}}
@@ -245,11 +306,14 @@ pre{{padding:1em;overflow:auto;font-size:12px;white-space:pre-wrap}}img{{max-wid
 <p id="summary">{html.escape(summary)}. Run <code>{html.escape(report['run_id'])}</code>, {html.escape(str(report.get('started', '')))} →
 {html.escape(str(report.get('finished', '')))}. Source <code>{html.escape(str(report.get('source', '')))}</code>;
 {html.escape(str(report.get('destination_note', '')))}. Policy <code>{html.escape(policy['name'])}</code>, sha256 <code>{policy['sha256']}</code>.</p>
+{_mode_html(report.get('mode'))}
+{_licences(report)}
 <nav>{toc}</nav>
 <h2 id="checks">Checks</h2>
 <p>Each check is an expectation generated from the policy's thresholds; the run is released only if every one passes
 and validation completed (a crash or a missing metric fails the run).</p>
-{_checks_table(v['checks'], v.get('data_docs'))}
+{_checks_table(v['checks'], v.get('data_docs'), notes)}
+{auditor_note}
 <h2 id="reid">Re-identification risk</h2>{_attack_section(report, figures)}
 <h2 id="counts">Counts and metrics</h2>{html_table([report.get('counts', {})], list(report.get('counts', {})))}
 {html_table([{"metric": k, "value": _fmt(x)} for k, x in report.get('metrics', {}).items()], ['metric', 'value'])}
@@ -258,11 +322,18 @@ and validation completed (a crash or a missing metric fails the run).</p>
 <h2 id="objects">Every input object ({len(objects)})</h2>{html_table(objects, ['key', 'status', 'reason'])}
 <h2 id="shards">Shards ({len(report.get('shards', []))})</h2>{html_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report.get('shards', [])], shard_cols)}
 {f'<h2 id="lineage">Lineage</h2>{html_table([{"item": k, "value": x} for k, x in lineage.items()], ["item", "value"])}' if lineage else ''}
-<h2 id="models">Models</h2>{html_table(report.get('models', []), ['component', 'name', 'file', 'sha256', 'licence'])}
+<h2 id="models">Models</h2>{html_table(report.get('models', []), ['component', 'name', 'file', 'sha256', 'licence_class', 'licence'])}
 <h2 id="software">Software</h2>{html_table([{"package": k, "version": x} for k, x in report.get('software', {}).items()], ['package', 'version'])}
 <h2 id="policy">Policy</h2><p><code>{html.escape(policy['name'])}</code>, sha256 <code>{policy['sha256']}</code>:</p><pre>{html.escape(policy['text'])}</pre>
-<p>This report contains measurements and charts only: no pixels of any original or released image.</p>
+<p id="pixels">{_pixels_note(figures)}</p>
 </body></html>"""
+
+
+def _pixels_note(figures: dict[str, str]) -> str:
+    if SAMPLE_FIGURE in figures:
+        return (f"This report contains measurements, charts and {SAMPLE_FIGURE.replace('_', ' ')} (downscaled "
+                "thumbnails of released images): no pixels of any original image.")
+    return "This report contains measurements and charts only: no pixels of any original or output image."
 
 
 def find_chromium() -> str | None:

@@ -78,7 +78,8 @@ def weights_inventory(weights: str, model_dir: str | None = None) -> dict:
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     return {"component": "generated", "name": card.get("name", path.stem), "file": path.name,
             "sha256": sha256_file(str(path)), "steps": card.get("steps"),
-            "licence": "project's own weights; trained on LFW (research data set), see the model card"}
+            "licence": "project's own weights; trained on LFW (research data set), see the model card",
+            "licence_class": "research"}
 
 
 class GeneratedFace:

@@ -1,0 +1,340 @@
+"""BankFace (`bank`): replace each face by a photographic face from a face bank, in the same pose and expression.
+
+A bank (anonymizer.bank) holds faces of nobody in particular: composites of k ≥ 8 people or StyleGAN's
+synthetic people. Per face:
+
+1. `decide`: faces smaller than `min_face_px`, without landmarks dlib's 68-point predictor can fit
+   ("no_landmarks"), whose fit disagrees with the detector's 5 landmarks by more than
+   `max_landmark_error` eye distances ("unreliable_landmarks"), turned past `max_yaw` / `max_pitch`
+   ("extreme_pose") or whose region the image border cuts ("border") get the classical `fallback`,
+   recorded as "fallback:<name>:<reason>".
+2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
+   counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
+   key, face index), so the result is deterministic.
+3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
+   face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
+   opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
+   laugh is kept. Each jaw point is the bank's or the face's, whichever lies further out: the new face
+   covers the old jaw with its own skin instead of exposing what lies beyond the bank face's outline (its
+   background, hair or neck); so a jaw wider than the bank face's keeps its width. The bank face is
+   warped piecewise-affinely onto that shape.
+4. Light and colour: anonymizer.anonymize.generated.harmonize (Lab: the face's lightness mean and spread,
+   its low-passed chroma), taken from the photo's face with what is not skin (beard, glasses) painted in
+   its cheeks' skin colour; then a Poisson blend (cv2.seamlessClone; its lightness only, the colour stays
+   harmonize's) over the union of the two face outlines, with the forehead cut at `forehead` of its
+   height (a bank face's fringe of hair would otherwise land on the photo's forehead), and a feathered
+   alpha at the edge. Pixels where the alpha is 0 keep their exact bytes. Outside the inner face (brows to
+   chin) the alpha also fades where the bank face is not skin (a fringe, hair at the temples, its
+   background): the photo's own pixels stay there.
+5. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
+   each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
+   original; a face one still matches (closer than its same-person distance + `margin`) tries the next
+   bank face, up to `candidates`, then gets the fallback ("fallback:<name>:reidentifiable").
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
+from anonymizer.anonymize.generated import harmonize as hz
+from anonymizer.bank import shape as sh
+from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
+from anonymizer.bank.warp import warp
+from anonymizer.faces import Face
+from anonymizer.regions import FaceMask, blend
+
+WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
+MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
+FEATHER = 0.12        # the alpha's ramp at the mask's edge, in eye distances
+CHEEKS = np.array([36, 45, 15, 14, 13, 35, 33, 31, 3, 2, 1])  # eye corners, cheeks and nose: skin, rarely beard
+CONTRAST = 1.3       # the most harmonisation may scale the bank face's lightness spread, up or down
+SKIN_NEAR, SKIN_FAR = 2.5, 4.0  # outside the inner face, bank pixels this far from its skin (in spreads) fade out
+
+
+class BankGuardConfig(BaseModel):
+    """Identity guard settings: bank faces tried per face, recognizers (None: dlib_resnet and mobilefacenet
+    where registered) and the margin above each one's same-person distance a kept face must reach."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidates: int = Field(4, ge=1, le=32)
+    encoders: list[str] | None = None
+    margin: float = Field(0.05, ge=0)
+
+
+class _Guard:
+    """One anonymizer.anonymize.generated.guard.IdentityGuard per recognizer; a candidate passes when every
+    one of them finds it far enough from the original."""
+
+    def __init__(self, config: BankGuardConfig, model_dir: str | None) -> None:
+        from anonymizer.anonymize.generated.guard import IdentityGuard, IdentityGuardConfig
+        from anonymizer.bank.composite import available_encoders
+
+        self.config = config
+        self.guards = []
+        for name in available_encoders(config.encoders):
+            g = IdentityGuard(IdentityGuardConfig(candidates=config.candidates, encoder=name), model_dir)
+            g.config = g.config.model_copy(update={"min_distance": g.encoder.same_person_distance + config.margin})
+            self.guards.append(g)
+
+    def references(self, image: np.ndarray, face: Face, region: FaceMask) -> list:
+        return [g.reference(image, face, region) for g in self.guards]
+
+    def accepts(self, refs: list, image: np.ndarray, pixels: np.ndarray, window: tuple) -> bool:
+        """Whether `image` with `pixels` placed at `window` (x0, y0, x1, y1) passes every recognizer."""
+        for g, ref in zip(self.guards, refs):
+            x0, y0, x1, y1 = ref.window
+            patch = image[y0:y1, x0:x1].copy()
+            patch[window[1] - y0:window[3] - y0, window[0] - x0:window[2] - x0] = pixels
+            if not g.judge(ref, patch).identity_ok:
+                return False
+        return True
+
+
+class BankFace:
+    name = "bank"
+
+    @staticmethod
+    def weight_files(params: dict, model_dir: str | None) -> list[dict]:
+        """What the audit report and the licence gate see: the bank (its manifest's hash, licence and licence
+        class), dlib's 68-point predictor, and the identity guard's recognizers."""
+        from anonymizer.bank.composite import available_encoders
+        from anonymizer.measure.encoder import ENCODERS
+        from anonymizer.models import describe
+
+        try:
+            bank = load_bank(locate_bank(params["bank"], model_dir))
+        except BankError as exc:
+            raise BankError(f"policy key 'anonymization.operator.params.bank': {exc}") from None
+        m = bank.manifest
+        rows = [{"component": "bank", "name": "face bank", "file": str(bank.root / "manifest.json"),
+                 "sha256": sha256_path(bank.root / "manifest.json"), "licence": m["licence"],
+                 "licence_class": m.get("licence_class", "unknown")},
+                {"component": "bank", **describe("dlib_shape68", model_dir)}]
+        guard = params.get("identity_guard", True)
+        if guard:
+            cfg = BankGuardConfig(**({} if guard is True else guard))
+            for name in available_encoders(cfg.encoders):
+                rows += [dict(r, component=f"identity_guard:{name}")
+                         for r in ENCODERS.factory(name).weight_files({}, model_dir)]
+        return rows
+
+    def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
+                 max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,
+                 mirror: bool = True, poisson: bool = True,
+                 identity_guard: dict | bool | None = True, model_dir: str | None = None,
+                 forehead: float = 0.7, expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15) -> None:
+        if fallback in (self.name, "generated"):
+            raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
+        self.bank: Bank = load_bank(locate_bank(bank, model_dir))
+        if len(self.bank) == 0:
+            raise ValueError(f"bank: face bank {bank} has no faces")
+        self.fallback_name = fallback
+        self.fallback = ANONYMIZERS.create(fallback, strength=fallback_strength, expand=expand, shape=shape,
+                                           feather=feather)
+        self.min_face_px, self.max_yaw, self.max_pitch = float(min_face_px), float(max_yaw), float(max_pitch)
+        self.max_landmark_error = float(max_landmark_error)
+        self.bank.mirrored = bool(mirror)
+        self.poisson = bool(poisson)
+        self.choices = max(1, min(int(choices), self.bank.choices))
+        if not 0.0 <= forehead <= 1.0:
+            raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
+        self.forehead = float(forehead)
+        self.landmarker = sh.Landmarker(model_dir)
+        if identity_guard is True:
+            identity_guard = {}
+        self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None
+        self.triangles = sh.triangles()
+
+    # ------------------------------------------------------------ per face
+
+    def decide(self, image: np.ndarray, face: Face) -> tuple[str | None, np.ndarray | None, tuple | None]:
+        """(why this face falls back or None, its 68 points, its working window x0, y0, x1, y1)."""
+        if face.size < self.min_face_px:
+            return "small", None, None
+        if face.landmarks is not None and not np.all(np.isfinite(face.landmarks)):
+            return "no_landmarks", None, None
+        pts = self.landmarker(image, face)
+        if not np.all(np.isfinite(pts)) or sh.eye_distance(pts) < 1.0:
+            return "no_landmarks", None, None
+        if self.landmarker.reliability(pts, face) > self.max_landmark_error:
+            return "unreliable_landmarks", pts, None
+        try:
+            f = sh.features(pts)
+        except ValueError:
+            return "unreliable_landmarks", pts, None
+        if abs(f.yaw) > self.max_yaw or abs(f.pitch) > self.max_pitch:
+            return "extreme_pose", pts, None
+        outline = sh.extend(pts)[sh.OUTLINE]
+        m = WINDOW_MARGIN * sh.eye_distance(pts)
+        x0, y0 = np.floor(outline.min(0) - m).astype(int)
+        x1, y1 = np.ceil(outline.max(0) + m).astype(int)
+        h, w = image.shape[:2]
+        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
+            return "border", pts, None
+        return None, pts, (int(x0), int(y0), int(x1), int(y1))
+
+    def order(self, pts: np.ndarray, rng: np.random.Generator) -> list[int]:
+        """The bank faces to try: the nearest `choices` in pose and expression, in an order from the RNG."""
+        near = self.bank.nearest(sh.features(pts).vector(), self.choices)
+        return [int(near[i]) for i in rng.permutation(len(near))]
+
+    def target_shape(self, pts: np.ndarray, bank_pts: np.ndarray) -> np.ndarray:
+        """The bank face's 68 points placed on the face (similarity on the stable points), with the face's
+        own eye and mouth opening."""
+        new = sh.apply(sh.similarity(bank_pts[sh.STABLE], pts[sh.STABLE]), bank_pts)
+        for i0 in (36, 42):  # eyelids: their distance to the corner-to-corner line, scaled to the face's
+            a, b = new[i0], new[i0 + 3]
+            u = (b - a) / max(np.linalg.norm(b - a), 1e-9)
+            nrm = np.array([-u[1], u[0]])
+            ratio = np.clip(sh.eye_aspect(pts, i0) / max(sh.eye_aspect(new, i0), 1e-3), 0.3, 3.0)
+            for j in (1, 2, 4, 5):
+                off = (new[i0 + j] - a) @ nrm
+                new[i0 + j] += (ratio - 1.0) * off * nrm
+        le, re = new[36:42].mean(0), new[42:48].mean(0)
+        d = (re - le) / max(np.linalg.norm(re - le), 1e-9)
+        down = np.array([-d[1], d[0]])
+        delta = sh.mouth_gap(pts) - sh.mouth_gap(new)  # the lower lip and chin follow the face's mouth opening
+        for idx, share in (((56, 57, 58, 65, 66, 67), 1.0), ((55, 59), 0.6), ((6, 7, 8, 9, 10), 0.6), ((5, 11), 0.3)):
+            new[list(idx)] += share * delta * down
+        c = pts[sh.JAW].mean(0)
+        further = np.linalg.norm(pts[sh.JAW] - c, axis=1) > np.linalg.norm(new[sh.JAW] - c, axis=1)
+        new[sh.JAW[further]] = pts[sh.JAW[further]]
+        return new
+
+    def render(self, base: np.ndarray, original: np.ndarray, pts: np.ndarray, window: tuple, k: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """(the window of `base` with bank face k in place, alpha over the window)."""
+        x0, y0, x1, y1 = window
+        shape = (y1 - y0, x1 - x0)
+        bank_68 = self.bank.landmarks(k)
+        new = sh.extend(self.target_shape(pts, bank_68))
+        face_img, covered = warp(self.bank.crop(k), sh.extend(bank_68), new, self.triangles, shape, (x0, y0))
+        iod = sh.eye_distance(pts)
+        new_m = sh.outline_mask(sh.extend(new[:68], self.forehead), shape, (x0, y0))
+        old_m = sh.outline_mask(sh.extend(pts, self.forehead), shape, (x0, y0))
+        union = np.maximum(new_m, old_m)
+        grow = max(1, int(round(MASK_GROW * iod)))
+        union = cv2.dilate(union, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
+        union[~covered] = 0
+        union[:2], union[-2:], union[:, :2], union[:, -2:] = 0, 0, 0, 0  # seamlessClone needs a free border
+        orig_win = original[y0:y1, x0:x1]
+        base_win = base[y0:y1, x0:x1]
+        face_img[~covered] = orig_win[~covered]
+        # The inner face: inside both faces' 68 points (brows down to the chin), no forehead: a bank face's
+        # fringe of hair must neither set the lightness harmonize matches nor count as its skin.
+        core = np.minimum(sh.hull_mask(new[:68], shape, (x0, y0)), sh.hull_mask(pts, shape, (x0, y0)))
+        inner = cv2.erode(core, np.ones((3, 3), np.uint8), iterations=max(1, int(0.15 * iod))) > 0
+        if inner.sum() < 16:
+            inner = union > 0
+        skin = self.skin(face_img, inner, iod)
+        cheeks = sh.hull_mask(pts[CHEEKS], shape, (x0, y0)) > 0
+        face_img = self.harmonize(face_img, self.skin_only(orig_win, cheeks if cheeks.sum() >= 16 else inner), inner)
+        if self.poisson:
+            bx, by, bw, bh = cv2.boundingRect(union)
+            cloned = cv2.seamlessClone(face_img, np.ascontiguousarray(base_win), union.copy(),
+                                       (bx + bw // 2, by + bh // 2), cv2.NORMAL_CLONE)
+            # Lightness from the Poisson blend, colour from harmonize: a beard or a collar on the mask's edge
+            # would otherwise tint the whole chin (green, grey) through the blend.
+            lab = cv2.cvtColor(cloned.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+            lab[..., 1:] = cv2.cvtColor(face_img.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[..., 1:]
+            cloned = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        else:
+            cloned = face_img
+        ramp = max(1.0, FEATHER * iod)
+        dist = cv2.distanceTransform((union > 0).astype(np.uint8), cv2.DIST_L2, 5)
+        alpha = np.clip(dist / ramp, 0.0, 1.0)
+        alpha = np.where(inner, alpha, alpha * skin).astype(np.float32)
+        return blend(base_win, cloned, alpha), alpha
+
+    @staticmethod
+    def harmonize(face: np.ndarray, original: np.ndarray, inner: np.ndarray) -> np.ndarray:
+        """generated.harmonize (the photo's lightness and low-passed colour), with the lightness spread it
+        imposes held within CONTRAST of the bank face's own: a beard, dark glasses or a shadow inflate the
+        original's spread, and the bank face, stretched to match, turns harsh."""
+        out = hz.harmonize(face, original, inner)
+        sg = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[inner, 0].std()
+        lab = cv2.cvtColor(out.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        mean, so = lab[inner, 0].mean(), lab[inner, 0].std()
+        ratio = so / max(sg, 1e-3)
+        kept = np.clip(ratio, 1 / CONTRAST, CONTRAST)
+        if kept == ratio:
+            return out
+        lab[..., 0] = (lab[..., 0] - mean) * (kept / ratio) + mean
+        return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def skin_only(original: np.ndarray, cheeks: np.ndarray) -> np.ndarray:
+        """The photo's window with what is not skin (a beard, glasses, a shadow) painted in its cheeks'
+        median skin colour: harmonize then takes skin light and skin colour from it, not a beard's grey."""
+        lab = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        px = lab[cheeks]
+        mu = np.median(px, 0)
+        sd = np.maximum(1.4826 * np.median(np.abs(px - mu), 0), (6.0, 3.0, 3.0))
+        far = np.sqrt((((lab - mu) / sd) ** 2).sum(-1)) > SKIN_FAR
+        lab[far] = mu
+        return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def skin(face: np.ndarray, inner: np.ndarray, iod: float) -> np.ndarray:
+        """How much each pixel of the warped bank face looks like its inner face's skin (1) or not (0: hair,
+        background, a hand at the edge of its outline), by its Lab distance from the inner face's mean in
+        units of that region's spread; smoothed over a tenth of an eye distance."""
+        lab = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        px = lab[inner]
+        mu = np.median(px, 0)  # median and MAD: the eyes, brows and mouth inside are not skin
+        sd = np.maximum(1.4826 * np.median(np.abs(px - mu), 0), (6.0, 3.0, 3.0))
+        d = np.sqrt((((lab - mu) / sd) ** 2).sum(-1))
+        s = np.clip((SKIN_FAR - d) / (SKIN_FAR - SKIN_NEAR), 0.0, 1.0).astype(np.float32)
+        return cv2.GaussianBlur(s, (0, 0), max(0.5, 0.1 * iod))
+
+    # ------------------------------------------------------------ image
+
+    def anonymize(self, image: np.ndarray, faces: Sequence[Face], rngs: Sequence[np.random.Generator]) -> Anonymized:
+        """Fallback faces first (so a neighbour's fallback region never blurs a replaced face), then each other
+        face in order: its landmarks and identity reference from the input image, its pixels into the output
+        so far. A face the guard still matches with every tried bank face gets the fallback last."""
+        out = image.copy()
+        masks: list[FaceMask | None] = [None] * len(faces)
+        methods = [self.name] * len(faces)
+        decided = [self.decide(image, face) for face in faces]
+
+        def fall_back(i: int, reason: str) -> None:
+            nonlocal out
+            res = self.fallback.anonymize(out, [faces[i]], [rngs[i]])
+            out, masks[i], methods[i] = res.image, res.masks[0], f"fallback:{self.fallback_name}:{reason}"
+
+        for i, (reason, _, _) in enumerate(decided):
+            if reason is not None:
+                fall_back(i, reason)
+        rejected = []
+        for i, (reason, pts, window) in enumerate(decided):
+            if reason is not None:
+                continue
+            x0, y0, x1, y1 = window
+            refs = None
+            if self.guard is not None:
+                refs = self.guard.references(image, faces[i], FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
+            done = None
+            for k in self.order(pts, rngs[i])[: self.guard.config.candidates if self.guard else 1]:
+                pixels, alpha = self.render(out, image, pts, window, k)
+                if refs is None or self.guard.accepts(refs, out, pixels, window):
+                    done = (pixels, alpha)
+                    break
+            if done is None:
+                rejected.append(i)
+                continue
+            out[y0:y1, x0:x1] = done[0]
+            masks[i] = FaceMask(x0, y0, done[1])
+        for i in rejected:
+            fall_back(i, "reidentifiable")
+        return Anonymized(out, masks, methods)
+
+
+def _bank(**params) -> BankFace:
+    return BankFace(**params)

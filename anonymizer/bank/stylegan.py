@@ -1,0 +1,204 @@
+"""Bank faces of people who do not exist: MobileStyleGAN (FFHQ 1024², OpenVINO IR) renders them.
+
+Why: a composite still carries a little of each of its k donors; a synthetic person carries nobody's (up to
+the generator's memorisation of its training set). The weights are distilled from NVIDIA's StyleGAN2-FFHQ,
+so a bank made with them is non-commercial (`LICENCE`, recorded in its manifest).
+
+Each virtual person i has its own z (from the RNG (seed, i)), mapped to w and truncated toward the mean w
+(`truncation`: fewer odd faces, less variety). View 0 is that w as rendered. Pose and expression are
+roughly linear in w (InterFaceGAN, Shen et al. 2020): once `fit_min` people are rendered, yaw, pitch,
+mouth opening and smile width measured on them (dlib's 68 points) are regressed on w (ridge), and each
+further view moves the person's w along one feature's direction by the amount that regression says
+reaches the view's target (e.g. {"yaw": 30}); the rendered face's measured features are what the index
+records. Files: `<model dir>/mobilestylegan/{Mapping,Synthesis}Network.{xml,bin}`, sha256-pinned.
+Needs the optional dependency `openvino` (pip install 'anonymizer[stylegan]').
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from anonymizer.bank import shape as sh
+from anonymizer.bank.store import BankWriter
+from anonymizer.faces import Face
+from anonymizer.models import ModelNotFoundError, search_dirs, sha256_file
+
+log = logging.getLogger(__name__)
+
+LICENCE = "non-commercial (StyleGAN2-FFHQ)"
+FILES = {
+    "MappingNetwork.xml": "73e2096cad6e696e4af47df2477e048ab4c42c0e0dec83c7c66604822689e55b",
+    "MappingNetwork.bin": "212dd716bdb556e18db603ea97300d4fa3c872b878c726b2402fea80820e7305",
+    "SynthesisNetwork.xml": "7918fce515243954d3e06628cb39a23902d6b1d5d02932cc0c2faee7a2aeeedd",
+    "SynthesisNetwork.bin": "c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
+}
+DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
+DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
+
+
+def locate_stylegan(model_dir: str | None = None) -> Path:
+    """The folder holding the four IR files, each checked against its pinned sha256."""
+    tried = [d / "mobilestylegan" for d in search_dirs(model_dir)]
+    for d in tried:
+        if all((d / f).is_file() for f in FILES):
+            for f, sha in FILES.items():
+                digest = sha256_file(str(d / f))
+                if digest != sha:
+                    raise ValueError(f"MobileStyleGAN file {d / f}: sha256 {digest} differs from the pinned {sha}")
+            return d
+    raise ModelNotFoundError("MobileStyleGAN IR files (" + ", ".join(FILES) + ") not found; looked in: "
+                             + ", ".join(map(str, tried)) + " (set --model-dir / $ANONYMIZER_MODEL_DIR)")
+
+
+class Renderer:
+    """z → w (truncated) → 1024² RGB uint8, on CPU through OpenVINO."""
+
+    def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1,
+                 mean_samples: int = 512) -> None:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise ImportError("the StyleGAN bank needs openvino: pip install 'anonymizer[stylegan]'") from exc
+        if not 0.0 < truncation <= 1.0:
+            raise ValueError(f"stylegan: truncation must be in (0, 1], got {truncation}")
+        d = locate_stylegan(model_dir)
+        core = ov.Core()
+        cfg = {"INFERENCE_NUM_THREADS": int(threads)}
+        self._map = core.compile_model(str(d / "MappingNetwork.xml"), "CPU", cfg)
+        self._syn = core.compile_model(str(d / "SynthesisNetwork.xml"), "CPU", cfg)
+        self.truncation = float(truncation)
+        rng = np.random.default_rng(20240531)  # the mean w: fixed, so every bank truncates toward the same point
+        self.w_avg = np.mean([self._map([rng.standard_normal((1, 512)).astype(np.float32)])[0][0]
+                              for _ in range(mean_samples)], axis=0)
+
+    def w(self, z: np.ndarray) -> np.ndarray:
+        w = self._map([np.asarray(z, np.float32).reshape(1, 512)])[0][0]
+        return self.w_avg + self.truncation * (w - self.w_avg)
+
+    def render(self, w: np.ndarray) -> np.ndarray:
+        img = self._syn([np.asarray(w, np.float32).reshape(1, 512)])[0][0]
+        return np.clip((img.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+
+
+def person_z(seed: int, i: int) -> np.ndarray:
+    return np.random.default_rng([seed, i]).standard_normal(512).astype(np.float32)
+
+
+class FaceReader:
+    """A rendered face's 68 points (HOG at 256², dlib's predictor at 512²) and its bank crop."""
+
+    def __init__(self, model_dir: str | None = None) -> None:
+        import dlib
+
+        self._hog = dlib.get_frontal_face_detector()
+        self._landmarker = sh.Landmarker(model_dir)
+
+    def __call__(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(crop, its 68 points) or None when no single clear face is found."""
+        small = cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA)
+        rects = self._hog(small, 0)
+        if len(rects) != 1:
+            return None
+        r = rects[0]
+        mid = cv2.resize(img, (512, 512), interpolation=cv2.INTER_AREA)
+        pts = self._landmarker(mid, Face(2 * r.left(), 2 * r.top(), 2 * r.width(), 2 * r.height(), 1.0, "dlib_hog"))
+        pts256 = pts / 2.0
+        m = sh.crop_matrix(pts256)
+        crop = cv2.warpAffine(small, m, (sh.CROP_SIZE, sh.CROP_SIZE), flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REFLECT101)
+        return crop, sh.apply(m, pts256)
+
+
+def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 1.0) -> dict[str, tuple[np.ndarray, float]]:
+    """Per feature: (unit direction in w, feature change per unit step), by ridge regression of the feature
+    on w (λ = `ridge` × the mean eigenvalue of the centred Gram matrix)."""
+    w = ws - ws.mean(0)
+    gram = w.T @ w
+    lam = ridge * np.trace(gram) / gram.shape[0]
+    out = {}
+    for name, y in feats.items():
+        yc = y - y.mean()
+        beta = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), w.T @ yc)
+        d = beta / max(np.linalg.norm(beta), 1e-12)
+        proj = w @ d
+        slope = float((proj @ yc) / max(proj @ proj, 1e-12))
+        out[name] = (d, slope)
+    return out
+
+
+def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Sequence[dict] = DEFAULT_VIEWS,
+                        truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
+                        model_dir: str | None = None, part_size: int = 64) -> Path:
+    """A bank of `n` virtual people, each rendered once and then at `views` (see the module doc: views need
+    `fit_min` people to fit directions from); resumable. A view's step along its direction is capped at
+    `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Returns the
+    bank directory."""
+    out = Path(out)
+    writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
+                        licence_class="non-commercial", part_size=part_size)
+    renderer = Renderer(model_dir, truncation, threads)
+    reader = FaceReader(model_dir)
+    missed = 0
+
+    def make(face_id: str, person: int, w: np.ndarray) -> bool:
+        got = reader(renderer.render(w))
+        if got is None:
+            log.info("stylegan %s: no single clear face, skipped", face_id)
+            return False
+        crop, pts = got
+        writer.add(face_id, f"s{person:06d}", crop, pts, sh.features(pts))
+        return True
+
+    base = {}
+    for i in range(n):
+        base[i] = renderer.w(person_z(seed, i))
+        fid = f"s{i:06d}v0"
+        if not writer.has(fid) and not make(fid, i, base[i]):
+            missed += 1
+    summary: dict = {"people": n, "missed_renders": 0, "views": [], "directions": None}
+    extra: tuple[str, ...] = ()
+    rows = writer.rows()
+    v0 = rows[rows["face_id"].str.endswith("v0")]
+    if views and len(v0) < fit_min:
+        log.warning("stylegan bank %s: %d people rendered, %d needed to fit pose/expression directions: no views",
+                    out, len(v0), fit_min)
+    elif views:
+        dpath = out / "directions.npz"
+        people = [int(f[1:7]) for f in v0["face_id"]]
+        if dpath.is_file():
+            saved = np.load(dpath)
+            dirs = {k: (saved[f"{k}_direction"], float(saved[f"{k}_slope"])) for k in DIRECTION_FEATURES}
+        else:
+            ws = np.stack([base[p] for p in people])
+            dirs = fit_directions(ws, {k: v0[k].to_numpy(np.float64) for k in DIRECTION_FEATURES})
+            np.savez(dpath, **{f"{k}_direction": d for k, (d, _) in dirs.items()},
+                     **{f"{k}_slope": np.float64(s) for k, (_, s) in dirs.items()})
+        extra = ("directions.npz",)
+        summary["directions"] = {k: {"slope_per_unit_step": s} for k, (_, s) in dirs.items()}
+        measured = {int(f[1:7]): r for f, r in zip(v0["face_id"], v0.to_dict("records"))}
+        cap = max_step * float(np.median([np.linalg.norm(base[p] - renderer.w_avg) for p in people]))
+        for vi, view in enumerate(views, start=1):
+            (feat, target), = view.items()
+            if feat not in dirs:
+                raise ValueError(f"stylegan view {view}: feature must be one of {DIRECTION_FEATURES}")
+            d, slope = dirs[feat]
+            for p in people:
+                fid = f"s{p:06d}v{vi}"
+                if writer.has(fid):
+                    continue
+                step = np.clip((float(target) - measured[p][feat]) / (slope if abs(slope) > 1e-9 else 1e-9),
+                               -cap, cap)
+                if not make(fid, p, base[p] + step * d):
+                    missed += 1
+        summary["views"] = list(views)
+    summary["missed_renders"] = missed
+    build = {"kind": "stylegan", "n": n, "seed": seed, "truncation": truncation, "views": list(views),
+             "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": "dlib_shape68",
+             "crop_size": sh.CROP_SIZE}
+    return writer.finish(None, build, extra_files=extra, summary=summary)

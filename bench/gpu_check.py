@@ -1,0 +1,205 @@
+"""Images/s of the detection + measurement stack on 1080p frames, batched, with the networks on a GPU where
+their runtime has one: the check to run when a GPU machine is lent (bench/gpu_check.sh); it runs on the CPU
+too (`--device cpu --frames 4`), which is how the tests keep it working.
+
+The default policy's parts, called as library functions (no Ray, no Prefect, no policy loader: the GPU
+machine has none of them): the detection ensemble over a batch of frames at once (`Ensemble.detect_batch`:
+RetinaFace's scales and tiles of every frame share forward passes), the blur operator, a JPEG round trip,
+then the measurements on the released pixels: the auditor (dlib's HOG, when dlib is installed), outside
+change and coverage, re-identification with MobileFaceNet over every scored face of the batch in one call
+(`embed_chips`), and the head pose before and after (YuNet windows). Where each network ran is printed:
+OpenCV's wheels have no CUDA (YuNet: CPU), onnxruntime runs CenterFace and MobileFaceNet on the GPU only
+when onnxruntime-gpu is installed.
+
+Frames: 2x2 mosaics of the photos, each tile resized to cover 960x540 and centre-cropped.
+
+    python bench/gpu_check.py [--model-dir DIR] [--device cuda|cpu] [--frames 64] [--batch 8]
+                              [--budget-s 240] [--out bench/results/gpu_check.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # the library from this checkout, installed or not (the GPU machine)
+SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
+FRAME = (1920, 1080)
+
+
+def mosaics(photo_dir: Path, n: int) -> list[np.ndarray]:
+    """n RGB 1920x1080 frames, each four photos in a 2x2 grid (cycling through the folder)."""
+    photos = []
+    for p in sorted(photo_dir.iterdir()):
+        bgr = cv2.imread(str(p), cv2.IMREAD_COLOR) if p.suffix.lower() in (".jpg", ".jpeg", ".png") else None
+        if bgr is not None:
+            photos.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    if not photos:
+        raise SystemExit(f"no photo in {photo_dir}")
+    tw, th = FRAME[0] // 2, FRAME[1] // 2
+    tiles = []
+    for im in photos:
+        s = max(tw / im.shape[1], th / im.shape[0])
+        big = cv2.resize(im, (round(im.shape[1] * s), round(im.shape[0] * s)), interpolation=cv2.INTER_AREA)
+        y, x = (big.shape[0] - th) // 2, (big.shape[1] - tw) // 2
+        tiles.append(big[y:y + th, x:x + tw])
+    out = []
+    for i in range(n):
+        t = [tiles[(4 * i + k) % len(tiles)] for k in range(4)]
+        out.append(np.ascontiguousarray(np.vstack([np.hstack(t[:2]), np.hstack(t[2:])])))
+    return out
+
+
+def build(model_dir: str, device: str) -> dict:
+    """The default policy's detection, operator and measurement parts, from policies/default.yaml."""
+    from anonymizer.anonymize import ANONYMIZERS
+    from anonymizer.detect import Ensemble, build_detector
+    from anonymizer.measure.mobilefacenet import MobileFaceNetEncoder
+    from anonymizer.measure.pose import PoseMeter
+
+    policy = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
+    d, m, a = policy["detection"], policy["measurement"], policy["anonymization"]
+    on_device = {"retinaface": {"device": device}, "centerface": {"device": "auto" if device == "cuda" else "cpu"}}
+    detectors = [build_detector(c["name"], {**c.get("params", {}), **on_device.get(c["name"], {})}, model_dir)
+                 for c in d["detectors"]]
+    parts = {
+        "ensemble": Ensemble(detectors, d["merge_iou"], d["merge"], [c.get("weight", 1.0) for c in d["detectors"]],
+                             d["min_score"], d["vote_per_scale"]),
+        "operator": ANONYMIZERS.create(a["operator"]["name"], **a["operator"].get("params", {}), **a["region"]),
+        "encoder": MobileFaceNetEncoder(model_dir, device="auto" if device == "cuda" else "cpu"),
+        "pose": PoseMeter(build_detector(m["pose_landmarks"]["name"], m["pose_landmarks"]["params"], model_dir)),
+        "auditor": None,
+        "settings": {k: m[k] for k in ("min_reid_face_px", "covered_fraction", "change_tolerance", "mask_margin_px")},
+    }
+    try:
+        parts["auditor"] = build_detector(d["auditor"]["name"], d["auditor"]["params"], model_dir)
+    except ImportError as exc:  # dlib is not installed on the GPU machine
+        print(f"auditor {d['auditor']['name']}: skipped ({exc})")
+    return parts
+
+
+def where(parts: dict) -> dict:
+    """The device each network runs on."""
+    ens = parts["ensemble"]
+    out = {}
+    for det in ens.detectors:
+        if det.name == "retinaface":
+            out[det.name] = str(det.device)
+        elif det.name == "centerface":
+            out[det.name] = (det._session.get_providers()[0] if det._session is not None else "opencv (CPU)")
+        else:
+            out[det.name] = "CPU (OpenCV)"
+    out["mobilefacenet"] = parts["encoder"]._session.get_providers()[0]
+    out["pose (yunet)"] = "CPU (OpenCV)"
+    out["auditor"] = "CPU (dlib)" if parts["auditor"] is not None else "skipped"
+    return out
+
+
+def run_batch(parts: dict, frames: list[np.ndarray], t: dict, counts: dict) -> None:
+    """The stack on one batch of frames; seconds per stage added to `t`."""
+    from anonymizer import imageio
+    from anonymizer.anonymize import face_rngs
+    from anonymizer.measure.metrics import MeasureSettings, image_measurements
+
+    s = MeasureSettings(**parts["settings"])
+    t0 = time.perf_counter()
+    faces = parts["ensemble"].detect_batch(frames)
+    t1 = time.perf_counter()
+    released = []
+    results = []
+    for i, (im, fs) in enumerate(zip(frames, faces)):
+        r = parts["operator"].anonymize(im, fs, face_rngs(0, f"frame{i}", len(fs)))
+        like = imageio.Decoded(rgb=im, alpha=None, format="JPEG", mode="RGB", grayscale=False)
+        released.append(imageio.decode(imageio.encode(r.image, like, 95), 10**8).rgb)
+        results.append(r)
+    t2 = time.perf_counter()
+    for im, rel, r in zip(frames, released, results):
+        audited = parts["auditor"].detect(im) if parts["auditor"] is not None else []
+        image_measurements(r, im, rel, audited, s)
+        counts["auditor_faces"] += len(audited)
+    t3 = time.perf_counter()
+    enc, chips_a, chips_b = parts["encoder"], [], []
+    for im, rel, fs in zip(frames, released, faces):
+        scored = [f for f in fs if f.size >= s.min_reid_face_px and f.landmarks is not None]
+        if scored:
+            m = enc.align(im, scored)
+            chips_a.append(enc._aligner.chips(im, m))
+            chips_b.append(enc._aligner.chips(rel, m))
+    if chips_a:
+        a, b = enc.embed_chips(np.concatenate(chips_a)), enc.embed_chips(np.concatenate(chips_b))
+        counts["reid_scored"] += len(a)
+        counts["reid_distance_sum"] += float(np.linalg.norm(a - b, axis=1).sum())
+    t4 = time.perf_counter()
+    for im, rel, fs in zip(frames, released, faces):
+        counts["pose_measured"] += sum(p is not None for p in parts["pose"].measure(im, rel, fs, s.min_reid_face_px))
+    t5 = time.perf_counter()
+    counts["faces"] += sum(len(fs) for fs in faces)
+    for k, v in {"detect": t1 - t0, "anonymize+jpeg": t2 - t1, "auditor+coverage": t3 - t2, "reid": t4 - t3,
+                 "pose": t5 - t4}.items():
+        t[k] += v
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
+    ap.add_argument("--model-dir", default=os.environ.get("ANONYMIZER_MODEL_DIR", str(SHARED / "models")))
+    ap.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when torch sees one")
+    ap.add_argument("--frames", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=8, help="frames per detect_batch call")
+    ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting batches after this (the check "
+                                                                   "must fit in 5 minutes with the model loading)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_check.json")
+    args = ap.parse_args()
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no GPU")
+    start = time.perf_counter()
+    frames = mosaics(args.photos, args.frames)
+    parts = build(args.model_dir, device)
+    placement = where(parts)
+    print("networks:", ", ".join(f"{k}: {v}" for k, v in placement.items()), flush=True)
+    run_batch(parts, frames[:1], defaultdict(float), defaultdict(float))  # warm-up: cuDNN, per-size buffers
+    t: dict = defaultdict(float)
+    counts: dict = defaultdict(float)
+    done, t0 = 0, time.perf_counter()
+    for i in range(0, len(frames), args.batch):
+        if time.perf_counter() - start > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s reached after {done} frames")
+            break
+        batch = frames[i:i + args.batch]
+        run_batch(parts, batch, t, counts)
+        done += len(batch)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    result = {
+        "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+        "cpus": os.cpu_count(), "machine": platform.platform(), "frame": list(FRAME), "frames": done,
+        "batch": args.batch, "wall_s": wall, "images_per_s": done / wall if wall else None, "stage_s": dict(t),
+        "faces": int(counts["faces"]), "reid_scored": int(counts["reid_scored"]),
+        "pose_measured": int(counts["pose_measured"]), "auditor_faces": int(counts["auditor_faces"]),
+        "networks": placement, "command": " ".join(sys.argv),
+    }
+    print(f"{done} frames of {FRAME[0]}x{FRAME[1]} in {wall:.1f} s: {result['images_per_s']:.2f} images/s on {device}"
+          f" ({result['faces']} faces, {result['reid_scored']} re-identification scored, {result['pose_measured']} poses)")
+    print("stage s: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""What makes runs faster changes no result: the local engine's threads, batched detection, and the GPU check
+(run on the CPU here, so that it keeps working for when a GPU is lent)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from conftest import PHOTOS, REPO, lfw_images
+
+
+def _tables(staging, shards: int) -> tuple[list[dict], list[dict]]:
+    from anonymizer.pipeline.shard import shard_dir
+
+    images, faces = [], []
+    for i in range(shards):
+        d = shard_dir(staging, i)
+        images += d.read_table("images.parquet").to_pylist()
+        faces += d.read_table("faces.parquet").to_pylist()
+    timing = {"decode_s", "detect_s", "anonymize_s", "measure_s", "read_s", "write_s"}
+    return [{k: v for k, v in r.items() if k not in timing} for r in images], faces
+
+
+def test_local_engine_threads_give_the_results_of_one_thread(tmp_path, shared, policy):
+    from anonymizer.pipeline.executors import run_local
+    from anonymizer.storage import Location
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in lfw_images(4):
+        shutil.copy(p, src / p.name)
+    shutil.copy(PHOTOS / "group_1.jpg", src / "group_1.jpg")
+    keys = sorted(p.name for p in src.iterdir())
+    shards = [(0, keys[:2]), (1, keys[2:4]), (2, keys[4:])]
+    threads_before = cv2.getNumThreads(), torch.get_num_threads()
+    results = {}
+    for workers in (1, 2):
+        staging = Location.parse(str(tmp_path / f"staging{workers}"))
+        summaries = run_local(policy, Location.parse(str(src)), staging, shards, len(shards), workers=workers)
+        assert [s["shard"] for s in summaries] == [0, 1, 2] and sum(s["images"] for s in summaries) == 5
+        results[workers] = _tables(staging, len(shards))
+    assert results[1] == results[2]
+    assert sum(f["source"] == "primary" for f in results[2][1]) >= 5
+    assert (cv2.getNumThreads(), torch.get_num_threads()) == threads_before  # library threads restored
+
+
+def test_batched_detection_finds_what_one_image_at_a_time_finds(shared, components):
+    frames = [cv2.resize(cv2.cvtColor(cv2.imread(str(PHOTOS / n)), cv2.COLOR_BGR2RGB), (1280, 720))
+              for n in ("group_1.jpg", "group_13.jpg")]
+    ensemble = components.detector
+    one = [ensemble.detect(f) for f in frames]
+    batched = ensemble.detect_batch(frames)
+    for a, b in zip(one, batched):
+        assert len(a) == len(b) > 0
+        box = lambda fs: np.array([[f.x, f.y, f.w, f.h, f.score] for f in fs])  # noqa: E731
+        np.testing.assert_allclose(box(a), box(b), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_on_the_cpu(tmp_path, shared):
+    out = tmp_path / "gpu_check.json"
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--frames", "4",
+                        "--batch", "4", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["frames"] == 4 and result["images_per_s"] > 0 and result["device"] == "cpu"
+    assert result["faces"] > 0 and result["reid_scored"] > 0 and result["pose_measured"] > 0
+    assert set(result["stage_s"]) == {"detect", "anonymize+jpeg", "auditor+coverage", "reid", "pose"}
+    assert "images/s on cpu" in r.stdout
