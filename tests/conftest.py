@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -70,3 +71,34 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@contextlib.contextmanager
+def moto_server(*buckets: str, versioned: tuple[str, ...] = ()):
+    """moto's S3 (and KMS) server on 127.0.0.1 for the block, AWS_ENDPOINT_URL pointing at it; yields an S3
+    client with `buckets` created (`versioned` ones with versioning on)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    saved = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
+    try:
+        from anonymizer.storage import s3_client
+
+        client = s3_client()
+        for bucket in buckets:
+            client.create_bucket(Bucket=bucket)
+        for bucket in versioned:
+            client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+        yield client
+    finally:
+        if saved is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = saved
+        server.stop()

@@ -5,7 +5,6 @@ one person → one virtual identity across images and across a save/load (increm
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import pickle
 
@@ -21,7 +20,7 @@ from anonymizer.identity import (STATE_NAME, IdentityStateError, Linker, Tampere
 from anonymizer.identity.linker import MEASURED_THRESHOLDS
 from anonymizer.storage import Location
 from anonymizer.vault import KeySpecError
-from conftest import LFW
+from conftest import LFW, moto_server
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(100, 132))
@@ -211,24 +210,8 @@ def test_linking_scores_on_known_labels():
 
 @pytest.fixture(scope="module")
 def s3(shared):
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    before = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
-    from anonymizer.storage import s3_client
-
-    client = s3_client()
-    client.create_bucket(Bucket="vault")
-    yield client
-    if before is None:
-        del os.environ["AWS_ENDPOINT_URL"]
-    else:
-        os.environ["AWS_ENDPOINT_URL"] = before
-    server.stop()
+    with moto_server("vault") as client:
+        yield client
 
 
 def test_state_round_trip_through_s3(faces, s3):

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import PHOTOS, REPO, lfw_images
+from conftest import PHOTOS, REPO, lfw_images, moto_server
 
 HOSTILE = "zz<img src=z onerror=alert(document.domain)>.jpg"
 PHOTO_NAMES = ("group_13.jpg", "group_2.jpg")
@@ -448,21 +448,8 @@ def test_transparent_webp_counts_only_visible_pixels(tmp_path, shared):
 
 @pytest.fixture(scope="module")
 def s3():
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    with _env(AWS_ENDPOINT_URL=f"http://{host}:{port}"):
-        from anonymizer.storage import s3_client
-
-        client = s3_client()
-        client.create_bucket(Bucket="leaks")
+    with moto_server("leaks") as client:
         yield client
-    server.stop()
 
 
 def test_manifest_records_the_etag_of_what_was_read(s3, tmp_path, shared):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import REPO, lfw_images
+from conftest import REPO, lfw_images, moto_server
 
 ROWS: dict[str, list] = {}
 
@@ -470,25 +469,8 @@ def test_read_only_dest_is_refused_before_any_work(tmp_path, read_only_dir, shar
 
 @pytest.fixture(scope="module")
 def s3():
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    saved = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
-    from anonymizer.storage import s3_client
-
-    client = s3_client()
-    for bucket in ("lsrc", "lrel"):
-        client.create_bucket(Bucket=bucket)
-    yield client
-    if saved is None:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-    else:
-        os.environ["AWS_ENDPOINT_URL"] = saved
-    server.stop()
+    with moto_server("lsrc", "lrel") as client:
+        yield client
 
 
 def _s3_keys(client, bucket, prefix):

@@ -9,7 +9,6 @@ import base64
 import dataclasses
 import hashlib
 import json
-import logging
 import os
 import pickle
 
@@ -19,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import PHOTOS, SHARED
+from conftest import PHOTOS, SHARED, moto_server
 
 from anonymizer import imageio
 from anonymizer.storage import Location
@@ -148,26 +147,8 @@ def test_round_trip_local_is_byte_exact_in_every_face(tmp_path, photos, kek, loc
 
 @pytest.fixture(scope="module")
 def s3(shared):
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    before = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
-    from anonymizer.storage import s3_client
-
-    client = s3_client()
-    for bucket in ("vault", "rel"):
-        client.create_bucket(Bucket=bucket)
-    client.put_bucket_versioning(Bucket="vault", VersioningConfiguration={"Status": "Enabled"})
-    yield client
-    if before is None:
-        del os.environ["AWS_ENDPOINT_URL"]
-    else:
-        os.environ["AWS_ENDPOINT_URL"] = before
-    server.stop()
+    with moto_server("vault", "rel", versioned=("vault",)) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
