@@ -195,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
 
 _EVALS: dict[str, str] = {"detection": "anonymizer.eval.detection", "reid": "anonymizer.eval.reid",
                          "generation": "anonymizer.eval.generation", "calibrate": "anonymizer.eval.calibrate",
-                         "linking": "anonymizer.eval.linking"}
+                         "linking": "anonymizer.eval.linking", "attackers": "anonymizer.eval.attackers"}
 
 
 def main(argv: list[str] | None = None) -> int:

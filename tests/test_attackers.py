@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from anonymizer.eval import attackers as A
-from anonymizer.eval import reid
 from anonymizer.eval.lfw import split_of
 from conftest import LFW
 
@@ -75,10 +74,10 @@ def test_restoration_trains_and_beats_the_naive_attacker_on_weak_blur(setup, pol
 
 def test_command_line_writes_the_json_and_the_table(shared, tmp_path, capsys):
     ap = argparse.ArgumentParser()
-    reid.add_arguments(ap)
+    A.add_arguments(ap)
     args = ap.parse_args(["--lfw", str(LFW.parent), "--out", str(tmp_path), "--attackers", "naive",
                           "--attack-config", "tiny", "--sweep", "mask:1"])
-    assert reid.run(args) == 0
+    assert A.run(args) == 0
     result = json.loads((tmp_path / "attackers.json").read_text())
     (c,) = result["configs"]
     assert c["operator"] == "mask" and set(c["attackers"]) == {"naive"}

@@ -44,7 +44,7 @@ SIZE_BUCKETS: tuple[tuple[str, float, float], ...] = (
     (">=32", 32.0, float("inf")),
 )
 WIDER_SUBSETS = {"easy": 50.0, "medium": 20.0, "hard": 0.0}  # min ORIGINAL size among hard-flagged faces
-DETECTOR_CHOICES = ("yunet", "retinaface", "centerface", "ensemble", "policy")
+DETECTOR_CHOICES = ("yunet", "retinaface", "centerface", "scrfd", "mtcnn", "ensemble", "policy")
 MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (a budget of false positives per image)
 
 # Used where no policy names a detector: policies/default.yaml's detection, chosen on this subset with
@@ -476,9 +476,9 @@ def _fmt(v: float | None) -> str:
 #
 # The auditor re-detects faces to check the primary detectors' work, so what matters is the share of faces
 # it finds by size at a false-positive rate a release can live with (an auditor face no mask covers fails
-# the run). Each candidate runs once at a low score cut; the cut that gives at most MATCHED_FP_RATE FP/img on
-# WIDER is then its deployed setting, and the figures are re-scored at exactly that setting. On real photos without
-# ground truth, the reference is the default policy's detectors (what the pipeline anonymizes): recall there
+# the run). Each candidate runs once at a low score cut; the cut that gives at most MATCHED_FP_RATE FP/img
+# on WIDER is then its deployed setting, and the figures are re-scored at exactly that setting. On real
+# photos without ground truth, the reference is the default policy's detectors (what the pipeline anonymizes): recall there
 # is the share of those faces the auditor also finds, and "unmatched" its faces that match none of them
 # (a missed face or a false positive: either would fail the uncovered-faces check).
 
@@ -659,7 +659,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the widerface_val_subset directory")
     parser.add_argument("--out", required=True, help="directory for detection_eval.json and detection_eval.png")
     parser.add_argument("--detectors", default="yunet,retinaface,ensemble",
-                        help="comma-separated: yunet,retinaface,centerface,ensemble,policy (policy: the --policy file's detection as the pipeline runs it)")
+                        help="comma-separated: yunet,retinaface,centerface,scrfd,mtcnn,ensemble,policy (policy: the --policy file's detection as the pipeline runs it)")
     parser.add_argument("--policy", default=None, help="take detector parameters and merge_iou from this policy file")
     parser.add_argument("--model-dir", default=None, help="where the detector weights are")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images (quick checks)")

@@ -574,14 +574,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON cache of the originals' boxes and embeddings (numbers only), reused by later runs")
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.lfw is None or not Path(args.lfw).is_dir():
-        raise FileNotFoundError(f"LFW folder not found: {args.lfw} (pass --lfw)")
+def policy_and_sweep(args: argparse.Namespace) -> tuple[Policy, list[tuple[str, float]]]:
+    """The policy and the (operator, strength) pairs to attack; `--sweep policy`: the policy's own operator."""
     policy = load_policy(args.policy)
     sweep = args.sweep
     if sweep == "policy":
         op = policy.anonymization.operator
         sweep = [(op.name, float(op.params.get("strength", 1.0)))]
+    return policy, sweep
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.lfw is None or not Path(args.lfw).is_dir():
+        raise FileNotFoundError(f"LFW folder not found: {args.lfw} (pass --lfw)")
+    policy, sweep = policy_and_sweep(args)
     result, scores = run_sweep(policy, Path(args.lfw), sweep, args.far, args.min_images, args.images_per_identity,
                                args.max_identities, cache=args.cache, identities=args.identities)
     paths = write(result, scores, args.out)
