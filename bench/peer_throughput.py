@@ -115,21 +115,29 @@ def main() -> None:
     if args.realistic:
         sides["ours local, realistic"] = ("local", str(REPO / "policies" / "realistic.yaml"))
     runs: dict[str, list[dict]] = {"deface": [], **{name: [] for name in sides}}
+    failed: dict[str, str] = {}
     for r in range(args.rounds):
-        for name in runs:
+        for name in [n for n in runs if n not in failed]:
             with tempfile.TemporaryDirectory(prefix="peer-bench-") as tmp:
-                if name == "deface":
-                    res = run_deface(exe, photos, Path(tmp))
-                else:
-                    engine, policy = sides[name]
-                    res = run_ours(engine, args.photos, Path(tmp), policy, args.workers)
+                try:
+                    if name == "deface":
+                        res = run_deface(exe, photos, Path(tmp))
+                    else:
+                        engine, policy = sides[name]
+                        res = run_ours(engine, args.photos, Path(tmp), policy, args.workers)
+                except RuntimeError as exc:  # one side failing leaves the others' figures
+                    failed[name] = str(exc)
+                    print(f"round {r + 1}/{args.rounds}  {name:24s} FAILED: {exc}", flush=True)
+                    continue
             runs[name].append(res)
             print(f"round {r + 1}/{args.rounds}  {name:24s} wall {res['wall_s']:7.1f} s  CPU {res['cpu_s']:7.1f} s",
                   flush=True)
 
+    if "deface" in failed:
+        raise SystemExit(f"deface failed: {failed['deface']}")
     base = {k: statistics.median(x[k] for x in runs["deface"]) for k in ("wall_s", "cpu_s")}
     table = []
-    for name, rs in runs.items():
+    for name, rs in ((n, rs) for n, rs in runs.items() if n not in failed):
         wall, cpu = (statistics.median(x[k] for x in rs) for k in ("wall_s", "cpu_s"))
         # Each round's ratio to the deface run beside it (the rounds share the machine's load), and their median.
         per_round = [x["wall_s"] / d["wall_s"] for x, d in zip(rs, runs["deface"])]
@@ -152,10 +160,12 @@ def main() -> None:
               + (f"({row['median_cpu_s']:.1f} driver) | – | " if "cpu_note" in row else
                  f"{row['median_cpu_s']:.1f} | {row['cpu_vs_deface']:.2f}x | ")
               + " | ".join(f"{st[s]:.1f}" if s in st else "–" for s in STAGES) + " |")
+    for name, exc in failed.items():
+        print(f"| {name} | failed: {exc.splitlines()[-1][:300]} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({
         "photos": str(args.photos), "images": len(photos), "rounds": args.rounds, "cpus": os.cpu_count(),
-        "machine": platform.platform(), "deface": DEFACE, "command": " ".join(sys.argv), "sides": table,
+        "machine": platform.platform(), "deface": DEFACE, "command": " ".join(sys.argv), "sides": table, "failed": failed,
     }, indent=2))
     print(f"\nwrote {args.out}")
 

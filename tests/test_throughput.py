@@ -31,6 +31,8 @@ def _tables(staging, shards: int) -> tuple[list[dict], list[dict]]:
 def test_local_engine_threads_give_the_results_of_one_thread(tmp_path, shared, policy):
     from anonymizer.pipeline.executors import run_local
     from anonymizer.storage import Location
+    from anonymizer.vault import FileKey, VaultWriter, new_key_file
+    from anonymizer.vault.vault import run_location
 
     src = tmp_path / "src"
     src.mkdir()
@@ -41,11 +43,23 @@ def test_local_engine_threads_give_the_results_of_one_thread(tmp_path, shared, p
     shards = [(0, keys[:2]), (1, keys[2:4]), (2, keys[4:])]
     threads_before = cv2.getNumThreads(), torch.get_num_threads()
     results = {}
+    key = new_key_file(tmp_path / "kek.b64")
     for workers in (1, 2):
         staging = Location.parse(str(tmp_path / f"staging{workers}"))
-        summaries = run_local(policy, Location.parse(str(src)), staging, shards, len(shards), workers=workers)
+        vault = VaultWriter(str(tmp_path / f"vault{workers}"), "run", FileKey(str(key)))
+        summaries = run_local(policy, Location.parse(str(src)), staging, shards, len(shards), workers=workers,
+                              vault=vault)
         assert [s["shard"] for s in summaries] == [0, 1, 2] and sum(s["images"] for s in summaries) == 5
         results[workers] = _tables(staging, len(shards))
+        # Each shard's vault unit holds exactly its own images' face regions, whichever thread ran it.
+        staged = run_location(str(tmp_path / f"vault{workers}"), "run").child("staged")
+        for shard_id, keys in shards:
+            records = staged.read_table(f"{shard_id:06d}.parquet").to_pylist()
+            anonymized = sum(r["faces_anonymized"] for r in results[workers][0] if r["key"] in keys)
+            assert len(records) == anonymized and {r["image_key"] for r in records} <= set(keys)
+    for k in (0, 1):
+        for a, b in zip(results[1][k], results[2][k]):
+            assert a == b, {c: (a[c], b.get(c)) for c in a if a[c] != b.get(c)}
     assert results[1] == results[2]
     assert sum(f["source"] == "primary" for f in results[2][1]) >= 5
     assert (cv2.getNumThreads(), torch.get_num_threads()) == threads_before  # library threads restored

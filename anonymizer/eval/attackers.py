@@ -22,7 +22,8 @@ Conventions (fixed, so numbers stay comparable):
   quality; as in `anonymizer eval reid`.
 * Alignment: every chip, original or anonymized, is warped by the similarity transform of the *original's*
   five landmarks onto the ArcFace template: the pipeline check's crop, the most favourable to the attacker
-  (a real one estimates it from the visible anonymized region, less precisely). Upper bounds, then.
+  (a real one estimates it from the visible anonymized region, less precisely): on this count the figures
+  favour the attacker; on training budget (minutes of CPU) they do not.
 * Attackers:
   - naive: the recognizer as shipped, on the anonymized chip;
   - parrot-trained: MobileFaceNet converted to torch (onnx2torch), cut after bottleneck `cut_after`: the
@@ -35,8 +36,8 @@ Conventions (fixed, so numbers stay comparable):
 * Protocols per attacker: `orig->anon` (gallery of originals, anonymized probes: the threat to a released
   face) and `anon->anon` (gallery anonymized the same way: the attacker anonymizes his own photos).
 * Metrics (anonymizer.eval.reid.identification): rank-1; TAR at FAR `far` with the threshold set on the
-  protocol's own impostor scores (an attacker who re-calibrates); EER; and the rates at the clean threshold
-  (FAR `far` on the held-out originals).
+  protocol's own impostor scores (an attacker who re-calibrates); EER; the rates at the clean threshold
+  (FAR `far` on the held-out originals); rank-1 hits and their binomial p-value under guessing (p_chance).
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class FaceSet:
     images: list[np.ndarray]  # the 250x250 RGB originals
     faces: list[Face]
     matrices: np.ndarray     # N x 2 x 3: image -> 112x112 chip, from the original's landmarks
-    gallery: np.ndarray      # bool per face (eval sets); all True for training sets
+    gallery: np.ndarray      # bool per face: the first acquired image of its identity
     not_acquired: list[str]
 
     def chips(self, images: Sequence[np.ndarray] | None = None) -> np.ndarray:
