@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -57,10 +58,17 @@ def test_local_engine_threads_give_the_results_of_one_thread(tmp_path, shared, p
             records = staged.read_table(f"{shard_id:06d}.parquet").to_pylist()
             anonymized = sum(r["faces_anonymized"] for r in results[workers][0] if r["key"] in keys)
             assert len(records) == anonymized and {r["image_key"] for r in records} <= set(keys)
-    for k in (0, 1):
-        for a, b in zip(results[1][k], results[2][k]):
-            assert a == b, {c: (a[c], b.get(c)) for c in a if a[c] != b.get(c)}
-    assert results[1] == results[2]
+    # The same rows; floats within rounding: torch's results (MTCNN, RetinaFace) can move in the last digits
+    # with its thread count, as between machines of different core counts.
+    for table in (0, 1):
+        assert len(results[1][table]) == len(results[2][table])
+        for a, b in zip(results[1][table], results[2][table]):
+            assert a.keys() == b.keys()
+            for c in a:
+                if isinstance(a[c], float) and isinstance(b[c], float):
+                    assert math.isclose(a[c], b[c], rel_tol=1e-6, abs_tol=1e-6), (a["key"], c, a[c], b[c])
+                else:
+                    assert a[c] == b[c], (a["key"], c, a[c], b[c])
     assert sum(f["source"] == "primary" for f in results[2][1]) >= 5
     assert (cv2.getNumThreads(), torch.get_num_threads()) == threads_before  # library threads restored
 
