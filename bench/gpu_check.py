@@ -5,9 +5,10 @@ too (`--device cpu --frames 4`), which is how the tests keep it working.
 The default policy's parts, called as library functions (no Ray, no Prefect, no policy loader: the GPU
 machine has none of them): the detection ensemble over a batch of frames at once (`Ensemble.detect_batch`:
 RetinaFace's scales and tiles of every frame share forward passes), the blur operator, a JPEG round trip,
-then the measurements on the released pixels: the auditor (dlib's HOG, when dlib is installed), outside
-change and coverage, re-identification with MobileFaceNet over every scored face of the batch in one call
-(`embed_chips`), and the head pose before and after (YuNet windows). Where each network ran is printed:
+then the measurements on the released pixels: the policy's auditor (skipped where its library is
+missing, as dlib is on the GPU machine), outside change and coverage, re-identification with MobileFaceNet
+over every scored face of the batch in one call (`embed_chips`), and the head pose before and after (YuNet
+windows). Where each network ran is printed:
 OpenCV's wheels have no CUDA (YuNet: CPU), onnxruntime runs CenterFace and MobileFaceNet on the GPU only
 when onnxruntime-gpu is installed.
 
@@ -84,7 +85,7 @@ def build(model_dir: str, device: str) -> dict:
     }
     try:
         parts["auditor"] = build_detector(d["auditor"]["name"], d["auditor"]["params"], model_dir)
-    except ImportError as exc:  # dlib is not installed on the GPU machine
+    except ImportError as exc:  # its library is missing there (dlib is not installed on the GPU machine)
         print(f"auditor {d['auditor']['name']}: skipped ({exc})")
     return parts
 
@@ -102,7 +103,8 @@ def where(parts: dict) -> dict:
             out[det.name] = "CPU (OpenCV)"
     out["mobilefacenet"] = parts["encoder"]._session.get_providers()[0]
     out["pose (yunet)"] = "CPU (OpenCV)"
-    out["auditor"] = "CPU (dlib)" if parts["auditor"] is not None else "skipped"
+    aud = parts["auditor"]
+    out["auditor"] = f"{aud.name} on {getattr(aud, 'device', 'CPU')}" if aud is not None else "skipped"
     return out
 
 
