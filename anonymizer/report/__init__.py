@@ -263,7 +263,7 @@ def _mode_html(mode: dict | None) -> str:
     """Anonymised or pseudonymised: what a compliance reader must know first about a release."""
     if not mode:
         return ""
-    return (f'<p id="mode"><strong>Release mode: {html.escape(mode["mode"])}</strong>. '
+    return (f'<p id="mode"><strong>Release mode: {html.escape(mode["mode"])}</strong> — '
             f'{html.escape(mode.get("note", ""))}.</p>')
 
 
