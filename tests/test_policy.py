@@ -84,7 +84,7 @@ extends: default
 name: mine
 detection:
   min_score: 0.2                  # one key of a mapping: the rest of detection is the default's
-  auditor: {params: {min_score: 0.5}}   # same component: its params merge
+  auditor: {params: {min_face_size: 40}}   # same component: its params merge
 anonymization:
   operator: {name: pixelate, params: {strength: 0.2}}   # another component: the blur's params do not leak
 measurement:
@@ -94,7 +94,7 @@ thresholds:
 """))
     assert p.name == "mine" and p.detection.min_score == 0.2
     assert p.detection.detectors == base.detection.detectors and p.detection.merge == base.detection.merge
-    assert p.detection.auditor.params == {"upsample": 1, "min_score": 0.5}
+    assert p.detection.auditor.params == {"min_face_size": 40, "thresholds": [0.6, 0.7, 0.8]}
     assert p.anonymization.operator.model_dump() == {"name": "pixelate", "params": {"strength": 0.2}}
     assert p.anonymization.region == base.anonymization.region and p.measurement.pose_landmarks is None
     assert p.thresholds.max_reid_rate == 0.05
@@ -122,7 +122,7 @@ def test_extends_chain_of_files_and_profiles(tmp_path):
     assert (p.name, p.seed, p.output.jpeg_quality, p.thresholds.max_reid_rate) == ("mine", 7, 90, 0.05)
     assert p.anonymization.operator.name == "bank"  # from realistic
     assert p.thresholds.max_median_pose_error_deg == 12  # from realistic
-    assert p.detection == load_policy().detection  # from default, through realistic
+    assert p.detection.detectors == load_policy().detection.detectors  # from default, through realistic
     assert [s.source for s in p.sources][2:] == ["realistic", "default"]
     assert p.sources[1].text == (tmp_path / "shared" / "team.yaml").read_text()
     # parse_policy resolves a relative path against base_dir
