@@ -12,7 +12,8 @@ LIB = REPO / "anonymizer"
 
 # A module may import from its own layer's package and from lower layers only.
 LAYERS = [
-    {"faces", "regions", "headpose", "registry", "models", "logs", "exit_codes", "imageio", "storage", "policy"},
+    {"faces", "regions", "headpose", "registry", "models", "logs", "exit_codes", "imageio", "storage", "policy",
+     "onnx_runtime"},
     {"detect"},
     {"measure"},
     {"bank"},

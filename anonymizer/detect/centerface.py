@@ -39,6 +39,7 @@ from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
 from anonymizer.models import locate
+from anonymizer.onnx_runtime import ort_session
 
 STRIDE = 4  # output maps are 1/4 of the input
 ALIGN = 32  # the network's input sides must be multiples of this
@@ -124,10 +125,8 @@ class CenterFaceDetector(MultiScale):
 
 
 def _ort_session(model: bytes, device: str):
-    """An onnxruntime session whose input and outputs take any batch, height and width; CUDA when asked for
-    (`cuda`) or found (`auto`), else the CPU, with as many threads as OpenCV was given (a Ray actor's share)."""
+    """An onnxruntime session whose input and outputs take any batch, height and width."""
     import onnx
-    import onnxruntime as ort
 
     m = onnx.load_from_string(model)
     initializers = {i.name for i in m.graph.initializer}
@@ -138,15 +137,7 @@ def _ort_session(model: bytes, device: str):
         dims = v.type.tensor_type.shape.dim
         for d, name in zip((dims[0], dims[2], dims[3]), ("N", "H", "W")):
             d.dim_param = name
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not cuda:
-        raise RuntimeError("centerface: device cuda asked for, but onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
-    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, cv2.getNumThreads())
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3  # the export's initializer-as-input warnings, once per weight
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=providers)
+    return ort_session(m.SerializeToString(), device, "centerface")
 
 
 def decode_heatmaps(

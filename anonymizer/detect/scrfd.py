@@ -27,6 +27,7 @@ from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
 from anonymizer.models import locate
+from anonymizer.onnx_runtime import ort_session
 
 STRIDES = (8, 16, 32)
 ANCHORS = 2  # anchors per feature-map location
@@ -60,15 +61,14 @@ class ScrfdDetector(MultiScale):
             raise ValueError(f"scrfd: device must be auto, cpu or cuda, got {device!r}")
         try:
             import onnx  # noqa: F401  (the graph is edited before the session is built)
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             raise ImportError("scrfd: needs `pip install onnxruntime onnx` (onnxruntime-gpu for CUDA)") from None
-        cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-        if device == "cuda" and not cuda:
-            raise RuntimeError("scrfd: device cuda asked for, but onnxruntime has no CUDA provider (pip install onnxruntime-gpu)")
         try:
-            self._session = _session(self.model_path.read_bytes(), cuda and device != "cpu")
-        except Exception as exc:  # a truncated or foreign file: say which
+            self._session = ort_session(_dynamic(self.model_path.read_bytes()), device, "scrfd")
+        except Exception as exc:  # a truncated or foreign file: say which (a missing CUDA says so itself)
+            if str(exc).startswith("scrfd:"):
+                raise
             raise ValueError(f"scrfd: cannot load {self.model_path}: {exc}") from exc
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]  # score_8..32, bbox_8..32, kps_8..32
@@ -142,15 +142,3 @@ def _dynamic(model: bytes) -> bytes:
             del node.input[:]
             node.input.extend([x, roi, two.name])
     return m.SerializeToString()
-
-
-def _session(model: bytes, cuda: bool):
-    """An onnxruntime session on CUDA, or on the CPU with as many threads as OpenCV was given (a Ray actor's share)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, cv2.getNumThreads())
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
-    return ort.InferenceSession(_dynamic(model), opts, providers=providers)

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import cv2
 import numpy as np
 
 from anonymizer.faces import Face
 from anonymizer.measure.encoder import FivePointAligner
 from anonymizer.models import describe, locate
+from anonymizer.onnx_runtime import ort_session
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -39,18 +39,12 @@ def _session(model: bytes, device: str):
     """An onnxruntime session that takes any batch size: the export fixes N = 1 on its input and flattens
     its output to (1, -1), so the batch dimensions are freed and the output is reshaped per face."""
     import onnx
-    import onnxruntime as ort
 
     m = onnx.load_from_string(model)
     for v in list(m.graph.input) + list(m.graph.output):
         for d, name in zip(v.type.tensor_type.shape.dim, ("N", "D")):
             d.dim_param = name
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = max(1, cv2.getNumThreads())
-    opts.inter_op_num_threads = 1
-    return ort.InferenceSession(m.SerializeToString(), opts, providers=providers)
+    return ort_session(m.SerializeToString(), device, "mobilefacenet")
 
 
 class MobileFaceNetEncoder:

@@ -1,0 +1,24 @@
+"""One way to open an ONNX model in onnxruntime, for every network that runs there (detectors, recognizers)."""
+
+from __future__ import annotations
+
+import cv2
+
+
+def ort_session(model: bytes, device: str, owner: str):
+    """An onnxruntime session on CUDA when asked for (`cuda`) or found (`auto`), else on the CPU with as many
+    threads as OpenCV was given (a Ray actor's share). `model` is the (possibly edited) serialized graph."""
+    import onnxruntime as ort
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"{owner}: device must be auto, cpu or cuda, got {device!r}")
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not cuda:
+        raise RuntimeError(f"{owner}: device cuda asked for, but onnxruntime has no CUDA provider "
+                           "(pip install onnxruntime-gpu)")
+    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = max(1, cv2.getNumThreads())
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3  # exports that list weights as inputs warn once per weight
+    return ort.InferenceSession(model, opts, providers=providers)
