@@ -31,7 +31,7 @@ def _run(args: argparse.Namespace) -> int:
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     kwargs = dict(source=args.source, dest=args.dest, policy=args.policy, workers=args.workers, run_id=args.run_id,
                   staging=args.staging, quarantine=args.quarantine, full=args.full, ray_address=args.ray_address,
-                  vault=args.vault, vault_key=args.vault_key)
+                  vault=args.vault, vault_key=args.vault_key, identity_key=args.identity_key)
     plugged = _orchestrated_engines()
     if args.engine in plugged:
         result = plugged[args.engine].load()(**kwargs)
@@ -129,6 +129,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--vault", help="keep the original face regions, encrypted, at this location (local or "
                                      "s3://, never under DEST): the release is then pseudonymised, not anonymised")
     run.add_argument("--vault-key", help="the vault's key-encryption key: file:PATH, env:VAR (base64) or kms:KEY_ID")
+    run.add_argument("--identity-key", help="keyed virtual faces: the same person shows the same virtual person in "
+                                            "every image (bank operator); file:PATH or env:VAR (32 bytes; "
+                                            "`anonymizer vault keygen` makes one). With --vault, the people seen "
+                                            "are kept there, encrypted, for later runs")
     run.set_defaults(func=_run)
 
     rc = sub.add_parser("recover", help="write the originals of a release from its vault (needs the vault's key)")

@@ -80,9 +80,10 @@ def licence_class(row: dict) -> str:
     return spec.licence_class if spec else "unknown"
 
 
-def model_inventory(policy: Policy) -> list[dict]:
+def model_inventory(policy: Policy, keyed: bool = False) -> list[dict]:
     """Every weight file the policy's components load, with its sha256, licence and licence class, for the
-    audit report and the licence gate (check_licences)."""
+    audit report and the licence gate (check_licences). `keyed`: the run links people (an identity key),
+    so the linking recognizer is loaded too."""
     pose = policy.measurement.pose_landmarks
     detectors = [*policy.detection.detectors, policy.detection.auditor, *([pose] if pose else [])]
     out = [r for c in detectors for r in weight_files(DETECTORS, c.name, c.params, policy.model_dir)]
@@ -90,7 +91,20 @@ def model_inventory(policy: Policy) -> list[dict]:
     out += weight_files(ANONYMIZERS, op.name, op.params, policy.model_dir)
     for enc in filter(None, (policy.measurement.encoder, policy.measurement.second_encoder)):
         out += weight_files(ENCODERS, enc.name, enc.params, policy.model_dir)
+    if keyed:
+        enc = policy.anonymization.linking.encoder
+        out += [dict(r, component=f"linking:{enc.name}")
+                for r in weight_files(ENCODERS, enc.name, enc.params, policy.model_dir)]
     return out
+
+
+def virtual_identities(policy: Policy) -> int | None:
+    """How many virtual identities the policy's operator can show (a keyed run assigns one per person), or
+    None when it shows none (a classical operator: nothing to key). An operator that can reports it through
+    a `virtual_identities(params, model_dir)` static method."""
+    op = policy.anonymization.operator
+    count = getattr(ANONYMIZERS.factory(op.name), "virtual_identities", None)
+    return count(dict(op.params), policy.model_dir) if count else None
 
 
 def check_licences(policy: Policy, inventory: list[dict]) -> None:

@@ -13,7 +13,8 @@ class Face:
     """One detected face in image pixel coordinates (x, y = top-left corner).
 
     `landmarks` holds 5 points (right eye, left eye, nose tip, right and left mouth corner, as YuNet and
-    RetinaFace order them) or is None for detectors without landmarks (dlib's).
+    RetinaFace order them) or is None for detectors without landmarks (dlib's). `identity`: the virtual
+    identity a keyed run assigned to this face's person (anonymizer.pipeline.link), None otherwise.
     """
 
     x: float
@@ -23,6 +24,7 @@ class Face:
     score: float
     detector: str
     landmarks: np.ndarray | None = field(default=None, compare=False)
+    identity: int | None = field(default=None, compare=False)
 
     @property
     def box(self) -> tuple[float, float, float, float]:

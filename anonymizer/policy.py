@@ -60,9 +60,20 @@ class Region(_Strict):
     feather: float = Field(0.15, ge=0.0, le=0.5)
 
 
+class Linking(_Strict):
+    """How a keyed run (`--identity-key`) tells people apart: the recognizer whose embeddings link one
+    person's faces across images, the distance that links them (None: the recognizer's measured linking
+    distance, anonymizer.identity.MEASURED_THRESHOLDS) and the smallest face it links. Unused without a key."""
+
+    encoder: Component = Component(name="mobilefacenet")
+    threshold: float | None = Field(None, gt=0)
+    min_face_px: int = Field(32, ge=1)
+
+
 class Anonymization(_Strict):
     operator: Component
     region: Region = Region()
+    linking: Linking = Linking()
 
 
 class Recognizer(Component):

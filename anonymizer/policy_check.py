@@ -25,6 +25,7 @@ def components(policy: Policy) -> list[tuple[str, str, Component, tuple[str, ...
     out = [(f"detection.detectors[{i}]", "detector", c, DETECTOR_INJECTED) for i, c in enumerate(d.detectors)]
     out.append(("detection.auditor", "detector", d.auditor, DETECTOR_INJECTED))
     out.append(("anonymization.operator", "anonymizer", policy.anonymization.operator, OPERATOR_INJECTED))
+    out.append(("anonymization.linking.encoder", "encoder", policy.anonymization.linking.encoder, ENCODER_INJECTED))
     out.append(("measurement.encoder", "encoder", m.encoder, ENCODER_INJECTED))
     if m.second_encoder is not None:
         out.append(("measurement.second_encoder", "encoder", m.second_encoder, ENCODER_INJECTED))

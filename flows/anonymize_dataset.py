@@ -1,4 +1,5 @@
-"""The dataset anonymization flow: plan → anonymize shards on Ray → validate → release or quarantine → report."""
+"""The dataset anonymization flow: plan → (link people, keyed runs) → anonymize shards on Ray → validate →
+release or quarantine → report."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ from tasks import steps
 def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers: int | None = None,
                       run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
                       full: bool = False, ray_address: str | None = None, vault: str | None = None,
-                      vault_key: str | None = None) -> dict:
+                      vault_key: str | None = None, identity_key: str | None = None) -> dict:
     ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, "ray", ray_address, vault,
-                            vault_key)
+                            vault_key, identity_key)
     p = steps.plan(ctx)
+    steps.link(ctx, p, workers)
     summaries = steps.anonymize_shards(ctx, p, workers)
     images, faces = steps.collect(ctx, p)
     verdict = steps.validate(ctx, p, images, faces)

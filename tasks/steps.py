@@ -17,6 +17,12 @@ def plan(ctx: run.RunContext):
     return run.plan(ctx)
 
 
+@task(name="link-people", retries=1, retry_delay_seconds=10, **_opts)
+def link(ctx: run.RunContext, p, workers: int | None):
+    # A keyed run only; a retry re-runs only the shards without a linking marker.
+    return run.link(ctx, p, workers)
+
+
 @task(name="anonymize-shards", retries=1, retry_delay_seconds=10, **_opts)
 def anonymize_shards(ctx: run.RunContext, p, workers: int | None):
     # A retry re-runs only the shards without a completion marker.

@@ -57,6 +57,17 @@ def components(policy):
 
 
 @pytest.fixture(scope="session")
+def stylegan_bank(shared, tmp_path_factory) -> Path:
+    """A face bank of four StyleGAN people, built once by the CLI (the realistic and keyed-run tests)."""
+    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
+    from anonymizer.cli import main
+
+    out = tmp_path_factory.mktemp("bank") / "faces"
+    assert main(["bank", "build", "stylegan", "--out", str(out), "--n", "4", "--seed", "3"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     import ray
 

@@ -15,11 +15,8 @@ from anonymizer.cli import main
 
 
 @pytest.fixture(scope="module")
-def bank(shared, tmp_path_factory):
-    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
-    out = tmp_path_factory.mktemp("bank") / "faces"
-    assert main(["bank", "build", "stylegan", "--out", str(out), "--n", "4", "--seed", "3"]) == 0
-    return out
+def bank(stylegan_bank):
+    return stylegan_bank
 
 
 def _policy(tmp_path, bank_path) -> str:

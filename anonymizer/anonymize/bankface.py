@@ -10,7 +10,8 @@ synthetic people. Per face:
    recorded as "fallback:<name>:<reason>".
 2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
    counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
-   key, face index), so the result is deterministic.
+   key, face index), so the result is deterministic. A face that carries a virtual identity (`Face.identity`,
+   set by a keyed run's linking) tries only that identity's faces, nearest first: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -124,6 +125,11 @@ class BankFace:
                          for r in ENCODERS.factory(name).weight_files({}, model_dir)]
         return rows
 
+    @staticmethod
+    def virtual_identities(params: dict, model_dir: str | None) -> int:
+        """The bank's identity count: a keyed run gives each person one of them (anonymizer.identity)."""
+        return len(load_bank(locate_bank(params["bank"], model_dir)).identities)
+
     def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,
                  mirror: bool = True, poisson: bool = True,
@@ -179,8 +185,11 @@ class BankFace:
             return "border", pts, None
         return None, pts, (int(x0), int(y0), int(x1), int(y1))
 
-    def order(self, pts: np.ndarray, rng: np.random.Generator) -> list[int]:
-        """The bank faces to try: the nearest `choices` in pose and expression, in an order from the RNG."""
+    def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None) -> list[int]:
+        """The bank faces to try: the nearest `choices` in pose and expression, in an order from the RNG; for
+        a face assigned a virtual identity (a keyed run), that identity's faces, nearest first."""
+        if identity is not None:
+            return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
         near = self.bank.nearest(sh.features(pts).vector(), self.choices)
         return [int(near[i]) for i in rng.permutation(len(near))]
 
@@ -321,7 +330,7 @@ class BankFace:
             if self.guard is not None:
                 refs = self.guard.references(image, faces[i], FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
             done = None
-            for k in self.order(pts, rngs[i])[: self.guard.config.candidates if self.guard else 1]:
+            for k in self.order(pts, rngs[i], faces[i].identity)[: self.guard.config.candidates if self.guard else 1]:
                 pixels, alpha = self.render(out, image, pts, window, k)
                 if refs is None or self.guard.accepts(refs, out, pixels, window):
                     done = (pixels, alpha)
@@ -334,7 +343,3 @@ class BankFace:
         for i in rejected:
             fall_back(i, "reidentifiable")
         return Anonymized(out, masks, methods)
-
-
-def _bank(**params) -> BankFace:
-    return BankFace(**params)

@@ -22,7 +22,7 @@ import json
 import os
 import shutil
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import cv2
@@ -225,14 +225,24 @@ class Bank:
         img = _read_crop(str(self.root / self.index["crop"].iat[i % n]), self.index["crop_sha256"].iat[i % n])
         return np.ascontiguousarray(img[:, ::-1]) if i >= n else img
 
-    def nearest(self, vector: np.ndarray, n: int) -> np.ndarray:
-        """Indices (below `choices`) of the n faces nearest in pose and expression (ties by index)."""
+    @cached_property
+    def identities(self) -> list[str]:
+        """The bank's virtual identities (sorted names): a keyed run shows identity i as the faces of the i-th."""
+        return sorted(self.index["identity"].unique())
+
+    def nearest(self, vector: np.ndarray, n: int, identity: int | None = None) -> np.ndarray:
+        """Indices (below `choices`) of the n faces nearest in pose and expression (ties by index); with
+        `identity`, among the faces of that virtual identity only."""
         feats = self.features
         if self.mirrored:
             flipped = feats.copy()
             flipped[:, 0] *= -1  # yaw changes sign; pitch and expression do not
             feats = np.concatenate([feats, flipped])
         d = np.linalg.norm(feats - vector, axis=1)
+        if identity is not None:
+            mine = (self.index["identity"] == self.identities[identity]).to_numpy()
+            d[~np.tile(mine, len(d) // len(mine))] = np.inf
+            n = min(n, int(np.isfinite(d).sum()))
         return np.lexsort((np.arange(len(d)), d))[:n]
 
 

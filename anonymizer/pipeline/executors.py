@@ -10,7 +10,10 @@
   the dataset. An actor that dies is restarted and its shard retried (max_restarts / max_task_retries);
   the shard's attempt count goes into the report. An actor's library threads are its CPU share.
 
-Both run the same `ShardWorker`; a shard with a completion marker is skipped (a resumed run).
+Both run the same worker class over the shards: `ShardWorker` (anonymize), or `LinkWorker` (a keyed run's
+linking pass, anonymizer.pipeline.link); a shard with the worker's completion marker (`MARKER`) is skipped
+(a resumed run). `worker_kwargs` go to the worker's constructor; a secret among them named `env:VAR`
+reaches Ray's workers by that variable, never by value.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import os
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from tqdm import tqdm
 
@@ -34,11 +37,12 @@ from anonymizer.vault import VaultWriter
 Shards = Iterable[tuple[int, list[str]]]
 
 
-def _pending(staging: Location, shards: Shards, finished: Callable[[dict], None]) -> Iterator[tuple[int, list[str]]]:
+def _pending(staging: Location, shards: Shards, finished: Callable[[dict], None], marker: str
+             ) -> Iterator[tuple[int, list[str]]]:
     """The shards still to run; the summary of each completed one goes to `finished`."""
     for shard_id, keys in shards:
-        if is_done(staging, shard_id):
-            finished({**json.loads(shard_dir(staging, shard_id).read_bytes("_SUCCESS")), "resumed": True})
+        if is_done(staging, shard_id, marker):
+            finished({**json.loads(shard_dir(staging, shard_id).read_bytes(marker)), "resumed": True})
         else:
             yield shard_id, keys
 
@@ -66,14 +70,16 @@ def cpus() -> int:
 
 
 def run_local(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
-              vault: VaultWriter | None = None, workers: int | None = None, **_) -> list[dict]:
+              vault: VaultWriter | None = None, workers: int | None = None, worker_cls: type = ShardWorker,
+              worker_kwargs: dict[str, Any] | None = None, **_) -> list[dict]:
     n = max(1, min(total, workers or min(cpus(), LOCAL_MAX_THREADS)))
     summaries, finished, bar = _collector(total)
+    kwargs = worker_kwargs or {}
     if n == 1:
-        worker: ShardWorker | None = None  # models load at the first shard to do: a fully resumed run loads none
+        worker = None  # models load at the first shard to do: a fully resumed run loads none
         try:
-            for shard_id, keys in _pending(staging, shards, finished):
-                worker = worker or ShardWorker(policy, source, staging, vault=vault)
+            for shard_id, keys in _pending(staging, shards, finished, worker_cls.MARKER):
+                worker = worker or worker_cls(policy, source, staging, vault=vault, **kwargs)
                 finished(worker.run_shard(shard_id, keys))
         finally:
             bar.close()
@@ -86,13 +92,13 @@ def run_local(policy: Policy, source: Location, staging: Location, shards: Shard
             # One thread loads at a time: the libraries' first imports happen there.
             with loading:
                 own_vault = copy.copy(vault) if vault is not None else None
-                local.worker = ShardWorker(policy, source, staging, vault=own_vault)
+                local.worker = worker_cls(policy, source, staging, vault=own_vault, **kwargs)
         return local.worker.run_shard(*job)
 
     with library_threads(max(1, cpus() // n)), ThreadPoolExecutor(n) as pool:
         running: set[Future] = set()
         try:
-            for job in _pending(staging, shards, finished):
+            for job in _pending(staging, shards, finished, worker_cls.MARKER):
                 if len(running) >= n:  # bounded in flight, as the Ray pool: the plan is read as shards free up
                     done, running = wait(running, return_when=FIRST_COMPLETED)
                     for f in done:
@@ -133,16 +139,20 @@ def ensure_ray(address: str | None = None) -> None:
                  logging_level="WARNING", ignore_reinit_error=True)
 
 
-class _ShardActor(ShardWorker):
-    def __init__(self, policy: Policy, source: Location, staging: Location, threads: int,
-                 vault: VaultWriter | None) -> None:
+class _ShardActor:
+    """A worker (`worker_cls`) in a Ray actor, with its CPU share of library threads."""
+
+    def __init__(self, worker_cls: type, threads: int, *args, **kwargs) -> None:
         import cv2
         import ray
         import torch
 
         cv2.setNumThreads(threads)
         torch.set_num_threads(threads)
-        super().__init__(policy, source, staging, worker=ray.get_runtime_context().get_actor_id()[:12], vault=vault)
+        self.worker = worker_cls(*args, worker=ray.get_runtime_context().get_actor_id()[:12], **kwargs)
+
+    def run_shard(self, shard_id: int, keys: list[str]) -> dict:
+        return self.worker.run_shard(shard_id, keys)
 
 
 # Storage settings the driver was given reach the workers too. On a cluster, prefer IAM roles for the
@@ -152,9 +162,11 @@ _FORWARD = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAUL
             "ANONYMIZER_MODEL_DIR")
 
 
-def _forwarded_env(vault: VaultWriter | None) -> dict[str, str]:
-    """The storage settings, and the vault's key-encryption key when it comes from an environment variable."""
-    names = (*_FORWARD, *([vault.provider.var] if vault is not None and vault.provider.kind == "env" else []))
+def _forwarded_env(vault: VaultWriter | None, worker_kwargs: dict[str, Any]) -> dict[str, str]:
+    """The storage settings, and the vault's key-encryption key or a worker's secret when it comes from an
+    environment variable (`env:VAR`)."""
+    secrets = [v[4:] for v in worker_kwargs.values() if isinstance(v, str) and v.startswith("env:")]
+    names = (*_FORWARD, *([vault.provider.var] if vault is not None and vault.provider.kind == "env" else []), *secrets)
     return {k: os.environ[k] for k in names if k in os.environ}
 
 
@@ -168,7 +180,8 @@ def default_workers() -> int:
 
 
 def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
-               workers: int | None = None, ray_address: str | None = None, vault: VaultWriter | None = None) -> list[dict]:
+               workers: int | None = None, ray_address: str | None = None, vault: VaultWriter | None = None,
+               worker_cls: type = ShardWorker, worker_kwargs: dict[str, Any] | None = None) -> list[dict]:
     import ray
     from ray.util import ActorPool
 
@@ -177,14 +190,15 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     cpus = policy.execution.cpus_per_worker
     actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3,
-                           runtime_env={"env_vars": _forwarded_env(vault)})(_ShardActor)
+                           runtime_env={"env_vars": _forwarded_env(vault, worker_kwargs or {})})(_ShardActor)
     actors: list = []
     pool: ActorPool | None = None  # started at the first shard to do: a fully resumed run starts none
     summaries, finished, bar = _collector(total)
     try:
-        for job in _pending(staging, shards, finished):
+        for job in _pending(staging, shards, finished, worker_cls.MARKER):
             if pool is None:
-                actors = [actor_cls.remote(policy, source, staging, max(1, round(cpus)), vault) for _ in range(n)]
+                actors = [actor_cls.remote(worker_cls, max(1, round(cpus)), policy, source, staging, vault=vault,
+                                           **(worker_kwargs or {})) for _ in range(n)]
                 pool = ActorPool(actors)
                 event("shards.start", shards=total, workers=n, gpus_per_worker=gpus)
             while not pool.has_free():

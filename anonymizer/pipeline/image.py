@@ -16,6 +16,7 @@ import numpy as np
 from anonymizer import imageio
 from anonymizer.anonymize import face_rngs
 from anonymizer.components import Components
+from anonymizer.faces import Face
 from anonymizer.measure.metrics import MeasureSettings, image_measurements, reid_distances
 from anonymizer.measure.pose import POSE_COLUMNS
 from anonymizer.policy import Policy
@@ -50,11 +51,13 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def anonymize_image(key: str, data: bytes, settings: ImageSettings, components: Components) -> ImageResult:
-    """Never raises for a bad object: the failure is recorded as the image's error and the run goes on."""
+def anonymize_image(key: str, data: bytes, settings: ImageSettings, components: Components,
+                    faces: list[Face] | None = None) -> ImageResult:
+    """Never raises for a bad object: the failure is recorded as the image's error and the run goes on.
+    `faces`: detected already (a keyed run's linking pass), so not detected again."""
     row: dict = {"key": key, "size": len(data), "sha256": _sha(data), "error": None}
     try:
-        return _anonymize_and_measure(key, data, settings, components, row)
+        return _anonymize_and_measure(key, data, settings, components, row, faces)
     except imageio.ImageError as exc:
         row["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one image must not stop the run
@@ -63,13 +66,15 @@ def anonymize_image(key: str, data: bytes, settings: ImageSettings, components: 
     return ImageResult(None, row)
 
 
-def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Components, row: dict) -> ImageResult:
+def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Components, row: dict,
+                           faces: list[Face] | None) -> ImageResult:
     t0 = time.perf_counter()
     img = imageio.decode(data, s.max_pixels)
     row.update(format=img.format, width=img.size[0], height=img.size[1], mode=img.mode,
                metadata_fields_in=sum(imageio.metadata_fields(data).values()))
     t1 = time.perf_counter()
-    faces = c.detector.detect(img.rgb)
+    if faces is None:
+        faces = c.detector.detect(img.rgb)
     t2 = time.perf_counter()
     result = c.anonymizer.anonymize(img.rgb, faces, face_rngs(s.seed, key, len(faces)))
     output = imageio.encode(result.image, img, s.jpeg_quality, s.webp_quality)
@@ -98,6 +103,7 @@ def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Component
         {"key": key, "face": i, "source": "primary", "detector": f.detector, "score": f.score,
          "x": f.x, "y": f.y, "w": f.w, "h": f.h, "size": f.size, "method": method,
          "reid_distance": d, "reid_distance_second": d2, "covered": True,
+         "virtual_identity": None if method.startswith("fallback") else f.identity,
          **(p.row() if p else dict.fromkeys(POSE_COLUMNS))}
         for i, (f, method, d, d2, p) in enumerate(zip(faces, result.methods, distances, second, poses))
     ] + [

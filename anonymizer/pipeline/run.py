@@ -1,10 +1,11 @@
-"""The run, step by step: plan → anonymize shards → collect → validate → report → release or quarantine.
+"""The run, step by step: plan → (link) → anonymize shards → collect → validate → report → release or quarantine.
 
 Each step is a plain function of a RunContext; `run_pipeline` chains them without Prefect, and the
 Prefect flow in flows/ wraps the same functions as tasks. Re-running a run id resumes it: the plan is
 re-used, completed shards are skipped, and a release that was already published is not published again;
 only under the policy and model files the run was planned with (`run_binding`). `preflight` refuses, before
 anything is written, what would make a run unsafe; an incremental run with nothing to do publishes nothing.
+A keyed run (an identity key) links people before anonymizing (anonymizer.pipeline.link).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import pyarrow.compute as pc
 
 from anonymizer import exit_codes
 from anonymizer import report as reporting
-from anonymizer.components import check_licences, model_inventory
+from anonymizer.components import check_licences, model_inventory, virtual_identities
+from anonymizer.identity import identity_key_from, key_id
 from anonymizer.logs import event
 from anonymizer.pipeline import lineage
+from anonymizer.pipeline import link as linking
 from anonymizer.pipeline import plan as listing
 from anonymizer.pipeline.executors import EXECUTORS
 from anonymizer.pipeline.shard import FACE_SCHEMA, IMAGE_SCHEMA, max_bytes, shard_dir
@@ -62,13 +65,14 @@ class RunContext:
     ray_address: str | None = None
     vault: Location | None = None  # where the originals of the face regions are kept, encrypted
     vault_key: str | None = None   # the key-encryption key's spec: file:PATH, env:VAR or kms:KEY_ID
+    identity_key: str | None = None  # keyed virtual identities: the key's spec, file:PATH or env:VAR
     started: str = field(default_factory=_now)
 
     @classmethod
     def create(cls, source: str, dest: str, policy: str | None = None, run_id: str | None = None,
                staging: str | None = None, quarantine: str | None = None, full: bool = False,
                engine: str = "ray", ray_address: str | None = None, vault: str | None = None,
-               vault_key: str | None = None) -> "RunContext":
+               vault_key: str | None = None, identity_key: str | None = None) -> "RunContext":
         if engine not in EXECUTORS:
             raise ValueError(f"unknown engine {engine!r}; known: {', '.join(EXECUTORS)}")
         # A name, never a path (an empty one too is refused): checked before anything is written.
@@ -85,6 +89,14 @@ class RunContext:
                                    "keyed by source key, the release by pseudonym")
             for root in (dest, staging or dest_root + ".staging", quarantine or dest_root + ".quarantine"):
                 check_vault_location(vault, root)
+        if identity_key is not None:
+            identity_key_from(identity_key)  # a malformed or missing key fails here
+            if virtual_identities(loaded) is None:
+                raise exit_codes.UsageError(
+                    f"policy {loaded.name}: operator {loaded.anonymization.operator.name!r} shows no virtual "
+                    "identities, so an identity key has nothing to key: use the face bank operator (`bank`, the "
+                    "realistic profile)")
+            linking.threshold_of(loaded)
         ctx = cls(
             run_id=run_id,
             source=Location.parse(source),
@@ -97,6 +109,7 @@ class RunContext:
             ray_address=ray_address,
             vault=Location.parse(vault) if vault else None,
             vault_key=vault_key,
+            identity_key=identity_key,
         )
         preflight(ctx)
         return ctx
@@ -110,6 +123,13 @@ class RunContext:
     @property
     def plan_dir(self) -> Location:
         return self.staging.child("plan")
+
+    @property
+    def keyed(self) -> bool:
+        return self.identity_key is not None
+
+    def inventory(self) -> list[dict]:
+        return model_inventory(self.policy, keyed=self.keyed)
 
 
 @dataclass
@@ -141,6 +161,24 @@ def release_mode(ctx: RunContext) -> dict:
             "note": "pseudonymised, recoverable by the key holder: the original face regions are kept encrypted "
                     "in the vault (AES-256-GCM); under GDPR Art. 4(5) and Recital 26 this is still personal data "
                     "until the vault's keys are destroyed (`anonymizer vault destroy`)"}
+
+
+def keyed_identities(ctx: RunContext) -> dict | None:
+    """What the report says of a keyed run's virtual identities: counts and the key's fingerprint, never a
+    face's embedding. None for a run without an identity key."""
+    if not ctx.keyed:
+        return None
+    done = ctx.staging.child("link")
+    summary = json.loads(done.read_bytes(linking.DONE)) if done.exists(linking.DONE) else {}
+    where = summary.get("persisted")
+    return {**summary, "key_id": key_id(identity_key_from(ctx.identity_key)),
+            "note": "keyed virtual identities: faces linked to one person (by the recognizer named) show one virtual "
+                    "person from the bank in every image, chosen by HMAC-SHA256 under the identity key; another key "
+                    "gives other virtual people. " + (
+                        f"The people seen are kept, encrypted under the identity key, at {where}, so later runs with "
+                        "this key show them the same way; whoever holds the key and that state can tell whether a "
+                        "photo's person appears in the release (pseudonymisation, GDPR Art. 4(5))." if where else
+                        "Without a vault the people are linked within this run only and nothing about them is kept.")}
 
 
 def preflight(ctx: RunContext) -> None:
@@ -199,9 +237,9 @@ def _check_binding(ctx: RunContext, binding: str, p: listing.Plan | None) -> Non
 
 
 def plan(ctx: RunContext) -> listing.Plan:
-    check_licences(ctx.policy, model_inventory(ctx.policy))  # a missing, tampered or unaccepted-licence model fails here
+    check_licences(ctx.policy, ctx.inventory())  # a missing, tampered or unaccepted-licence model fails here
     names = Names.for_policy(ctx.policy)  # a missing pseudonym secret fails here, before any work
-    binding = run_binding(ctx.policy.sha256, model_inventory(ctx.policy))
+    binding = run_binding(ctx.policy.sha256, ctx.inventory())
     resumed = listing.load_plan(ctx.plan_dir)
     _check_binding(ctx, binding, resumed)
     if resumed:
@@ -215,6 +253,17 @@ def plan(ctx: RunContext) -> listing.Plan:
     ctx.staging.write_bytes("policy.yaml", ctx.policy.text.encode())
     event("plan", run_id=ctx.run_id, **p.__dict__)
     return p
+
+
+def link(ctx: RunContext, p: listing.Plan, workers: int | None = None) -> dict | None:
+    """A keyed run's linking: the per-shard pass on the engine, then people and virtual identities on the
+    driver. None when the run has no identity key."""
+    if not ctx.keyed or not p.shards:
+        return None
+    EXECUTORS[ctx.engine](ctx.policy, ctx.source, ctx.staging, listing.iter_shards(ctx.plan_dir), p.shards,
+                          workers=workers, ray_address=ctx.ray_address, worker_cls=linking.LinkWorker,
+                          worker_kwargs={"identity_key": ctx.identity_key})
+    return linking.link(ctx.policy, ctx.staging, p.shards, ctx.identity_key, ctx.vault, space=ctx.run_id)
 
 
 def anonymize_shards(ctx: RunContext, p: listing.Plan, workers: int | None = None) -> list[dict]:
@@ -301,11 +350,12 @@ def build_report(ctx: RunContext, p: listing.Plan, summaries: list[dict], images
         "objects": objects,
         "shards": summaries,
         "retried_shards": [s["shard"] for s in summaries if s.get("attempts", 1) > 1],
-        "models": model_inventory(ctx.policy),
+        "models": ctx.inventory(),
         "auditor": reporting.auditor_record(ctx.policy.detection.auditor.name, dict(ctx.policy.detection.auditor.params)),
         "software": reporting.package_versions(),
         "policy": {"name": ctx.policy.name, "sha256": ctx.policy.sha256, "text": ctx.policy.text},
         "mode": release_mode(ctx),
+        "linking": keyed_identities(ctx),
     }
     report["thresholds"] = ctx.policy.thresholds.model_dump()
     figures = reporting.plots(images, faces, same)
@@ -418,6 +468,7 @@ def finish(ctx: RunContext, p: listing.Plan, verdict: Verdict, images: pd.DataFr
             if writer is not None:  # after the release exists; a resumed run publishes nothing again, commits once
                 ok = images[images["error"].isna()]
                 writer.commit(outputs=dict(zip(ok["key"], ok["output_sha256"])))
+            linking.commit_state(ctx.staging, ctx.vault)  # the people seen become known to the next keyed run
     if not verdict.passed:
         ctx.quarantine.write_bytes("validation.json", reporting.to_json(verdict.to_dict()))
         where = release.quarantine_run(ctx.staging, ctx.quarantine, files)
@@ -436,13 +487,14 @@ def finish(ctx: RunContext, p: listing.Plan, verdict: Verdict, images: pd.DataFr
 def run_pipeline(source: str, dest: str, policy: str | None = None, workers: int | None = None,
                  run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
                  full: bool = False, engine: str = "ray", ray_address: str | None = None, vault: str | None = None,
-                 vault_key: str | None = None) -> Outcome:
+                 vault_key: str | None = None, identity_key: str | None = None) -> Outcome:
     """The whole run without Prefect: shards on Ray (`engine="ray"`) or in this process (`"local"`)."""
     ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, engine, ray_address, vault,
-                            vault_key)
+                            vault_key, identity_key)
     p = plan(ctx)
     if unchanged(p, ctx.full):
         return nothing_to_do(ctx, p)
+    link(ctx, p, workers)
     summaries = anonymize_shards(ctx, p, workers)
     images, faces = collect(ctx, p)
     verdict = check(ctx, p, images, faces)

@@ -1,6 +1,8 @@
 """One shard: every image in it, outputs and metrics to staging, then a completion marker.
 
 The marker is written last, so a shard with a marker is complete; a re-run with the same run id skips it.
+In a keyed run the linking pass (anonymizer.pipeline.link) has already detected the shard's faces and
+assigned their virtual identities (`link.parquet`): they are reused here, not detected again.
 """
 
 from __future__ import annotations
@@ -8,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
+import numpy as np
 import pyarrow as pa
 
 from anonymizer import imageio
 from anonymizer.components import Components
+from anonymizer.faces import Face
 from anonymizer.pipeline.image import ImageResult, ImageSettings, anonymize_image
 from anonymizer.policy import Policy
 from anonymizer.storage import Location, ObjectTooLargeError, UnsafeKeyError
@@ -48,20 +52,66 @@ FACE_SCHEMA = pa.schema([
     ("yaw_before", pa.float64()), ("pitch_before", pa.float64()), ("roll_before", pa.float64()),
     ("yaw_after", pa.float64()), ("pitch_after", pa.float64()), ("roll_after", pa.float64()),
     ("pose_error", pa.float64()), ("redetected", pa.bool_()),
+    ("virtual_identity", pa.int32()),  # keyed runs: the bank identity the face's person shows (null: none)
 ])
+# A keyed run's per-shard detections, from the linking pass: one row per face, and one with a null `face`
+# for an image without faces; `sha256` of the bytes the pass read (a changed object is not anonymized
+# with another version's faces).
+LINKS = "link.parquet"
+LINK_SCHEMA = pa.schema([
+    ("key", pa.string()), ("sha256", pa.string()), ("face", pa.int32()), ("x", pa.float64()), ("y", pa.float64()),
+    ("w", pa.float64()), ("h", pa.float64()), ("score", pa.float64()), ("detector", pa.string()),
+    ("landmarks", pa.list_(pa.float64())), ("virtual_identity", pa.int32()),
+])
+
+
+@dataclass
+class Linked:
+    """An image's faces as the linking pass found them, each with its virtual identity (or None)."""
+    sha256: str
+    faces: list[Face]
+
+
+def read_links(staging: Location, shard_id: int) -> dict[str, Linked]:
+    """The shard's linked detections by key; empty when the run is not keyed."""
+    where = shard_dir(staging, shard_id)
+    if not where.exists(LINKS):
+        return {}
+    out: dict[str, Linked] = {}
+    for r in where.read_table(LINKS).sort_by([("key", "ascending"), ("face", "ascending")]).to_pylist():
+        linked = out.setdefault(r["key"], Linked(r["sha256"], []))
+        if r["face"] is not None:
+            pts = None if r["landmarks"] is None else np.asarray(r["landmarks"], np.float32).reshape(-1, 2)
+            linked.faces.append(Face(r["x"], r["y"], r["w"], r["h"], r["score"], r["detector"], pts,
+                                     r["virtual_identity"]))
+    return out
+
+
+def read_source(source: Location, key: str, max_pixels: int) -> tuple[bytes | None, str | None, str | None]:
+    """(the object's bytes, their version, None), or (None, None, why it could not be read)."""
+    try:
+        data, version = source.read_with_version(key, max_bytes=max_bytes(max_pixels))
+    except (ObjectTooLargeError, UnsafeKeyError) as exc:
+        return None, None, f"refused before reading: {exc}"
+    except Exception as exc:  # noqa: BLE001 - an unreadable object is quarantined, not fatal
+        return None, None, (f"storage error: cannot read the source object after retries: "
+                            f"{type(exc).__name__}: {exc}")
+    return data, version, None
 
 
 def shard_dir(staging: Location, shard_id: int) -> Location:
     return staging.child("shards", f"{shard_id:06d}")
 
 
-def is_done(staging: Location, shard_id: int) -> bool:
-    return shard_dir(staging, shard_id).exists("_SUCCESS")
+def is_done(staging: Location, shard_id: int, marker: str = "_SUCCESS") -> bool:
+    return shard_dir(staging, shard_id).exists(marker)
 
 
 class ShardWorker:
     """Loads the policy's models once and runs shards with them; Ray wraps it as an actor, the local
     executor calls it directly."""
+
+    MARKER = "_SUCCESS"
 
     def __init__(self, policy: Policy, source: Location, staging: Location, worker: str = "local",
                  vault: VaultWriter | None = None) -> None:
@@ -69,24 +119,24 @@ class ShardWorker:
         self.components = Components.from_policy(policy)
         self.source, self.staging, self.worker, self.vault = source, staging, worker, vault
 
-    def read_and_anonymize(self, key: str) -> ImageResult:
+    def read_and_anonymize(self, key: str, linked: Linked | None = None) -> ImageResult:
         t0 = time.perf_counter()
         max_pixels = self.settings.max_pixels
-        try:
-            data, version = self.source.read_with_version(key, max_bytes=max_bytes(max_pixels))
-        except (ObjectTooLargeError, UnsafeKeyError) as exc:
-            return ImageResult(None, {"key": key, "error": f"refused before reading: {exc}"})
-        except Exception as exc:  # noqa: BLE001 - an unreadable object is quarantined, not fatal
-            return ImageResult(None, {"key": key, "error": f"storage error: cannot read the source object after "
-                                                         f"retries: {type(exc).__name__}: {exc}"})
+        data, version, refused = read_source(self.source, key, max_pixels)
+        if refused:
+            return ImageResult(None, {"key": key, "error": refused})
         read_s = time.perf_counter() - t0
+        sha = hashlib.sha256(data).hexdigest()
         try:
             imageio.check_extension(key, data, max_pixels)
+            if linked is not None and linked.sha256 != sha:
+                raise imageio.ImageError(f"{key}: the object changed between the linking pass and anonymization "
+                                         "(another sha256): run again")
         except imageio.ImageError as exc:
-            result = ImageResult(None, {"key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                                        "error": str(exc)})
+            result = ImageResult(None, {"key": key, "size": len(data), "sha256": sha, "error": str(exc)})
         else:
-            result = anonymize_image(key, data, self.settings, self.components)
+            result = anonymize_image(key, data, self.settings, self.components,
+                                     faces=linked.faces if linked is not None else None)
         t1 = time.perf_counter()
         if result.output is not None:
             outputs = self.staging.child("outputs")
@@ -104,8 +154,9 @@ class ShardWorker:
         attempts = int(out.read_bytes("_ATTEMPTS")) + 1 if out.exists("_ATTEMPTS") else 1
         out.write_bytes("_ATTEMPTS", str(attempts).encode())
         images, faces = [], []
+        linked = read_links(self.staging, shard_id)
         for key in keys:
-            r = self.read_and_anonymize(key)
+            r = self.read_and_anonymize(key, linked.get(key))
             if self.vault is not None and r.output is not None:
                 for face, box, pixels in r.originals:
                     self.vault.add(key, face, box, pixels, r.image["output_sha256"])

@@ -267,6 +267,18 @@ def _mode_html(mode: dict | None) -> str:
             f'{html.escape(mode.get("note", ""))}.</p>')
 
 
+def _linking_html(linking: dict | None) -> str:
+    """A keyed run: how many people were linked and what the key makes of them (counts, never faces)."""
+    if not linking:
+        return ""
+    figures = (f'{linking.get("people", "?")} people ({linking.get("people_new", "?")} new this run), '
+               f'{linking.get("faces_linked", "?")} faces linked by {linking.get("recognizer", "?")} at distance '
+               f'{linking.get("threshold", "?")}, {linking.get("virtual_identities", "?")} virtual identities in the '
+               f'bank; identity key {linking.get("key_id", "?")}')
+    return (f'<p id="linking"><strong>Keyed virtual identities</strong> — {html.escape(figures)}. '
+            f'{html.escape(linking.get("note", ""))}</p>')
+
+
 def render_html(report: dict, figures: dict[str, str]) -> str:
     """The audit report: verdict first, then each check with its threshold, observation and evidence."""
     v = report["verdict"]
@@ -307,6 +319,7 @@ pre{{padding:1em;overflow:auto;font-size:12px;white-space:pre-wrap}}img{{max-wid
 {html.escape(str(report.get('finished', '')))}. Source <code>{html.escape(str(report.get('source', '')))}</code>;
 {html.escape(str(report.get('destination_note', '')))}. Policy <code>{html.escape(policy['name'])}</code>, sha256 <code>{policy['sha256']}</code>.</p>
 {_mode_html(report.get('mode'))}
+{_linking_html(report.get('linking'))}
 {_licences(report)}
 <nav>{toc}</nav>
 <h2 id="checks">Checks</h2>

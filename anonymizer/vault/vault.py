@@ -7,6 +7,7 @@ At a vault LOCATION (local folder or s3://bucket/prefix, through anonymizer.stor
     runs/<run_id>/records.parquet   every record of the run, written once at commit
     runs/<run_id>/_COMMITTED        the commit point: record count and the set's seal
     runs/<run_id>/DESTROYED         tombstone left by destroy() in place of key.json
+    identities/identities.state     a keyed run's people (anonymizer.pipeline.link), sealed under the identity key
 
 One Parquet per run rather than one object per image: a run's vault is written exactly once (one object
 and its marker, whatever the number of images), it is read back with one GET, and destroying a run is one
@@ -34,6 +35,7 @@ from anonymizer.vault.keys import KeyProvider
 from anonymizer.vault.records import FORMAT, SCHEMA, check_set, seal_record, seal_set
 
 KEY, RECORDS, COMMITTED, DESTROYED, STAGED = "key.json", "records.parquet", "_COMMITTED", "DESTROYED", "staged"
+IDENTITIES = "identities"  # the folder of the keyed runs' linker state (anonymizer.identity.STATE_NAME)
 Status = Literal["pseudonymised", "destroyed", "absent"]
 
 
@@ -250,8 +252,13 @@ def destroy(location: Location | str, run_id: str | None = None) -> list[str]:
     tombstone, then drop the now unreadable records. Returns the run ids destroyed.
 
     Copies of the KEK or of key.json made elsewhere (backups) are out of its reach; with a KMS KEK,
-    scheduling the KMS key's deletion shreds every run it wrapped."""
+    scheduling the KMS key's deletion shreds every run it wrapped. Destroying every run also deletes the
+    keyed runs' people (the linker state under `identities/`): no later run can link a face to them."""
     vault = _loc(location)
+    if run_id is None:
+        people = vault.child(IDENTITIES)
+        for entry in list(people.list()):
+            _delete_every_version(people, entry.key)
     ids = [run_id] if run_id is not None else runs(vault)
     done = []
     for rid in ids:

@@ -1,0 +1,167 @@
+"""Keyed runs: link each person's faces across the dataset, then give each person a virtual identity.
+
+Two passes before anonymization:
+
+1. Per shard, on the executors (Ray actors or local threads), `LinkWorker`: read, decode, detect, and embed
+   every face of at least `anonymization.linking.min_face_px` with the linking recognizer. The detections go
+   to the shard's staging folder (boxes, as faces.parquet holds them); the embeddings are sealed under the
+   identity key (AES-256-GCM, anonymizer.identity.state): real people's biometric data never rests in
+   plaintext. The anonymization pass reuses the detections: nothing is detected twice.
+2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
+   clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
+   assigns every face to its person's final centroid. A person's virtual identity is HMAC-SHA256 of the
+   person id under the identity key, reduced to the operator's identity count (anonymizer.identity.keys);
+   each shard's `link.parquet` carries it per face, for the anonymization pass.
+
+The linker's state (the people known so far) is staged sealed, and goes to `<vault>/identities` when the run
+publishes: the next run with the same key and vault links its faces to the same people. Without a vault
+the people are linked within the run only. Faces too small to embed get no identity (a face per face).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from anonymizer import imageio
+from anonymizer.components import virtual_identities
+from anonymizer.detect import build_ensemble
+from anonymizer.identity import MEASURED_THRESHOLDS, STATE_NAME, Linker, identity_key_from, virtual_identity
+from anonymizer.identity.state import seal, unseal
+from anonymizer.logs import event
+from anonymizer.measure.encoder import build_encoder
+from anonymizer.policy import Policy, PolicyError
+from anonymizer.pipeline.shard import LINK_SCHEMA, LINKS, read_source, shard_dir
+from anonymizer.storage import Location
+from anonymizer.vault.vault import IDENTITIES
+
+DETECTIONS = "detections.parquet"  # LINK_SCHEMA without virtual identities: the pass's own output
+EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors, in DETECTIONS' row order, sealed
+PERSONS = "persons.parquet"        # the person each embedded face joined in the linker's first pass
+DONE = "_DONE"                     # in staging/link: the driver's linking finished (a resumed run skips it)
+
+
+def threshold_of(policy: Policy) -> float:
+    """The linking distance: the policy's, else the recognizer's measured one."""
+    linking = policy.anonymization.linking
+    if linking.threshold is not None:
+        return linking.threshold
+    if linking.encoder.name not in MEASURED_THRESHOLDS:
+        raise PolicyError(f"policy {policy.name}: key 'anonymization.linking.threshold': no measured linking "
+                          f"distance for recognizer {linking.encoder.name!r} (known: "
+                          f"{', '.join(MEASURED_THRESHOLDS)}); set one (`anonymizer eval linking` measures it)")
+    return MEASURED_THRESHOLDS[linking.encoder.name]
+
+
+def identity_location(vault: Location | None) -> Location | None:
+    return vault.child(IDENTITIES) if vault is not None else None
+
+
+class LinkWorker:
+    """The linking pass over one shard: detections in the clear, embeddings sealed."""
+
+    MARKER = "_LINKED"
+
+    def __init__(self, policy: Policy, source: Location, staging: Location, worker: str = "local",
+                 vault=None, identity_key: str = "") -> None:
+        linking = policy.anonymization.linking
+        self.detector = build_ensemble(policy.detection, policy.model_dir)
+        self.encoder = build_encoder(linking.encoder.name, linking.encoder.params, policy.model_dir)
+        self.min_face_px, self.max_pixels = linking.min_face_px, policy.output.max_pixels
+        self.source, self.staging, self.worker = source, staging, worker
+        self.key = identity_key_from(identity_key)
+
+    def run_shard(self, shard_id: int, keys: list[str]) -> dict:
+        t0 = time.perf_counter()
+        rows, vectors, unreadable = [], [], 0
+        for key in keys:
+            data, _, refused = read_source(self.source, key, self.max_pixels)
+            try:
+                if refused:
+                    raise imageio.ImageError(refused)
+                imageio.check_extension(key, data, self.max_pixels)
+                rgb = imageio.decode(data, self.max_pixels).rgb
+            except imageio.ImageError:
+                unreadable += 1  # the anonymization pass reads it again and records why it fails
+                continue
+            sha = hashlib.sha256(data).hexdigest()
+            faces = self.detector.detect(rgb)
+            big = [f for f in faces if f.size >= self.min_face_px]
+            if big:
+                vectors.append(self.encoder.embed(rgb, self.encoder.align(rgb, big)))
+            rows += [{"key": key, "sha256": sha, "face": i, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "score": f.score,
+                      "detector": f.detector, "embedded": f.size >= self.min_face_px,
+                      "landmarks": None if f.landmarks is None else np.asarray(f.landmarks, float).ravel().tolist()}
+                     for i, f in enumerate(faces)] or [{"key": key, "sha256": sha, "face": None, "embedded": False}]
+        out = shard_dir(self.staging, shard_id)
+        table = pa.Table.from_pylist(rows, schema=LINK_SCHEMA.remove(LINK_SCHEMA.get_field_index("virtual_identity"))
+                                     .append(pa.field("embedded", pa.bool_())))
+        out.write_table(DETECTIONS, table)
+        emb = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
+        buf = io.BytesIO()
+        np.save(buf, emb, allow_pickle=False)
+        out.write_bytes(EMBEDDINGS, seal(buf.getvalue(), self.key))
+        summary = {"shard": shard_id, "images": len(keys), "unreadable": unreadable, "faces": sum(
+            r["face"] is not None for r in rows), "embedded": int(len(emb)), "seconds": time.perf_counter() - t0,
+                   "worker": self.worker}
+        out.write_bytes(self.MARKER, json.dumps(summary).encode())
+        return summary
+
+
+def _embeddings(staging: Location, shard_id: int, key: bytes) -> np.ndarray:
+    where = shard_dir(staging, shard_id)
+    return np.load(io.BytesIO(unseal(where.read_bytes(EMBEDDINGS), key, f"{where.uri}/{EMBEDDINGS}")),
+                   allow_pickle=False)
+
+
+def link(policy: Policy, staging: Location, shards: int, identity_key: str, vault: Location | None,
+         space: str) -> dict:
+    """Cluster the linking pass's embeddings into people, write each shard's `link.parquet`, and stage the
+    linker's sealed state; returns what the report says of it (counts only). Idempotent for a resumed run."""
+    done = staging.child("link")
+    if done.exists(DONE):
+        return json.loads(done.read_bytes(DONE))
+    t0 = time.perf_counter()
+    key = identity_key_from(identity_key)
+    encoder = policy.anonymization.linking.encoder.name
+    where = identity_location(vault)
+    linker = (Linker.open(where, key, threshold_of(policy), encoder, space=space) if where is not None
+              else Linker(threshold_of(policy), encoder, space))
+    known = linker.persons
+    for i in range(shards):  # first pass: people form; each face's first person is kept for the second pass
+        emb = _embeddings(staging, i, key)
+        shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(linker.add(emb) if len(emb) else [],
+                                                                                pa.string())}))
+    n = virtual_identities(policy)
+    assigned = 0
+    for i in range(shards):  # second pass: each face to its person's final centroid (or its first person)
+        emb = _embeddings(staging, i, key)
+        first = shard_dir(staging, i).read_table(PERSONS).column("person").to_pylist()
+        persons = [again or once for again, once in zip(linker.assign(emb) if len(emb) else [], first)]
+        table = shard_dir(staging, i).read_table(DETECTIONS)
+        embedded = table.column("embedded").to_pylist()
+        it = iter(persons)
+        ids = [virtual_identity(key, next(it), n) if e else None for e in embedded]
+        assigned += sum(v is not None for v in ids)
+        shard_dir(staging, i).write_table(LINKS, table.drop_columns(["embedded"]).append_column(
+            "virtual_identity", pa.array(ids, pa.int32())).select(LINK_SCHEMA.names).cast(LINK_SCHEMA))
+    done.write_bytes(STATE_NAME, linker.seal(key))
+    summary = {"recognizer": encoder, "threshold": linker.threshold, "faces_linked": assigned,
+               "people": linker.persons, "people_new": linker.persons - known, "people_known_before": known,
+               "virtual_identities": n, "persisted": where.uri if where is not None else None,
+               "seconds": round(time.perf_counter() - t0, 3)}
+    done.write_bytes(DONE, json.dumps(summary).encode())
+    event("link", **summary)
+    return summary
+
+
+def commit_state(staging: Location, vault: Location | None) -> None:
+    """After the release is published: the people this run linked become known to the next run."""
+    where = identity_location(vault)
+    if where is not None and staging.child("link").exists(STATE_NAME):
+        where.write_bytes(STATE_NAME, staging.child("link").read_bytes(STATE_NAME))

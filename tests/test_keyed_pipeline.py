@@ -1,0 +1,148 @@
+"""Keyed virtual faces through the whole run: `anonymizer run --identity-key` links each person's faces
+(MobileFaceNet) and shows them as one virtual person of the bank in every image, also in a later
+incremental run (the people kept, encrypted, in the vault); another key shows other virtual people; a run
+without a key keys nothing; an operator without virtual identities is refused; `vault destroy` forgets
+the people."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import LFW
+
+from anonymizer.cli import main
+
+FIRST = {"Sheryl_Crow": ["0001", "0002"], "Michelle_Kwan": ["0001", "0003"], "Al_Gore": ["0001", "0002"]}
+LATER = {"Sheryl_Crow": ["0004"], "Michelle_Kwan": ["0004"], "Al_Gore": ["0004"]}
+
+
+def _copy(people: dict[str, list[str]], folder) -> None:
+    folder.mkdir(exist_ok=True)
+    for person, numbers in people.items():
+        for n in numbers:
+            shutil.copy(LFW / person / f"{person}_{n}.jpg", folder / f"{person}_{n}.jpg")
+
+
+def _key(path, byte: int) -> str:
+    path.write_bytes(bytes([byte]) * 32)  # fixed keys: the test's virtual identities do not vary run to run
+    return f"file:{path}"
+
+
+def _policy(root, bank) -> str:
+    p = root / "keyed.yaml"
+    p.write_text(f"extends: realistic\nname: realistic-keyed\n"
+                 f"anonymization: {{operator: {{name: bank, params: {{bank: '{bank}'}}}}}}\n")
+    return str(p)
+
+
+def _run(root, src, dest, run_id, key, vault=None, kek=None) -> tuple[int, pd.DataFrame, dict]:
+    args = ["run", str(src), str(root / dest), "--engine", "local", "--run-id", run_id,
+            "--policy", str(root / "keyed.yaml")]
+    if key:
+        args += ["--identity-key", key]
+    if vault:
+        args += ["--vault", str(root / vault), "--vault-key", kek]
+    code = main(args)
+    return code, _bank_faces(root, dest, run_id), json.loads((root / f"{dest}.staging" / run_id / "report.json").read_text())
+
+
+def _bank_faces(root, dest, run_id) -> pd.DataFrame:
+    """The run's faces replaced from the bank, with the LFW person each one is."""
+    faces = pd.read_parquet(root / f"{dest}.staging" / run_id / "metrics" / "faces.parquet")
+    faces = faces[(faces["source"] == "primary") & (faces["method"] == "bank")].copy()
+    faces["person"] = faces["key"].str.rsplit("_", n=1).str[0]
+    return faces
+
+
+def _identity_per_person(faces: pd.DataFrame) -> dict[str, int]:
+    by_person = faces.groupby("person")["virtual_identity"].agg(lambda s: set(s.astype(int)))
+    for person, ids in by_person.items():
+        assert len(ids) == 1, f"{person}'s faces show virtual identities {ids}"
+    return {person: ids.pop() for person, ids in by_person.items()}
+
+
+@pytest.fixture(scope="module")
+def keyed(stylegan_bank, tmp_path_factory):
+    root = tmp_path_factory.mktemp("keyed")
+    _copy(FIRST, root / "src")
+    _policy(root, stylegan_bank)
+    key, kek = _key(root / "id.key", 1), _key(root / "kek.key", 9)
+    first = _run(root, root / "src", "rel", "r1", key, "vault", kek)
+    _copy(LATER, root / "src")
+    later = _run(root, root / "src", "rel", "r2", key, "vault", kek)  # incremental: only the new images
+    return {"root": root, "key": key, "first": first, "later": later}
+
+
+def test_one_person_one_virtual_identity_within_a_run(keyed):
+    code, faces, report = keyed["first"]
+    assert code == 0, report["verdict"]["reason"]
+    assert set(faces["person"]) == set(FIRST)
+    _identity_per_person(faces)
+    linking = report["linking"]
+    assert linking["people"] == 3 and linking["people_new"] == 3 and linking["virtual_identities"] == 4
+    assert linking["persisted"].endswith("/vault/identities")
+    assert "keyed virtual identities" in (keyed["root"] / "rel" / "r1" / "report.html").read_text()
+
+
+def test_an_incremental_run_shows_known_people_the_same_way(keyed):
+    _, first_faces, _ = keyed["first"]
+    code, faces, report = keyed["later"]
+    assert code == 0, report["verdict"]["reason"]
+    assert set(faces["key"]) == {f"{p}_{n}.jpg" for p, ns in LATER.items() for n in ns}  # new images only
+    assert _identity_per_person(faces) == _identity_per_person(first_faces)
+    assert report["linking"]["people_known_before"] == 3 and report["linking"]["people_new"] == 0
+
+
+def test_another_key_shows_other_virtual_people(keyed):
+    root = keyed["root"]
+    code, faces, _ = _run(root, root / "src", "other", "o1", _key(root / "other.key", 2))
+    assert code == 0
+    mine = _identity_per_person(faces)
+    assert mine.keys() == set(FIRST)
+    theirs = _identity_per_person(keyed["first"][1])
+    assert any(mine[p] != theirs[p] for p in theirs), (mine, theirs)
+
+
+def test_without_a_key_nothing_is_keyed(keyed):
+    root = keyed["root"]
+    code, faces, report = _run(root, root / "src", "plain", "p1", None)
+    assert code == 0 and report["linking"] is None
+    assert faces["virtual_identity"].isna().all()
+
+
+def test_an_operator_without_virtual_identities_is_refused(keyed, tmp_path):
+    root = keyed["root"]
+    code = main(["run", str(root / "src"), str(tmp_path / "rel"), "--engine", "local", "--policy", "default",
+                 "--identity-key", keyed["key"]])
+    assert code == 2
+    assert not (tmp_path / "rel.staging").exists() or not any((tmp_path / "rel.staging").rglob("*.parquet"))
+
+
+def test_people_rest_sealed_in_the_vault_and_destroy_forgets_them(keyed):
+    from anonymizer.identity import STATE_NAME, Linker, identity_key_from
+
+    people = keyed["root"] / "vault" / "identities" / STATE_NAME
+    blob = people.read_bytes()
+    assert blob.startswith(b"ANONYMIZER-IDENTITY-STATE")
+    assert Linker.unseal(blob, identity_key_from(keyed["key"])).persons == 3
+    for staged in (keyed["root"] / "rel.staging").rglob("embeddings.sealed"):
+        assert staged.read_bytes().startswith(b"ANONYMIZER-IDENTITY-STATE")
+    assert main(["vault", "destroy", str(keyed["root"] / "vault")]) == 0
+    assert not people.exists()
+
+
+def test_linking_on_ray_links_as_the_local_engine_does(keyed, ray_cluster):
+    from anonymizer.pipeline import run_pipeline
+
+    root = keyed["root"]
+    src = root / "src_first"
+    _copy(FIRST, src)
+    # The same run id names the same people's space: the same key must then give the same virtual people.
+    outcome = run_pipeline(str(src), str(root / "on_ray"), policy=str(root / "keyed.yaml"), engine="ray",
+                           run_id="r1", identity_key=keyed["key"], workers=2)
+    assert outcome.released, outcome.verdict.reason
+    assert _identity_per_person(_bank_faces(root, "on_ray", "r1")) == _identity_per_person(keyed["first"][1])
