@@ -82,7 +82,8 @@ def _bank(args: argparse.Namespace) -> int:
 
     out = args.out or models.USER_MODEL_DIR / "banks" / args.name
     if args.source == "stylegan":
-        path = bank.build_from_stylegan(out, n=args.n, seed=args.seed, threads=args.threads, model_dir=args.model_dir)
+        path = bank.build_from_stylegan(out, n=args.n, seed=args.seed, threads=args.threads, model_dir=args.model_dir,
+                                        engine=args.engine, workers=args.workers)
     else:
         path = bank.build_from_folder(args.source, out, n=args.n, k=args.k, seed=args.seed, licence=args.licence,
                                       licence_class=args.licence_class, model_dir=args.model_dir)
@@ -164,6 +165,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--licence", default="user-supplied", help="the faces' licence, recorded in the bank")
     b.add_argument("--licence-class", default="permissive", choices=["permissive", "non-commercial", "research"])
     b.add_argument("--threads", type=int, default=1, help="stylegan: CPU threads for the renderer")
+    b.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="stylegan: render in this process, or fan out over Ray actors (a cluster: $RAY_ADDRESS)")
+    b.add_argument("--workers", type=int, help="stylegan --engine ray: actors (default: one per CPU)")
     b.add_argument("--model-dir", help="where the StyleGAN and recognizer weights are")
     b.set_defaults(func=_bank)
 

@@ -89,7 +89,7 @@ def _expectations(policy: Policy, processed: int = 0, carried: int = 0) -> list[
         pose.append(("still_a_face", "faces", E.ExpectColumnValuesToBeInSet(
             column="redetected", value_set=[True], mostly=t.min_redetected_fraction),
             "a replaced face is still found by a detector (the data stays useful; the pose check has faces to measure)",
-            f">= {t.min_redetected_fraction:.0%} of measured faces found again"))
+            f"<= {1 - t.min_redetected_fraction:.0%} of measured replaced faces not found again"))
     return [
         ("images_processed", "images", E.ExpectTableRowCountToBeBetween(min_value=t.min_images),
          "an empty run is not a release", f">= {t.min_images} images"),

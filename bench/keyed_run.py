@@ -30,7 +30,7 @@ def main() -> int:
     ap.add_argument("--people", type=int, default=20)
     ap.add_argument("--images", type=int, default=3, help="images per person")
     ap.add_argument("--bank", type=Path, help="a face bank directory (default: build a StyleGAN one here)")
-    ap.add_argument("--bank-people", type=int, default=16)
+    ap.add_argument("--bank-people", type=int, default=32, help="enough to fit pose and expression views")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "keyed_run.json")
     args = ap.parse_args()
@@ -73,7 +73,8 @@ def main() -> int:
             faces = faces[faces["source"] == "primary"]
             linking = out.report.get("linking") or {}
             link_pass = sum(json.loads(m.read_text())["seconds"] for m in staging.glob("shards/*/_LINKED"))
-            runs[name] = {"wall_s": round(wall, 1), "released": out.released, "images": len(people) * args.images,
+            runs[name] = {"wall_s": round(wall, 1), "released": out.released, "reason": out.verdict.reason,
+                          "methods": faces["method"].value_counts().to_dict(), "images": len(people) * args.images,
                           "faces": len(faces), "bank_faces": int((faces["method"] == "bank").sum()),
                           "link_pass_worker_s": round(link_pass, 1), "clustering_s": linking.get("seconds"),
                           "people_linked": linking.get("people")}

@@ -194,6 +194,19 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
     assert np.isfinite(bank.features).all()
 
 
+def test_stylegan_bank_flow_fans_out_on_ray_and_builds_the_same_bank(tmp_path, ray_cluster, prefect_server):
+    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
+    from anonymizer.bank.stylegan import build_from_stylegan
+    from flows.build_bank import build_face_bank
+
+    summary = build_face_bank(str(tmp_path / "on_ray"), n=3, seed=1, workers=2)
+    here = load_bank(build_from_stylegan(tmp_path / "here", n=3, seed=1))
+    there = load_bank(summary["bank"])
+    assert summary["faces"] == len(there) >= 2 and summary["licence_class"] == "non-commercial"
+    cols = ["face_id", "identity", "crop_sha256"]
+    assert there.index[cols].equals(here.index[cols])
+
+
 # ---------------------------------------------------------------- the operator
 
 def test_operator_replaces_faces_and_keeps_every_other_byte(operator, scene):

@@ -578,6 +578,73 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
     assert "| generated | lfw_heldout | 3 |" in (tmp_path / "generation.md").read_text()
 
 
+def test_realism_proxies_read_one_on_the_original_and_move_with_damage(yunet):
+    from anonymizer.bank.shape import Landmarker
+    from anonymizer.eval.generation import frechet_distance, inner_face, landmarks68, seam_ratio, sharpness_ratio
+
+    image = _rgb(LFW / TURNED)
+    face = _main_face(yunet, image)
+    region = inner_face(face, landmarks68(Landmarker(), image, face), image.shape[:2])
+    assert region is not None and region.alpha.sum() > 100
+    assert sharpness_ratio(image, image, region) == pytest.approx(1.0)
+    soft = cv2.GaussianBlur(image, (0, 0), 3)
+    assert sharpness_ratio(image, soft, region) < 0.3
+    black = ANONYMIZERS.create("mask", feather=0.0).anonymize(image, [face], face_rngs(0, "k", 1))
+    assert seam_ratio(image, image, black.masks[0]) == pytest.approx(1.0)
+    assert seam_ratio(image, black.image, black.masks[0]) > 1.5  # a hard black edge is a seam
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(40, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0)
+    assert frechet_distance(a, a * 0.1) > frechet_distance(a, a * 0.9) > 0  # a collapsed set is further away
+
+
+def test_eval_generation_bank_side_by_side(stylegan_bank, tmp_path, shared):
+    """The face bank with and without its guard beside blur and mask on six held-out LFW faces: every new
+    measure is written, and the measures tell the operators apart the way they should."""
+    from anonymizer.cli import main
+    from anonymizer.measure.encoder import DlibResNetEncoder
+    from anonymizer.measure.mobilefacenet import CALIBRATED_DISTANCES
+
+    assert main(["eval", "generation", "--limit", "6", "--photos", "none", "--operators", "bank",
+                 "--out", str(tmp_path)]) == 2  # no bank given: a usage error, before any work
+    rc = main(["eval", "generation", "--limit", "6", "--photos", "none", "--bank", str(stylegan_bank),
+               "--operators", "bank;bank-noguard;blur:0.35;mask", "--out", str(tmp_path)])
+    assert rc == 0
+    result = json.loads((tmp_path / "generation.json").read_text())
+    ops = {k: v["lfw_heldout"] for k, v in result["operators"].items()}
+    assert set(ops) == {"bank", "bank-noguard", "blur 0.35", "mask 1"}
+    bank, noguard, blur, mask = ops["bank"], ops["bank-noguard"], ops["blur 0.35"], ops["mask 1"]
+    assert result["bank"]["identities"] == 4 and result["bank"]["path"] == str(stylegan_bank)
+    assert result["recognizers"]["thresholds"] == {"dlib_resnet": DlibResNetEncoder.calibrated_distances[1e-3],
+                                                   "mobilefacenet": CALIBRATED_DISTANCES[1e-3]}
+    for s in ops.values():
+        assert s["faces_scored"] == 6
+        assert set(s["reid_far1e-3"]) == {"thresholds", "dlib_resnet", "mobilefacenet"}
+        for rec in ("dlib_resnet", "mobilefacenet"):
+            x = s["across_images"][rec]
+            assert x["chance"] == pytest.approx(1 / x["gallery"], abs=1e-4) and x["probes"] >= 2
+            assert x["rank1"] <= x["rank1_clean"]  # the attacker does no better than on the originals
+        assert {"yaw", "pitch", "roll", "mouth_open_error", "detectable_scrfd", "sharpness_ratio_median",
+                "seam_ratio_median", "frechet_mobilefacenet", "faces_per_s_per_core"} <= set(s)
+    assert set(bank["methods"]) <= {"bank", "fallback:blur:reidentifiable", "fallback:blur:extreme_pose",
+                                    "fallback:blur:unreliable_landmarks", "fallback:blur:no_landmarks",
+                                    "fallback:blur:border", "fallback:blur:small"}
+    assert bank["replaced"] > 0 and blur["replaced"] == mask["replaced"] == 1.0
+    assert blur["diversity_median"] == 0  # blur is a function of the face
+    assert bank["sharpness_ratio_median"] > blur["sharpness_ratio_median"]  # a face, not a smear
+    assert bank["detectable_yunet"] > mask["detectable_yunet"] and bank["detectable_scrfd"] > mask["detectable_scrfd"]
+    assert bank["frechet_mobilefacenet"] < mask["frechet_mobilefacenet"]  # black ovals collapse in face space
+    assert bank["yaw"]["n"] > 0 and bank["mouth_open_error"]["n"] > 0 and mask["mouth_open_error"]["n"] == 0
+    assert noguard["faces_per_s_per_core"] > bank["faces_per_s_per_core"]  # the guard runs two recognizers
+    assert result["reference"]["lfw_heldout"]["frechet_real_halves"] is not None
+    rows = json.loads((tmp_path / "generation_faces.json").read_text())["bank|lfw_heldout"]
+    assert len(rows) == 6 and not any(k.startswith("_") for r in rows for k in r)  # no embeddings in the JSON
+    table = (tmp_path / "generation.md").read_text()
+    assert "| bank | lfw_heldout | 6 |" in table and "SCRFD detects" in table and "faces/s per core" in table
+    grid = cv2.imread(str(tmp_path / "generation_grid.png"))
+    assert grid is not None and grid.shape[1] == 128 * (3 + 1 + 1 + 1)  # bank's three seeds, then one each
+
+
 # ---------------------------------------------------------------- the committed generator
 
 def test_committed_weights_load_by_name_and_match_their_card(tmp_path, monkeypatch):

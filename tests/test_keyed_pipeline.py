@@ -85,7 +85,8 @@ def test_one_person_one_virtual_identity_within_a_run(keyed):
     linking = report["linking"]
     assert linking["people"] == 3 and linking["people_new"] == 3 and linking["virtual_identities"] == 4
     assert linking["persisted"].endswith("/vault/identities")
-    assert "keyed virtual identities" in (keyed["root"] / "rel" / "r1" / "report.html").read_text()
+    html = (keyed["root"] / "rel" / "r1" / "report.html").read_text()
+    assert "Keyed virtual identities</strong> — 3 people (3 new this run)" in html
 
 
 def test_an_incremental_run_shows_known_people_the_same_way(keyed):
@@ -146,3 +147,15 @@ def test_linking_on_ray_links_as_the_local_engine_does(keyed, ray_cluster):
                            run_id="r1", identity_key=keyed["key"], workers=2)
     assert outcome.released, outcome.verdict.reason
     assert _identity_per_person(_bank_faces(root, "on_ray", "r1")) == _identity_per_person(keyed["first"][1])
+
+
+def test_a_broken_image_in_a_keyed_run_is_recorded_not_fatal(keyed, tmp_path):
+    src = tmp_path / "src"
+    _copy({"Al_Gore": ["0001"]}, src)
+    (src / "Broken_0001.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    code = main(["run", str(src), str(tmp_path / "rel"), "--engine", "local", "--run-id", "b", "--policy",
+                 str(keyed["root"] / "keyed.yaml"), "--identity-key", keyed["key"]])
+    assert code in (0, 3)
+    images = pd.read_parquet(tmp_path / "rel.staging" / "b" / "metrics" / "images.parquet").set_index("key")
+    assert "unreadable" in images.loc["Broken_0001.jpg", "error"]
+    assert pd.isna(images.loc["Al_Gore_0001.jpg", "error"]) and images.loc["Al_Gore_0001.jpg", "faces_anonymized"] >= 1

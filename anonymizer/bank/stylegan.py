@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -115,6 +115,55 @@ class FaceReader:
         return crop, sh.apply(m, pts256)
 
 
+class FaceMaker:
+    """Renders bank faces in chunks: [(face id, person, w)] → [(face id, person, crop or None, 68 points or
+    None)]. One per process (the local engine) or per Ray actor (`render_chunks`)."""
+
+    def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1) -> None:
+        self.renderer = Renderer(model_dir, truncation, threads)
+        self.reader = FaceReader(model_dir)
+
+    def __call__(self, jobs: Sequence[tuple[str, int, np.ndarray]]) -> list[tuple]:
+        out = []
+        for face_id, person, w in jobs:
+            got = self.reader(self.renderer.render(w))
+            out.append((face_id, person, *(got if got is not None else (None, None))))
+        return out
+
+
+def render_chunks(jobs: Sequence[tuple[str, int, np.ndarray]], maker_args: tuple, engine: str = "local",
+                  workers: int | None = None, chunk: int = 4, ray_address: str | None = None) -> Iterator[tuple]:
+    """Every job rendered, in the jobs' order. `local`: one FaceMaker in this process; `ray`: a pool of
+    FaceMaker actors (one CPU each; OpenVINO's IR runs on CPUs, or Intel GPUs, not CUDA), chunks handed out
+    as actors free up, results taken back in order (memory: the chunks in flight)."""
+    chunks = [list(jobs[i:i + chunk]) for i in range(0, len(jobs), chunk)]
+    if not chunks:
+        return
+    if engine == "local":
+        maker = FaceMaker(*maker_args)
+        for c in chunks:
+            yield from maker(c)
+        return
+    if engine != "ray":
+        raise ValueError(f"stylegan bank: unknown engine {engine!r}; known: local, ray")
+    import ray
+    from ray.util import ActorPool
+
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 logging_level="WARNING", ignore_reinit_error=True)
+    n = max(1, min(len(chunks), workers or int(ray.cluster_resources().get("CPU", 1))))
+    env = {k: os.environ[k] for k in ("ANONYMIZER_MODEL_DIR",) if k in os.environ}
+    actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2, runtime_env={"env_vars": env})(FaceMaker)
+    actors = [actor.remote(*maker_args) for _ in range(n)]
+    try:
+        for rendered in ActorPool(actors).map(lambda a, c: a.__call__.remote(c), chunks):
+            yield from rendered
+    finally:
+        for a in actors:
+            ray.kill(a)
+
+
 def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 1.0) -> dict[str, tuple[np.ndarray, float]]:
     """Per feature: (unit direction in w, feature change per unit step), by ridge regression of the feature
     on w (λ = `ridge` × the mean eigenvalue of the centred Gram matrix)."""
@@ -134,33 +183,32 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
 
 def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Sequence[dict] = DEFAULT_VIEWS,
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
-                        model_dir: str | None = None, part_size: int = 64) -> Path:
+                        model_dir: str | None = None, part_size: int = 64, engine: str = "local",
+                        workers: int | None = None, ray_address: str | None = None) -> Path:
     """A bank of `n` virtual people, each rendered once and then at `views` (see the module doc: views need
     `fit_min` people to fit directions from); resumable. A view's step along its direction is capped at
-    `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Returns the
-    bank directory."""
+    `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Rendering runs
+    in this process (`engine="local"`) or fans out over `workers` Ray actors (`"ray"`); the bank is the same.
+    Returns the bank directory."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
-    renderer = Renderer(model_dir, truncation, threads)
-    reader = FaceReader(model_dir)
+    renderer = Renderer(model_dir, truncation, threads)  # here for w only: the mapping network and mean w
+    maker_args = (model_dir, truncation, threads)
     missed = 0
 
-    def make(face_id: str, person: int, w: np.ndarray) -> bool:
-        got = reader(renderer.render(w))
-        if got is None:
-            log.info("stylegan %s: no single clear face, skipped", face_id)
-            return False
-        crop, pts = got
-        writer.add(face_id, f"s{person:06d}", crop, pts, sh.features(pts))
-        return True
+    def make_all(jobs: list[tuple[str, int, np.ndarray]]) -> None:
+        nonlocal missed
+        for face_id, person, crop, pts in render_chunks([j for j in jobs if not writer.has(j[0])], maker_args,
+                                                        engine, workers, ray_address=ray_address):
+            if crop is None:
+                log.info("stylegan %s: no single clear face, skipped", face_id)
+                missed += 1
+            else:
+                writer.add(face_id, f"s{person:06d}", crop, pts, sh.features(pts))
 
-    base = {}
-    for i in range(n):
-        base[i] = renderer.w(person_z(seed, i))
-        fid = f"s{i:06d}v0"
-        if not writer.has(fid) and not make(fid, i, base[i]):
-            missed += 1
+    base = {i: renderer.w(person_z(seed, i)) for i in range(n)}
+    make_all([(f"s{i:06d}v0", i, base[i]) for i in range(n)])
     summary: dict = {"people": n, "missed_renders": 0, "views": [], "directions": None}
     extra: tuple[str, ...] = ()
     rows = writer.rows()
@@ -183,19 +231,17 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         summary["directions"] = {k: {"slope_per_unit_step": s} for k, (_, s) in dirs.items()}
         measured = {int(f[1:7]): r for f, r in zip(v0["face_id"], v0.to_dict("records"))}
         cap = max_step * float(np.median([np.linalg.norm(base[p] - renderer.w_avg) for p in people]))
+        jobs = []
         for vi, view in enumerate(views, start=1):
             (feat, target), = view.items()
             if feat not in dirs:
                 raise ValueError(f"stylegan view {view}: feature must be one of {DIRECTION_FEATURES}")
             d, slope = dirs[feat]
             for p in people:
-                fid = f"s{p:06d}v{vi}"
-                if writer.has(fid):
-                    continue
                 step = np.clip((float(target) - measured[p][feat]) / (slope if abs(slope) > 1e-9 else 1e-9),
                                -cap, cap)
-                if not make(fid, p, base[p] + step * d):
-                    missed += 1
+                jobs.append((f"s{p:06d}v{vi}", p, base[p] + step * d))
+        make_all(jobs)
         summary["views"] = list(views)
     summary["missed_renders"] = missed
     build = {"kind": "stylegan", "n": n, "seed": seed, "truncation": truncation, "views": list(views),

@@ -86,8 +86,14 @@ def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Component
     distances = reid_distances(c.encoder, img.rgb, released, faces, m.min_reid_face_px)
     second = (reid_distances(c.second_encoder, img.rgb, released, faces, m.min_reid_face_px) if c.second_encoder
               else [None] * len(faces))
-    poses = (c.pose_meter.measure(img.rgb, released, faces, m.min_reid_face_px) if c.pose_meter
-             else [None] * len(faces))
+    # Pose and re-detection measure the replacement: a face the operator left to its fallback (blurred on
+    # purpose) has no replacement pose to keep.
+    poses: list = [None] * len(faces)
+    replaced = [i for i, method in enumerate(result.methods) if not method.startswith("fallback")]
+    if c.pose_meter and replaced:
+        for i, p in zip(replaced, c.pose_meter.measure(img.rgb, released, [faces[i] for i in replaced],
+                                                       m.min_reid_face_px)):
+            poses[i] = p
     t4 = time.perf_counter()
     row.update(
         faces_detected=len(faces),

@@ -86,14 +86,15 @@ class LinkWorker:
                     raise imageio.ImageError(refused)
                 imageio.check_extension(key, data, self.max_pixels)
                 rgb = imageio.decode(data, self.max_pixels).rgb
-            except imageio.ImageError:
-                unreadable += 1  # the anonymization pass reads it again and records why it fails
+                faces = self.detector.detect(rgb)
+                big = [f for f in faces if f.size >= self.min_face_px]
+                found = self.encoder.embed(rgb, self.encoder.align(rgb, big)) if big else None
+            except Exception:  # noqa: BLE001 - the anonymization pass reads it again and records why it fails
+                unreadable += 1
                 continue
+            if found is not None:
+                vectors.append(found)
             sha = hashlib.sha256(data).hexdigest()
-            faces = self.detector.detect(rgb)
-            big = [f for f in faces if f.size >= self.min_face_px]
-            if big:
-                vectors.append(self.encoder.embed(rgb, self.encoder.align(rgb, big)))
             rows += [{"key": key, "sha256": sha, "face": i, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "score": f.score,
                       "detector": f.detector, "embedded": f.size >= self.min_face_px,
                       "landmarks": None if f.landmarks is None else np.asarray(f.landmarks, float).ravel().tolist()}

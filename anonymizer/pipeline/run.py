@@ -172,9 +172,9 @@ def keyed_identities(ctx: RunContext) -> dict | None:
     summary = json.loads(done.read_bytes(linking.DONE)) if done.exists(linking.DONE) else {}
     where = summary.get("persisted")
     return {**summary, "key_id": key_id(identity_key_from(ctx.identity_key)),
-            "note": "keyed virtual identities: faces linked to one person (by the recognizer named) show one virtual "
-                    "person from the bank in every image, chosen by HMAC-SHA256 under the identity key; another key "
-                    "gives other virtual people. " + (
+            "note": "Faces linked to one person (by the recognizer named) show one virtual person from the bank in "
+                    "every image, chosen by HMAC-SHA256 under the identity key; another key gives other virtual "
+                    "people. " + (
                         f"The people seen are kept, encrypted under the identity key, at {where}, so later runs with "
                         "this key show them the same way; whoever holds the key and that state can tell whether a "
                         "photo's person appears in the release (pseudonymisation, GDPR Art. 4(5))." if where else
