@@ -126,10 +126,15 @@ def test_an_operator_without_virtual_identities_is_refused(keyed, tmp_path):
 def test_people_rest_sealed_in_the_vault_and_destroy_forgets_them(keyed):
     from anonymizer.identity import STATE_NAME, Linker, identity_key_from
 
-    people = keyed["root"] / "vault" / "identities" / STATE_NAME
+    root = keyed["root"]
+    people = root / "vault" / "identities" / STATE_NAME
     blob = people.read_bytes()
     assert blob.startswith(b"ANONYMIZER-IDENTITY-STATE")
-    assert Linker.unseal(blob, identity_key_from(keyed["key"])).persons == 3
+    linker = Linker.unseal(blob, identity_key_from(keyed["key"]))
+    assert linker.persons == 3 and linker.faces == 9  # six faces of the first run, three of the second
+    # Re-running the first run (published already) must not put back its older state over the second's.
+    _run(root, root / "src", "rel", "r1", keyed["key"], "vault", _key(root / "kek.key", 9))
+    assert people.read_bytes() == blob
     for staged in (keyed["root"] / "rel.staging").rglob("embeddings.sealed"):
         assert staged.read_bytes().startswith(b"ANONYMIZER-IDENTITY-STATE")
     assert main(["vault", "destroy", str(keyed["root"] / "vault")]) == 0

@@ -133,6 +133,7 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
     where = identity_location(vault)
     linker = (Linker.open(where, key, threshold_of(policy), encoder, space=space) if where is not None
               else Linker(threshold_of(policy), encoder, space))
+    started_from = _state_digest(where)
     known = linker.persons
     for i in range(shards):  # first pass: people form; each face's first person is kept for the second pass
         emb = _embeddings(staging, i, key)
@@ -155,14 +156,31 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
     summary = {"recognizer": encoder, "threshold": linker.threshold, "faces_linked": assigned,
                "people": linker.persons, "people_new": linker.persons - known, "people_known_before": known,
                "virtual_identities": n, "persisted": where.uri if where is not None else None,
+               "started_from": started_from,
                "seconds": round(time.perf_counter() - t0, 3)}
     done.write_bytes(DONE, json.dumps(summary).encode())
     event("link", **summary)
     return summary
 
 
-def commit_state(staging: Location, vault: Location | None) -> None:
-    """After the release is published: the people this run linked become known to the next run."""
-    where = identity_location(vault)
-    if where is not None and staging.child("link").exists(STATE_NAME):
-        where.write_bytes(STATE_NAME, staging.child("link").read_bytes(STATE_NAME))
+def _state_digest(where: Location | None) -> str | None:
+    """The sha256 of the saved state's (sealed) bytes, None where there is none."""
+    if where is None or not where.exists(STATE_NAME):
+        return None
+    return hashlib.sha256(where.read_bytes(STATE_NAME)).hexdigest()
+
+
+def commit_state(staging: Location, vault: Location | None) -> bool:
+    """After the release is published: the people this run linked become known to the next run. Only over
+    the state this run started from: a later run's state (another run committed meanwhile, and this one is
+    re-run) is never replaced by an older one. Returns whether the state was written."""
+    where, done = identity_location(vault), staging.child("link")
+    if where is None or not done.exists(STATE_NAME):
+        return False
+    current = _state_digest(where)
+    staged = hashlib.sha256(done.read_bytes(STATE_NAME)).hexdigest()
+    if current not in (json.loads(done.read_bytes(DONE)).get("started_from"), staged):
+        event("link.state_kept", reason="the identity state changed since this run linked its faces", where=where.uri)
+        return False
+    where.write_bytes(STATE_NAME, done.read_bytes(STATE_NAME))
+    return True
