@@ -66,6 +66,20 @@ def blend(crop: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:
     return np.where(a > 0, blended, crop)
 
 
+def merge(a: FaceMask, b: FaceMask) -> FaceMask:
+    """One mask over both windows, each pixel's alpha the larger of the two."""
+    if not a.alpha.size or not b.alpha.size:
+        return b if not a.alpha.size else a
+    x0, y0 = min(a.x0, b.x0), min(a.y0, b.y0)
+    x1, y1 = max(a.box[2], b.box[2]), max(a.box[3], b.box[3])
+    alpha = np.zeros((y1 - y0, x1 - x0), np.float32)
+    for m in (a, b):
+        h, w = m.alpha.shape
+        view = alpha[m.y0 - y0:m.y0 - y0 + h, m.x0 - x0:m.x0 - x0 + w]
+        np.maximum(view, m.alpha, out=view)
+    return FaceMask(x0, y0, alpha)
+
+
 def union_mask(masks: Sequence[FaceMask], shape: tuple[int, int]) -> np.ndarray:
     out = np.zeros(shape, np.float32)
     for m in masks:

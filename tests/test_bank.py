@@ -227,6 +227,35 @@ def test_operator_replaces_faces_and_keeps_every_other_byte(operator, scene):
         assert (diff[core] > 0).mean() > 0.5
 
 
+def test_surround_blurs_the_region_around_the_bank_face_and_nothing_else(composite_bank, scene):
+    from anonymizer.regions import face_region
+
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(composite_bank), surround=True, identity_guard=False)
+    res = op.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+    mask = union_mask(res.masks, img.shape[:2])
+    assert np.array_equal(res.image[mask == 0], img[mask == 0])
+    plain = op.fallback.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+    for face, m, method in zip(faces, res.masks, res.methods):
+        if method != "bank":
+            continue
+        region = face_region(face, img.shape[:2], 1.35, "ellipse", 0.15)
+        ys, xs = region.window
+        assert (mask[ys, xs] >= region.alpha - 1e-6).all()  # the whole policy region is changed...
+        ring = (region.alpha >= 0.99) & (mask[ys, xs] >= 0.99)
+        ring &= np.abs(res.image[ys, xs].astype(int) - plain.image[ys, xs].astype(int)).max(2) == 0
+        assert ring.any()  # ...part of it exactly as the fallback would change it (the surround)
+
+
+def test_a_black_and_white_photo_gets_black_and_white_faces(operator, scene):
+    img, faces = scene
+    grey = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)
+    res = operator.anonymize(grey, faces, face_rngs(0, PHOTO, len(faces)))
+    assert "bank" in res.methods
+    out = res.image.astype(int)
+    assert np.abs(out[..., 0] - out[..., 1]).max() <= 1 and np.abs(out[..., 1] - out[..., 2]).max() <= 1
+
+
 def test_operator_is_deterministic(operator, scene):
     img, faces = scene
     a = operator.anonymize(img, faces, face_rngs(3, "a.jpg", len(faces)))

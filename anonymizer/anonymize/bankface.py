@@ -27,7 +27,10 @@ synthetic people. Per face:
    alpha at the edge. Pixels where the alpha is 0 keep their exact bytes. Outside the inner face (brows to
    chin) the alpha also fades where the bank face is not skin (a fringe, hair at the temples, its
    background): the photo's own pixels stay there.
-5. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
+5. With `surround`, the policy's face region (the ellipse the classical operators change) first gets the
+   fallback, and the bank face goes over it: hair, ears and the face's outline, which a learning attacker
+   reads identity from (docs/reid.md), are blurred around a sharp replacement.
+6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
    bank face, up to `candidates`, then gets the fallback ("fallback:<name>:reidentifiable").
@@ -47,7 +50,7 @@ from anonymizer.bank import shape as sh
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
-from anonymizer.regions import FaceMask, blend
+from anonymizer.regions import FaceMask, blend, merge
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
 MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
@@ -55,6 +58,13 @@ FEATHER = 0.12        # the alpha's ramp at the mask's edge, in eye distances
 CHEEKS = np.array([36, 45, 15, 14, 13, 35, 33, 31, 3, 2, 1])  # eye corners, cheeks and nose: skin, rarely beard
 CONTRAST = 1.3       # the most harmonisation may scale the bank face's lightness spread, up or down
 SKIN_NEAR, SKIN_FAR = 2.5, 4.0  # outside the inner face, bank pixels this far from its skin (in spreads) fade out
+
+
+def _greyscale(window: np.ndarray, tolerance: int = 3) -> bool:
+    """Whether the photo's window is black and white (its channels within `tolerance` of one another:
+    JPEG's chroma rounding)."""
+    w = window.astype(np.int16)
+    return int(np.abs(w[..., 0] - w[..., 1]).max()) <= tolerance and int(np.abs(w[..., 1] - w[..., 2]).max()) <= tolerance
 
 
 class BankGuardConfig(BaseModel):
@@ -134,7 +144,8 @@ class BankFace:
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,
                  mirror: bool = True, poisson: bool = True,
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
-                 forehead: float = 0.7, expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15) -> None:
+                 forehead: float = 0.7, surround: bool = False, expand: float = 1.35, shape: str = "ellipse",
+                 feather: float = 0.15) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -151,6 +162,7 @@ class BankFace:
         if not 0.0 <= forehead <= 1.0:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
+        self.surround = bool(surround)
         self.landmarker = sh.Landmarker(model_dir)
         if identity_guard is True:
             identity_guard = {}
@@ -244,6 +256,8 @@ class BankFace:
         skin = self.skin(face_img, inner, iod)
         cheeks = sh.hull_mask(pts[CHEEKS], shape, (x0, y0)) > 0
         face_img = self.harmonize(face_img, self.skin_only(orig_win, cheeks if cheeks.sum() >= 16 else inner), inner)
+        if _greyscale(orig_win):  # a black-and-white photo: a face in colour would give itself away
+            face_img = cv2.cvtColor(cv2.cvtColor(face_img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         if self.poisson:
             bx, by, bw, bh = cv2.boundingRect(union)
             cloned = cv2.seamlessClone(face_img, np.ascontiguousarray(base_win), union.copy(),
@@ -321,6 +335,12 @@ class BankFace:
         for i, (reason, _, _) in enumerate(decided):
             if reason is not None:
                 fall_back(i, reason)
+        around: dict[int, FaceMask] = {}
+        if self.surround:  # every replaced face's region gets the fallback, before any bank face goes in
+            for i, (reason, _, _) in enumerate(decided):
+                if reason is None:
+                    res = self.fallback.anonymize(out, [faces[i]], [rngs[i]])
+                    out, around[i] = res.image, res.masks[0]
         rejected = []
         for i, (reason, pts, window) in enumerate(decided):
             if reason is not None:
@@ -339,7 +359,7 @@ class BankFace:
                 rejected.append(i)
                 continue
             out[y0:y1, x0:x1] = done[0]
-            masks[i] = FaceMask(x0, y0, done[1])
+            masks[i] = merge(around[i], FaceMask(x0, y0, done[1])) if i in around else FaceMask(x0, y0, done[1])
         for i in rejected:
             fall_back(i, "reidentifiable")
         return Anonymized(out, masks, methods)

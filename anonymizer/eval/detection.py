@@ -491,6 +491,18 @@ AUDITOR_CANDIDATES: dict[str, dict] = {
     # also: higher O-Net cuts, for fewer false positives on real photos (hands, clothing)
     "mtcnn": {"detector": "mtcnn", "params": {"min_face_size": 20, "thresholds": [0.6, 0.7, 0.5]}, "cut": "thresholds.2",
               "also": [0.8, 0.9]},
+    # MTCNN's own knobs (docs/benchmarks.md): looser P-/R-Net cuts pass more candidates to O-Net; a smaller
+    # min_face_size starts the pyramid at the original resolution; factor 0.8 gives more pyramid levels
+    "mtcnn_p055_r06": {"detector": "mtcnn", "params": {"min_face_size": 20, "thresholds": [0.55, 0.6, 0.5]},
+                       "cut": "thresholds.2", "also": [0.8, 0.9]},
+    "mtcnn_p04_r07": {"detector": "mtcnn", "params": {"min_face_size": 20, "thresholds": [0.4, 0.7, 0.5]},
+                      "cut": "thresholds.2", "also": [0.7, 0.8, 0.9]},
+    "mtcnn_p04_r05": {"detector": "mtcnn", "params": {"min_face_size": 20, "thresholds": [0.4, 0.5, 0.3]},
+                      "cut": "thresholds.2", "also": [0.8]},
+    "mtcnn_min12": {"detector": "mtcnn", "params": {"min_face_size": 12, "thresholds": [0.4, 0.5, 0.3]},
+                    "cut": "thresholds.2", "also": [0.8]},
+    "mtcnn_f08": {"detector": "mtcnn", "params": {"min_face_size": 20, "factor": 0.8, "thresholds": [0.4, 0.5, 0.3]},
+                  "cut": "thresholds.2", "also": [0.8]},
     # also: the cut policies/default.yaml runs it at
     "dlib_hog": {"detector": "dlib_hog", "params": {"upsample": 1, "min_score": -0.3}, "cut": "min_score", "also": [0.2]},
     "dlib_cnn": {"detector": "dlib_cnn", "params": {"upsample": 0}, "cut": None},
