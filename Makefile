@@ -43,7 +43,8 @@ demo-realistic: setup
 	test -f $(HOME)/.cache/anonymizer/models/banks/faces/manifest.json || \
 	  $(VENV)/bin/anonymizer bank build stylegan --name faces --n 32 --threads 2
 	rm -rf out/realistic out/realistic.staging out/realistic.quarantine
-	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/realistic --policy policies/realistic.yaml --engine local
+	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/realistic --policy policies/realistic.yaml --engine local; \
+	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]  # 3: quarantined by the gate, the report says why
 
 test: setup
 	$(PY) -m pytest
