@@ -237,9 +237,10 @@ def _check_binding(ctx: RunContext, binding: str, p: listing.Plan | None) -> Non
 
 
 def plan(ctx: RunContext) -> listing.Plan:
-    check_licences(ctx.policy, ctx.inventory())  # a missing, tampered or unaccepted-licence model fails here
+    inventory = ctx.inventory()  # hashes every model file: once
+    check_licences(ctx.policy, inventory)  # a missing, tampered or unaccepted-licence model fails here
     names = Names.for_policy(ctx.policy)  # a missing pseudonym secret fails here, before any work
-    binding = run_binding(ctx.policy.sha256, ctx.inventory())
+    binding = run_binding(ctx.policy.sha256, inventory)
     resumed = listing.load_plan(ctx.plan_dir)
     _check_binding(ctx, binding, resumed)
     if resumed:
