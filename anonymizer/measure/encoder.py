@@ -33,19 +33,33 @@ class DlibResNetEncoder:
     """dlib's 128-d ResNet (LFW 99.38%); 0.6 is its published same-person distance (FAR about 1e-2 on LFW).
     `calibrated_distances`: the distances at FAR 1e-3 and 1e-4 set by `anonymizer eval calibrate` on LFW
     calibration identities (docs/reid.md). `landmarks` picks the shape predictor that aligns the chip:
-    5 points (the default), or 68 (iBUG 300-W: research use only)."""
+    5 points (the default), or 68 (iBUG 300-W: research use only).
+
+    dlib cuts the chips; the network runs in torch (anonymizer.measure.dlib_resnet_torch: the same weights,
+    the same descriptors), all faces of a call in one batch. `device`: auto (CUDA when torch has it), cpu, cuda."""
 
     name = "dlib_resnet"
     same_person_distance = 0.6
     calibrated_distances = {1e-3: 0.5261, 1e-4: 0.4685}
 
-    def __init__(self, model_dir: str | None = None, landmarks: int = 5) -> None:
+    def __init__(self, model_dir: str | None = None, landmarks: int = 5, device: str = "auto") -> None:
         if landmarks not in (5, 68):
             raise ValueError(f"dlib_resnet: landmarks must be 5 or 68, got {landmarks}")
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"dlib_resnet: device must be auto, cpu or cuda, got {device!r}")
         import dlib  # here, not at the top: the other encoders work where dlib is not installed (the GPU machine)
+        import torch
+
+        from anonymizer.measure.dlib_resnet_torch import build_dlib_resnet
 
         self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}", model_dir)))
-        self._net = dlib.face_recognition_model_v1(str(locate("dlib_resnet", model_dir)))
+        self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
+                                   else "cpu")
+        path = locate("dlib_resnet", model_dir)
+        try:
+            self._net = build_dlib_resnet(path).to(self.device)
+        except (ValueError, IndexError) as exc:  # a truncated or foreign file: say which
+            raise ValueError(f"dlib_resnet: cannot load {path}: {exc}") from exc
 
     @staticmethod
     def weight_files(params: dict, model_dir: str | None) -> list[dict]:
@@ -64,11 +78,16 @@ class DlibResNetEncoder:
         if not alignments:
             return np.zeros((0, 128), np.float32)
         import dlib
+        import torch
+
+        from anonymizer.measure.dlib_resnet_torch import CHIP_PADDING, CHIP_SIZE
 
         shapes = dlib.full_object_detections()
         shapes.extend(alignments)
-        vecs = self._net.compute_face_descriptor(np.ascontiguousarray(image), shapes)
-        return np.array([np.array(v) for v in vecs], np.float32)
+        chips = np.stack(dlib.get_face_chips(np.ascontiguousarray(image), shapes, CHIP_SIZE, CHIP_PADDING))
+        with torch.inference_mode():
+            x = torch.from_numpy(chips).to(self.device).permute(0, 3, 1, 2).float()
+            return self._net(x).cpu().numpy().astype(np.float32)
 
 
 # ArcFace's 112x112 alignment template (insightface): the eyes, nose tip and mouth corners, in the order
