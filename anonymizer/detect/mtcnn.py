@@ -89,12 +89,15 @@ def _load(net: nn.Module, name: str, model_dir: str | None) -> nn.Module:
         net.load_state_dict(torch.load(str(path), map_location="cpu", weights_only=True))
     except Exception as exc:  # a truncated or foreign file: say which
         raise ValueError(f"mtcnn: cannot load {path}: {exc}") from exc
-    return net.eval().requires_grad_(False)
+    return net.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
 def _normalise(rgb: np.ndarray) -> torch.Tensor:
+    """N x 3 x H x W network input (one image: N = 1), channels-last in memory: torch's CPU convolutions and
+    pooling run these small-channel networks 2-2.5x faster that way than in NCHW."""
     x = torch.from_numpy((rgb.astype(np.float32) - 127.5) * 0.0078125)
-    return x.permute(*((2, 0, 1) if rgb.ndim == 3 else (0, 3, 1, 2))).contiguous()
+    x = x[None] if rgb.ndim == 3 else x
+    return x.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last)
 
 
 def _square(boxes: np.ndarray) -> np.ndarray:
@@ -147,7 +150,7 @@ class MtcnnDetector:
         scale, found = m, []
         while min(h, w) * scale >= CELL:
             sized = cv2.resize(rgb, (int(w * scale + 1), int(h * scale + 1)), interpolation=cv2.INTER_AREA)
-            reg, prob = self._pnet(_normalise(sized)[None])
+            reg, prob = self._pnet(_normalise(sized))
             prob, reg = prob[0, 1].numpy(), reg[0].numpy()
             ys, xs = np.nonzero(prob >= self.thresholds[0])
             if len(ys):
