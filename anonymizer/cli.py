@@ -107,7 +107,9 @@ def _models(args: argparse.Namespace) -> int:
     return exit_codes.RELEASED
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line. The `eval` commands' modules (seconds of imports) are loaded only when `argv` asks
+    for `eval` (all of them without `argv`)."""
     ap = argparse.ArgumentParser(prog="anonymizer", description=__doc__)
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -193,7 +195,8 @@ def parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate components on labelled data")
     ev_sub = ev.add_subparsers(dest="what", required=True)
-    for name, module in _EVALS.items():
+    evals = _EVALS if argv is None or "eval" in argv else {}
+    for name, module in evals.items():
         mod = __import__(module, fromlist=["add_arguments", "run"])
         p = ev_sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0] if mod.__doc__ else None)
         mod.add_arguments(p)
@@ -216,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     from anonymizer.vault import KeySpecError, VaultError, VaultLocationError
 
     logs.setup()
-    args = parser().parse_args(argv)
+    args = parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     try:
         return args.func(args)
     except (PolicyError, ModelNotFoundError, FileNotFoundError, KeySpecError, VaultError, VaultLocationError,

@@ -59,6 +59,29 @@ def _collector(total: int) -> tuple[list[dict], Callable[[dict], None], tqdm]:
     return summaries, finished, bar
 
 
+# One library import at a time: the local engine's threads load their models (the libraries' first imports)
+# under it, and so does `import_in_background`.
+LIBRARY_IMPORTS = threading.Lock()
+
+
+def import_in_background(module: str) -> threading.Thread:
+    """Import `module` in a daemon thread while the shards run (an executor's `on_started`: after the workers'
+    own imports). The driver needs it after them (the gate's great_expectations takes about 3 s of CPU to
+    import), when the workers have stopped and cores idle. An import that fails here fails again, with its
+    error, where the module is used."""
+
+    def load() -> None:
+        with LIBRARY_IMPORTS:
+            try:
+                __import__(module)
+            except Exception:  # noqa: BLE001 - reported by the import where it is used
+                pass
+
+    t = threading.Thread(target=load, name=f"import {module}", daemon=True)
+    t.start()
+    return t
+
+
 # The local engine's default thread count at most: each thread holds models of its own (the default policy's:
 # about 0.75 GB of resident memory per thread on the 21 sample photos).
 LOCAL_MAX_THREADS = 8
@@ -71,7 +94,8 @@ def cpus() -> int:
 
 def run_local(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
               vault: VaultWriter | None = None, workers: int | None = None, worker_cls: type = ShardWorker,
-              worker_kwargs: dict[str, Any] | None = None, **_) -> list[dict]:
+              worker_kwargs: dict[str, Any] | None = None, on_started: Callable[[], None] | None = None,
+              **_) -> list[dict]:
     n = max(1, min(total, workers or min(cpus(), LOCAL_MAX_THREADS)))
     summaries, finished, bar = _collector(total)
     kwargs = worker_kwargs or {}
@@ -79,20 +103,26 @@ def run_local(policy: Policy, source: Location, staging: Location, shards: Shard
         worker = None  # models load at the first shard to do: a fully resumed run loads none
         try:
             for shard_id, keys in _pending(staging, shards, finished, worker_cls.MARKER):
-                worker = worker or worker_cls(policy, source, staging, vault=vault, **kwargs)
+                if worker is None:
+                    with LIBRARY_IMPORTS:
+                        worker = worker_cls(policy, source, staging, vault=vault, **kwargs)
+                    if on_started:
+                        on_started()
                 finished(worker.run_shard(shard_id, keys))
         finally:
             bar.close()
         return sorted(summaries, key=lambda s: s["shard"])
-    local, loading = threading.local(), threading.Lock()
+    local, loaded = threading.local(), iter(range(1, n + 1))
 
     def run(job: tuple[int, list[str]]) -> dict:
         if not hasattr(local, "worker"):
             # Each thread's own models, and vault writer (the same run and data key, its own pending records).
             # One thread loads at a time: the libraries' first imports happen there.
-            with loading:
+            with LIBRARY_IMPORTS:
                 own_vault = copy.copy(vault) if vault is not None else None
                 local.worker = worker_cls(policy, source, staging, vault=own_vault, **kwargs)
+                if next(loaded) == n and on_started:  # every thread has its models
+                    on_started()
         return local.worker.run_shard(*job)
 
     with library_threads(max(1, cpus() // n)), ThreadPoolExecutor(n) as pool:
@@ -132,7 +162,8 @@ def library_threads(threads: int) -> Iterator[None]:
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to RAY_ADDRESS / `address` when given (an existing cluster), else start a local Ray."""
-    import ray
+    with LIBRARY_IMPORTS:
+        import ray
 
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
@@ -181,7 +212,8 @@ def default_workers() -> int:
 
 def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
                workers: int | None = None, ray_address: str | None = None, vault: VaultWriter | None = None,
-               worker_cls: type = ShardWorker, worker_kwargs: dict[str, Any] | None = None) -> list[dict]:
+               worker_cls: type = ShardWorker, worker_kwargs: dict[str, Any] | None = None,
+               on_started: Callable[[], None] | None = None) -> list[dict]:
     import ray
     from ray.util import ActorPool
 
@@ -201,6 +233,8 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
                                            **(worker_kwargs or {})) for _ in range(n)]
                 pool = ActorPool(actors)
                 event("shards.start", shards=total, workers=n, gpus_per_worker=gpus)
+                if on_started:
+                    on_started()
             while not pool.has_free():
                 finished(pool.get_next_unordered())
             pool.submit(lambda actor, j: actor.run_shard.remote(*j), job)

@@ -29,7 +29,7 @@ from anonymizer.logs import event
 from anonymizer.pipeline import lineage
 from anonymizer.pipeline import link as linking
 from anonymizer.pipeline import plan as listing
-from anonymizer.pipeline.executors import EXECUTORS
+from anonymizer.pipeline.executors import EXECUTORS, import_in_background
 from anonymizer.pipeline.shard import FACE_SCHEMA, IMAGE_SCHEMA, max_bytes, shard_dir
 from anonymizer.policy import Policy, load_policy
 from anonymizer.policy_check import check_components
@@ -271,7 +271,8 @@ def anonymize_shards(ctx: RunContext, p: listing.Plan, workers: int | None = Non
     if not p.shards:
         return []
     return EXECUTORS[ctx.engine](ctx.policy, ctx.source, ctx.staging, listing.iter_shards(ctx.plan_dir), p.shards,
-                                 workers=workers, ray_address=ctx.ray_address, vault=ctx.vault_writer())
+                                 workers=workers, ray_address=ctx.ray_address, vault=ctx.vault_writer(),
+                                 on_started=lambda: import_in_background("great_expectations"))  # for `check`
 
 
 def collect(ctx: RunContext, p: listing.Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
