@@ -69,8 +69,9 @@ class _Reader:
 
 
 def read_dlib_resnet(path: str | Path) -> dict:
-    """The network's parameters from dlib's file: {'mean', 'convs': [(w, b, stride, padding)], 'pool_after':
-    indices of the residual blocks whose shortcut is pooled, 'fc': 256 x 128}."""
+    """The network's parameters from dlib's file: {'mean': the input's per-channel mean, 'convs': [w, b,
+    stride, padding] with the affine layers folded in, 'pooled': the number of convolutions read when each
+    pooled shortcut came (the block ending there pools), 'fc': 256 x 128}."""
     data = Path(path).read_bytes()
     r = _Reader(data, str(path))
     if r.find(b"input_rgb_image_sized") is None:

@@ -162,8 +162,7 @@ def library_threads(threads: int) -> Iterator[None]:
 
 def ensure_ray(address: str | None = None) -> None:
     """Connect to RAY_ADDRESS / `address` when given (an existing cluster), else start a local Ray."""
-    with LIBRARY_IMPORTS:
-        import ray
+    import ray
 
     if not ray.is_initialized():
         ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
