@@ -20,5 +20,8 @@ def ort_session(model: bytes, device: str, owner: str):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, cv2.getNumThreads())
     opts.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning: between runs this process decodes, warps and runs torch,
+    # and a spinning pool takes the cores they need.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # exports that list weights as inputs warn once per weight
     return ort.InferenceSession(model, opts, providers=providers)

@@ -86,7 +86,7 @@ class DlibResNetEncoder:
         shapes.extend(alignments)
         chips = np.stack(dlib.get_face_chips(np.ascontiguousarray(image), shapes, CHIP_SIZE, CHIP_PADDING))
         with torch.inference_mode():
-            x = torch.from_numpy(chips).to(self.device).permute(0, 3, 1, 2).float()
+            x = torch.from_numpy(chips).to(self.device).permute(0, 3, 1, 2).float()  # NHWC memory: channels-last
             return self._net(x).cpu().numpy().astype(np.float32)
 
 
