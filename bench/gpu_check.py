@@ -9,8 +9,8 @@ then the measurements on the released pixels: the policy's auditor (skipped wher
 missing, as dlib is on the GPU machine), outside change and coverage, re-identification with MobileFaceNet
 over every scored face of the batch in one call (`embed_chips`), and the head pose before and after (YuNet
 windows). Where each network ran is printed:
-OpenCV's wheels have no CUDA (YuNet: CPU), onnxruntime runs CenterFace and MobileFaceNet on the GPU only
-when onnxruntime-gpu is installed.
+onnxruntime runs YuNet, CenterFace and MobileFaceNet on the GPU only when onnxruntime-gpu is installed
+(else on the CPU).
 
 Frames: 2x2 mosaics of the photos, each tile resized to cover 960x540 and centre-cropped.
 
@@ -71,7 +71,8 @@ def build(model_dir: str, device: str) -> dict:
 
     policy = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
     d, m, a = policy["detection"], policy["measurement"], policy["anonymization"]
-    on_device = {"retinaface": {"device": device}, "centerface": {"device": "auto" if device == "cuda" else "cpu"}}
+    ort_device = {"device": "auto" if device == "cuda" else "cpu"}
+    on_device = {"retinaface": {"device": device}, "centerface": ort_device, "yunet": ort_device}
     detectors = [build_detector(c["name"], {**c.get("params", {}), **on_device.get(c["name"], {})}, model_dir)
                  for c in d["detectors"]]
     parts = {
@@ -79,7 +80,8 @@ def build(model_dir: str, device: str) -> dict:
                              d["min_score"], d["vote_per_scale"]),
         "operator": ANONYMIZERS.create(a["operator"]["name"], **a["operator"].get("params", {}), **a["region"]),
         "encoder": MobileFaceNetEncoder(model_dir, device="auto" if device == "cuda" else "cpu"),
-        "pose": PoseMeter(build_detector(m["pose_landmarks"]["name"], m["pose_landmarks"]["params"], model_dir)),
+        "pose": PoseMeter(build_detector(m["pose_landmarks"]["name"], {**m["pose_landmarks"]["params"], **ort_device},
+                                         model_dir)),
         "auditor": None,
         "settings": {k: m[k] for k in ("min_reid_face_px", "covered_fraction", "change_tolerance", "mask_margin_px")},
     }
@@ -90,6 +92,12 @@ def build(model_dir: str, device: str) -> dict:
     return parts
 
 
+def _runtime(det) -> str:
+    """Where an onnxruntime-or-OpenCV detector (YuNet, CenterFace) runs."""
+    session = getattr(det, "_session", None)
+    return session.get_providers()[0] if session is not None else "CPU (OpenCV)"
+
+
 def where(parts: dict) -> dict:
     """The device each network runs on."""
     ens = parts["ensemble"]
@@ -97,12 +105,10 @@ def where(parts: dict) -> dict:
     for det in ens.detectors:
         if det.name == "retinaface":
             out[det.name] = str(det.device)
-        elif det.name == "centerface":
-            out[det.name] = (det._session.get_providers()[0] if det._session is not None else "opencv (CPU)")
         else:
-            out[det.name] = "CPU (OpenCV)"
+            out[det.name] = _runtime(det)
     out["mobilefacenet"] = parts["encoder"]._session.get_providers()[0]
-    out["pose (yunet)"] = "CPU (OpenCV)"
+    out["pose (yunet)"] = _runtime(parts["pose"].detector)
     aud = parts["auditor"]
     out["auditor"] = f"{aud.name} on {getattr(aud, 'device', 'CPU')}" if aud is not None else "skipped"
     return out

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from anonymizer.detect import build_detector
@@ -21,6 +22,26 @@ def test_yunet_finds_the_face_in_lfw_portraits(shared):
             assert f.landmarks.shape == (5, 2)
             assert ((f.landmarks[:, 0] > f.x - 5) & (f.landmarks[:, 0] < f.x + f.w + 5)).all()
     assert hits >= 11, f"YuNet found the centred face in only {hits}/12 LFW images"
+
+
+def test_yunet_onnxruntime_and_opencv_find_the_same_faces(shared):
+    """The onnxruntime backend re-implements FaceDetectorYN's padding, decoding and NMS around the same
+    network: the same faces, in the same order, on crowd photos at two scales (one odd-sized input)."""
+    ort_, cv = (build_detector("yunet", {"score_threshold": 0.3, "scales": [1.0, 2.0], "backend": b})
+                for b in ("onnxruntime", "opencv"))
+    assert (ort_.backend, cv.backend) == ("onnxruntime", "opencv")
+    for name in ("group_25.jpg", "multiface.jpg", "group_3.jpg"):
+        image = _rgb(PHOTOS / name)
+        image = image[: image.shape[0] - 7, : image.shape[1] - 13]  # sides that are not multiples of 32
+        a, b = ort_.detect_per_scale(image), cv.detect_per_scale(image)
+        for s in (1.0, 2.0):
+            assert len(a[s]) == len(b[s]) > 0, (name, s)
+            for f, g in zip(a[s], b[s]):
+                assert abs(f.score - g.score) < 1e-4 and np.abs(np.subtract(f.box, g.box)).max() < 0.01
+                assert np.abs(f.landmarks - g.landmarks).max() < 0.01
+    assert ort_.detect(np.zeros((600, 800, 3), np.uint8)) == []
+    with pytest.raises(ValueError, match="backend"):
+        build_detector("yunet", {"backend": "tensorrt"})
 
 
 def test_multiscale_finds_faces_that_one_scale_misses(shared):

@@ -1,4 +1,10 @@
-"""YuNet through OpenCV's FaceDetectorYN, run at several scales so small faces are found too."""
+"""YuNet, run at several scales so small faces are found too.
+
+Two backends give the same faces: OpenCV's FaceDetectorYN, and onnxruntime (the default when installed)
+running the same ONNX file with FaceDetectorYN's pre- and post-processing done here (pad to a multiple of
+32, BGR 0-255 in, per stride sqrt(cls x obj) scores, box and landmark decoding, OpenCV's NMS on integer
+boxes). onnxruntime runs this network about 2.5x faster on a CPU core, and on CUDA where there is one.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +14,12 @@ import numpy as np
 from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.faces import Face
 from anonymizer.models import locate
-
+from anonymizer.onnx_runtime import ort_session
 
 _MIN_INPUT = 64
+ALIGN = 32  # FaceDetectorYN pads the input's sides up to multiples of this
+STRIDES = (8, 16, 32)
+OUTPUTS = tuple(f"{kind}_{s}" for kind in ("cls", "obj", "bbox", "kps") for s in STRIDES)
 
 
 @DETECTORS.register("yunet")
@@ -26,12 +35,25 @@ class YuNetDetector(MultiScale):
         scales: list[float] = (1.0,),
         max_side: int = 4096,
         top_k: int = 5000,
+        backend: str = "auto",
+        device: str = "auto",
     ) -> None:
+        if backend not in ("auto", "onnxruntime", "opencv"):
+            raise ValueError(f"yunet: backend must be auto, onnxruntime or opencv, got {backend!r}")
         self.model_path = locate("yunet", model_dir)
         self.scales = [float(s) for s in scales]
         self.max_side = max_side
-        self.nms_threshold = nms_threshold
-        self._net = cv2.FaceDetectorYN.create(str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k)
+        self.score_threshold, self.nms_threshold, self.top_k = float(score_threshold), float(nms_threshold), int(top_k)
+        self._session = None
+        if backend != "opencv":
+            try:
+                self._session = _ort_session(self.model_path.read_bytes(), device)
+            except ImportError:
+                if backend == "onnxruntime":
+                    raise ImportError("yunet: backend onnxruntime needs `pip install onnxruntime onnx`") from None
+        self.backend = "onnxruntime" if self._session is not None else "opencv"
+        self._net = None if self._session is not None else cv2.FaceDetectorYN.create(
+            str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k)
 
     def _detect_at(self, bgr: np.ndarray, scale: float) -> list[Face]:
         h, w = bgr.shape[:2]
@@ -41,17 +63,71 @@ class YuNetDetector(MultiScale):
             padded = np.zeros((max(_MIN_INPUT, bgr.shape[0]), max(_MIN_INPUT, bgr.shape[1]), 3), np.uint8)
             padded[: bgr.shape[0], : bgr.shape[1]] = bgr
             bgr = padded
-        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
-        _, rows = self._net.detect(bgr)
-        if rows is None:
-            return []
+        rows = self._rows_ort(bgr) if self._session is not None else self._rows_opencv(bgr)
         faces = []
         for r in rows:
             lm = r[4:14].reshape(5, 2).astype(np.float32) / scale
             faces.append(Face(*(float(v) / scale for v in r[:4]), float(r[14]), self.name, lm))
         return faces
 
+    def _rows_opencv(self, bgr: np.ndarray) -> np.ndarray:
+        self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+        _, rows = self._net.detect(bgr)
+        return np.zeros((0, 15), np.float32) if rows is None else rows
+
+    def _rows_ort(self, bgr: np.ndarray) -> np.ndarray:
+        """FaceDetectorYN's rows (x, y, w, h, 5 landmarks, score), computed by onnxruntime."""
+        h, w = bgr.shape[:2]
+        ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
+        blob = np.zeros((1, 3, ph, pw), np.float32)
+        blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
+        out = dict(zip(OUTPUTS, self._session.run(list(OUTPUTS), {"input": blob})))
+        return decode(out, (ph, pw), self.score_threshold, self.nms_threshold, self.top_k)
+
     def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
         """Each usable scale's faces on its own (converted to BGR once for all scales)."""
         bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
         return {s: self._detect_at(bgr, s) for s in self.usable_scales(bgr.shape)}
+
+
+def _ort_session(model: bytes, device: str):
+    """A session whose input takes any height and width (the file fixes 640 x 640; its reshapes use -1)."""
+    import onnx
+
+    m = onnx.load_from_string(model)
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    for v in m.graph.output:
+        v.type.tensor_type.shape.dim[1].dim_param = "cells_" + v.name.split("_")[1]
+    return ort_session(m.SerializeToString(), device, "yunet")
+
+
+def decode(out: dict[str, np.ndarray], padded: tuple[int, int], score_threshold: float, nms_threshold: float,
+           top_k: int) -> np.ndarray:
+    """OpenCV FaceDetectorYN's post-processing, in float32 as it does it: rows of x, y, w, h, the 5
+    landmarks (x, y) and the score, the faces NMS keeps in its order."""
+    ph, pw = padded
+    rows = []
+    for s in STRIDES:
+        cols = pw // s
+        score = np.sqrt(np.clip(out[f"cls_{s}"].reshape(-1), 0, 1) * np.clip(out[f"obj_{s}"].reshape(-1), 0, 1))
+        idx = np.nonzero(score >= score_threshold)[0]
+        if not len(idx):
+            continue
+        r, c = (idx // cols).astype(np.float32), (idx % cols).astype(np.float32)
+        b = out[f"bbox_{s}"].reshape(-1, 4)[idx]
+        k = out[f"kps_{s}"].reshape(-1, 5, 2)[idx]
+        stride = np.float32(s)
+        bw, bh = np.exp(b[:, 2]) * stride, np.exp(b[:, 3]) * stride
+        x1 = (c + b[:, 0]) * stride - bw / np.float32(2)
+        y1 = (r + b[:, 1]) * stride - bh / np.float32(2)
+        lx, ly = (k[..., 0] + c[:, None]) * stride, (k[..., 1] + r[:, None]) * stride
+        rows.append(np.column_stack([x1, y1, bw, bh, np.stack([lx, ly], -1).reshape(-1, 10), score[idx]]))
+    if not rows:
+        return np.zeros((0, 15), np.float32)
+    faces = np.concatenate(rows).astype(np.float32)
+    if len(faces) <= 1:
+        return faces
+    boxes = faces[:, :4].astype(np.int32).tolist()  # OpenCV's Rect2i: truncated toward zero
+    keep = cv2.dnn.NMSBoxes(boxes, faces[:, 14].tolist(), score_threshold, nms_threshold, 1.0, top_k)
+    return faces[np.asarray(keep, np.int64).reshape(-1)]
