@@ -9,7 +9,7 @@ wall time, the median of its per-round ratios to deface's, its CPU time (user + 
 other work distorts least) and our time per stage (summed over images, from the run's metrics table:
 threads overlap, so they can add up to more than the wall time); writes JSON.
 
-    python bench/peer_throughput.py [--photos DIR] [--rounds 3] [--sides local,ray] [--realistic]
+    python bench/peer_throughput.py [--photos DIR] [--rounds 3] [--sides prefect,local,ray] [--realistic]
                                     [--out bench/results/peer_throughput.json]
 """
 
@@ -85,7 +85,7 @@ def run_ours(engine: str, photos_dir: Path, work: Path, policy: str | None, work
     dest, run_id = work / f"ours-{engine}", "bench"
     cmd = [str(Path(sys.executable).parent / "anonymizer"), "run", str(photos_dir), str(dest), "--engine", engine,
            "--run-id", run_id]
-    if engine == "ray":
+    if engine in ("ray", "prefect"):
         cmd += ["--workers", str(workers)]
     if policy:
         cmd += ["--policy", policy]
@@ -101,8 +101,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--sides", default="local,ray", help="our engines to time, comma-separated (local, ray)")
-    ap.add_argument("--workers", type=int, default=2, help="Ray actors for the ray side")
+    ap.add_argument("--sides", default="prefect,local,ray",
+                    help="our engines to time, comma-separated: prefect (the CLI's default: the flow, shards on Ray), "
+                         "local, ray")
+    ap.add_argument("--workers", type=int, default=2, help="Ray actors for the prefect and ray sides")
     ap.add_argument("--realistic", action="store_true", help="also time policies/realistic.yaml (local engine)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "peer_throughput.json")
     args = ap.parse_args()
