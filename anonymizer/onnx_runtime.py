@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import cv2
 
 
@@ -25,3 +27,20 @@ def ort_session(model: bytes, device: str, owner: str):
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # exports that list weights as inputs warn once per weight
     return ort.InferenceSession(model, opts, providers=providers)
+
+
+def session_for_backend(make: Callable[[], Any], backend: str, owner: str):
+    """For detectors that run on onnxruntime or OpenCV's DNN (`backend`: auto, onnxruntime or opencv): the
+    session `make()` builds, or None where OpenCV is asked for, or where onnxruntime is missing and `auto`
+    allows falling back to OpenCV."""
+    if backend not in ("auto", "onnxruntime", "opencv"):
+        raise ValueError(f"{owner}: backend must be auto, onnxruntime or opencv, got {backend!r}")
+    if backend == "opencv":
+        return None
+    try:
+        return make()
+    except ImportError:
+        if backend == "onnxruntime":
+            raise ImportError(f"{owner}: backend onnxruntime needs `pip install onnxruntime onnx` "
+                              "(onnxruntime-gpu for CUDA)") from None
+        return None

@@ -39,7 +39,7 @@ from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import ort_session
+from anonymizer.onnx_runtime import ort_session, session_for_backend
 
 STRIDE = 4  # output maps are 1/4 of the input
 ALIGN = 32  # the network's input sides must be multiples of this
@@ -65,8 +65,6 @@ class CenterFaceDetector(MultiScale):
         backend: str = "auto",
         device: str = "auto",
     ) -> None:
-        if backend not in ("auto", "onnxruntime", "opencv"):
-            raise ValueError(f"centerface: backend must be auto, onnxruntime or opencv, got {backend!r}")
         self.model_path = locate("centerface", model_dir)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -75,14 +73,7 @@ class CenterFaceDetector(MultiScale):
         self.cached_sizes = max(1, int(cached_sizes))
         self._onnx = np.fromfile(str(self.model_path), np.uint8)
         self._nets: OrderedDict[tuple[int, int], cv2.dnn.Net] = OrderedDict()
-        self._session = None
-        if backend != "opencv":
-            try:
-                self._session = _ort_session(self._onnx.tobytes(), device)
-            except ImportError:
-                if backend == "onnxruntime":
-                    raise ImportError("centerface: backend onnxruntime needs `pip install onnxruntime onnx` "
-                                      "(onnxruntime-gpu for CUDA)") from None
+        self._session = session_for_backend(lambda: _ort_session(self._onnx.tobytes(), device), backend, "centerface")
         self.backend = "onnxruntime" if self._session is not None else "opencv"
         self._input = self._session.get_inputs()[0].name if self._session is not None else None
 

@@ -14,7 +14,7 @@ import numpy as np
 from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.faces import Face
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import ort_session
+from anonymizer.onnx_runtime import ort_session, session_for_backend
 
 _MIN_INPUT = 64
 ALIGN = 32  # FaceDetectorYN pads the input's sides up to multiples of this
@@ -38,19 +38,12 @@ class YuNetDetector(MultiScale):
         backend: str = "auto",
         device: str = "auto",
     ) -> None:
-        if backend not in ("auto", "onnxruntime", "opencv"):
-            raise ValueError(f"yunet: backend must be auto, onnxruntime or opencv, got {backend!r}")
         self.model_path = locate("yunet", model_dir)
         self.scales = [float(s) for s in scales]
         self.max_side = max_side
         self.score_threshold, self.nms_threshold, self.top_k = float(score_threshold), float(nms_threshold), int(top_k)
-        self._session = None
-        if backend != "opencv":
-            try:
-                self._session = _ort_session(self.model_path.read_bytes(), device)
-            except ImportError:
-                if backend == "onnxruntime":
-                    raise ImportError("yunet: backend onnxruntime needs `pip install onnxruntime onnx`") from None
+        self._session = session_for_backend(lambda: _ort_session(self.model_path.read_bytes(), device), backend,
+                                            "yunet")
         self.backend = "onnxruntime" if self._session is not None else "opencv"
         self._net = None if self._session is not None else cv2.FaceDetectorYN.create(
             str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k)
