@@ -205,7 +205,7 @@ def test_unknown_component_and_misspelt_param_are_refused_at_load_with_the_key()
     msg = str(err.value)
     assert msg.startswith("policy typo.yaml: ")
     assert ("key 'detection.detectors[0].params.scale': unknown parameter for detector 'yunet'; known: "
-            "max_side, nms_threshold") in msg and "model_dir" not in msg.split("yunet'; known:")[1].split(";")[0]
+            "backend, device, max_side, nms_threshold") in msg and "model_dir" not in msg.split("yunet'; known:")[1].split(";")[0]
     assert "key 'detection.detectors[1].name': unknown detector 'retinafaces'; known: centerface" in msg
     assert "key 'anonymization.operator.params.strenght': unknown parameter for anonymizer 'blur'" in msg
     assert "anonymization.operator.params.strength':" not in msg  # one problem per key: the misspelling
