@@ -227,15 +227,19 @@ def test_operator_replaces_faces_and_keeps_every_other_byte(operator, scene):
         assert (diff[core] > 0).mean() > 0.5
 
 
-def test_surround_blurs_the_region_around_the_bank_face_and_nothing_else(composite_bank, scene):
+@pytest.mark.parametrize("surround_strength, blur", [(None, 0.35), (0.15, 0.15)])
+def test_surround_blurs_the_region_around_the_bank_face_and_nothing_else(composite_bank, scene, surround_strength,
+                                                                         blur):
+    """The surround is the fallback's blur (default strength 0.35) or, with `surround_strength`, its own."""
     from anonymizer.regions import face_region
 
     img, faces = scene
-    op = ANONYMIZERS.create("bank", bank=str(composite_bank), surround=True, identity_guard=False)
+    op = ANONYMIZERS.create("bank", bank=str(composite_bank), surround=True, surround_strength=surround_strength,
+                            identity_guard=False)
     res = op.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
     mask = union_mask(res.masks, img.shape[:2])
     assert np.array_equal(res.image[mask == 0], img[mask == 0])
-    plain = op.fallback.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+    plain = ANONYMIZERS.create("blur", strength=blur).anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
     for face, m, method in zip(faces, res.masks, res.methods):
         if method != "bank":
             continue
@@ -244,7 +248,7 @@ def test_surround_blurs_the_region_around_the_bank_face_and_nothing_else(composi
         assert (mask[ys, xs] >= region.alpha - 1e-6).all()  # the whole policy region is changed...
         ring = (region.alpha >= 0.99) & (mask[ys, xs] >= 0.99)
         ring &= np.abs(res.image[ys, xs].astype(int) - plain.image[ys, xs].astype(int)).max(2) == 0
-        assert ring.any()  # ...part of it exactly as the fallback would change it (the surround)
+        assert ring.any()  # ...part of it exactly as that blur would change it (the surround)
 
 
 def test_a_black_and_white_photo_gets_black_and_white_faces(operator, scene):

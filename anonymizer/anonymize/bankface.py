@@ -29,7 +29,8 @@ synthetic people. Per face:
    background): the photo's own pixels stay there.
 5. With `surround`, the policy's face region (the ellipse the classical operators change) first gets the
    fallback, and the bank face goes over it: hair, ears and the face's outline, which a learning attacker
-   reads identity from (docs/reid.md), are blurred around a sharp replacement.
+   reads identity from (docs/reid.md), are blurred around a sharp replacement (`surround_strength`: that
+   blur's own strength; default the fallback's).
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -144,8 +145,8 @@ class BankFace:
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,
                  mirror: bool = True, poisson: bool = True,
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
-                 forehead: float = 0.7, surround: bool = False, expand: float = 1.35, shape: str = "ellipse",
-                 feather: float = 0.15) -> None:
+                 forehead: float = 0.7, surround: bool = False, surround_strength: float | None = None,
+                 expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -163,6 +164,8 @@ class BankFace:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
         self.surround = bool(surround)
+        self.around = self.fallback if surround_strength is None else ANONYMIZERS.create(
+            fallback, strength=surround_strength, expand=expand, shape=shape, feather=feather)
         self.landmarker = sh.Landmarker(model_dir)
         if identity_guard is True:
             identity_guard = {}
@@ -339,7 +342,7 @@ class BankFace:
         if self.surround:  # every replaced face's region gets the fallback, before any bank face goes in
             for i, (reason, _, _) in enumerate(decided):
                 if reason is None:
-                    res = self.fallback.anonymize(out, [faces[i]], [rngs[i]])
+                    res = self.around.anonymize(out, [faces[i]], [rngs[i]])
                     out, around[i] = res.image, res.masks[0]
         rejected = []
         for i, (reason, pts, window) in enumerate(decided):
