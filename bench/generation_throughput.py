@@ -3,8 +3,9 @@ bank of the `realistic` profile), each with and without its identity guard, agai
 
 Inputs: ../shared/data/photos (every face the default detectors find, detected once before timing) and
 held-out LFW portraits (one face each). Only the operator's `anonymize` call is timed, after one warm-up
-image: wall time, and faces per CPU-second of the process ("per core"). The generator and the guards'
-recognizers run on `--device`. Runs without Ray or Prefect. Prints a table, writes JSON.
+image: wall time, and faces per CPU-second of the process ("per core"). The generator runs on `--device`,
+the guards' recognizers on a GPU where their runtime finds one. Runs without Ray or Prefect. Prints a table,
+writes JSON.
 
     python bench/generation_throughput.py [--lfw 100] [--bank DIR] [--operators bank,bank+guard] [--threads 1]
         [--device cpu|cuda] [--out bench/results/generation_throughput.json]
