@@ -153,8 +153,10 @@ class BankFace:
         if len(self.bank) == 0:
             raise ValueError(f"bank: face bank {bank} has no faces")
         self.fallback_name = fallback
-        self.fallback = ANONYMIZERS.create(fallback, strength=fallback_strength, expand=expand, shape=shape,
-                                           feather=feather)
+        region = {"expand": expand, "shape": shape, "feather": feather}
+        self.fallback = ANONYMIZERS.create(fallback, strength=fallback_strength, **region)
+        self.around = (self.fallback if surround_strength is None
+                       else ANONYMIZERS.create(fallback, strength=surround_strength, **region))
         self.min_face_px, self.max_yaw, self.max_pitch = float(min_face_px), float(max_yaw), float(max_pitch)
         self.max_landmark_error = float(max_landmark_error)
         self.bank.mirrored = bool(mirror)
@@ -164,8 +166,6 @@ class BankFace:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
         self.surround = bool(surround)
-        self.around = self.fallback if surround_strength is None else ANONYMIZERS.create(
-            fallback, strength=surround_strength, expand=expand, shape=shape, feather=feather)
         self.landmarker = sh.Landmarker(model_dir)
         if identity_guard is True:
             identity_guard = {}
@@ -339,7 +339,7 @@ class BankFace:
             if reason is not None:
                 fall_back(i, reason)
         around: dict[int, FaceMask] = {}
-        if self.surround:  # every replaced face's region gets the fallback, before any bank face goes in
+        if self.surround:  # every replaced face's region gets the surround's blur, before any bank face goes in
             for i, (reason, _, _) in enumerate(decided):
                 if reason is None:
                     res = self.around.anonymize(out, [faces[i]], [rngs[i]])
