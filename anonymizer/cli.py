@@ -83,10 +83,11 @@ def _bank(args: argparse.Namespace) -> int:
     out = args.out or models.USER_MODEL_DIR / "banks" / args.name
     if args.source == "stylegan":
         path = bank.build_from_stylegan(out, n=args.n, seed=args.seed, threads=args.threads, model_dir=args.model_dir,
-                                        engine=args.engine, workers=args.workers)
+                                        engine=args.engine, workers=args.workers, landmarks=args.landmarks)
     else:
         path = bank.build_from_folder(args.source, out, n=args.n, k=args.k, seed=args.seed, licence=args.licence,
-                                      licence_class=args.licence_class, model_dir=args.model_dir)
+                                      licence_class=args.licence_class, model_dir=args.model_dir,
+                                      landmarks=args.landmarks)
     loaded = bank.load_bank(path)
     print(json.dumps({"bank": str(path), "faces": len(loaded), "licence": loaded.licence,
                       "coverage_plot": str(path / "coverage.png")}, indent=2))
@@ -170,6 +171,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="stylegan: render in this process, or fan out over Ray actors (a cluster: $RAY_ADDRESS)")
     b.add_argument("--workers", type=int, help="stylegan --engine ray: actors (default: one per CPU)")
+    b.add_argument("--landmarks", default="dlib_shape68", choices=["dlib_shape68", "mediapipe_mesh"],
+                   help="the landmarker the bank is built with and the operator uses: dlib's 68 points (iBUG 300-W, "
+                        "research use) or MediaPipe's face mesh (Apache-2.0; pip install ai-edge-litert)")
     b.add_argument("--model-dir", help="where the StyleGAN and recognizer weights are")
     b.set_defaults(func=_bank)
 

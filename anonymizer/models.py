@@ -84,6 +84,15 @@ MODELS: dict[str, ModelSpec] = {
         "dlib_shape68", "shape_predictor_68_face_landmarks.dat", None, None,
         "iBUG 300-W: research use (dlib models)", "face_recognition_models", licence_class="research",
     ),
+    "mediapipe_mesh": ModelSpec(
+        "mediapipe_mesh", "face_landmark.tflite",
+        "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+        "https://storage.googleapis.com/mediapipe-assets/face_landmark.tflite",
+        "Apache-2.0 (MediaPipe Face Mesh v1)", "mediapipe", package_subdir="modules/face_landmark",
+        # --no-deps: mediapipe requires opencv-contrib-python, which would replace our opencv-python-headless;
+        # wheels after 0.10.14 no longer ship this file
+        package_hint="pip install mediapipe==0.10.14 --no-deps", in_model_dirs=True, folder="mediapipe",
+    ),
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
     ),

@@ -174,6 +174,60 @@ def test_rewritten_index_is_refused(composite_bank, tmp_path):
         load_bank(out)
 
 
+# ---------------------------------------------------------------- the face mesh (permissive landmarks)
+
+@pytest.fixture(scope="module")
+def mesh_bank(lfw_folder, tmp_path_factory):
+    pytest.importorskip("ai_edge_litert", reason="pip install 'anonymizer[mesh]': no TFLite runtime for the face mesh")
+    return build_from_folder(lfw_folder, tmp_path_factory.mktemp("banks") / "mesh", n=2, k=8, seed=0,
+                             licence="LFW: research data set", licence_class="research", landmarks="mediapipe_mesh")
+
+
+def test_face_mesh_lands_on_dlibs_68_points(shared):
+    """The mesh's 68 points (mesh.TO_68) lie where dlib's predictor puts them on LFW faces it never saw fitted
+    (median over points of the median error < 0.08 eye distances; the fit reached 0.06), and a crop of
+    background is no face (NaN points)."""
+    pytest.importorskip("ai_edge_litert", reason="pip install 'anonymizer[mesh]': no TFLite runtime for the face mesh")
+    from anonymizer.bank.mesh import MeshLandmarker
+    from anonymizer.detect import build_detector
+
+    yunet, dlib68, mesh = build_detector("yunet", {"scales": [1.0]}), sh.Landmarker(), MeshLandmarker()
+    errors = []
+    for person in sorted(p.name for p in LFW.iterdir())[1::97][:20]:
+        img = _rgb(sorted((LFW / person).glob("*.jpg"))[-1])
+        faces = [f for f in yunet.detect(img) if f.w >= 60]
+        if not faces:
+            continue
+        face = min(faces, key=lambda f: (f.x + f.w / 2 - 125) ** 2 + (f.y + f.h / 2 - 125) ** 2)
+        a, b = dlib68(img, face), mesh(img, face)
+        errors.append(np.linalg.norm(a - b, axis=1) / sh.eye_distance(a))
+    assert len(errors) >= 15
+    assert np.median(np.median(errors, axis=0)) < 0.08
+    wall = np.ascontiguousarray(np.tile(np.linspace(60, 200, 250, dtype=np.uint8)[None, :, None], (250, 1, 3)))
+    assert not np.isfinite(mesh(wall, Face(60, 60, 120, 120, 1.0, "none"))).any()
+
+
+def test_bank_on_the_face_mesh_runs_without_research_landmarks(mesh_bank, scene):
+    """A bank built with the face mesh records it; the operator then uses it, replaces faces, and the
+    inventory the licence gate reads names the mesh (Apache-2.0) and not dlib's 68-point model."""
+    from anonymizer.anonymize.bankface import BankFace
+
+    assert load_bank(mesh_bank).landmarker == "mediapipe_mesh"
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(mesh_bank), identity_guard={"encoders": ["dlib_resnet"]})
+    res = op.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+    assert sum(m == "bank" for m in res.methods) >= 3
+    changed = np.abs(res.image.astype(int) - img.astype(int)).max(2) > 0
+    assert not changed[union_mask([m for m in res.masks if m is not None], img.shape[:2]) == 0].any()
+    rows = BankFace.weight_files({"bank": str(mesh_bank), "identity_guard": {"encoders": ["dlib_resnet"]}}, None)
+    names = {r.get("name"): r["licence_class"] for r in rows}
+    assert names["mediapipe_mesh"] == "permissive" and "dlib_shape68" not in names
+    assert {c for n, c in names.items() if n != "face bank"} == {"permissive"}
+    # dlib's points on a mesh bank: the inventory names both, the run's landmarker apart
+    rows = BankFace.weight_files({"bank": str(mesh_bank), "landmarks": "dlib_shape68"}, None)
+    assert [r["component"] for r in rows if r.get("name") == "dlib_shape68"] == ["landmarks"]
+
+
 # ---------------------------------------------------------------- StyleGAN
 
 def test_stylegan_bank_of_synthetic_people(tmp_path):

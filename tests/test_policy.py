@@ -140,7 +140,7 @@ def test_extends_cycles_and_unknown_parents_are_refused(tmp_path):
         load_policy(tmp_path / "self.yaml")
     _write(tmp_path / "c.yaml", "extends: lenient\nname: c\n")
     with pytest.raises(PolicyError, match=r"c.yaml: key 'extends': unknown profile 'lenient'; known: default, "
-                                          r"generated, realistic, research, standard, strict"):
+                                          r"generated, realistic, realistic_permissive, research, standard, strict"):
         load_policy(tmp_path / "c.yaml")
     _write(tmp_path / "d.yaml", "extends: nowhere/base.yaml\nname: d\n")
     with pytest.raises(PolicyError, match=r"d.yaml: key 'extends': no policy file .*nowhere/base.yaml"):

@@ -48,3 +48,58 @@ def test_a_missing_bank_is_refused_before_any_image(tmp_path):
                  "--policy", _policy(tmp_path, tmp_path / "no-such-bank")])
     assert code == 2
     assert not (tmp_path / "rel.staging").exists() or not any((tmp_path / "rel.staging").rglob("outputs/*"))
+
+
+@pytest.fixture(scope="module")
+def permissive_bank(tmp_path_factory, shared):
+    """A composite bank built with the face mesh from 16 LFW people, declared permissive: it stands in for a
+    bank from a user's own faces (LFW itself is a research data set)."""
+    pytest.importorskip("ai_edge_litert", reason="pip install 'anonymizer[mesh]': no TFLite runtime for the face mesh")
+    from conftest import LFW
+
+    rows = [line.split("\t") for line in (LFW.parent / "identities.tsv").read_text().splitlines()[1:]]
+    folder = tmp_path_factory.mktemp("own_faces")
+    for name in sorted(r[0] for r in rows if int(r[1]) >= 3)[::7][:16]:
+        (folder / name).mkdir()
+        for f in sorted((LFW / name).glob("*.jpg"))[:3]:
+            (folder / name / f.name).symlink_to(f)
+    out = tmp_path_factory.mktemp("bank") / "own"
+    assert main(["bank", "build", str(folder), "--out", str(out), "--n", "2", "--landmarks", "mediapipe_mesh",
+                 "--licence", "stand-in for the user's own faces", "--licence-class", "permissive"]) == 0
+    return out
+
+
+def _permissive_policy(tmp_path, bank_path) -> str:
+    p = tmp_path / "mine.yaml"
+    p.write_text(f"extends: realistic_permissive\nname: mine\n"
+                 f"anonymization: {{operator: {{name: bank, params: {{bank: '{bank_path}'}}}}}}\n")
+    return str(p)
+
+
+def test_realistic_permissive_runs_on_permissive_parts_only(permissive_bank, tmp_path):
+    """With a bank built by the face mesh from faces the user may use, every model and the bank in the
+    report are permissive: no dlib 68-point model, no MobileFaceNet, no SCRFD."""
+    from anonymizer.pipeline import run_pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(PHOTOS / "group_2.jpg", src / "group_2.jpg")
+    run_pipeline(str(src), str(tmp_path / "rel"), policy=_permissive_policy(tmp_path, permissive_bank),
+                 engine="local", run_id="r")
+    faces = pd.read_parquet(tmp_path / "rel.staging" / "r" / "metrics" / "faces.parquet")
+    assert faces[faces["source"] == "primary"]["method"].tolist().count("bank") >= 3
+    report = json.loads((tmp_path / "rel.staging" / "r" / "report.json").read_text())
+    assert {m["licence_class"] for m in report["models"]} == {"permissive"}
+    names = {m["name"] for m in report["models"]}
+    assert "mediapipe_mesh" in names and not names & {"dlib_shape68", "mobilefacenet", "scrfd"}
+
+
+def test_realistic_permissive_refuses_a_bank_of_restricted_parts(stylegan_bank, tmp_path, capsys):
+    """A StyleGAN bank (non-commercial, built with dlib's research-only points) is refused by the licence
+    gate, naming it, before any image."""
+    code = main(["run", str(PHOTOS), str(tmp_path / "rel"), "--engine", "local",
+                 "--policy", _permissive_policy(tmp_path, stylegan_bank)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "licence gate" in err and "'face bank'" in err and "'dlib_shape68'" in err, err
+    assert not (tmp_path / "rel.staging").exists() or not any((tmp_path / "rel.staging").rglob("outputs/*"))

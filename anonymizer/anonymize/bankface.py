@@ -3,11 +3,11 @@
 A bank (anonymizer.bank) holds faces of nobody in particular: composites of k ≥ 8 people or StyleGAN's
 synthetic people. Per face:
 
-1. `decide`: faces smaller than `min_face_px`, without landmarks dlib's 68-point predictor can fit
-   ("no_landmarks"), whose fit disagrees with the detector's 5 landmarks by more than
-   `max_landmark_error` eye distances ("unreliable_landmarks"), turned past `max_yaw` / `max_pitch`
-   ("extreme_pose") or whose region the image border cuts ("border") get the classical `fallback`,
-   recorded as "fallback:<name>:<reason>".
+1. `decide`: faces smaller than `min_face_px`, without 68 points the landmarker can fit (`landmarks`, by
+   default the bank's own: dlib's predictor or MediaPipe's face mesh; "no_landmarks"), whose fit
+   disagrees with the detector's 5 landmarks by more than `max_landmark_error` eye distances
+   ("unreliable_landmarks"), turned past `max_yaw` / `max_pitch` ("extreme_pose") or whose region the
+   image border cuts ("border") get the classical `fallback`, recorded as "fallback:<name>:<reason>".
 2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
    counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
    key, face index), so the result is deterministic. A face that carries a virtual identity (`Face.identity`,
@@ -114,7 +114,8 @@ class BankFace:
     @staticmethod
     def weight_files(params: dict, model_dir: str | None) -> list[dict]:
         """What the audit report and the licence gate see: the bank (its manifest's hash, licence and licence
-        class), dlib's 68-point predictor, and the identity guard's recognizers."""
+        class) and the landmarker it was built with, the landmarker this run uses where it is another, and
+        the identity guard's recognizers."""
         from anonymizer.bank.composite import available_encoders
         from anonymizer.measure.encoder import ENCODERS
         from anonymizer.models import describe
@@ -127,7 +128,10 @@ class BankFace:
         rows = [{"component": "bank", "name": "face bank", "file": str(bank.root / "manifest.json"),
                  "sha256": sha256_path(bank.root / "manifest.json"), "licence": m["licence"],
                  "licence_class": m.get("licence_class", "unknown")},
-                {"component": "bank", **describe("dlib_shape68", model_dir)}]
+                {"component": "bank", **describe(bank.landmarker, model_dir)}]
+        run_landmarks = params.get("landmarks") or bank.landmarker
+        if run_landmarks != bank.landmarker:
+            rows.append({"component": "landmarks", **describe(run_landmarks, model_dir)})
         guard = params.get("identity_guard", True)
         if guard:
             cfg = BankGuardConfig(**({} if guard is True else guard))
@@ -146,7 +150,8 @@ class BankFace:
                  mirror: bool = True, poisson: bool = True,
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
                  forehead: float = 0.7, surround: bool = False, surround_strength: float | None = None,
-                 expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15) -> None:
+                 expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
+                 landmarks: str | None = None) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -166,7 +171,7 @@ class BankFace:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
         self.surround = bool(surround)
-        self.landmarker = sh.Landmarker(model_dir)
+        self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
         if identity_guard is True:
             identity_guard = {}
         self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None

@@ -90,7 +90,7 @@ class Encoders:
 # ---------------------------------------------------------------- scan
 
 def scan_folder(folder: str | os.PathLike, work: Path, encoders: Encoders, model_dir: str | None = None,
-                part_size: int = 256) -> pd.DataFrame:
+                part_size: int = 256, landmarks: str = "dlib_shape68") -> pd.DataFrame:
     """One row per image with a face (see the module doc), written in parts under `work` and resumed."""
     import dlib
 
@@ -106,7 +106,7 @@ def scan_folder(folder: str | os.PathLike, work: Path, encoders: Encoders, model
     for p in parts:
         seen |= set(pd.read_parquet(p, columns=["file"])["file"])
     hog = dlib.get_frontal_face_detector()
-    landmarker = sh.Landmarker(model_dir)
+    landmarker = sh.landmarker(landmarks, model_dir)
     rows: list[dict] = []
     n_part = len(parts)
 
@@ -130,6 +130,7 @@ def scan_folder(folder: str | os.PathLike, work: Path, encoders: Encoders, model
                 h, w = img.shape[:2]
                 r = min(rects, key=lambda r: (r.center().x - w / 2) ** 2 + (r.center().y - h / 2) ** 2)
                 pts = landmarker(img, Face(r.left(), r.top(), r.width(), r.height(), 1.0, "dlib_hog"))
+            if rects and np.all(np.isfinite(pts)):
                 f = sh.features(pts)
                 embs = encoders.embed(img, face_for(pts))
                 spread = np.abs(img.astype(np.int16) - img.mean(2, keepdims=True)).max()
@@ -203,10 +204,12 @@ def build_from_folder(folder: str | os.PathLike, out: str | os.PathLike, n: int,
                       licence: str = "user-supplied", licence_class: str = "permissive",
                       encoders: Sequence[str] | None = None,
                       model_dir: str | None = None, tries: int = 8, margin: float = 0.05,
-                      part_size: int = 64) -> Path:
+                      part_size: int = 64, landmarks: str = "dlib_shape68") -> Path:
     """A bank of `n` composites of `k` ≥ 8 identities each from the faces under `folder` (see the module
     doc); resumable. `licence` and `licence_class` describe the folder's faces (the default: the user's
-    own, with the rights to use them; LFW, say, is "research"). Returns the bank directory."""
+    own, with the rights to use them; LFW, say, is "research"). `landmarks`: the landmarker
+    (anonymizer.bank.shape.LANDMARKERS) the composites are aligned by and the operator will use with them.
+    Returns the bank directory."""
     if k < 8:
         raise ValueError(f"composite bank: k must be at least 8 (a recognizer's link to a donor ~1/k), got {k}")
     folder, out = Path(folder), Path(out)
@@ -214,7 +217,7 @@ def build_from_folder(folder: str | os.PathLike, out: str | os.PathLike, n: int,
     enc = Encoders(names, model_dir)
     writer = BankWriter(out, source=f"composites of faces from {folder.name}", licence=licence,
                         licence_class=licence_class, part_size=part_size)
-    scan = scan_folder(folder, out / ".build" / "scan", enc, model_dir)
+    scan = scan_folder(folder, out / ".build" / "scan", enc, model_dir, landmarks=landmarks)
     found = scan[scan["ok"].astype(bool)]
     in_colour = found[~found["grey"].astype(bool)]
     colour = in_colour["identity"].nunique() >= k
@@ -268,7 +271,7 @@ def build_from_folder(folder: str | os.PathLike, out: str | os.PathLike, n: int,
     build = {"kind": "composite", "folder": str(folder), "n": n, "k": k, "seed": seed, "encoders": names,
              "thresholds": dict(zip(names, thresholds)), "tries": tries, "margin": margin,
              "colour": bool(colour),
-             "detector": "dlib_hog", "landmarks": "dlib_shape68", "crop_size": sh.CROP_SIZE}
+             "detector": "dlib_hog", "landmarks": landmarks, "crop_size": sh.CROP_SIZE}
     summary = {"scanned": int(len(scan)), "with_face": int(scan["ok"].sum()), "usable_donors": int(len(usable)),
                "usable_identities": int(usable["identity"].nunique()), "rejected_this_run": rejected}
     return writer.finish(k, build, summary=summary)

@@ -1,4 +1,4 @@
-"""Face shape: dlib's 68 landmarks, the points a warp needs beyond them, and what they say about the face.
+"""Face shape: 68 landmarks in dlib's order, the points a warp needs beyond them, and what they say about the face.
 
 Every warp in the bank (donors onto a composite's mean shape, a bank face onto a photo's face) moves the
 same 105 points: the 68 of dlib's predictor, 10 forehead points extrapolated above the brows (the
@@ -6,8 +6,9 @@ predictor stops there, the face does not), and a ring of 27 points around the fa
 also covers the margin a blend mask needs. One triangulation (Delaunay over the mean shape) serves all.
 
 Landmark order is dlib's iBUG 300-W: 0-16 jaw (image left to right), 17-26 brows, 27-35 nose, 36-41 the
-image-left eye, 42-47 the image-right eye, 48-67 mouth. The 68-point model is iBUG 300-W data: research
-use (anonymizer.models, `dlib_shape68`).
+image-left eye, 42-47 the image-right eye, 48-67 mouth. Two landmarkers give them (`LANDMARKERS`): dlib's
+68-point model (iBUG 300-W data: research use; `dlib_shape68`) and MediaPipe's face mesh (Apache-2.0;
+`mediapipe_mesh`, anonymizer.bank.mesh).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from anonymizer.faces import Face
 from anonymizer.headpose import estimate_pose
 from anonymizer.models import locate
+from anonymizer.registry import Registry
 
 # The median of dlib's 68 points over 191 LFW faces (one per person, dlib's HOG box), each similarity-
 # normalised so the eye centres sit at (-0.5, 0) and (0.5, 0): units of the eye distance.
@@ -225,6 +227,17 @@ class Landmarker:
             return 0.0
         d = np.linalg.norm(five_points(pts68) - np.asarray(face.landmarks, np.float64).reshape(5, 2), axis=1)
         return float(d.mean() / max(eye_distance(pts68), 1e-9))
+
+
+# Landmarkers by the name of their model (anonymizer.models): each maps (image, face) to 68 iBUG-ordered
+# points and has `reliability`. The bank records the one it was built with; the operator uses it too.
+LANDMARKERS: Registry = Registry("landmarker")
+LANDMARKERS.register("dlib_shape68")(Landmarker)
+LANDMARKERS.register_lazy("mediapipe_mesh", "anonymizer.bank.mesh:MeshLandmarker")
+
+
+def landmarker(name: str = "dlib_shape68", model_dir: str | None = None):
+    return LANDMARKERS.create(name, model_dir=model_dir)
 
 
 def outline_mask(pts105: np.ndarray, shape: tuple[int, int], offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:

@@ -207,6 +207,11 @@ class Bank:
     def licence(self) -> str:
         return self.manifest["licence"]
 
+    @property
+    def landmarker(self) -> str:
+        """The landmarker (anonymizer.bank.shape.LANDMARKERS) its faces' points come from."""
+        return self.manifest.get("build", {}).get("landmarks", "dlib_shape68")
+
     def face_id(self, i: int) -> str:
         n = len(self)
         return self.index["face_id"].iat[i % n] + (":mirrored" if i >= n else "")

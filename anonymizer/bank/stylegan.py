@@ -91,13 +91,13 @@ def person_z(seed: int, i: int) -> np.ndarray:
 
 
 class FaceReader:
-    """A rendered face's 68 points (HOG at 256², dlib's predictor at 512²) and its bank crop."""
+    """A rendered face's 68 points (HOG at 256², the landmarker at 512²) and its bank crop."""
 
-    def __init__(self, model_dir: str | None = None) -> None:
+    def __init__(self, model_dir: str | None = None, landmarks: str = "dlib_shape68") -> None:
         import dlib
 
         self._hog = dlib.get_frontal_face_detector()
-        self._landmarker = sh.Landmarker(model_dir)
+        self._landmarker = sh.landmarker(landmarks, model_dir)
 
     def __call__(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(crop, its 68 points) or None when no single clear face is found."""
@@ -108,6 +108,8 @@ class FaceReader:
         r = rects[0]
         mid = cv2.resize(img, (512, 512), interpolation=cv2.INTER_AREA)
         pts = self._landmarker(mid, Face(2 * r.left(), 2 * r.top(), 2 * r.width(), 2 * r.height(), 1.0, "dlib_hog"))
+        if not np.all(np.isfinite(pts)):
+            return None
         pts256 = pts / 2.0
         m = sh.crop_matrix(pts256)
         crop = cv2.warpAffine(small, m, (sh.CROP_SIZE, sh.CROP_SIZE), flags=cv2.INTER_LINEAR,
@@ -119,9 +121,10 @@ class FaceMaker:
     """Renders bank faces in chunks: [(face id, person, w)] → [(face id, person, crop or None, 68 points or
     None)]. One per process (the local engine) or per Ray actor (`render_chunks`)."""
 
-    def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1) -> None:
+    def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1,
+                 landmarks: str = "dlib_shape68") -> None:
         self.renderer = Renderer(model_dir, truncation, threads)
-        self.reader = FaceReader(model_dir)
+        self.reader = FaceReader(model_dir, landmarks)
 
     def __call__(self, jobs: Sequence[tuple[str, int, np.ndarray]]) -> list[tuple]:
         out = []
@@ -184,17 +187,19 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
 def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Sequence[dict] = DEFAULT_VIEWS,
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
                         model_dir: str | None = None, part_size: int = 64, engine: str = "local",
-                        workers: int | None = None, ray_address: str | None = None) -> Path:
+                        workers: int | None = None, ray_address: str | None = None,
+                        landmarks: str = "dlib_shape68") -> Path:
     """A bank of `n` virtual people, each rendered once and then at `views` (see the module doc: views need
     `fit_min` people to fit directions from); resumable. A view's step along its direction is capped at
     `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Rendering runs
     in this process (`engine="local"`) or fans out over `workers` Ray actors (`"ray"`); the bank is the same.
+    `landmarks`: the landmarker (anonymizer.bank.shape.LANDMARKERS) the operator will use with this bank.
     Returns the bank directory."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
     renderer = Renderer(model_dir, truncation, threads)  # here for w only: the mapping network and mean w
-    maker_args = (model_dir, truncation, threads)
+    maker_args = (model_dir, truncation, threads, landmarks)
     missed = 0
 
     def make_all(jobs: list[tuple[str, int, np.ndarray]]) -> None:
@@ -245,6 +250,6 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         summary["views"] = list(views)
     summary["missed_renders"] = missed
     build = {"kind": "stylegan", "n": n, "seed": seed, "truncation": truncation, "views": list(views),
-             "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": "dlib_shape68",
+             "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": landmarks,
              "crop_size": sh.CROP_SIZE}
     return writer.finish(None, build, extra_files=extra, summary=summary)
