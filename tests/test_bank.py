@@ -305,6 +305,57 @@ def test_surround_blurs_the_region_around_the_bank_face_and_nothing_else(composi
         assert ring.any()  # ...part of it exactly as that blur would change it (the surround)
 
 
+def test_surround_bank_puts_the_bank_persons_head_around_the_face(composite_bank, scene):
+    """`surround: bank`: the whole policy region changes, nothing outside it, and the ring around the bank face
+    is neither the person's (it differs from the original) nor a smooth oval (it keeps several times the
+    fine detail the blur surround leaves)."""
+    from anonymizer.regions import face_region
+
+    img, faces = scene
+    rngs = face_rngs(0, PHOTO, len(faces))
+    res = ANONYMIZERS.create("bank", bank=str(composite_bank), surround="bank", identity_guard=False).anonymize(
+        img, faces, rngs)
+    blurred = ANONYMIZERS.create("bank", bank=str(composite_bank), surround="blur", identity_guard=False).anonymize(
+        img, faces, face_rngs(0, PHOTO, len(faces)))
+    mask = union_mask(res.masks, img.shape[:2])
+    assert np.array_equal(res.image[mask == 0], img[mask == 0])
+
+    def detail(x, sel):
+        return float(cv2.Laplacian(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.CV_64F)[sel].var())
+
+    replaced = 0
+    for face, method in zip(faces, res.methods):
+        if method != "bank":
+            continue
+        replaced += 1
+        region = face_region(face, img.shape[:2], 1.35, "ellipse", 0.15)
+        ys, xs = region.window
+        assert (mask[ys, xs] >= region.alpha - 1e-6).all()
+        pts = sh.Landmarker()(img, face)
+        ring = (region.alpha >= 0.99) & (sh.hull_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0)
+        assert ring.sum() > 100
+        diff = np.abs(res.image[ys, xs].astype(int) - img[ys, xs].astype(int)).max(2)
+        assert (diff[ring] > 16).mean() > 0.3
+        assert detail(res.image[ys, xs], ring) > 3 * detail(blurred.image[ys, xs], ring)
+    assert replaced >= 3
+    with pytest.raises(ValueError, match="surround must be one of"):
+        ANONYMIZERS.create("bank", bank=str(composite_bank), surround="hair")
+
+
+def test_head_matte_holds_the_face_and_not_the_crop_sides(composite_bank):
+    from anonymizer.bank.matte import SIDE, head_matte
+
+    bank = load_bank(composite_bank)
+    for i in range(len(bank)):
+        crop, pts = bank.crop(i), bank.landmarks(i)
+        m = head_matte(crop, pts)
+        hull = sh.hull_mask(pts, m.shape) > 0
+        assert m[hull].mean() > 0.95
+        side = max(1, int(SIDE * m.shape[1] * 0.5)) * 2
+        assert m[:, :side].sum() == 0 and m[:, -side:].sum() == 0
+        assert cv2.connectedComponents(m)[0] == 2  # the background and one head
+
+
 def test_a_black_and_white_photo_gets_black_and_white_faces(operator, scene):
     img, faces = scene
     grey = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)

@@ -27,10 +27,14 @@ synthetic people. Per face:
    alpha at the edge. Pixels where the alpha is 0 keep their exact bytes. Outside the inner face (brows to
    chin) the alpha also fades where the bank face is not skin (a fringe, hair at the temples, its
    background): the photo's own pixels stay there.
-5. With `surround`, the policy's face region (the ellipse the classical operators change) first gets the
-   fallback, and the bank face goes over it: hair, ears and the face's outline, which a learning attacker
-   reads identity from (docs/reid.md), are blurred around a sharp replacement (`surround_strength`: that
-   blur's own strength; default the fallback's).
+5. `surround` changes the policy's face region (the ellipse the classical operators change) around the
+   bank face too: hair, ears and the face's outline, which a learning attacker reads identity from
+   (docs/reid.md). `blur` (or True): the fallback's blur (`surround_strength`: that blur's own strength;
+   default the fallback's), a smooth oval around a sharp face. `bank`: the bank person's own head (their
+   crop, warped by the similarity that places their eyes and nose on the face's, lightness moved to the
+   photo's), cut from its background by a matte (anonymizer.bank.matte); where the bank photo shows
+   background the region is blurred; the whole Poisson-blended into the photo. Each bank face the guard
+   tries brings its own head, and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -48,10 +52,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
+from anonymizer.bank.matte import Mattes
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
-from anonymizer.regions import FaceMask, blend, merge
+from anonymizer.regions import FaceMask, blend, face_region, merge
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
 MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
@@ -59,6 +64,10 @@ FEATHER = 0.12        # the alpha's ramp at the mask's edge, in eye distances
 CHEEKS = np.array([36, 45, 15, 14, 13, 35, 33, 31, 3, 2, 1])  # eye corners, cheeks and nose: skin, rarely beard
 CONTRAST = 1.3       # the most harmonisation may scale the bank face's lightness spread, up or down
 SKIN_NEAR, SKIN_FAR = 2.5, 4.0  # outside the inner face, bank pixels this far from its skin (in spreads) fade out
+MATTE_FEATHER = 0.03  # the head matte's edge, blurred over this many eye distances
+SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
+INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
+COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
 
 
 def _greyscale(window: np.ndarray, tolerance: int = 3) -> bool:
@@ -149,7 +158,7 @@ class BankFace:
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,
                  mirror: bool = True, poisson: bool = True,
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
-                 forehead: float = 0.7, surround: bool = False, surround_strength: float | None = None,
+                 forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
                  landmarks: str | None = None) -> None:
         if fallback in (self.name, "generated"):
@@ -170,7 +179,10 @@ class BankFace:
         if not 0.0 <= forehead <= 1.0:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
-        self.surround = bool(surround)
+        if surround not in SURROUNDS:
+            raise ValueError(f"bank: surround must be one of none, blur, bank (or true / false), got {surround!r}")
+        self.surround = SURROUNDS[surround]
+        self.mattes = Mattes(self.bank) if self.surround == "bank" else None
         self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
         if identity_guard is True:
             identity_guard = {}
@@ -283,6 +295,58 @@ class BankFace:
         alpha = np.where(inner, alpha, alpha * skin).astype(np.float32)
         return blend(base_win, cloned, alpha), alpha
 
+    def placed_matte(self, pts: np.ndarray, k: int, region: FaceMask) -> tuple[np.ndarray, np.ndarray]:
+        """(the similarity placing bank face k's crop on the face, in the region's window; its head matte
+        there). Reflected past the crop's edges like the crop itself: hair the crop's top cuts goes on."""
+        x0, y0, x1, y1 = region.box
+        m = sh.similarity(self.bank.landmarks(k)[sh.STABLE], pts[sh.STABLE])
+        m[:, 2] -= (x0, y0)
+        matte = cv2.warpAffine(self.mattes.get(k).astype(np.float32), m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT101)
+        return m, matte
+
+    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask) -> list[int]:
+        """`candidates` with those whose head covers less than COVER_MIN of the region around the face
+        (outside its outline) moved last, each group in its own order: what a bank head leaves uncovered is
+        blurred, and a smooth patch beside sharp hair gives the replacement away. Only a cut, not a ranking:
+        ranked, the head that fits a person's hair best would be picked in every photo of them, linking them."""
+        outside = sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
+        ring = (region.alpha >= 0.5) & outside
+        if ring.sum() < 16:
+            return candidates
+        covers = [float(self.placed_matte(pts, k, region)[1][ring].mean()) >= COVER_MIN for k in candidates]
+        return [k for k, c in zip(candidates, covers) if c] + [k for k, c in zip(candidates, covers) if not c]
+
+    def head(self, out: np.ndarray, original: np.ndarray, pts: np.ndarray, k: int, region: FaceMask,
+             blurred: np.ndarray) -> np.ndarray:
+        """The region's window of `out` with bank face k's head in place (`surround: bank`, module doc 5);
+        `blurred`: the region's window of `out` blurred, shown where the bank photo is background."""
+        x0, y0, x1, y1 = region.box
+        size = (x1 - x0, y1 - y0)
+        m, matte = self.placed_matte(pts, k, region)
+        layer = cv2.warpAffine(self.bank.crop(k), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+        matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * sh.eye_distance(pts)))[..., None]
+        orig_win = original[y0:y1, x0:x1]
+        theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[INNER]), size[::-1]) > 0
+        ours = sh.hull_mask(pts[INNER], size[::-1], (x0, y0)) > 0
+        lab = cv2.cvtColor(layer.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+        if theirs.sum() >= 16 and ours.sum() >= 16:
+            photo = cv2.cvtColor(orig_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+            lab[..., 0] += photo[ours, 0].mean() - lab[theirs, 0].mean()
+        layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
+        if _greyscale(orig_win):
+            layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
+        layer = np.rint(layer * matte + blurred.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
+        base = out[y0:y1, x0:x1]
+        if self.poisson:
+            mask = (region.alpha > 0).astype(np.uint8) * 255
+            mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 0, 0, 0, 0
+            bx, by, bw, bh = cv2.boundingRect(mask)
+            if bw > 2 and bh > 2:
+                layer = cv2.seamlessClone(layer, np.ascontiguousarray(base), mask, (bx + bw // 2, by + bh // 2),
+                                          cv2.NORMAL_CLONE)
+        return blend(base, layer, region.alpha)
+
     @staticmethod
     def harmonize(face: np.ndarray, original: np.ndarray, inner: np.ndarray) -> np.ndarray:
         """generated.harmonize (the photo's lightness and low-passed colour), with the lightness spread it
@@ -344,7 +408,7 @@ class BankFace:
             if reason is not None:
                 fall_back(i, reason)
         around: dict[int, FaceMask] = {}
-        if self.surround:  # every replaced face's region gets the surround's blur, before any bank face goes in
+        if self.surround == "blur":  # every replaced face's region is blurred before any bank face goes in
             for i, (reason, _, _) in enumerate(decided):
                 if reason is None:
                     res = self.around.anonymize(out, [faces[i]], [rngs[i]])
@@ -357,16 +421,32 @@ class BankFace:
             refs = None
             if self.guard is not None:
                 refs = self.guard.references(image, faces[i], FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
+            region = blurred = None
+            if self.surround == "bank":
+                region = face_region(faces[i], image.shape[:2], self.around.expand, self.around.shape,
+                                     self.around.feather)
+                rys, rxs = region.window
+                blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
+                before = out[rys, rxs].copy()
             done = None
-            for k in self.order(pts, rngs[i], faces[i].identity)[: self.guard.config.candidates if self.guard else 1]:
+            candidates = self.order(pts, rngs[i], faces[i].identity)
+            if region is not None and faces[i].identity is None:
+                candidates = self.by_cover(candidates, pts, region)
+            for k in candidates[: self.guard.config.candidates if self.guard else 1]:
+                if region is not None:
+                    out[rys, rxs] = self.head(out, image, pts, k, region, blurred)
                 pixels, alpha = self.render(out, image, pts, window, k)
                 if refs is None or self.guard.accepts(refs, out, pixels, window):
                     done = (pixels, alpha)
                     break
+                if region is not None:
+                    out[rys, rxs] = before
             if done is None:
                 rejected.append(i)
                 continue
             out[y0:y1, x0:x1] = done[0]
+            if region is not None:
+                around[i] = region
             masks[i] = merge(around[i], FaceMask(x0, y0, done[1])) if i in around else FaceMask(x0, y0, done[1])
         for i in rejected:
             fall_back(i, "reidentifiable")
