@@ -43,7 +43,8 @@ synthetic people. Per face:
 
 from __future__ import annotations
 
-from typing import Sequence
+import itertools
+from typing import Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -305,17 +306,24 @@ class BankFace:
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
-    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask) -> list[int]:
+    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask) -> Iterator[int]:
         """`candidates` with those whose head covers less than COVER_MIN of the region around the face
         (outside its outline) moved last, each group in its own order: what a bank head leaves uncovered is
         blurred, and a smooth patch beside sharp hair gives the replacement away. Only a cut, not a ranking:
-        ranked, the head that fits a person's hair best would be picked in every photo of them, linking them."""
+        ranked, the head that fits a person's hair best would be picked in every photo of them, linking them.
+        Lazily: a matte is made only for the candidates looked at (most faces keep their first good one)."""
         outside = sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
         if ring.sum() < 16:
-            return candidates
-        covers = [float(self.placed_matte(pts, k, region)[1][ring].mean()) >= COVER_MIN for k in candidates]
-        return [k for k, c in zip(candidates, covers) if c] + [k for k, c in zip(candidates, covers) if not c]
+            yield from candidates
+            return
+        short = []
+        for k in candidates:
+            if float(self.placed_matte(pts, k, region)[1][ring].mean()) >= COVER_MIN:
+                yield k
+            else:
+                short.append(k)
+        yield from short
 
     def head(self, out: np.ndarray, original: np.ndarray, pts: np.ndarray, k: int, region: FaceMask,
              blurred: np.ndarray) -> np.ndarray:
@@ -429,10 +437,10 @@ class BankFace:
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
                 before = out[rys, rxs].copy()
             done = None
-            candidates = self.order(pts, rngs[i], faces[i].identity)
+            candidates: Iterable[int] = self.order(pts, rngs[i], faces[i].identity)
             if region is not None and faces[i].identity is None:
                 candidates = self.by_cover(candidates, pts, region)
-            for k in candidates[: self.guard.config.candidates if self.guard else 1]:
+            for k in itertools.islice(candidates, self.guard.config.candidates if self.guard else 1):
                 if region is not None:
                     out[rys, rxs] = self.head(out, image, pts, k, region, blurred)
                 pixels, alpha = self.render(out, image, pts, window, k)

@@ -8,8 +8,9 @@ may go there: the bank photo's background would paste another place into the sce
 GrabCut (OpenCV's iterated graph cut over colour models) needs no trained model: the 68 points' hull is
 certainly head, the outline grown by HEAD_GROW is probably head, the crop's side strips are certainly
 background, and the rest (the top strip included: hair may reach it) probably background. The component
-around the nose is kept. It runs at half the crop's size (a fourth of the time; the matte is feathered
-where it is used anyway).
+around the nose is kept. It runs at 3/8 of the crop's size with two iterations: 18 ms of CPU a face,
+against 53 ms at half size and four, for masks that agree with those at IoU 0.975 (median over 40 StyleGAN
+bank faces; the matte is feathered where it is used anyway).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from anonymizer.bank import shape as sh
 
 HEAD_GROW = 1.25   # the outline (jaw and forehead) grown about its centre: where hair and ears may be
 SIDE = 0.06        # the crop's left and right strips, as a share of its width: certainly background
-ITERATIONS = 4
-SCALE = 0.5
+ITERATIONS = 2
+SCALE = 0.375
 
 
 def head_matte(crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
