@@ -19,9 +19,9 @@ def bank(stylegan_bank):
     return stylegan_bank
 
 
-def _policy(tmp_path, bank_path) -> str:
-    p = tmp_path / "realistic-test.yaml"
-    p.write_text(f"extends: realistic\nname: realistic-test\n"
+def _policy(tmp_path, bank_path, profile: str = "realistic") -> str:
+    p = tmp_path / f"{profile}-test.yaml"
+    p.write_text(f"extends: {profile}\nname: {profile}-test\n"
                  f"anonymization: {{operator: {{name: bank, params: {{bank: '{bank_path}'}}}}}}\n")
     return str(p)
 
@@ -69,13 +69,6 @@ def permissive_bank(tmp_path_factory, shared):
     return out
 
 
-def _permissive_policy(tmp_path, bank_path) -> str:
-    p = tmp_path / "mine.yaml"
-    p.write_text(f"extends: realistic_permissive\nname: mine\n"
-                 f"anonymization: {{operator: {{name: bank, params: {{bank: '{bank_path}'}}}}}}\n")
-    return str(p)
-
-
 def test_realistic_permissive_runs_on_permissive_parts_only(permissive_bank, tmp_path):
     """With a bank built by the face mesh from faces the user may use, every model and the bank in the
     report are permissive: no dlib 68-point model, no MobileFaceNet, no SCRFD."""
@@ -84,7 +77,7 @@ def test_realistic_permissive_runs_on_permissive_parts_only(permissive_bank, tmp
     src = tmp_path / "src"
     src.mkdir()
     shutil.copy(PHOTOS / "group_2.jpg", src / "group_2.jpg")
-    run_pipeline(str(src), str(tmp_path / "rel"), policy=_permissive_policy(tmp_path, permissive_bank),
+    run_pipeline(str(src), str(tmp_path / "rel"), policy=_policy(tmp_path, permissive_bank, "realistic_permissive"),
                  engine="local", run_id="r")
     faces = pd.read_parquet(tmp_path / "rel.staging" / "r" / "metrics" / "faces.parquet")
     assert faces[faces["source"] == "primary"]["method"].tolist().count("bank") >= 3
@@ -98,7 +91,7 @@ def test_realistic_permissive_refuses_a_bank_of_restricted_parts(stylegan_bank, 
     """A StyleGAN bank (non-commercial, built with dlib's research-only points) is refused by the licence
     gate, naming it, before any image."""
     code = main(["run", str(PHOTOS), str(tmp_path / "rel"), "--engine", "local",
-                 "--policy", _permissive_policy(tmp_path, stylegan_bank)])
+                 "--policy", _policy(tmp_path, stylegan_bank, "realistic_permissive")])
     assert code == 2
     err = capsys.readouterr().err
     assert "licence gate" in err and "'face bank'" in err and "'dlib_shape68'" in err, err
