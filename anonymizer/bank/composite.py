@@ -126,11 +126,12 @@ def scan_folder(folder: str | os.PathLike, work: Path, encoders: Encoders, model
         row: dict = {"file": rel, "identity": _identity(Path(rel)), "ok": False}
         if img is not None:
             rects = hog(img, 0) or hog(img, 1)
+            pts = None
             if rects:
                 h, w = img.shape[:2]
                 r = min(rects, key=lambda r: (r.center().x - w / 2) ** 2 + (r.center().y - h / 2) ** 2)
                 pts = landmarker(img, Face(r.left(), r.top(), r.width(), r.height(), 1.0, "dlib_hog"))
-            if rects and np.all(np.isfinite(pts)):
+            if pts is not None and np.all(np.isfinite(pts)):  # the face mesh gives NaN where it sees no face
                 f = sh.features(pts)
                 embs = encoders.embed(img, face_for(pts))
                 spread = np.abs(img.astype(np.int16) - img.mean(2, keepdims=True)).max()

@@ -49,8 +49,6 @@ def _interpreter(path: str):
 class MeshLandmarker:
     """The face mesh inside a face, as 68 iBUG-ordered points; `score` holds the last fit's face presence."""
 
-    licence_model = "mediapipe_mesh"
-
     def __init__(self, model_dir: str | None = None) -> None:
         self._it = _interpreter(str(locate("mediapipe_mesh", model_dir)))
         self._in = self._it.get_input_details()[0]["index"]
