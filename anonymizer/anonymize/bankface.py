@@ -32,7 +32,8 @@ synthetic people. Per face:
    (docs/reid.md). `blur` (or True): the fallback's blur (`surround_strength`: that blur's own strength;
    default the fallback's), a smooth oval around a sharp face. `bank`: the bank person's own head (their
    crop, warped by the similarity that places their eyes and nose on the face's, lightness moved to the
-   photo's), cut from its background by a matte (anonymizer.bank.matte); where the bank photo shows
+   photo's; a grey bank's also takes the photo's low-passed colour, as its face does), cut from its
+   background by a matte (anonymizer.bank.matte); where the bank photo shows
    background the region is blurred; the whole Poisson-blended into the photo. Each bank face the guard
    tries brings its own head, and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
@@ -337,11 +338,16 @@ class BankFace:
         orig_win = original[y0:y1, x0:x1]
         theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[INNER]), size[::-1]) > 0
         ours = sh.hull_mask(pts[INNER], size[::-1], (x0, y0)) > 0
-        lab = cv2.cvtColor(layer.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        if theirs.sum() >= 16 and ours.sum() >= 16:
-            photo = cv2.cvtColor(orig_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-            lab[..., 0] += photo[ours, 0].mean() - lab[theirs, 0].mean()
-        layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
+        if not self.bank.in_colour and ours.sum() >= 16:
+            # A grey bank's head would stay grey in a colour photo: the photo's light and low-passed colour,
+            # as its face gets them (render)
+            layer = hz.harmonize(layer, orig_win, ours).astype(np.float32)
+        else:
+            lab = cv2.cvtColor(layer.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+            if theirs.sum() >= 16 and ours.sum() >= 16:
+                photo = cv2.cvtColor(orig_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+                lab[..., 0] += photo[ours, 0].mean() - lab[theirs, 0].mean()
+            layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
         if _greyscale(orig_win):
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
         layer = np.rint(layer * matte + blurred.astype(np.float32) * (1.0 - matte)).astype(np.uint8)

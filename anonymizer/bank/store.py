@@ -208,6 +208,11 @@ class Bank:
         return self.manifest["licence"]
 
     @property
+    def in_colour(self) -> bool:
+        """False for a bank of grey faces (composites of greyscale donors, `build.colour`)."""
+        return bool(self.manifest.get("build", {}).get("colour", True))
+
+    @property
     def landmarker(self) -> str:
         """The landmarker (anonymizer.bank.shape.LANDMARKERS) its faces' points come from."""
         return self.manifest.get("build", {}).get("landmarks", "dlib_shape68")
