@@ -38,7 +38,8 @@ def _interpreter(path: str):
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        raise ImportError("landmarks 'mediapipe_mesh' need a TFLite runtime: pip install 'anonymizer[mesh]' (ai-edge-litert)") from None
+        raise ImportError("landmarks 'mediapipe_mesh' need a TFLite runtime: "
+                          "pip install 'anonymizer[mesh]' (ai-edge-litert)") from None
     import cv2
 
     it = Interpreter(model_path=path, num_threads=max(1, cv2.getNumThreads()))
