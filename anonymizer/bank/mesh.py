@@ -30,8 +30,8 @@ TO_68 = np.array([
     61, 74, 37, 11, 267, 269, 291, 405, 314, 17, 84, 91,
     62, 38, 13, 268, 308, 317, 14, 86,
 ])
-EYE_OUTER = (33, 263)
-MIN_PRESENCE = 0.5     # the mesh's own face-presence score below which its fit is no face: NaN points  # the mesh's outer eye corners, image left then right: the crop's rotation
+EYE_OUTER = (33, 263)  # the mesh's outer eye corners, image left then right: the crop's rotation
+MIN_PRESENCE = 0.5     # the mesh's own face-presence score below which its fit is no face: NaN points
 
 
 def _interpreter(path: str):
