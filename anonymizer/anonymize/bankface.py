@@ -336,7 +336,6 @@ class BankFace:
         layer = cv2.warpAffine(self.bank.crop(k), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * sh.eye_distance(pts)))[..., None]
         orig_win = original[y0:y1, x0:x1]
-        theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[INNER]), size[::-1]) > 0
         ours = sh.hull_mask(pts[INNER], size[::-1], (x0, y0)) > 0
         if not self.bank.in_colour and ours.sum() >= 16:
             # A grey bank's head would stay grey in a colour photo: the photo's light and low-passed colour,
@@ -344,6 +343,7 @@ class BankFace:
             layer = hz.harmonize(layer, orig_win, ours).astype(np.float32)
         else:
             lab = cv2.cvtColor(layer.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+            theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[INNER]), size[::-1]) > 0
             if theirs.sum() >= 16 and ours.sum() >= 16:
                 photo = cv2.cvtColor(orig_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
                 lab[..., 0] += photo[ours, 0].mean() - lab[theirs, 0].mean()

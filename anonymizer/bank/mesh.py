@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anonymizer.bank.shape import box_from_five, eye_distance, five_points
+from anonymizer.bank.shape import Landmarker, box_from_five
 from anonymizer.faces import Face
 from anonymizer.models import locate
 
@@ -98,10 +98,4 @@ class MeshLandmarker:
         d = xy[EYE_OUTER[1]] - xy[EYE_OUTER[0]]
         return self.mesh(img, (lo + hi) / 2, SCALE * float((hi - lo).max()), float(np.arctan2(d[1], d[0])))
 
-    @staticmethod
-    def reliability(pts68: np.ndarray, face: Face) -> float:
-        """As anonymizer.bank.shape.Landmarker.reliability: the fit's 5 points against the detector's."""
-        if face.landmarks is None:
-            return 0.0
-        d = np.linalg.norm(five_points(pts68) - np.asarray(face.landmarks, np.float64).reshape(5, 2), axis=1)
-        return float(d.mean() / max(eye_distance(pts68), 1e-9))
+    reliability = staticmethod(Landmarker.reliability)  # the fit's 5 points against the detector's
