@@ -356,6 +356,38 @@ def test_head_matte_holds_the_face_and_not_the_crop_sides(composite_bank):
         assert cv2.connectedComponents(m)[0] == 2  # the background and one head
 
 
+def test_build_stores_each_faces_matte_and_an_older_bank_without_them_still_runs(composite_bank, lfw_folder, tmp_path,
+                                                                                   scene):
+    from anonymizer.bank.matte import head_matte
+
+    bank = load_bank(composite_bank)
+    for i in range(len(bank)):
+        assert bank.manifest["files"][f"mattes/{bank.index['face_id'].iat[i]}.png"]
+        assert np.array_equal(bank.matte(i), head_matte(bank.crop(i), bank.landmarks(i)))
+        assert np.array_equal(bank.matte(len(bank) + i), bank.matte(i)[:, ::-1])  # the mirrored face's
+    # An edited or stray matte is refused, naming it.
+    out = _copy(composite_bank, tmp_path)
+    matte = out / "mattes" / f"{bank.index['face_id'].iat[0]}.png"
+    m = cv2.imread(str(matte), cv2.IMREAD_GRAYSCALE)
+    cv2.imwrite(str(matte), 255 - m)
+    with pytest.raises(BankError, match=str(matte)):
+        load_bank(out)
+    # A bank built before mattes were stored: the operator makes them, with the same result.
+    shutil.rmtree(out / "mattes")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"] = {f: h for f, h in manifest["files"].items() if not f.startswith("mattes/")}
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    img, faces = scene
+    old, new = (ANONYMIZERS.create("bank", bank=str(b), surround="bank", identity_guard=False)
+                for b in (out, composite_bank))
+    assert np.array_equal(old.anonymize(img, faces, face_rngs(0, PHOTO, len(faces))).image,
+                          new.anonymize(img, faces, face_rngs(0, PHOTO, len(faces))).image)
+    # Running its build command again adds them.
+    build_from_folder(lfw_folder, out, n=4, k=8, seed=0, licence="LFW: research data set", licence_class="research")
+    again = load_bank(out)
+    assert all(np.array_equal(again.matte(i), bank.matte(i)) for i in range(len(bank)))
+
+
 def test_a_black_and_white_photo_gets_black_and_white_faces(operator, scene):
     img, faces = scene
     grey = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[:, :, None], 3, axis=2)

@@ -54,7 +54,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
-from anonymizer.bank.matte import Mattes
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -184,7 +183,6 @@ class BankFace:
         if surround not in SURROUNDS:
             raise ValueError(f"bank: surround must be one of none, blur, bank (or true / false), got {surround!r}")
         self.surround = SURROUNDS[surround]
-        self.mattes = Mattes(self.bank) if self.surround == "bank" else None
         self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
         if identity_guard is True:
             identity_guard = {}
@@ -303,7 +301,7 @@ class BankFace:
         x0, y0, x1, y1 = region.box
         m = sh.similarity(self.bank.landmarks(k)[sh.STABLE], pts[sh.STABLE])
         m[:, 2] -= (x0, y0)
-        matte = cv2.warpAffine(self.mattes.get(k).astype(np.float32), m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+        matte = cv2.warpAffine(self.bank.matte(k).astype(np.float32), m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
@@ -312,7 +310,7 @@ class BankFace:
         (outside its outline) moved last, each group in its own order: what a bank head leaves uncovered is
         blurred, and a smooth patch beside sharp hair gives the replacement away. Only a cut, not a ranking:
         ranked, the head that fits a person's hair best would be picked in every photo of them, linking them.
-        Lazily: a matte is made only for the candidates looked at (most faces keep their first good one)."""
+        Lazily: only the candidates looked at are placed (most faces keep their first good one)."""
         outside = sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
         if ring.sum() < 16:

@@ -8,14 +8,13 @@ may go there: the bank photo's background would paste another place into the sce
 GrabCut (OpenCV's iterated graph cut over colour models) needs no trained model: the 68 points' hull is
 certainly head, the outline grown by HEAD_GROW is probably head, the crop's side strips are certainly
 background, and the rest (the top strip included: hair may reach it) probably background. The component
-around the nose is kept. It runs at 3/8 of the crop's size with two iterations: 18 ms of CPU a face,
-against 53 ms at half size and four, for masks that agree with those at IoU 0.975 (median over 40 StyleGAN
-bank faces; the matte is feathered where it is used anyway).
+around the nose is kept. It runs at 3/8 of the crop's size with two iterations: 18 ms of CPU a face, against
+53 ms at half size and four, for masks that agree with those at IoU 0.975 (median over 40 StyleGAN bank
+faces; the matte is feathered where it is used anyway). The bank build stores each face's matte
+(anonymizer.bank.store), so runs only read them.
 """
 
 from __future__ import annotations
-
-from functools import lru_cache
 
 import cv2
 import numpy as np
@@ -44,6 +43,7 @@ def head_matte(crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
     mask[:, :b] = cv2.GC_BGD
     mask[:, -b:] = cv2.GC_BGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means from this thread's RNG: the same crop, the same matte
     cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), mask, None, bgd, fgd, ITERATIONS, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     _, labels = cv2.connectedComponents(fg)
@@ -52,15 +52,3 @@ def head_matte(crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
     if core:
         fg = (labels == core).astype(np.uint8)
     return cv2.resize(fg, (w, h), interpolation=cv2.INTER_NEAREST)
-
-
-class Mattes:
-    """Each bank face's head matte, made on first use and kept (a face's matte is its crop's: mirrored faces
-    get their own)."""
-
-    def __init__(self, bank) -> None:
-        self.bank = bank
-        self.get = lru_cache(maxsize=1024)(self._make)
-
-    def _make(self, i: int) -> np.ndarray:
-        return head_matte(self.bank.crop(i), self.bank.landmarks(i))

@@ -3,6 +3,7 @@ only after every hash checks.
 
 Layout of a bank directory:
     crops/<face_id>.png   one bank face, CROP_SIZE² RGB, eye centres at shape.CROP_EYES
+    mattes/<face_id>.png  its head matte (anonymizer.bank.matte): 255 where the crop shows the head
     index.parquet         one row per face: INDEX_COLUMNS
     manifest.json         source, licence and licence class (anonymizer.models.LICENCE_CLASSES, which the
                           licence gate reads), k, build parameters, and the sha256 of the index and every file
@@ -11,8 +12,9 @@ Layout of a bank directory:
 
 While building, rows go to `.build/index/part-NNNNN.parquet` every `part_size` faces and each crop is
 written as soon as it is made, so memory stays flat with the bank's size and an interrupted build resumes:
-a face whose crop and row both exist (and agree) is not made again. `finish` merges the parts, writes the
-manifest and the plot, and removes `.build/`.
+a face whose crop and row both exist (and agree) is not made again. `finish` merges the parts, makes any
+matte still missing, writes the manifest and the plot, and removes `.build/`. A bank finished without mattes
+(an older one) still loads: the operator then makes each matte when first needed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from anonymizer.bank.matte import head_matte
 from anonymizer.bank.shape import CROP_SIZE, FEATURE_COLUMNS, Features, extend, mirror
 
 FORMAT = 1
@@ -68,6 +71,7 @@ class BankWriter:
         self.source, self.licence, self.part_size = source, licence, int(part_size)
         self.licence_class = licence_class
         (self.root / "crops").mkdir(parents=True, exist_ok=True)
+        (self.root / "mattes").mkdir(exist_ok=True)
         self.parts = self.root / ".build" / "index"
         self.parts.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict] = []
@@ -99,6 +103,7 @@ class BankWriter:
             raise ValueError(f"bank face {face_id}: PNG encoding failed")
         name = f"crops/{face_id}.png"
         _write_atomic(self.root / name, png.tobytes())
+        self._write_matte(face_id, crop, pts68)
         row = {"face_id": face_id, "identity": identity,
                "landmarks": np.asarray(pts68, np.float32).reshape(-1).tolist(),
                **{c: float(getattr(feats, c)) for c in FEATURE_COLUMNS},
@@ -109,6 +114,13 @@ class BankWriter:
         self.done.add(face_id)
         if len(self._pending) >= self.part_size:
             self.flush()
+
+    def _write_matte(self, face_id: str, crop: np.ndarray, pts68: np.ndarray) -> None:
+        pts = np.asarray(pts68, np.float32).astype(np.float64).reshape(68, 2)  # as the index keeps them
+        ok, png = cv2.imencode(".png", head_matte(crop, pts) * 255)
+        if not ok:
+            raise ValueError(f"bank face {face_id}: PNG encoding of its matte failed")
+        _write_atomic(self.root / matte_name(face_id), png.tobytes())
 
     def flush(self) -> None:
         if not self._pending:
@@ -137,10 +149,13 @@ class BankWriter:
         if df.empty:
             raise BankError(f"bank {self.root}: no face was made (see the build log for why)")
         # Crops no row describes (a build stopped between crop and part) are not part of the bank.
-        listed = set(df["crop"])
-        for p in (self.root / "crops").glob("*.png"):
-            if f"crops/{p.name}" not in listed:
+        listed = set(df["crop"]) | {matte_name(f) for f in df["face_id"]}
+        for p in [*(self.root / "crops").glob("*.png"), *(self.root / "mattes").glob("*.png")]:
+            if f"{p.parent.name}/{p.name}" not in listed:
                 p.unlink()
+        for face_id, crop, pts in zip(df["face_id"], df["crop"], df["landmarks"]):
+            if not (self.root / matte_name(face_id)).is_file():  # made before mattes were, or lost
+                self._write_matte(face_id, cv2.imread(str(self.root / crop))[..., ::-1], pts)
         index = self.root / "index.parquet"
         tmp = index.with_name("index.parquet.tmp")
         df.to_parquet(tmp, index=False)
@@ -148,6 +163,8 @@ class BankWriter:
         plot_coverage(df, self.root / "coverage.png", title=f"{self.source}: {len(df)} faces, "
                                                              f"{df['identity'].nunique()} identities")
         files = {c: s for c, s in zip(df["crop"], df["crop_sha256"])}
+        for face_id in df["face_id"]:
+            files[matte_name(face_id)] = sha256_path(self.root / matte_name(face_id))
         for name in ("coverage.png", *extra_files):
             files[name] = sha256_path(self.root / name)
         manifest = {"format": FORMAT, "source": self.source, "licence": self.licence,
@@ -159,6 +176,10 @@ class BankWriter:
         _write_atomic(self.root / "manifest.json", json.dumps(manifest, indent=1).encode())
         shutil.rmtree(self.root / ".build", ignore_errors=True)
         return self.root
+
+
+def matte_name(face_id: str) -> str:
+    return f"mattes/{face_id}.png"
 
 
 def plot_coverage(df: pd.DataFrame, path: Path, title: str) -> None:
@@ -235,6 +256,19 @@ class Bank:
         img = _read_crop(str(self.root / self.index["crop"].iat[i % n]), self.index["crop_sha256"].iat[i % n])
         return np.ascontiguousarray(img[:, ::-1]) if i >= n else img
 
+    def matte(self, i: int) -> np.ndarray:
+        """Face i's head matte, uint8 0/1 over its crop: the one the build stored, else made now (a bank built
+        before mattes were stored; 18 ms, kept for the process)."""
+        n = len(self)
+        name = matte_name(self.index["face_id"].iat[i % n])
+        sha = self.manifest["files"].get(name)
+        if sha is not None:
+            m = _read_matte(str(self.root / name), sha)
+        else:
+            m = _make_matte(str(self.root / self.index["crop"].iat[i % n]), self.index["crop_sha256"].iat[i % n],
+                            tuple(self.index["landmarks"].iat[i % n]))
+        return np.ascontiguousarray(m[:, ::-1]) if i >= n else m
+
     @cached_property
     def identities(self) -> list[str]:
         """The bank's virtual identities (sorted names): a keyed run shows identity i as the faces of the i-th."""
@@ -265,6 +299,22 @@ def _read_crop(path: str, sha: str) -> np.ndarray:
     if img is None:
         raise BankError(f"bank crop {path}: not a readable image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+@lru_cache(maxsize=1024)
+def _read_matte(path: str, sha: str) -> np.ndarray:
+    data = Path(path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise BankError(f"bank matte {path}: sha256 differs from the manifest (the file changed after load_bank)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
+    if img is None or img.shape != (CROP_SIZE, CROP_SIZE):
+        raise BankError(f"bank matte {path}: not a {CROP_SIZE}x{CROP_SIZE} greyscale image")
+    return (img > 127).astype(np.uint8)
+
+
+@lru_cache(maxsize=1024)
+def _make_matte(crop: str, sha: str, pts68: tuple) -> np.ndarray:
+    return head_matte(_read_crop(crop, sha), np.asarray(pts68, np.float64).reshape(68, 2))
 
 
 def locate_bank(bank: str | os.PathLike, model_dir: str | None = None) -> Path:
@@ -318,6 +368,15 @@ def load_bank(path: str | os.PathLike) -> Bank:
         if diff:
             raise BankError(f"face bank {root}: crops {what}: {', '.join(str(root / d) for d in sorted(diff)[:5])}"
                             + (f" and {len(diff) - 5} more" if len(diff) > 5 else ""))
+    mattes = {f for f in files if f.startswith("mattes/")}
+    if mattes:  # a bank built before mattes were stored has none
+        expected = {matte_name(f) for f in index["face_id"]}
+        m_disk = {f"mattes/{p.name}" for p in (root / "mattes").glob("*")} if (root / "mattes").is_dir() else set()
+        for what, diff in (("of no face in the index", mattes - expected), ("missing for faces", expected - mattes),
+                           ("on disk but not in the manifest", m_disk - mattes)):
+            if diff:
+                raise BankError(f"face bank {root}: mattes {what}: {', '.join(str(root / d) for d in sorted(diff)[:5])}"
+                                + (f" and {len(diff) - 5} more" if len(diff) > 5 else ""))
     for crop, sha in zip(index["crop"], index["crop_sha256"]):
         if files[crop] != sha:
             raise BankError(f"face bank {root}: crop {root / crop}: the index's sha256 differs from {mpath}")
