@@ -406,6 +406,37 @@ def test_operator_is_deterministic(operator, scene):
     assert not np.array_equal(a.image, c.image)  # another seed draws other bank faces
 
 
+def test_poisson_blend_joins_the_seam_and_keeps_the_faces_own_tone():
+    """A dark face on a white background: the blend meets the background at the mask's edge, and the face
+    inside keeps its own lightness (a membrane carried all the way in would make it pale)."""
+    from anonymizer.anonymize.bankface import poisson
+
+    src = np.full((200, 160, 3), 60, np.uint8)
+    src[90:110, 50:110] = 30  # some detail of its own
+    dst = np.full_like(src, 220)
+    mask = np.zeros((200, 160), np.uint8)
+    cv2.ellipse(mask, (80, 100), (70, 90), 0, 0, 360, 255, -1)
+    out = poisson(src, dst, mask, reach=25).astype(int)
+    assert abs(out[60, 80, 0] - 60) <= 2 and abs(out[100, 60, 0] - 30) <= 2  # inside: the face's own levels
+    assert np.array_equal(out[mask == 0], dst[mask == 0])
+    edge = (mask > 0) & (cv2.dilate((mask == 0).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0)
+    assert np.median(out[edge, 0]) > 180  # at the edge: the background's level
+
+
+def test_replaced_faces_keep_the_persons_skin_lightness(operator, scene):
+    img, faces = scene
+    res = operator.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+    lm = sh.Landmarker()
+    cheeks = [36, 45, 15, 14, 13, 35, 33, 31, 3, 2, 1]
+    diffs = []
+    for face, method in zip(faces, res.methods):
+        if method == "bank":
+            ls = [np.median(cv2.cvtColor(im, cv2.COLOR_RGB2Lab)[sh.hull_mask(lm(im, face)[cheeks], im.shape[:2]) > 0][:, 0])
+                  for im in (img, res.image)]
+            diffs.append(abs(float(ls[1]) - float(ls[0])) * 100 / 255)  # L in 0-100
+    assert len(diffs) >= 3 and np.median(diffs) < 4
+
+
 def test_replaced_faces_are_further_from_the_person(operator, scene):
     from anonymizer.measure.encoder import DlibResNetEncoder
 

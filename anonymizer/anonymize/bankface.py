@@ -21,20 +21,21 @@ synthetic people. Per face:
    warped piecewise-affinely onto that shape.
 4. Light and colour: anonymizer.anonymize.generated.harmonize (Lab: the face's lightness mean and spread,
    its low-passed chroma), taken from the photo's face with what is not skin (beard, glasses) painted in
-   its cheeks' skin colour; then a Poisson blend (cv2.seamlessClone; its lightness only, the colour stays
-   harmonize's) over the union of the two face outlines, with the forehead cut at `forehead` of its
-   height (a bank face's fringe of hair would otherwise land on the photo's forehead), and a feathered
-   alpha at the edge. Pixels where the alpha is 0 keep their exact bytes. Outside the inner face (brows to
-   chin) the alpha also fades where the bank face is not skin (a fringe, hair at the temples, its
-   background): the photo's own pixels stay there.
+   its cheeks' skin colour; then a Poisson blend for the seam (`poisson`: it fades out half an eye distance
+   inside, so the face keeps harmonize's tone; its lightness only, the colour stays harmonize's) over the
+   union of the two face outlines, with the forehead cut at `forehead` of its height (a bank face's fringe
+   of hair would otherwise land on the photo's forehead), and a feathered alpha at the edge. Pixels where
+   the alpha is 0 keep their exact bytes. Outside the inner face (brows to chin) the alpha also fades where
+   the bank face is not skin (a fringe, hair at the temples, its background): the photo's own pixels stay
+   there.
 5. `surround` changes the policy's face region (the ellipse the classical operators change) around the
    bank face too: hair, ears and the face's outline, which a learning attacker reads identity from
    (docs/reid.md). `blur` (or True): the fallback's blur (`surround_strength`: that blur's own strength;
    default the fallback's), a smooth oval around a sharp face. `bank`: the bank person's own head (their
    crop, warped by the similarity that places their eyes and nose on the face's, lightness moved to the
    photo's; a grey bank's also takes the photo's low-passed colour, as its face does), cut from its
-   background by a matte (anonymizer.bank.matte); where the bank photo shows
-   background the region is blurred; the whole Poisson-blended into the photo. Each bank face the guard
+   background by a matte (anonymizer.bank.matte, stored in the bank); where the bank photo shows
+   background the region is blurred; the whole Poisson-blended into the photo at the region's edge. Each bank face the guard
    tries brings its own head, and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
@@ -69,6 +70,32 @@ MATTE_FEATHER = 0.03  # the head matte's edge, blurred over this many eye distan
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
 COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
+POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
+SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
+
+
+def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
+    """`src` Poisson-blended into `dst` inside `mask` (uint8, nonzero inside), for the seam only: `src` plus
+    the smooth membrane that takes it to `dst` at the mask's edge, faded to nothing `reach` px inside.
+    Carried all the way in, the membrane set the whole face's lightness from what surrounds it: on a white
+    background a dark-skinned person got a pale face, whatever harmonize had matched. The membrane is solved
+    (cv2.seamlessClone) at POISSON_SCALE and enlarged: it is smooth, so little is lost, and the solve costs
+    a quarter. Outside the mask, `dst`."""
+    h, w = mask.shape
+    sw, sh_ = max(8, round(w * POISSON_SCALE)), max(8, round(h * POISSON_SCALE))
+    small = cv2.resize(mask, (sw, sh_), interpolation=cv2.INTER_NEAREST)
+    small[:1], small[-1:], small[:, :1], small[:, -1:] = 0, 0, 0, 0  # seamlessClone needs a free border
+    bx, by, bw, bh = cv2.boundingRect(small)
+    if bw <= 2 or bh <= 2:
+        return np.where(mask[..., None] > 0, src, dst)
+    s = cv2.resize(src, (sw, sh_), interpolation=cv2.INTER_AREA)
+    d = cv2.resize(np.ascontiguousarray(dst), (sw, sh_), interpolation=cv2.INTER_AREA)
+    cloned = cv2.seamlessClone(s, d, small, (bx + bw // 2, by + bh // 2), cv2.NORMAL_CLONE)
+    membrane = cv2.resize(cloned.astype(np.float32) - s, (w, h), interpolation=cv2.INTER_LINEAR)
+    depth = cv2.distanceTransform((mask > 0).astype(np.uint8), cv2.DIST_L2, 5)
+    membrane *= np.clip(1.0 - depth / max(reach, 1.0), 0.0, 1.0)[..., None]
+    out = np.clip(src.astype(np.float32) + membrane + 0.5, 0, 255).astype(np.uint8)
+    return np.where(mask[..., None] > 0, out, dst)
 
 
 def _greyscale(window: np.ndarray, tolerance: int = 3) -> bool:
@@ -263,7 +290,7 @@ class BankFace:
         grow = max(1, int(round(MASK_GROW * iod)))
         union = cv2.dilate(union, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
         union[~covered] = 0
-        union[:2], union[-2:], union[:, :2], union[:, -2:] = 0, 0, 0, 0  # seamlessClone needs a free border
+        union[:2], union[-2:], union[:, :2], union[:, -2:] = 0, 0, 0, 0  # the alpha reaches 0 inside the window
         orig_win = original[y0:y1, x0:x1]
         base_win = base[y0:y1, x0:x1]
         face_img[~covered] = orig_win[~covered]
@@ -279,9 +306,7 @@ class BankFace:
         if _greyscale(orig_win):  # a black-and-white photo: a face in colour would give itself away
             face_img = cv2.cvtColor(cv2.cvtColor(face_img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         if self.poisson:
-            bx, by, bw, bh = cv2.boundingRect(union)
-            cloned = cv2.seamlessClone(face_img, np.ascontiguousarray(base_win), union.copy(),
-                                       (bx + bw // 2, by + bh // 2), cv2.NORMAL_CLONE)
+            cloned = poisson(face_img, base_win, union, SEAM_REACH * iod)
             # Lightness from the Poisson blend, colour from harmonize: a beard or a collar on the mask's edge
             # would otherwise tint the whole chin (green, grey) through the blend.
             lab = cv2.cvtColor(cloned.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
@@ -351,12 +376,7 @@ class BankFace:
         layer = np.rint(layer * matte + blurred.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
         base = out[y0:y1, x0:x1]
         if self.poisson:
-            mask = (region.alpha > 0).astype(np.uint8) * 255
-            mask[:2], mask[-2:], mask[:, :2], mask[:, -2:] = 0, 0, 0, 0
-            bx, by, bw, bh = cv2.boundingRect(mask)
-            if bw > 2 and bh > 2:
-                layer = cv2.seamlessClone(layer, np.ascontiguousarray(base), mask, (bx + bw // 2, by + bh // 2),
-                                          cv2.NORMAL_CLONE)
+            layer = poisson(layer, base, (region.alpha > 0).astype(np.uint8) * 255, SEAM_REACH * sh.eye_distance(pts))
         return blend(base, layer, region.alpha)
 
     @staticmethod
