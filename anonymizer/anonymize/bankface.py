@@ -35,8 +35,9 @@ synthetic people. Per face:
    crop, warped by the similarity that places their eyes and nose on the face's, lightness moved to the
    photo's; a grey bank's also takes the photo's low-passed colour, as its face does), cut from its
    background by a matte (anonymizer.bank.matte, stored in the bank); where the bank photo shows
-   background the region is blurred; the whole Poisson-blended into the photo at the region's edge. Each bank face the guard
-   tries brings its own head, and those whose head covers more of the region are tried first.
+   background the region is blurred; the whole Poisson-blended into the photo at the region's edge. Each
+   bank face the guard tries brings its own head, and those whose head covers more of the region are tried
+   first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -376,7 +377,8 @@ class BankFace:
         layer = np.rint(layer * matte + blurred.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
         base = out[y0:y1, x0:x1]
         if self.poisson:
-            layer = poisson(layer, base, (region.alpha > 0).astype(np.uint8) * 255, SEAM_REACH * sh.eye_distance(pts))
+            mask = (region.alpha > 0).astype(np.uint8) * 255
+            layer = poisson(layer, base, mask, SEAM_REACH * sh.eye_distance(pts))
         return blend(base, layer, region.alpha)
 
     @staticmethod

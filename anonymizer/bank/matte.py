@@ -43,7 +43,8 @@ def head_matte(crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
     mask[:, :b] = cv2.GC_BGD
     mask[:, -b:] = cv2.GC_BGD
     bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    cv2.setRNGSeed(0)  # GrabCut seeds its colour models by k-means from this thread's RNG: the same crop, the same matte
+    # GrabCut seeds its colour models by k-means from this thread's RNG: the same crop, the same matte.
+    cv2.setRNGSeed(0)
     cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), mask, None, bgd, fgd, ITERATIONS, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     _, labels = cv2.connectedComponents(fg)
