@@ -574,6 +574,8 @@ def test_eval_generation_command(tiny_model, tmp_path, shared):
     assert result["policy"] == "generated"  # the profile that runs the generator, unless --policy says otherwise
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["generated|lfw_heldout"]
     assert all(split_of(r["key"].split("/")[1]) == "eval" for r in rows)  # held-out identities only
+    # Yaw is read twice: YuNet's five points and dlib's 68 (wherever dlib's fit gave a mouth, it gave a yaw).
+    assert all(r["d_yaw_68"] is not None for r in rows if r["d_mouth_open"] is not None)
     assert (tmp_path / "generation_grid.png").stat().st_size > 1000
     assert "| generated | lfw_heldout | 3 |" in (tmp_path / "generation.md").read_text()
 

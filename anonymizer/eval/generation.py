@@ -23,6 +23,8 @@ Conventions (fixed so runs stay comparable):
   (`rank1_clean`, the attacker's ceiling).
 * Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in a window around the face, solvePnP) on the
   original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again.
+  Five landmarks read yaw coarsely (YuNet's and dlib's readings of one face differ by p95 11°), so |Δyaw| is
+  also read from dlib's 68 points' five (`yaw_68`, the same solve): two readers, each on both sides.
 * Expression: the mouth opening (inner-lip gap over eye distance, `bank.shape.features`) from dlib's 68 points
   on the original and on the output (fitted in the face YuNet finds again there); median and p95 of the
   absolute difference.
@@ -251,6 +253,17 @@ def mouth_open(pts68: np.ndarray | None) -> float | None:
         return None
 
 
+def _yaw68(pts68: np.ndarray | None) -> float | None:
+    from anonymizer.bank import shape as sh
+
+    if pts68 is None:
+        return None
+    try:
+        return float(sh.features(pts68).yaw)
+    except ValueError:
+        return None
+
+
 def rank1_across_images(rows: list[dict], recognizer: str, threshold: float) -> dict | None:
     """The naive attacker across images, on LFW rows (keys lfw/<identity>/<file>): for each identity with at
     least two faces, each face in turn is the probe (anonymized) and another of that person's originals
@@ -405,7 +418,9 @@ class Evaluator:
                 ch = changes[j]
                 b, a = ch.before, ch.after
                 again = find_again(self.yunet, out, f, need_landmarks=True) if a is not None else None
-                m1 = mouth_open(landmarks68(self.landmarker, out, again))
+                pts1 = landmarks68(self.landmarker, out, again)
+                m1 = mouth_open(pts1)
+                y68 = [_yaw68(pts1), _yaw68(o.pts68[j])]
                 dist = {name: float(np.linalg.norm(o.recognizers[name][1][j] - rec[name][j])) for name in rec}
                 rows.append({
                     "key": s.key, "face": i, "size": round(f.size, 1),
@@ -421,6 +436,7 @@ class Evaluator:
                     "d_yaw": None if a is None or b is None else a.yaw - b.yaw,
                     "d_pitch": None if a is None or b is None else a.pitch - b.pitch,
                     "d_roll": None if a is None or b is None else a.roll - b.roll,
+                    "d_yaw_68": None if None in y68 else y68[0] - y68[1],
                     "d_mouth_open": None if m1 is None or o.mouth[j] is None else m1 - o.mouth[j],
                     "sharpness_ratio": sharpness_ratio(s.rgb, out, o.inner[j]),
                     "seam_ratio": seam_ratio(s.rgb, out, res.masks[i]),
@@ -452,7 +468,7 @@ class Evaluator:
             "reid_far1e-3": {"thresholds": dict(self.thresholds), **reid},
             "across_images": across,
             "yaw": _stats([r["d_yaw"] for r in rows]), "pitch": _stats([r["d_pitch"] for r in rows]),
-            "roll": _stats([r["d_roll"] for r in rows]),
+            "roll": _stats([r["d_roll"] for r in rows]), "yaw_68": _stats([r["d_yaw_68"] for r in rows]),
             "mouth_open_error": _stats([r["d_mouth_open"] for r in rows], 3),
             "detectable_yunet": frac(lambda r: r["yunet_detects"]),
             "detectable_scrfd": frac(lambda r: r["scrfd_detects"]),
@@ -586,17 +602,18 @@ def markdown_table(result: dict) -> str:
                 f"{_pct(s['detectable_yunet'])} | {_pct(s.get('detectable_scrfd'))} | {_pct(s['detectable_dlib'])} | "
                 f"{s['diversity_new_identity']} |")
     lines += ["", "| operator | set | replaced | median \\|Δyaw\\| | p95 \\|Δyaw\\| | median \\|Δpitch\\| | "
-              "p95 \\|Δpitch\\| | median \\|Δroll\\| | p95 \\|Δroll\\| | mouth-opening error median | "
-              "sharpness ratio | seam ratio | "
+              "p95 \\|Δpitch\\| | median \\|Δroll\\| | p95 \\|Δroll\\| | \\|Δyaw\\| median / p95 (dlib's points) | "
+              "mouth-opening error median | sharpness ratio | seam ratio | "
               "Fréchet (MobileFaceNet) | colour ΔE | background identical | faces/s | faces/s per core |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_set in result["operators"].items():
         for set_name, s in by_set.items():
             y, p, ro = s["yaw"], s["pitch"], s["roll"]
-            mo = s.get("mouth_open_error", {})
+            mo, y68 = s.get("mouth_open_error", {}), s.get("yaw_68", {})
             lines.append(
                 f"| {name} | {set_name} | {_pct(s.get('replaced'))} | {y['median']} | {y['p95']} | {p['median']} | "
-                f"{p['p95']} | {ro['median']} | {ro['p95']} | {mo.get('median')} | {s.get('sharpness_ratio_median')} | "
+                f"{p['p95']} | {ro['median']} | {ro['p95']} | {y68.get('median')} / {y68.get('p95')} | "
+                f"{mo.get('median')} | {s.get('sharpness_ratio_median')} | "
                 f"{s.get('seam_ratio_median')} | {s.get('frechet_mobilefacenet')} | {s['colour_delta_e_median']} | "
                 f"{s['background_identical']} | {s['faces_per_s']} | {s.get('faces_per_s_per_core')} |")
     refs = result.get("reference", {})
