@@ -21,14 +21,15 @@ def warp(src: np.ndarray, src_pts: np.ndarray, dst_pts: np.ndarray, triangles: n
     s = np.asarray(src_pts, np.float64)
     d = np.asarray(dst_pts, np.float64) - np.asarray(offset, np.float64)
     labels = np.full((h, w), -1, np.int32)
-    mats = np.zeros((len(triangles), 2, 3), np.float64)
-    for t, tri in enumerate(triangles):
-        dt, st = d[tri], s[tri]
-        a = np.hstack([dt, np.ones((3, 1))])
-        if abs(np.linalg.det(a)) < 1e-9:  # a collapsed triangle covers no pixel
-            continue
-        mats[t] = np.linalg.solve(a, st).T  # dst (x, y, 1) → src (x, y)
-        cv2.fillConvexPoly(labels, np.round(dt * 16).astype(np.int32), int(t), lineType=cv2.LINE_8, shift=4)
+    tris = np.asarray(triangles)
+    a = np.concatenate([d[tris], np.ones((len(tris), 3, 1))], axis=2)  # per triangle: dst (x, y, 1) rows
+    ok = np.abs(np.linalg.det(a)) >= 1e-9  # a collapsed triangle covers no pixel
+    mats = np.zeros((len(tris), 2, 3), np.float64)
+    if ok.any():
+        mats[ok] = np.linalg.solve(a[ok], s[tris[ok]]).transpose(0, 2, 1)  # dst (x, y, 1) → src (x, y)
+    corners = np.round(d[tris] * 16).astype(np.int32)
+    for t in np.flatnonzero(ok):
+        cv2.fillConvexPoly(labels, corners[t], int(t), lineType=cv2.LINE_8, shift=4)
     covered = labels >= 0
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     m = mats[np.maximum(labels, 0)]
