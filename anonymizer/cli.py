@@ -83,7 +83,8 @@ def _bank(args: argparse.Namespace) -> int:
     out = args.out or models.USER_MODEL_DIR / "banks" / args.name
     if args.source == "stylegan":
         path = bank.build_from_stylegan(out, n=args.n, seed=args.seed, threads=args.threads, model_dir=args.model_dir,
-                                        engine=args.engine, workers=args.workers, landmarks=args.landmarks)
+                                        engine=args.engine, workers=args.workers, landmarks=args.landmarks,
+                                        backend=args.backend)
     else:
         path = bank.build_from_folder(args.source, out, n=args.n, k=args.k, seed=args.seed, licence=args.licence,
                                       licence_class=args.licence_class, model_dir=args.model_dir,
@@ -170,7 +171,10 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=1, help="stylegan: CPU threads for the renderer")
     b.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="stylegan: render in this process, or fan out over Ray actors (a cluster: $RAY_ADDRESS)")
-    b.add_argument("--workers", type=int, help="stylegan --engine ray: actors (default: one per CPU)")
+    b.add_argument("--workers", type=int, help="stylegan --engine ray: actors (default: one per GPU, else per CPU)")
+    b.add_argument("--backend", default="auto", choices=["auto", "openvino", "torch"],
+                   help="stylegan: OpenVINO on CPUs, or torch (CUDA GPUs, several faces per pass); auto: torch "
+                        "where CUDA is available")
     b.add_argument("--landmarks", default="dlib_shape68", choices=["dlib_shape68", "mediapipe_mesh"],
                    help="the landmarker the bank is built with and the operator uses: dlib's 68 points (iBUG 300-W, "
                         "research use) or MediaPipe's face mesh (Apache-2.0; pip install ai-edge-litert)")

@@ -14,8 +14,13 @@ onnxruntime runs YuNet, CenterFace and MobileFaceNet on the GPU only when onnxru
 
 Frames: 2x2 mosaics of the photos, each tile resized to cover 960x540 and centre-cropped.
 
+`--stylegan N` then renders N MobileStyleGAN faces (1024²) for a face bank through torch
+(`anonymizer.bank.ir_torch`, `--stylegan-batch` per pass) and prints faces/s; it needs `openvino` (its IR
+reader) and `<model dir>/mobilestylegan/`.
+
     python bench/gpu_check.py [--model-dir DIR] [--device cuda|cpu] [--frames 64] [--batch 8]
-                              [--budget-s 240] [--out bench/results/gpu_check.json]
+                              [--budget-s 240] [--stylegan 64 [--stylegan-batch 16]]
+                              [--out bench/results/gpu_check.json]
 """
 
 from __future__ import annotations
@@ -158,6 +163,36 @@ def run_batch(parts: dict, frames: list[np.ndarray], t: dict, counts: dict) -> N
         t[k] += v
 
 
+def stylegan_rate(model_dir: str, device: str, n: int, batch: int) -> dict | None:
+    """Faces/s of the bank's StyleGAN renders through torch on `device` (mapping and synthesis), or None
+    where openvino, whose reader the IR needs, is missing."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        print("stylegan: skipped (pip install openvino: the IR's reader)")
+        return None
+    import torch
+
+    from anonymizer.bank.ir_torch import IRModule
+    from anonymizer.bank.stylegan import locate_stylegan
+
+    d = locate_stylegan(model_dir)
+    mapping = IRModule(d / "MappingNetwork.xml").to(device).eval()
+    synthesis = IRModule(d / "SynthesisNetwork.xml").to(device).eval()
+    z = torch.randn(n, 512, generator=torch.Generator().manual_seed(0)).to(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    with torch.no_grad():
+        synthesis(mapping(z[:batch]))  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        for i in range(0, n, batch):
+            synthesis(mapping(z[i:i + batch])).cpu()
+        sync()
+    wall = time.perf_counter() - t0
+    print(f"stylegan: {n} faces of 1024x1024 in {wall:.1f} s, {n / wall:.2f} faces/s on {device} (batch {batch})")
+    return {"faces": n, "batch": batch, "wall_s": wall, "faces_per_s": n / wall}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
@@ -167,6 +202,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="frames per detect_batch call")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting batches after this (the check "
                                                                    "must fit in 5 minutes with the model loading)")
+    ap.add_argument("--stylegan", type=int, default=0, help="then render this many StyleGAN bank faces")
+    ap.add_argument("--stylegan-batch", type=int, default=16)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_check.json")
     args = ap.parse_args()
     import torch
@@ -204,6 +241,8 @@ def main() -> None:
     print(f"{done} frames of {FRAME[0]}x{FRAME[1]} in {wall:.1f} s: {result['images_per_s']:.2f} images/s on {device}"
           f" ({result['faces']} faces, {result['reid_scored']} re-identification scored, {result['pose_measured']} poses)")
     print("stage s: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    if args.stylegan:
+        result["stylegan"] = stylegan_rate(args.model_dir, device, args.stylegan, args.stylegan_batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

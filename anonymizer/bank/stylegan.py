@@ -57,33 +57,62 @@ def locate_stylegan(model_dir: str | None = None) -> Path:
 
 
 class Renderer:
-    """z → w (truncated) → 1024² RGB uint8, on CPU through OpenVINO."""
+    """z → w (truncated) → 1024² RGB uint8. `backend`: `openvino` (CPU), `torch` (the same graphs run by
+    torch, anonymizer.bank.ir_torch: on a CUDA GPU where torch sees one, else on the CPU, several times
+    slower than OpenVINO there), or `auto` (torch where CUDA is available, else OpenVINO)."""
 
     def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1,
-                 mean_samples: int = 512) -> None:
+                 mean_samples: int = 512, backend: str = "auto") -> None:
         try:
             import openvino as ov
         except ImportError as exc:
             raise ImportError("the StyleGAN bank needs openvino: pip install 'anonymizer[stylegan]'") from exc
         if not 0.0 < truncation <= 1.0:
             raise ValueError(f"stylegan: truncation must be in (0, 1], got {truncation}")
+        if backend not in ("auto", "openvino", "torch"):
+            raise ValueError(f"stylegan: backend must be auto, openvino or torch, got {backend!r}")
+        import torch
+
+        if backend == "auto":
+            backend = "torch" if torch.cuda.is_available() else "openvino"
+        self.backend = backend
         d = locate_stylegan(model_dir)
-        core = ov.Core()
-        cfg = {"INFERENCE_NUM_THREADS": int(threads)}
-        self._map = core.compile_model(str(d / "MappingNetwork.xml"), "CPU", cfg)
-        self._syn = core.compile_model(str(d / "SynthesisNetwork.xml"), "CPU", cfg)
+        if backend == "torch":
+            from anonymizer.bank.ir_torch import IRModule
+
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            maps = IRModule(d / "MappingNetwork.xml").to(self.device).eval()
+            syn = IRModule(d / "SynthesisNetwork.xml").to(self.device).eval()
+
+            def run(net, x: np.ndarray) -> np.ndarray:
+                with torch.no_grad():
+                    return net(torch.from_numpy(x).to(self.device)).float().cpu().numpy()
+
+            self._map = lambda x: run(maps, x)
+            self._syn = lambda x: run(syn, x)
+        else:
+            core = ov.Core()
+            cfg = {"INFERENCE_NUM_THREADS": int(threads)}
+            maps, syn = (core.compile_model(str(d / f"{n}.xml"), "CPU", cfg) for n in ("MappingNetwork",
+                                                                                     "SynthesisNetwork"))
+            # OpenVINO's compiled graphs take one input at a time
+            self._map = lambda x: np.concatenate([maps([x[i:i + 1]])[0] for i in range(len(x))])
+            self._syn = lambda x: np.concatenate([syn([x[i:i + 1]])[0] for i in range(len(x))])
         self.truncation = float(truncation)
-        rng = np.random.default_rng(20240531)  # the mean w: fixed, so every bank truncates toward the same point
-        self.w_avg = np.mean([self._map([rng.standard_normal((1, 512)).astype(np.float32)])[0][0]
-                              for _ in range(mean_samples)], axis=0)
+        self.w_avg = np.zeros(512, np.float32)
+        if mean_samples:  # the mean w: from a fixed RNG, so every bank truncates toward the same point
+            rng = np.random.default_rng(20240531)
+            self.w_avg = self._map(np.stack([rng.standard_normal((1, 512)).astype(np.float32)[0]
+                                             for _ in range(mean_samples)])).mean(0)
 
     def w(self, z: np.ndarray) -> np.ndarray:
-        w = self._map([np.asarray(z, np.float32).reshape(1, 512)])[0][0]
+        w = self._map(np.asarray(z, np.float32).reshape(1, 512))[0]
         return self.w_avg + self.truncation * (w - self.w_avg)
 
-    def render(self, w: np.ndarray) -> np.ndarray:
-        img = self._syn([np.asarray(w, np.float32).reshape(1, 512)])[0][0]
-        return np.clip((img.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    def render(self, ws: np.ndarray) -> list[np.ndarray]:
+        """One image per w (N × 512, or one w), in one pass where the backend batches."""
+        imgs = self._syn(np.asarray(ws, np.float32).reshape(-1, 512))
+        return [np.clip((img.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8) for img in imgs]
 
 
 def person_z(seed: int, i: int) -> np.ndarray:
@@ -122,42 +151,50 @@ class FaceMaker:
     None)]. One per process (the local engine) or per Ray actor (`render_chunks`)."""
 
     def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1,
-                 landmarks: str = "dlib_shape68") -> None:
-        self.renderer = Renderer(model_dir, truncation, threads)
+                 landmarks: str = "dlib_shape68", backend: str = "auto") -> None:
+        self.renderer = Renderer(model_dir, truncation, threads, mean_samples=0, backend=backend)
         self.reader = FaceReader(model_dir, landmarks)
 
     def __call__(self, jobs: Sequence[tuple[str, int, np.ndarray]]) -> list[tuple]:
         out = []
-        for face_id, person, w in jobs:
-            got = self.reader(self.renderer.render(w))
+        images = self.renderer.render(np.stack([w for _, _, w in jobs])) if jobs else []
+        for (face_id, person, _), img in zip(jobs, images):
+            got = self.reader(img)
             out.append((face_id, person, *(got if got is not None else (None, None))))
         return out
 
 
 def render_chunks(jobs: Sequence[tuple[str, int, np.ndarray]], maker_args: tuple, engine: str = "local",
-                  workers: int | None = None, chunk: int = 4, ray_address: str | None = None) -> Iterator[tuple]:
+                  workers: int | None = None, chunk: int = 4, ray_address: str | None = None,
+                  gpu_chunk: int = 16) -> Iterator[tuple]:
     """Every job rendered, in the jobs' order. `local`: one FaceMaker in this process; `ray`: a pool of
-    FaceMaker actors (one CPU each; OpenVINO's IR runs on CPUs, or Intel GPUs, not CUDA), chunks handed out
-    as actors free up, results taken back in order (memory: the chunks in flight)."""
-    chunks = [list(jobs[i:i + chunk]) for i in range(0, len(jobs), chunk)]
-    if not chunks:
+    FaceMaker actors, chunks handed out as actors free up, results taken back in order (memory: the chunks
+    in flight). Where the cluster has GPUs (and the backend, the 5th of `maker_args`, is not `openvino`),
+    one actor per GPU renders `gpu_chunk` faces per pass through torch; else one actor per CPU, through
+    OpenVINO (Ray hides the GPUs from an actor that asked for none)."""
+    if engine not in ("local", "ray"):
+        raise ValueError(f"stylegan bank: unknown engine {engine!r}; known: local, ray")
+    if not jobs:
         return
     if engine == "local":
         maker = FaceMaker(*maker_args)
-        for c in chunks:
-            yield from maker(c)
+        size = gpu_chunk if maker.renderer.backend == "torch" else chunk
+        for i in range(0, len(jobs), size):
+            yield from maker(list(jobs[i:i + size]))
         return
-    if engine != "ray":
-        raise ValueError(f"stylegan bank: unknown engine {engine!r}; known: local, ray")
     import ray
     from ray.util import ActorPool
 
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  logging_level="WARNING", ignore_reinit_error=True)
-    n = max(1, min(len(chunks), workers or int(ray.cluster_resources().get("CPU", 1))))
+    gpus = int(ray.cluster_resources().get("GPU", 0)) if maker_args[4:5] != ("openvino",) else 0
+    size = gpu_chunk if gpus else chunk
+    chunks = [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
+    n = max(1, min(len(chunks), workers or gpus or int(ray.cluster_resources().get("CPU", 1))))
     env = {k: os.environ[k] for k in ("ANONYMIZER_MODEL_DIR",) if k in os.environ}
-    actor = ray.remote(num_cpus=1, max_restarts=2, max_task_retries=2, runtime_env={"env_vars": env})(FaceMaker)
+    actor = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=2, max_task_retries=2,
+                       runtime_env={"env_vars": env})(FaceMaker)
     actors = [actor.remote(*maker_args) for _ in range(n)]
     try:
         for rendered in ActorPool(actors).map(lambda a, c: a.__call__.remote(c), chunks):
@@ -188,18 +225,19 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
                         model_dir: str | None = None, part_size: int = 64, engine: str = "local",
                         workers: int | None = None, ray_address: str | None = None,
-                        landmarks: str = "dlib_shape68") -> Path:
+                        landmarks: str = "dlib_shape68", backend: str = "auto") -> Path:
     """A bank of `n` virtual people, each rendered once and then at `views` (see the module doc: views need
     `fit_min` people to fit directions from); resumable. A view's step along its direction is capped at
     `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Rendering runs
     in this process (`engine="local"`) or fans out over `workers` Ray actors (`"ray"`); the bank is the same.
     `landmarks`: the landmarker (anonymizer.bank.shape.LANDMARKERS) the operator will use with this bank.
-    Returns the bank directory."""
+    `backend` (Renderer): where the faces render; w is always mapped here through OpenVINO, so a bank's
+    people are the same wherever they render. Returns the bank directory."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
-    renderer = Renderer(model_dir, truncation, threads)  # here for w only: the mapping network and mean w
-    maker_args = (model_dir, truncation, threads, landmarks)
+    renderer = Renderer(model_dir, truncation, threads, backend="openvino")  # w only: mapping and mean w
+    maker_args = (model_dir, truncation, threads, landmarks, backend)
     missed = 0
 
     def make_all(jobs: list[tuple[str, int, np.ndarray]]) -> None:
