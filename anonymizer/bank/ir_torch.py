@@ -33,7 +33,7 @@ def _prelu(x, slope):
 
 def _gather(data, indices, axis):
     axis = _axis(int(axis), data.dim())
-    idx = indices.long()
+    idx = indices.long().to(data.device)
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
     out = torch.index_select(data, axis, idx.reshape(-1))
     return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))
@@ -123,7 +123,6 @@ OPS = {
     "GroupConvolution": lambda i, a: _group_conv(i[0], i[1], a),
     "GroupConvolutionBackpropData": lambda i, a: _group_deconv(i[0], i[1], a),
 }
-SHAPE_OPS = {"ShapeOf", "Gather", "Unsqueeze", "Squeeze", "Concat", "Broadcast", "Tile", "Reshape"}
 
 
 class IRModule(nn.Module):
@@ -138,16 +137,16 @@ class IRModule(nn.Module):
             raise ValueError(f"{xml}: one input and one output expected")
         ids: dict[str, int] = {}
         self.steps: list[tuple[str, dict, list[tuple[int, int]]]] = []
-        consts = []
+        n_const = 0
         for op in model.get_ordered_ops():
             kind = op.get_type_name()
             ids[op.get_friendly_name()] = len(self.steps)
             if kind == "Constant":
                 data = np.array(op.get_data())
                 t = torch.from_numpy(data.astype(np.float32) if data.dtype.kind == "f" else data.astype(np.int64))
-                self.register_buffer(f"c{len(consts)}", t, persistent=False)
-                self.steps.append(("Constant", {"buffer": f"c{len(consts)}"}, []))
-                consts.append(t)
+                self.register_buffer(f"c{n_const}", t, persistent=False)
+                self.steps.append(("Constant", {"buffer": f"c{n_const}"}, []))
+                n_const += 1
                 continue
             if kind not in OPS and kind not in ("Parameter", "Result"):
                 raise ValueError(f"{xml}: op {op.get_friendly_name()!r} of type {kind} is not supported")
@@ -169,7 +168,7 @@ class IRModule(nn.Module):
             if kind == "Result":
                 out = args[0]
                 continue
-            if kind in SHAPE_OPS and any(a.dtype == torch.int64 for a in args):
+            if any(a.dtype == torch.int64 for a in args):
                 args = [a.cpu() if a.dtype == torch.int64 else a for a in args]  # shape arithmetic stays on the CPU
             res = OPS[kind](args, attrs)
             values[n] = res if isinstance(res, list) else [res]
