@@ -290,25 +290,26 @@ class Bank:
         return np.lexsort((np.arange(len(d)), d))[:n]
 
 
-@lru_cache(maxsize=256)
-def _read_crop(path: str, sha: str) -> np.ndarray:
+def _decode_verified(path: str, sha: str, what: str, flags: int) -> np.ndarray:
     data = Path(path).read_bytes()
     if hashlib.sha256(data).hexdigest() != sha:
-        raise BankError(f"bank crop {path}: sha256 differs from the index (the file changed after load_bank)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        raise BankError(f"bank {what} {path}: sha256 differs from the bank's (the file changed after load_bank)")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if img is None:
-        raise BankError(f"bank crop {path}: not a readable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        raise BankError(f"bank {what} {path}: not a readable image")
+    return img
+
+
+@lru_cache(maxsize=256)
+def _read_crop(path: str, sha: str) -> np.ndarray:
+    return cv2.cvtColor(_decode_verified(path, sha, "crop", cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 @lru_cache(maxsize=1024)
 def _read_matte(path: str, sha: str) -> np.ndarray:
-    data = Path(path).read_bytes()
-    if hashlib.sha256(data).hexdigest() != sha:
-        raise BankError(f"bank matte {path}: sha256 differs from the manifest (the file changed after load_bank)")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
-    if img is None or img.shape != (CROP_SIZE, CROP_SIZE):
-        raise BankError(f"bank matte {path}: not a {CROP_SIZE}x{CROP_SIZE} greyscale image")
+    img = _decode_verified(path, sha, "matte", cv2.IMREAD_GRAYSCALE)
+    if img.shape != (CROP_SIZE, CROP_SIZE):
+        raise BankError(f"bank matte {path}: not {CROP_SIZE}x{CROP_SIZE}")
     return (img > 127).astype(np.uint8)
 
 

@@ -239,27 +239,17 @@ def landmarks68(landmarker, image: np.ndarray, face: Face | None) -> np.ndarray 
     return pts if np.all(np.isfinite(pts)) else None
 
 
-def mouth_open(pts68: np.ndarray | None) -> float | None:
-    """The inner-lip gap over the eye distance (`bank.shape.features`). How it can fail: dlib's predictor
-    returns a mean-shaped mouth on a face it cannot read (a blurred one), so a mouth "kept" there is weak
-    evidence; only faces YuNet finds again on the output are fitted, which leaves most of those out."""
+def feature68(pts68: np.ndarray | None, name: str) -> float | None:
+    """One of `bank.shape.features` (`mouth_open`: the inner-lip gap over the eye distance; `yaw`) from dlib's
+    68 points, or None without a fit. How it can fail: dlib's predictor returns a mean-shaped mouth on a face
+    it cannot read (a blurred one), so a mouth "kept" there is weak evidence; only faces YuNet finds again on
+    the output are fitted, which leaves most of those out."""
     from anonymizer.bank import shape as sh
 
     if pts68 is None:
         return None
     try:
-        return float(sh.features(pts68).mouth_open)
-    except ValueError:
-        return None
-
-
-def _yaw68(pts68: np.ndarray | None) -> float | None:
-    from anonymizer.bank import shape as sh
-
-    if pts68 is None:
-        return None
-    try:
-        return float(sh.features(pts68).yaw)
+        return float(getattr(sh.features(pts68), name))
     except ValueError:
         return None
 
@@ -381,7 +371,7 @@ class Evaluator:
         for f in scored:
             pts = landmarks68(self.landmarker, s.rgb, f)
             o.pts68.append(pts)
-            o.mouth.append(mouth_open(pts))
+            o.mouth.append(feature68(pts, "mouth_open"))
             o.inner.append(inner_face(f, pts, s.rgb.shape[:2]))
         self._originals[s.key] = o
         return o
@@ -419,8 +409,8 @@ class Evaluator:
                 b, a = ch.before, ch.after
                 again = find_again(self.yunet, out, f, need_landmarks=True) if a is not None else None
                 pts1 = landmarks68(self.landmarker, out, again)
-                m1 = mouth_open(pts1)
-                y68 = [_yaw68(pts1), _yaw68(o.pts68[j])]
+                m1 = feature68(pts1, "mouth_open")
+                y68 = [feature68(pts1, "yaw"), feature68(o.pts68[j], "yaw")]
                 dist = {name: float(np.linalg.norm(o.recognizers[name][1][j] - rec[name][j])) for name in rec}
                 rows.append({
                     "key": s.key, "face": i, "size": round(f.size, 1),
