@@ -139,8 +139,10 @@ class IRModule(nn.Module):
         self.steps: list[tuple[str, dict, list[tuple[int, int]]]] = []
         n_const = 0
         for op in model.get_ordered_ops():
-            kind = op.get_type_name()
-            ids[op.get_friendly_name()] = len(self.steps)
+            kind, name = op.get_type_name(), op.get_friendly_name()
+            if name in ids:
+                raise ValueError(f"{xml}: two ops named {name!r}: inputs cannot be told apart")
+            ids[name] = len(self.steps)
             if kind == "Constant":
                 data = np.array(op.get_data())
                 t = torch.from_numpy(data.astype(np.float32) if data.dtype.kind == "f" else data.astype(np.int64))
@@ -149,7 +151,7 @@ class IRModule(nn.Module):
                 n_const += 1
                 continue
             if kind not in OPS and kind not in ("Parameter", "Result"):
-                raise ValueError(f"{xml}: op {op.get_friendly_name()!r} of type {kind} is not supported")
+                raise ValueError(f"{xml}: op {name!r} of type {kind} is not supported")
             inputs = [(ids[i.get_source_output().get_node().get_friendly_name()], i.get_source_output().get_index())
                       for i in op.inputs()]
             self.steps.append((kind, dict(op.get_attributes()), inputs))
