@@ -475,6 +475,48 @@ def test_replaced_faces_are_further_from_the_person(operator, scene):
     assert (d >= 0.6).all(), d  # the guard's job, measured the way the release gate measures
 
 
+def test_bank_shape_takes_the_faces_turn(operator):
+    """The bank face's nose tip and mouth land where the face's turn puts them across its eye line (the rest
+    of its shape stays the bank face's): a nearest bank face a few degrees off would otherwise turn the head."""
+    bank = sh.mean_shape_in_crop()
+    face = bank * 0.8 + (40.0, 30.0)
+    face[sh.NOSE[3:]] += (6.0, 0.0)   # the face turned to the image's right: nose tip and mouth move right
+    face[sh.MOUTH] += (4.0, 0.0)
+    new = operator.target_shape(face, bank)
+    placed = sh.apply(sh.similarity(bank[sh.STABLE], face[sh.STABLE]), bank)
+
+    def across(p, at):
+        return (at - (p[36] + p[45]) / 2)[0]
+
+    assert abs(across(new, new[30]) - across(face, face[30])) < 0.5
+    assert abs(across(new, (new[48] + new[54]) / 2) - across(face, (face[48] + face[54]) / 2)) < 0.5
+    assert np.allclose(new[27], placed[27]) and np.allclose(new[sh.BROWS], placed[sh.BROWS])
+    assert np.allclose(new[35] - new[31], placed[35] - placed[31])  # the bank's nostrils, moved, not reshaped
+
+
+def test_pose_check_tries_bank_faces_that_turn_the_head_last(composite_bank, scene):
+    """Among the bank faces the guard tries, those whose result the release gate's landmark detector reads
+    as turned further than `max_pose_error_deg` come last: fewer faces change pose, and the same faces fall
+    back (the pose check orders bank faces, it never rejects a face)."""
+    from anonymizer.detect import build_detector
+    from anonymizer.measure.pose import PoseMeter
+
+    img, faces = scene
+    meter = PoseMeter(build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}))
+
+    def run(max_pose_error_deg):
+        op = ANONYMIZERS.create("bank", bank=str(composite_bank),
+                                identity_guard={"max_pose_error_deg": max_pose_error_deg})
+        res = op.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+        changes = meter.measure(img, res.image, faces, 0)
+        return res.methods, [c.error for c, m in zip(changes, res.methods) if m == "bank" and c.error is not None]
+
+    methods, unchecked = run(None)
+    methods_checked, checked = run(4.0)
+    assert methods_checked == methods
+    assert sum(e > 4.0 for e in checked) < sum(e > 4.0 for e in unchecked), (checked, unchecked)
+
+
 def _one(operator, img, face, key="f"):
     res = operator.anonymize(img, [face], face_rngs(0, key, 1))
     mask = union_mask(res.masks, img.shape[:2])
@@ -527,3 +569,4 @@ def test_inventory_names_the_bank_and_its_licence_class(composite_bank):
     assert bank_row["file"] == str(composite_bank / "manifest.json") and bank_row["licence_class"] == "research"
     assert any(r.get("name") == "dlib_shape68" for r in rows)
     assert any(r["component"] == "identity_guard:dlib_resnet" for r in rows)
+    assert any(r["component"] == "identity_guard:pose" and r.get("name") == "yunet" for r in rows)

@@ -41,7 +41,10 @@ synthetic people. Per face:
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
-   bank face, up to `candidates`, then gets the fallback ("fallback:<name>:reidentifiable").
+   bank face, up to `candidates`, then gets the fallback ("fallback:<name>:reidentifiable"). A bank face
+   whose result YuNet reads as turned by more than `max_pose_error_deg` (as the release gate reads pose) is
+   kept for last: those are tried, least turned first, only when no other passes. The bank's nearest face is
+   a few degrees off and a warp moves points, not the shading that also tells a detector where a head turns.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ from anonymizer.bank import shape as sh
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
+from anonymizer.headpose import Pose
+from anonymizer.measure.pose import PoseChange, PoseMeter
 from anonymizer.regions import FaceMask, blend, face_region, merge
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
@@ -71,6 +76,7 @@ MATTE_FEATHER = 0.03  # the head matte's edge, blurred over this many eye distan
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
 COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
+NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # points 27-35: bridge top to tip
 POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
 SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
 
@@ -108,18 +114,22 @@ def _greyscale(window: np.ndarray, tolerance: int = 3) -> bool:
 
 class BankGuardConfig(BaseModel):
     """Identity guard settings: bank faces tried per face, recognizers (None: dlib_resnet and mobilefacenet
-    where registered) and the margin above each one's same-person distance a kept face must reach."""
+    where registered), the margin above each one's same-person distance a kept face must reach, and the
+    largest head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, as the release gate reads it: YuNet's
+    landmarks found again) a face is first tried with; None: identity only."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     candidates: int = Field(4, ge=1, le=32)
     encoders: list[str] | None = None
     margin: float = Field(0.05, ge=0)
+    max_pose_error_deg: float | None = Field(8.0, gt=0)
 
 
 class _Guard:
     """One anonymizer.anonymize.generated.guard.IdentityGuard per recognizer; a candidate passes when every
-    one of them finds it far enough from the original."""
+    one of them finds it far enough from the original. With `max_pose_error_deg`, also the pose check: a
+    bank face whose result turns the head further is tried only after the others (`anonymize`)."""
 
     def __init__(self, config: BankGuardConfig, model_dir: str | None) -> None:
         from anonymizer.anonymize.generated.guard import IdentityGuard, IdentityGuardConfig
@@ -131,17 +141,43 @@ class _Guard:
             g = IdentityGuard(IdentityGuardConfig(candidates=config.candidates, encoder=name), model_dir)
             g.config = g.config.model_copy(update={"min_distance": g.encoder.same_person_distance + config.margin})
             self.guards.append(g)
+        self.pose_meter = None
+        if config.max_pose_error_deg is not None:
+            from anonymizer.detect import build_detector
 
-    def references(self, image: np.ndarray, face: Face, region: FaceMask) -> list:
-        return [g.reference(image, face, region) for g in self.guards]
+            self.pose_meter = PoseMeter(build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}, model_dir))
 
-    def accepts(self, refs: list, image: np.ndarray, pixels: np.ndarray, window: tuple) -> bool:
-        """Whether `image` with `pixels` placed at `window` (x0, y0, x1, y1) passes every recognizer."""
-        for g, ref in zip(self.guards, refs):
-            x0, y0, x1, y1 = ref.window
-            patch = image[y0:y1, x0:x1].copy()
+    def references(self, image: np.ndarray, face: Face, region: FaceMask) -> tuple[list, Pose | None]:
+        """Each recognizer's reference, and the face's pose in their (shared) window."""
+        refs = [g.reference(image, face, region) for g in self.guards]
+        pose = None
+        if self.pose_meter is not None:
+            r = refs[0]
+            pose = self.pose_meter.pose(self._patch(r, image), r.face, r.face.landmarks)
+        return refs, pose
+
+    @staticmethod
+    def _patch(ref, image: np.ndarray, pixels: np.ndarray | None = None, window: tuple | None = None) -> np.ndarray:
+        """The reference's window of `image`, with `pixels` placed at `window` (x0, y0, x1, y1) when given."""
+        x0, y0, x1, y1 = ref.window
+        patch = image[y0:y1, x0:x1].copy()
+        if pixels is not None:
             patch[window[1] - y0:window[3] - y0, window[0] - x0:window[2] - x0] = pixels
-            if not g.judge(ref, patch).identity_ok:
+        return patch
+
+    def pose_error(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> float:
+        """The pose change of `image` with `pixels` at `window` (inf: no face found again; 0: not checked)."""
+        ids, before = refs
+        if self.pose_meter is None or before is None:
+            return 0.0
+        after = self.pose_meter.pose(self._patch(ids[0], image, pixels, window), ids[0].face)
+        error = PoseChange(before, after).error
+        return np.inf if error is None else error
+
+    def accepts(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> bool:
+        """Whether `image` with `pixels` placed at `window` (x0, y0, x1, y1) passes every recognizer."""
+        for g, ref in zip(self.guards, refs[0]):
+            if not g.judge(ref, self._patch(ref, image, pixels, window)).identity_ok:
                 return False
         return True
 
@@ -153,7 +189,7 @@ class BankFace:
     def weight_files(params: dict, model_dir: str | None) -> list[dict]:
         """What the audit report and the licence gate see: the bank (its manifest's hash, licence and licence
         class) and the landmarker it was built with, the landmarker this run uses where it is another, and
-        the identity guard's recognizers."""
+        the identity guard's recognizers and pose detector."""
         from anonymizer.bank.composite import available_encoders
         from anonymizer.measure.encoder import ENCODERS
         from anonymizer.models import describe
@@ -176,6 +212,12 @@ class BankFace:
             for name in available_encoders(cfg.encoders):
                 rows += [dict(r, component=f"identity_guard:{name}")
                          for r in ENCODERS.factory(name).weight_files({}, model_dir)]
+            if cfg.max_pose_error_deg is not None:
+                from anonymizer.components import weight_files
+                from anonymizer.detect import DETECTORS
+
+                rows += [dict(r, component="identity_guard:pose")
+                         for r in weight_files(DETECTORS, "yunet", {}, model_dir)]
         return rows
 
     @staticmethod
@@ -271,6 +313,17 @@ class BankFace:
         delta = sh.mouth_gap(pts) - sh.mouth_gap(new)  # the lower lip and chin follow the face's mouth opening
         for idx, share in (((56, 57, 58, 65, 66, 67), 1.0), ((55, 59), 0.6), ((6, 7, 8, 9, 10), 0.6), ((5, 11), 0.3)):
             new[list(idx)] += share * delta * down
+        # Yaw: the nose tip and the mouth sit across the eye line where the face's turn puts them. The nearest
+        # bank face is a few degrees off, and its nose, placed by the similarity, would carry its own turn: so
+        # the nose (its tip fully, its bridge less, the top not) and the mouth move along the eye line to the
+        # face's offsets, their shapes kept.
+        def across(p: np.ndarray, at: np.ndarray) -> float:  # offset from the eye line's middle, along it
+            return float((at - (p[36] + p[45]) / 2) @ d)
+
+        nose = across(pts, pts[30]) - across(new, new[30])
+        new[sh.NOSE] += np.outer(NOSE_SHARES * nose, d)
+        mouth = across(pts, (pts[48] + pts[54]) / 2) - across(new, (new[48] + new[54]) / 2)
+        new[sh.MOUTH] += mouth * d
         c = pts[sh.JAW].mean(0)
         further = np.linalg.norm(pts[sh.JAW] - c, axis=1) > np.linalg.norm(new[sh.JAW] - c, axis=1)
         new[sh.JAW[further]] = pts[sh.JAW[further]]
@@ -466,14 +519,31 @@ class BankFace:
             candidates: Iterable[int] = self.order(pts, rngs[i], faces[i].identity)
             if region is not None and faces[i].identity is None:
                 candidates = self.by_cover(candidates, pts, region)
+            turned = []  # (pose change, head window, pixels, alpha): tried again, least turned first
             for k in itertools.islice(candidates, self.guard.config.candidates if self.guard else 1):
-                if region is not None:
-                    out[rys, rxs] = self.head(out, image, pts, k, region, blurred)
+                head = self.head(out, image, pts, k, region, blurred) if region is not None else None
+                if head is not None:
+                    out[rys, rxs] = head
                 pixels, alpha = self.render(out, image, pts, window, k)
-                if refs is None or self.guard.accepts(refs, out, pixels, window):
+                if refs is None:
+                    done = (pixels, alpha)
+                    break
+                error = self.guard.pose_error(refs, out, pixels, window)
+                if error > (self.guard.config.max_pose_error_deg or np.inf):
+                    turned.append((error, len(turned), head, pixels, alpha))
+                elif self.guard.accepts(refs, out, pixels, window):
                     done = (pixels, alpha)
                     break
                 if region is not None:
+                    out[rys, rxs] = before
+            for _, _, head, pixels, alpha in sorted(turned, key=lambda t: t[:2]):
+                if done is not None:
+                    break
+                if head is not None:
+                    out[rys, rxs] = head
+                if self.guard.accepts(refs, out, pixels, window):
+                    done = (pixels, alpha)
+                elif region is not None:
                     out[rys, rxs] = before
             if done is None:
                 rejected.append(i)

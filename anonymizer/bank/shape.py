@@ -44,6 +44,8 @@ MEAN_SHAPE = np.array([
 
 JAW = np.arange(0, 17)
 BROWS = np.arange(17, 27)
+NOSE = np.arange(27, 36)
+MOUTH = np.arange(48, 68)
 # Forehead height above each brow point, in eye-to-mouth distances: an arc, highest mid-brow.
 FOREHEAD_HEIGHT = np.array([0.30, 0.45, 0.56, 0.62, 0.65, 0.65, 0.62, 0.56, 0.45, 0.30])
 RING_SCALE = 1.3          # the ring: the outline grown by this factor about its centroid
