@@ -17,7 +17,7 @@ from anonymizer.anonymize import ANONYMIZERS, face_rngs
 from anonymizer.bank import BankError, build_from_folder, load_bank
 from anonymizer.bank import shape as sh
 from anonymizer.faces import Face
-from anonymizer.regions import union_mask
+from anonymizer.regions import FaceMask, union_mask
 from conftest import LFW, PHOTOS
 
 PHOTO = "multiface.jpg"  # 6 faces of 80-90 px
@@ -492,6 +492,23 @@ def test_bank_shape_takes_the_faces_turn(operator):
     assert abs(across(new, (new[48] + new[54]) / 2) - across(face, (face[48] + face[54]) / 2)) < 0.5
     assert np.allclose(new[27], placed[27]) and np.allclose(new[sh.BROWS], placed[sh.BROWS])
     assert np.allclose(new[35] - new[31], placed[35] - placed[31])  # the bank's nostrils, moved, not reshaped
+
+
+def test_guard_reads_pose_as_the_release_gate_does(composite_bank, scene):
+    """The guard's pose check reads the original's pose in its window, and gets the angles the gate's
+    PoseMeter reads on the whole image (the same landmarks, solved in the whole image's camera)."""
+    from anonymizer.anonymize.bankface import BankGuardConfig, _Guard
+    from anonymizer.detect import build_detector
+    from anonymizer.measure.pose import PoseMeter
+
+    img, faces = scene
+    guard = _Guard(BankGuardConfig(encoders=["dlib_resnet"]), None)
+    meter = PoseMeter(build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}))
+    for face in faces[:4]:
+        _, pose = guard.references(img, face, FaceMask(int(face.x), int(face.y), np.ones((int(face.h), int(face.w)),
+                                                                                            np.float32)))
+        gate = meter.pose(img, face, face.landmarks)
+        assert np.allclose([pose.yaw, pose.pitch, pose.roll], [gate.yaw, gate.pitch, gate.roll], atol=1e-6)
 
 
 def test_pose_check_tries_bank_faces_that_turn_the_head_last(composite_bank, scene):

@@ -62,7 +62,7 @@ from anonymizer.bank import shape as sh
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
-from anonymizer.headpose import Pose
+from anonymizer.headpose import Pose, estimate_pose
 from anonymizer.measure.pose import PoseChange, PoseMeter
 from anonymizer.regions import FaceMask, blend, face_region, merge
 
@@ -120,7 +120,7 @@ class BankGuardConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    candidates: int = Field(4, ge=1, le=32)
+    candidates: int = Field(6, ge=1, le=32)
     encoders: list[str] | None = None
     margin: float = Field(0.05, ge=0)
     max_pose_error_deg: float | None = Field(8.0, gt=0)
@@ -148,12 +148,11 @@ class _Guard:
             self.pose_meter = PoseMeter(build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5}, model_dir))
 
     def references(self, image: np.ndarray, face: Face, region: FaceMask) -> tuple[list, Pose | None]:
-        """Each recognizer's reference, and the face's pose in their (shared) window."""
+        """Each recognizer's reference, and the face's pose read in their (shared) window."""
         refs = [g.reference(image, face, region) for g in self.guards]
         pose = None
         if self.pose_meter is not None:
-            r = refs[0]
-            pose = self.pose_meter.pose(self._patch(r, image), r.face, r.face.landmarks)
+            pose = self._pose(refs[0], image, fallback=refs[0].face.landmarks)
         return refs, pose
 
     @staticmethod
@@ -165,13 +164,26 @@ class _Guard:
             patch[window[1] - y0:window[3] - y0, window[0] - x0:window[2] - x0] = pixels
         return patch
 
+    def _pose(self, ref, image: np.ndarray, pixels: np.ndarray | None = None, window: tuple | None = None,
+              fallback: np.ndarray | None = None) -> Pose | None:
+        """The pose YuNet reads in the reference's window of `image` (with `pixels` at `window`), solved in
+        the whole image's camera, as the release gate solves it (the angles depend on where in the frame the
+        face is)."""
+        lm = self.pose_meter.landmarks(self._patch(ref, image, pixels, window), ref.face)
+        lm = fallback if lm is None else lm
+        if lm is None:
+            return None
+        try:
+            return estimate_pose(np.asarray(lm, np.float64) + ref.window[:2], image.shape[:2])
+        except ValueError:
+            return None
+
     def pose_error(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> float:
         """The pose change of `image` with `pixels` at `window` (inf: no face found again; 0: not checked)."""
         ids, before = refs
         if self.pose_meter is None or before is None:
             return 0.0
-        after = self.pose_meter.pose(self._patch(ids[0], image, pixels, window), ids[0].face)
-        error = PoseChange(before, after).error
+        error = PoseChange(before, self._pose(ids[0], image, pixels, window)).error
         return np.inf if error is None else error
 
     def accepts(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> bool:
