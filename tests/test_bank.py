@@ -534,6 +534,22 @@ def test_pose_check_tries_bank_faces_that_turn_the_head_last(composite_bank, sce
     assert sum(e > 4.0 for e in checked) < sum(e > 4.0 for e in unchecked), (checked, unchecked)
 
 
+def test_pose_check_orders_bank_faces_within_a_cover_group_only(composite_bank, scene):
+    """A bank face whose head covers the person's hair (group 0) is kept over one that leaves a blurred
+    patch (group 1), however turned: the pose check orders each group, never moves a face across them."""
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(composite_bank), identity_guard={"max_pose_error_deg": 1e-3})
+    face = max(faces, key=lambda f: f.w)
+    reason, pts, window = op.decide(img, face)
+    assert reason is None
+    x0, y0, x1, y1 = window
+    refs = op.guard.references(img, face, FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
+    a, b = op.order(pts, np.random.default_rng(0))[:2]
+    for first, second in ((a, b), (b, a)):
+        pixels, _ = op.choose(img.copy(), img, pts, window, [(first, 0), (second, 1)], refs, None, None)
+        assert np.array_equal(pixels, op.render(img.copy(), img, pts, window, first)[0])
+
+
 def _one(operator, img, face, key="f"):
     res = operator.anonymize(img, [face], face_rngs(0, key, 1))
     mask = union_mask(res.masks, img.shape[:2])

@@ -43,8 +43,9 @@ synthetic people. Per face:
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
    bank face, up to `candidates`, then gets the fallback ("fallback:<name>:reidentifiable"). A bank face
    whose result YuNet reads as turned by more than `max_pose_error_deg` (as the release gate reads pose) is
-   kept for last: those are tried, least turned first, only when no other passes. The bank's nearest face is
-   a few degrees off and a warp moves points, not the shading that also tells a detector where a head turns.
+   kept for later: those are tried, least turned first, when no other of its cover group (5) passes. The
+   bank's nearest face is a few degrees off, and a warp moves points, not the shading that also tells a
+   detector where a head turns.
 """
 
 from __future__ import annotations
@@ -396,24 +397,62 @@ class BankFace:
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
-    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask) -> Iterator[int]:
-        """`candidates` with those whose head covers less than COVER_MIN of the region around the face
-        (outside its outline) moved last, each group in its own order: what a bank head leaves uncovered is
-        blurred, and a smooth patch beside sharp hair gives the replacement away. Only a cut, not a ranking:
-        ranked, the head that fits a person's hair best would be picked in every photo of them, linking them.
-        Lazily: only the candidates looked at are placed (most faces keep their first good one)."""
+    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask) -> Iterator[tuple[int, int]]:
+        """(bank face, group): `candidates` with those whose head covers less than COVER_MIN of the region
+        around the face (outside its outline) moved last (group 1), each group in its own order: what a bank
+        head leaves uncovered is blurred, and a smooth patch beside sharp hair gives the replacement away.
+        Only a cut, not a ranking: ranked, the head that fits a person's hair best would be picked in every
+        photo of them, linking them. Lazily: only the candidates looked at are placed (most faces keep their
+        first good one)."""
         outside = sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
         if ring.sum() < 16:
-            yield from candidates
+            yield from ((k, 0) for k in candidates)
             return
         short = []
         for k in candidates:
             if float(self.placed_matte(pts, k, region)[1][ring].mean()) >= COVER_MIN:
-                yield k
+                yield k, 0
             else:
                 short.append(k)
-        yield from short
+        yield from ((k, 1) for k in short)
+
+    def choose(self, out: np.ndarray, image: np.ndarray, pts: np.ndarray, window: tuple,
+               ranked: Iterable[tuple[int, int]], refs: tuple | None, region: FaceMask | None,
+               blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(pixels, alpha) over `window` of the first bank face the guard accepts, its head (with `region`)
+        left in `out`; None when it accepts none. `ranked`: (bank face, group) pairs, up to the guard's
+        `candidates` of them; in each group, the bank faces the pose check passes come in their order, then
+        those it finds turned, least turned first. Without a guard, the first."""
+        limit = self.guard.config.candidates if self.guard else 1
+        tolerance = (self.guard.config.max_pose_error_deg if self.guard else None) or np.inf
+        if region is not None:
+            rys, rxs = region.window
+            before = out[rys, rxs].copy()
+        for _, group in itertools.groupby(itertools.islice(ranked, limit), key=lambda kg: kg[1]):
+            turned = []  # (pose change, order, head window, pixels, alpha)
+            for k, _ in group:
+                head = self.head(out, image, pts, k, region, blurred) if region is not None else None
+                if head is not None:
+                    out[rys, rxs] = head
+                pixels, alpha = self.render(out, image, pts, window, k)
+                if refs is None:
+                    return pixels, alpha
+                error = self.guard.pose_error(refs, out, pixels, window)
+                if error > tolerance:
+                    turned.append((error, len(turned), head, pixels, alpha))
+                elif self.guard.accepts(refs, out, pixels, window):
+                    return pixels, alpha
+                if region is not None:
+                    out[rys, rxs] = before
+            for _, _, head, pixels, alpha in sorted(turned, key=lambda t: t[:2]):
+                if head is not None:
+                    out[rys, rxs] = head
+                if self.guard.accepts(refs, out, pixels, window):
+                    return pixels, alpha
+                if region is not None:
+                    out[rys, rxs] = before
+        return None
 
     def head(self, out: np.ndarray, original: np.ndarray, pts: np.ndarray, k: int, region: FaceMask,
              blurred: np.ndarray) -> np.ndarray:
@@ -526,37 +565,11 @@ class BankFace:
                                      self.around.feather)
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
-                before = out[rys, rxs].copy()
-            done = None
-            candidates: Iterable[int] = self.order(pts, rngs[i], faces[i].identity)
+            order = self.order(pts, rngs[i], faces[i].identity)
+            ranked: Iterable[tuple[int, int]] = ((k, 0) for k in order)
             if region is not None and faces[i].identity is None:
-                candidates = self.by_cover(candidates, pts, region)
-            turned = []  # (pose change, head window, pixels, alpha): tried again, least turned first
-            for k in itertools.islice(candidates, self.guard.config.candidates if self.guard else 1):
-                head = self.head(out, image, pts, k, region, blurred) if region is not None else None
-                if head is not None:
-                    out[rys, rxs] = head
-                pixels, alpha = self.render(out, image, pts, window, k)
-                if refs is None:
-                    done = (pixels, alpha)
-                    break
-                error = self.guard.pose_error(refs, out, pixels, window)
-                if error > (self.guard.config.max_pose_error_deg or np.inf):
-                    turned.append((error, len(turned), head, pixels, alpha))
-                elif self.guard.accepts(refs, out, pixels, window):
-                    done = (pixels, alpha)
-                    break
-                if region is not None:
-                    out[rys, rxs] = before
-            for _, _, head, pixels, alpha in sorted(turned, key=lambda t: t[:2]):
-                if done is not None:
-                    break
-                if head is not None:
-                    out[rys, rxs] = head
-                if self.guard.accepts(refs, out, pixels, window):
-                    done = (pixels, alpha)
-                elif region is not None:
-                    out[rys, rxs] = before
+                ranked = self.by_cover(order, pts, region)
+            done = self.choose(out, image, pts, window, ranked, refs, region, blurred)
             if done is None:
                 rejected.append(i)
                 continue
