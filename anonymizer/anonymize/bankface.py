@@ -116,8 +116,9 @@ def _greyscale(window: np.ndarray, tolerance: int = 3) -> bool:
 class BankGuardConfig(BaseModel):
     """Identity guard settings: bank faces tried per face, recognizers (None: dlib_resnet and mobilefacenet
     where registered), the margin above each one's same-person distance a kept face must reach, and the
-    largest head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, as the release gate reads it: YuNet's
-    landmarks found again) a face is first tried with; None: identity only."""
+    head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, read as the release gate reads it: YuNet's
+    landmarks found again) above which a bank face is tried only after the others of its cover group; None:
+    no pose check."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -129,8 +130,8 @@ class BankGuardConfig(BaseModel):
 
 class _Guard:
     """One anonymizer.anonymize.generated.guard.IdentityGuard per recognizer; a candidate passes when every
-    one of them finds it far enough from the original. With `max_pose_error_deg`, also the pose check: a
-    bank face whose result turns the head further is tried only after the others (`anonymize`)."""
+    one of them finds it far enough from the original. With `max_pose_error_deg`, also the pose check that
+    BankFace.choose orders bank faces by."""
 
     def __init__(self, config: BankGuardConfig, model_dir: str | None) -> None:
         from anonymizer.anonymize.generated.guard import IdentityGuard, IdentityGuardConfig
