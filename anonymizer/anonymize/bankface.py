@@ -63,7 +63,7 @@ from anonymizer.bank import shape as sh
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
-from anonymizer.headpose import Pose, estimate_pose
+from anonymizer.headpose import Pose
 from anonymizer.measure.pose import PoseChange, PoseMeter
 from anonymizer.regions import FaceMask, blend, face_region, merge
 
@@ -169,16 +169,9 @@ class _Guard:
     def _pose(self, ref, image: np.ndarray, pixels: np.ndarray | None = None, window: tuple | None = None,
               fallback: np.ndarray | None = None) -> Pose | None:
         """The pose YuNet reads in the reference's window of `image` (with `pixels` at `window`), solved in
-        the whole image's camera, as the release gate solves it (the angles depend on where in the frame the
-        face is)."""
-        lm = self.pose_meter.landmarks(self._patch(ref, image, pixels, window), ref.face)
-        lm = fallback if lm is None else lm
-        if lm is None:
-            return None
-        try:
-            return estimate_pose(np.asarray(lm, np.float64) + ref.window[:2], image.shape[:2])
-        except ValueError:
-            return None
+        the whole image's camera, as the release gate reads it."""
+        return self.pose_meter.pose(self._patch(ref, image, pixels, window), ref.face, fallback,
+                                    frame=(ref.window[:2], image.shape[:2]))
 
     def pose_error(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> float:
         """The pose change of `image` with `pixels` at `window` (inf: no face found again; 0: not checked)."""

@@ -75,13 +75,18 @@ class PoseMeter:
         found = find_again(self.detector, image, face, self.target_px, self.min_iou, need_landmarks=True)
         return None if found is None else found.landmarks
 
-    def pose(self, image: np.ndarray, face: Face, fallback: np.ndarray | None = None) -> Pose | None:
+    def pose(self, image: np.ndarray, face: Face, fallback: np.ndarray | None = None,
+             frame: tuple[tuple[int, int], tuple[int, int]] | None = None) -> Pose | None:
+        """`frame`: ((x0, y0), (height, width)) when `image` is a window at (x0, y0) of a larger image: the
+        pose is solved in that image's camera, as on the whole image (the angles depend on where in the
+        frame the face is)."""
         lm = self.landmarks(image, face)
         lm = fallback if lm is None else lm
         if lm is None:
             return None
+        offset, shape = frame if frame is not None else ((0, 0), image.shape[:2])
         try:
-            return estimate_pose(lm, image.shape[:2])
+            return estimate_pose(np.asarray(lm, np.float64) + offset, shape)
         except ValueError:
             return None
 
