@@ -220,11 +220,7 @@ class BankFace:
                 rows += [dict(r, component=f"identity_guard:{name}")
                          for r in ENCODERS.factory(name).weight_files({}, model_dir)]
             if cfg.max_pose_error_deg is not None:
-                from anonymizer.components import weight_files
-                from anonymizer.detect import DETECTORS
-
-                rows += [dict(r, component="identity_guard:pose")
-                         for r in weight_files(DETECTORS, "yunet", {}, model_dir)]
+                rows.append({"component": "identity_guard:pose", **describe("yunet", model_dir)})
         return rows
 
     @staticmethod
