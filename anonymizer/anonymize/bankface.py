@@ -151,42 +151,40 @@ class _Guard:
 
     def references(self, image: np.ndarray, face: Face, region: FaceMask) -> tuple[list, Pose | None]:
         """Each recognizer's reference, and the face's pose read in their (shared) window."""
-        refs = [g.reference(image, face, region) for g in self.guards]
+        ids = [g.reference(image, face, region) for g in self.guards]
         pose = None
         if self.pose_meter is not None:
-            pose = self._pose(refs[0], image, fallback=refs[0].face.landmarks)
-        return refs, pose
+            pose = self._pose(ids, self.patch(ids, image), image.shape, fallback=ids[0].face.landmarks)
+        return ids, pose
 
     @staticmethod
-    def _patch(ref, image: np.ndarray, pixels: np.ndarray | None = None, window: tuple | None = None) -> np.ndarray:
-        """The reference's window of `image`, with `pixels` placed at `window` (x0, y0, x1, y1) when given."""
-        x0, y0, x1, y1 = ref.window
+    def patch(ids: list, image: np.ndarray, pixels: np.ndarray | None = None,
+              window: tuple | None = None) -> np.ndarray:
+        """The recognizers' references' (shared) window of `image`, with `pixels` placed at `window` (x0, y0,
+        x1, y1) when given: what the recognizers and the pose check judge."""
+        x0, y0, x1, y1 = ids[0].window
         patch = image[y0:y1, x0:x1].copy()
         if pixels is not None:
             patch[window[1] - y0:window[3] - y0, window[0] - x0:window[2] - x0] = pixels
         return patch
 
-    def _pose(self, ref, image: np.ndarray, pixels: np.ndarray | None = None, window: tuple | None = None,
+    def _pose(self, ids: list, patch: np.ndarray, image_shape: tuple,
               fallback: np.ndarray | None = None) -> Pose | None:
-        """The pose YuNet reads in the reference's window of `image` (with `pixels` at `window`), solved in
-        the whole image's camera, as the release gate reads it."""
-        return self.pose_meter.pose(self._patch(ref, image, pixels, window), ref.face, fallback,
-                                    frame=(ref.window[:2], image.shape[:2]))
+        """The pose YuNet reads in `patch`, solved in the whole image's camera, as the release gate reads it."""
+        return self.pose_meter.pose(patch, ids[0].face, fallback, frame=(ids[0].window[:2], image_shape[:2]))
 
-    def pose_error(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> float:
-        """The pose change of `image` with `pixels` at `window` (inf: no face found again; 0: not checked)."""
+    def pose_error(self, refs: tuple, patch: np.ndarray, image_shape: tuple) -> float:
+        """The pose change from the original to `patch` (a candidate's judged window; inf: no face found
+        again; 0: not checked)."""
         ids, before = refs
         if self.pose_meter is None or before is None:
             return 0.0
-        error = PoseChange(before, self._pose(ids[0], image, pixels, window)).error
+        error = PoseChange(before, self._pose(ids, patch, image_shape)).error
         return np.inf if error is None else error
 
-    def accepts(self, refs: tuple, image: np.ndarray, pixels: np.ndarray, window: tuple) -> bool:
-        """Whether `image` with `pixels` placed at `window` (x0, y0, x1, y1) passes every recognizer."""
-        for g, ref in zip(self.guards, refs[0]):
-            if not g.judge(ref, self._patch(ref, image, pixels, window)).identity_ok:
-                return False
-        return True
+    def accepts(self, refs: tuple, patch: np.ndarray) -> bool:
+        """Whether `patch` (a candidate's judged window) passes every recognizer."""
+        return all(g.judge(ref, patch).identity_ok for g, ref in zip(self.guards, refs[0]))
 
 
 class BankFace:
@@ -420,7 +418,7 @@ class BankFace:
             rys, rxs = region.window
             before = out[rys, rxs].copy()
         for _, group in itertools.groupby(itertools.islice(ranked, limit), key=lambda kg: kg[1]):
-            turned = []  # (pose change, order, head window, pixels, alpha)
+            turned = []  # (pose change, order, head window, judged window, pixels, alpha)
             for k, _ in group:
                 head = self.head(out, image, pts, k, region, blurred) if region is not None else None
                 if head is not None:
@@ -428,21 +426,27 @@ class BankFace:
                 pixels, alpha = self.render(out, image, pts, window, k)
                 if refs is None:
                     return pixels, alpha
-                error = self.guard.pose_error(refs, out, pixels, window)
+                patch = self.guard.patch(refs[0], out, pixels, window)
+                if region is not None:
+                    out[rys, rxs] = before
+                error = self.guard.pose_error(refs, patch, out.shape)
                 if error > tolerance:
-                    turned.append((error, len(turned), head, pixels, alpha))
-                elif self.guard.accepts(refs, out, pixels, window):
-                    return pixels, alpha
-                if region is not None:
-                    out[rys, rxs] = before
-            for _, _, head, pixels, alpha in sorted(turned, key=lambda t: t[:2]):
-                if head is not None:
-                    out[rys, rxs] = head
-                if self.guard.accepts(refs, out, pixels, window):
-                    return pixels, alpha
-                if region is not None:
-                    out[rys, rxs] = before
+                    turned.append((error, len(turned), head, patch, pixels, alpha))
+                elif self.guard.accepts(refs, patch):
+                    return self._keep(out, region, head, pixels, alpha)
+            for _, _, head, patch, pixels, alpha in sorted(turned, key=lambda t: t[:2]):
+                if self.guard.accepts(refs, patch):
+                    return self._keep(out, region, head, pixels, alpha)
         return None
+
+    @staticmethod
+    def _keep(out: np.ndarray, region: FaceMask | None, head: np.ndarray | None, pixels: np.ndarray,
+              alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The chosen bank face: its head (if any) into `out`, its (pixels, alpha) returned."""
+        if head is not None:
+            rys, rxs = region.window
+            out[rys, rxs] = head
+        return pixels, alpha
 
     def head(self, out: np.ndarray, original: np.ndarray, pts: np.ndarray, k: int, region: FaceMask,
              blurred: np.ndarray) -> np.ndarray:
