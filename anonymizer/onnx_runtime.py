@@ -7,6 +7,13 @@ from typing import Any, Callable
 import cv2
 
 
+def on_cuda(device: str) -> bool:
+    """Whether ort_session puts a model on CUDA for this `device` setting."""
+    import onnxruntime as ort
+
+    return device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
 def ort_session(model: bytes, device: str, owner: str):
     """An onnxruntime session on CUDA when asked for (`cuda`) or found (`auto`), else on the CPU with as many
     threads as OpenCV was given (a Ray actor's share). `model` is the (possibly edited) serialized graph."""
@@ -14,11 +21,11 @@ def ort_session(model: bytes, device: str, owner: str):
 
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"{owner}: device must be auto, cpu or cuda, got {device!r}")
-    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    cuda = on_cuda(device)
     if device == "cuda" and not cuda:
         raise RuntimeError(f"{owner}: device cuda asked for, but onnxruntime has no CUDA provider "
                            "(pip install onnxruntime-gpu)")
-    providers = (["CUDAExecutionProvider"] if cuda and device != "cpu" else []) + ["CPUExecutionProvider"]
+    providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, cv2.getNumThreads())
     opts.inter_op_num_threads = 1

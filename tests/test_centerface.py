@@ -62,6 +62,35 @@ def test_onnxruntime_and_opencv_find_the_same_faces() -> None:
         build_detector("centerface", {"backend": "tensorrt"}, str(MODELS))
 
 
+@needs_model
+def test_int8_copy_finds_the_faces_float32_finds(tmp_path, monkeypatch) -> None:
+    """The 8-bit copy, made from the committed ranges on first use and kept: every face float32 finds with a
+    score of 0.5 or more is found again (IoU >= 0.8) on real photos at both scales, and `auto` picks it on a
+    machine without CUDA."""
+    from anonymizer.detect import int8
+
+    monkeypatch.setattr(int8, "DERIVED_DIR", tmp_path / "derived")
+    fp32 = build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5]}, str(MODELS))
+    q = build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5], "precision": "int8"}, str(MODELS))
+    assert (fp32.precision, q.precision) == ("float32", "int8")
+    assert len(list((tmp_path / "derived").glob("centerface-int8-*.onnx"))) == 1
+    found = 0
+    for name in ("multiface.jpg", "group_12.jpg", "group_3.jpg", "group_9.jpg"):
+        image = _rgb(PHOTOS / name)
+        a, b = fp32.detect_per_scale(image), q.detect_per_scale(image)
+        for s in (1.0, 1.5):
+            for f in (f for f in a[s] if f.score >= 0.5):
+                assert max((iou(f, g) for g in b[s]), default=0.0) >= 0.8, (name, s, f)
+                found += 1
+    assert found >= 20
+    auto = build_detector("centerface", {"precision": "auto", "device": "cpu"}, str(MODELS))
+    assert auto.precision == "int8"
+    with pytest.raises(ValueError, match="int8 runs on onnxruntime"):
+        build_detector("centerface", {"precision": "int8", "backend": "opencv"}, str(MODELS))
+    with pytest.raises(ValueError, match="precision"):
+        build_detector("centerface", {"precision": "fp16"}, str(MODELS))
+
+
 def test_decode_on_hand_made_maps() -> None:
     """One heatmap cell above the threshold becomes one box: centre (cell + offset + 0.5) x 4, size e^s x 4."""
     hm = np.zeros((1, 1, 8, 8), np.float32)

@@ -45,6 +45,9 @@ STRIDE = 4  # output maps are 1/4 of the input
 ALIGN = 32  # the network's input sides must be multiples of this
 MIN_INPUT = 64  # at 32x32 it reports "faces" in flat colour (2-7 per uniform image; none at 64 and up)
 OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the ONNX graph's names)
+# float32: the export as shipped; int8: its 8-bit copy (anonymizer.detect.int8), about half the CPU time; auto:
+# int8 where onnxruntime runs on the CPU, float32 on CUDA (where the copy's quantize/dequantize pairs cost more)
+PRECISIONS = ("float32", "int8", "auto")
 
 
 @DETECTORS.register("centerface")
@@ -64,6 +67,7 @@ class CenterFaceDetector(MultiScale):
         cached_sizes: int = 2,
         backend: str = "auto",
         device: str = "auto",
+        precision: str = "float32",
     ) -> None:
         self.model_path = locate("centerface", model_dir)
         self.score_threshold = float(score_threshold)
@@ -71,11 +75,39 @@ class CenterFaceDetector(MultiScale):
         self.scales = [float(s) for s in scales]
         self.max_side = int(max_side)
         self.cached_sizes = max(1, int(cached_sizes))
+        if precision not in PRECISIONS:
+            raise ValueError(f"centerface: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision == "int8" and backend == "opencv":
+            raise ValueError("centerface: precision int8 runs on onnxruntime only, not backend opencv")
         self._onnx = np.fromfile(str(self.model_path), np.uint8)
         self._nets: OrderedDict[tuple[int, int], cv2.dnn.Net] = OrderedDict()
-        self._session = session_for_backend(lambda: _ort_session(self._onnx.tobytes(), device), backend, "centerface")
+        self.precision = "float32"
+
+        def make():
+            model = free_sized(self._onnx.tobytes())
+            if resolved_precision(precision, backend, device) == "int8":
+                from anonymizer.detect.int8 import int8_model
+
+                model, self.precision = int8_model(model, "centerface"), "int8"
+            return ort_session(model, device, "centerface")
+
+        self._session = session_for_backend(make, backend, "centerface")
         self.backend = "onnxruntime" if self._session is not None else "opencv"
         self._input = self._session.get_inputs()[0].name if self._session is not None else None
+
+    @staticmethod
+    def weight_files(params: dict, model_dir: str | None) -> list[dict]:
+        """The audit report's row: the float32 file, and where the run uses its int8 copy, the ranges it is
+        made from."""
+        from anonymizer.models import describe, sha256_file
+
+        row = describe("centerface", model_dir)
+        if resolved_precision(params.get("precision", "float32"), params.get("backend", "auto"),
+                              params.get("device", "auto")) == "int8":
+            from anonymizer.detect.int8 import ranges_file
+
+            row["file"] += f" as its int8 copy (ranges sha256 {sha256_file(str(ranges_file('centerface')))[:16]})"
+        return [row]
 
     def _net_for(self, shape: tuple[int, int]) -> "cv2.dnn.Net":
         """A net that has only ever seen inputs of this (height, width) (module docstring: OpenCV bug)."""
@@ -89,15 +121,10 @@ class CenterFaceDetector(MultiScale):
 
     def _detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
         h, w = rgb.shape[:2]
-        nw = max(MIN_INPUT, -(-round(w * scale) // ALIGN) * ALIGN)
-        nh = max(MIN_INPUT, -(-round(h * scale) // ALIGN) * ALIGN)
-        if nw > 2 * w * scale or nh > 2 * h * scale:
-            # Under 32 px a side at this scale, reaching MIN_INPUT would stretch the image more than 2x: too
-            # small to hold a face this network can see; skipped.
+        blob = network_input(rgb, scale)
+        if blob is None:
             return []
-        interp = cv2.INTER_AREA if nw < w and nh < h else cv2.INTER_LINEAR
-        resized = cv2.resize(rgb, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb
-        blob = np.ascontiguousarray(resized.astype(np.float32).transpose(2, 0, 1)[None])  # NCHW, RGB, 0-255
+        nh, nw = blob.shape[2:]
         if self._session is not None:
             heatmap, sizes, offsets, landmarks = self._session.run(list(OUTPUTS), {self._input: blob})
         else:
@@ -115,8 +142,38 @@ class CenterFaceDetector(MultiScale):
         ]
 
 
-def _ort_session(model: bytes, device: str):
-    """An onnxruntime session whose input and outputs take any batch, height and width."""
+def resolved_precision(precision: str, backend: str, device: str) -> str:
+    """float32 or int8: what a detector with these settings runs (`auto`: int8 where onnxruntime runs it on
+    the CPU and its quantizer takes stored ranges)."""
+    if precision != "auto":
+        return precision
+    if backend == "opencv":
+        return "float32"
+    try:
+        from anonymizer.detect.int8 import available
+        from anonymizer.onnx_runtime import on_cuda
+
+        return "int8" if available() and not on_cuda(device) else "float32"
+    except ImportError:  # no onnxruntime: `auto` runs OpenCV's DNN, in float32
+        return "float32"
+
+
+def network_input(rgb: np.ndarray, scale: float) -> np.ndarray | None:
+    """`rgb` at `scale` as the network takes it: sides rounded up to multiples of 32, NCHW float32, RGB 0-255.
+    None where the image is under 32 px a side at this scale: reaching MIN_INPUT would stretch it more than
+    2x, too small to hold a face this network can see."""
+    h, w = rgb.shape[:2]
+    nw = max(MIN_INPUT, -(-round(w * scale) // ALIGN) * ALIGN)
+    nh = max(MIN_INPUT, -(-round(h * scale) // ALIGN) * ALIGN)
+    if nw > 2 * w * scale or nh > 2 * h * scale:
+        return None
+    interp = cv2.INTER_AREA if nw < w and nh < h else cv2.INTER_LINEAR
+    resized = cv2.resize(rgb, (nw, nh), interpolation=interp) if (nw, nh) != (w, h) else rgb
+    return np.ascontiguousarray(resized.astype(np.float32).transpose(2, 0, 1)[None])
+
+
+def free_sized(model: bytes) -> bytes:
+    """The export with its input and outputs taking any batch, height and width (it fixes 10x3x32x32)."""
     import onnx
 
     m = onnx.load_from_string(model)
@@ -128,7 +185,7 @@ def _ort_session(model: bytes, device: str):
         dims = v.type.tensor_type.shape.dim
         for d, name in zip((dims[0], dims[2], dims[3]), ("N", "H", "W")):
             d.dim_param = name
-    return ort_session(m.SerializeToString(), device, "centerface")
+    return m.SerializeToString()
 
 
 def decode_heatmaps(

@@ -1,0 +1,112 @@
+"""8-bit copies of ONNX detectors, for onnxruntime on CPUs.
+
+Why: on a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI, ARM's dotprod) an int8 convolution costs
+about half a float32 one, and CenterFace is the ensemble's costliest network. The copy is static QDQ
+(onnxruntime.quantization: weights int8 per output channel, activations uint8 per tensor) with activation
+ranges measured once on real photos (training/calibrate_int8.py) and stored beside this module as JSON, so
+every machine makes the same copy without calibration images. It is made on first use (about a second)
+and kept under ~/.cache/anonymizer/derived, named by a hash of the float32 model, the ranges and
+onnxruntime's version. docs/benchmarks.md has what it changes: recall on the WIDER subset and speed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from anonymizer.models import USER_MODEL_DIR
+
+DERIVED_DIR = USER_MODEL_DIR.parent / "derived"
+OPSET = 13  # per-channel QDQ (DequantizeLinear's axis) needs opset 13
+
+
+def available() -> bool:
+    """Whether this onnxruntime's quantizer takes stored ranges (`calibration_cache_path`: 1.32 has it)."""
+    import inspect
+
+    from onnxruntime.quantization import quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+
+
+def ranges_file(name: str) -> Path:
+    return Path(__file__).with_name(f"{name}_int8_ranges.json")
+
+
+def prepared(model: bytes) -> bytes:
+    """The float32 model as it is quantized and calibrated: at opset 13, with batch norms folded into the
+    convolutions (onnxruntime's quantization pre-processing)."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    m = onnx.load_from_string(model)
+    if m.opset_import[0].version < OPSET:
+        m = version_converter.convert_version(m, OPSET)
+    with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        onnx.save(m, src)
+        quant_pre_process(str(src), str(dst), skip_symbolic_shape=True)
+        return dst.read_bytes()
+
+
+def _quantize(model: bytes, out: Path, ranges: Path, reader=None) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
+        src = Path(tmp) / "in.onnx"
+        src.write_bytes(model)
+        quantize_static(str(src), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibration_cache_path=str(ranges))
+
+
+def int8_model(model: bytes, name: str) -> bytes:
+    """The int8 copy of `model` (float32 ONNX bytes, inputs already free-sized) from `name`'s stored ranges."""
+    import onnxruntime as ort
+
+    ranges = ranges_file(name)
+    if not ranges.is_file():
+        raise FileNotFoundError(f"{name}: no int8 calibration ranges at {ranges} (training/calibrate_int8.py)")
+    if not available():
+        raise RuntimeError(f"{name}: precision int8 needs an onnxruntime whose quantizer takes stored ranges "
+                           f"(1.32 has it; this is {ort.__version__}): pip install -U onnxruntime")
+    key = hashlib.sha256(model + ranges.read_bytes() + ort.__version__.encode()).hexdigest()[:16]
+    cached = DERIVED_DIR / f"{name}-int8-{key}.onnx"
+    if cached.is_file():
+        return cached.read_bytes()
+    with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
+        out = Path(tmp) / "int8.onnx"
+        _quantize(prepared(model), out, ranges)
+        data = out.read_bytes()
+    try:  # atomically: workers may make it at the same time
+        DERIVED_DIR.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=DERIVED_DIR, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp_name, cached)
+    except OSError:
+        pass  # a read-only home: made again next time
+    return data
+
+
+def calibrate(model: bytes, name: str, inputs: Iterable[dict]) -> Path:
+    """Measure `model`'s activation ranges on `inputs` (feeds: {input name: array}) and store them as `name`'s
+    ranges (training/calibrate_int8.py)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = iter(inputs)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    ranges = ranges_file(name)
+    ranges.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
+        _quantize(prepared(model), Path(tmp) / "int8.onnx", ranges, Feeds())
+    return ranges
