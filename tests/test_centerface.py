@@ -69,6 +69,8 @@ def test_int8_copy_finds_the_faces_float32_finds(tmp_path, monkeypatch) -> None:
     machine without CUDA."""
     from anonymizer.detect import int8
 
+    if not int8.available():
+        pytest.skip("this onnxruntime's quantizer takes no stored ranges (1.32 does)")
     monkeypatch.setattr(int8, "DERIVED_DIR", tmp_path / "derived")
     fp32 = build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5]}, str(MODELS))
     q = build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5], "precision": "int8"}, str(MODELS))

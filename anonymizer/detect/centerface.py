@@ -46,7 +46,7 @@ ALIGN = 32  # the network's input sides must be multiples of this
 MIN_INPUT = 64  # at 32x32 it reports "faces" in flat colour (2-7 per uniform image; none at 64 and up)
 OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the ONNX graph's names)
 # float32: the export as shipped; int8: its 8-bit copy (anonymizer.detect.int8), about half the CPU time; auto:
-# int8 where onnxruntime runs on the CPU, float32 on CUDA (where the copy's quantize/dequantize pairs cost more)
+# int8 where onnxruntime runs on the CPU, float32 on CUDA (the copy is unmeasured there)
 PRECISIONS = ("float32", "int8", "auto")
 
 

@@ -4,7 +4,7 @@ Why: on a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI, ARM's dotprod) an
 about half a float32 one, and CenterFace is the ensemble's costliest network. The copy is static QDQ
 (onnxruntime.quantization: weights int8 per output channel, activations uint8 per tensor) with activation
 ranges measured once on real photos (training/calibrate_int8.py) and stored beside this module as JSON, so
-every machine makes the same copy without calibration images. It is made on first use (about a second)
+every machine makes the same copy without calibration images. It is made on first use (under 2 s)
 and kept under ~/.cache/anonymizer/derived, named by a hash of the float32 model, the ranges and
 onnxruntime's version. docs/benchmarks.md has what it changes: recall on the WIDER subset and speed.
 """
