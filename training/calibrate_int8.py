@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -19,7 +20,7 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anonymizer.detect.centerface import free_sized, network_input  # noqa: E402
-from anonymizer.detect.int8 import calibrate  # noqa: E402
+from anonymizer.detect.int8 import prepared, quantize, ranges_file  # noqa: E402
 from anonymizer.models import locate  # noqa: E402
 
 
@@ -44,7 +45,19 @@ def main() -> None:
                 if x is not None:
                     yield {name: x}
 
-    out = calibrate(model, "centerface", feeds())
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.it = feeds()
+
+        def get_next(self):
+            return next(self.it, None)
+
+    out = ranges_file("centerface")
+    out.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        quantize(prepared(model), Path(tmp) / "int8.onnx", out, Feeds())
     print(f"{out}: ranges from {len(paths)} photos at scales {scales}")
 
 

@@ -15,7 +15,6 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
 
 from anonymizer.models import USER_MODEL_DIR
 
@@ -53,7 +52,9 @@ def prepared(model: bytes) -> bytes:
         return dst.read_bytes()
 
 
-def _quantize(model: bytes, out: Path, ranges: Path, reader=None) -> None:
+def quantize(model: bytes, out: Path, ranges: Path, reader=None) -> None:
+    """Write the int8 copy of `model` (prepared) to `out`, from the ranges in `ranges`; with `reader` (an
+    onnxruntime CalibrationDataReader), measure those ranges first and store them there."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
@@ -80,7 +81,7 @@ def int8_model(model: bytes, name: str) -> bytes:
         return cached.read_bytes()
     with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        _quantize(prepared(model), out, ranges)
+        quantize(prepared(model), out, ranges)
         data = out.read_bytes()
     try:  # atomically: workers may make it at the same time
         DERIVED_DIR.mkdir(parents=True, exist_ok=True)
@@ -91,22 +92,3 @@ def int8_model(model: bytes, name: str) -> bytes:
     except OSError:
         pass  # a read-only home: made again next time
     return data
-
-
-def calibrate(model: bytes, name: str, inputs: Iterable[dict]) -> Path:
-    """Measure `model`'s activation ranges on `inputs` (feeds: {input name: array}) and store them as `name`'s
-    ranges (training/calibrate_int8.py)."""
-    from onnxruntime.quantization import CalibrationDataReader
-
-    class Feeds(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.it = iter(inputs)
-
-        def get_next(self):
-            return next(self.it, None)
-
-    ranges = ranges_file(name)
-    ranges.unlink(missing_ok=True)
-    with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
-        _quantize(prepared(model), Path(tmp) / "int8.onnx", ranges, Feeds())
-    return ranges
