@@ -92,6 +92,8 @@ class CenterFaceDetector(MultiScale):
             return ort_session(model, device, "centerface")
 
         self._session = session_for_backend(make, backend, "centerface")
+        if self._session is None and precision == "int8":  # `auto` fell back to OpenCV: no onnxruntime
+            raise ImportError("centerface: precision int8 needs onnxruntime (pip install onnxruntime onnx)")
         self.backend = "onnxruntime" if self._session is not None else "opencv"
         self._input = self._session.get_inputs()[0].name if self._session is not None else None
 
