@@ -546,8 +546,37 @@ def test_pose_check_orders_bank_faces_within_a_cover_group_only(composite_bank, 
     refs = op.guard.references(img, face, FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
     a, b = op.order(pts, np.random.default_rng(0))[:2]
     for first, second in ((a, b), (b, a)):
-        pixels, _ = op.choose(img.copy(), img, pts, window, [(first, 0), (second, 1)], refs, None, None)
+        pixels, _ = op.choose(img.copy(), img, pts, window, [(first, 0, False), (second, 1, False)], refs, None, None)
         assert np.array_equal(pixels, op.render(img.copy(), img, pts, window, first)[0])
+
+
+def test_more_bank_faces_are_tried_only_where_every_one_tried_turned_the_head(composite_bank, scene):
+    """An extra bank face (next nearest in pose) is rendered only when each bank face of its group turned
+    the head past the pose check; then the least turned of all is kept."""
+    img, faces = scene
+    face = max(faces, key=lambda f: f.w)
+
+    def chosen(max_pose_error_deg: float, more_if_turned: int) -> tuple[np.ndarray, object, list]:
+        op = ANONYMIZERS.create("bank", bank=str(composite_bank), identity_guard={
+            "max_pose_error_deg": max_pose_error_deg, "more_if_turned": more_if_turned})
+        reason, pts, window = op.decide(img, face)
+        assert reason is None
+        x0, y0, x1, y1 = window
+        refs = op.guard.references(img, face, FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
+        a = op.order(pts, np.random.default_rng(0))[0]
+        b = op.further(pts, 1, np.random.default_rng(0))[0]
+        pixels, _ = op.choose(img.copy(), img, pts, window, [(a, 0, False), (b, 0, True)], refs, None, None)
+        renders = [op.render(img.copy(), img, pts, window, k)[0] for k in (a, b)]
+        errors = [op.guard.pose_error(refs, op.guard.patch(refs[0], img, r, window), img.shape) for r in renders]
+        return pixels, renders, errors
+
+    pixels, (ra, _), _ = chosen(1e3, 6)  # the first passes the check: the extra is never tried
+    assert np.array_equal(pixels, ra)
+    pixels, (ra, _), _ = chosen(1e-3, 0)  # none passes, but no extra allowed: the first
+    assert np.array_equal(pixels, ra)
+    pixels, renders, errors = chosen(1e-3, 1)  # none passes: the least turned of both
+    assert errors[0] != errors[1]
+    assert np.array_equal(pixels, renders[int(np.argmin(errors))])
 
 
 def _one(operator, img, face, key="f"):

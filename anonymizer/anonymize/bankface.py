@@ -118,7 +118,8 @@ class BankGuardConfig(BaseModel):
     where registered), the margin above each one's same-person distance a kept face must reach, and the
     head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, read as the release gate reads it: YuNet's
     landmarks found again) above which a bank face is tried only after the others of its cover group; None:
-    no pose check."""
+    no pose check. When every bank face tried in a cover group turns the head past that, up to `more_if_turned`
+    bank faces next nearest in pose and expression are tried in that group before the least turned is kept."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -126,6 +127,7 @@ class BankGuardConfig(BaseModel):
     encoders: list[str] | None = None
     margin: float = Field(0.05, ge=0)
     max_pose_error_deg: float | None = Field(8.0, gt=0)
+    more_if_turned: int = Field(6, ge=0, le=32)
 
 
 class _Guard:
@@ -296,6 +298,14 @@ class BankFace:
         near = self.bank.nearest(sh.features(pts).vector(), self.choices)
         return [int(near[i]) for i in rng.permutation(len(near))]
 
+    def further(self, pts: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
+        """The n bank faces next nearest in pose and expression after `order`'s, in an order from the RNG:
+        tried only where each of those turned the head too far (BankGuardConfig.more_if_turned)."""
+        if n <= 0:
+            return []
+        more = self.bank.nearest(sh.features(pts).vector(), self.choices + n)[self.choices:]
+        return [int(more[i]) for i in rng.permutation(len(more))]
+
     def target_shape(self, pts: np.ndarray, bank_pts: np.ndarray) -> np.ndarray:
         """The bank face's 68 points placed on the face (similarity on the stable points), with the face's
         own eye and mouth opening."""
@@ -385,41 +395,53 @@ class BankFace:
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
-    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask) -> Iterator[tuple[int, int]]:
-        """(bank face, group): `candidates` with those whose head covers less than COVER_MIN of the region
-        around the face (outside its outline) moved last (group 1), each group in its own order: what a bank
-        head leaves uncovered is blurred, and a smooth patch beside sharp hair gives the replacement away.
-        Only a cut, not a ranking: ranked, the head that fits a person's hair best would be picked in every
-        photo of them, linking them. Lazily: only the candidates looked at are placed (most faces keep their
-        first good one)."""
+    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask, extras: Sequence[int] = ()
+                 ) -> Iterator[tuple[int, int, bool]]:
+        """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
+        covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
+        each group in its own order: what a bank head leaves uncovered is blurred, and a smooth patch beside
+        sharp hair gives the replacement away. Only a cut, not a ranking: ranked, the head that fits a
+        person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates
+        looked at are placed (most faces keep their first good one)."""
+        tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
         outside = sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
         if ring.sum() < 16:
-            yield from ((k, 0) for k in candidates)
+            yield from ((k, 0, extra) for k, extra in tagged)
             return
         short = []
-        for k in candidates:
+        for k, extra in tagged:
             if float(self.placed_matte(pts, k, region)[1][ring].mean()) >= COVER_MIN:
-                yield k, 0
+                yield k, 0, extra
             else:
-                short.append(k)
-        yield from ((k, 1) for k in short)
+                short.append((k, extra))
+        yield from ((k, 1, extra) for k, extra in short)
 
     def choose(self, out: np.ndarray, image: np.ndarray, pts: np.ndarray, window: tuple,
                ranked: Iterable[tuple[int, int]], refs: tuple | None, region: FaceMask | None,
                blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
         """(pixels, alpha) over `window` of the first bank face the guard accepts, its head (with `region`)
-        left in `out`; None when it accepts none. `ranked`: (bank face, group) pairs, up to the guard's
-        `candidates` of them; in each group, the bank faces the pose check passes come in their order, then
-        those it finds turned, least turned first. Without a guard, the first."""
-        limit = self.guard.config.candidates if self.guard else 1
+        left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
+        guard tries up to `candidates` that are not extra; in each group, the bank faces the pose check passes
+        come in their order, then, where every one tried turned the head too far, up to `more_if_turned`
+        extra ones, then those it finds turned, least turned first. Without a guard, the first."""
+        left = self.guard.config.candidates if self.guard else 1
         tolerance = (self.guard.config.max_pose_error_deg if self.guard else None) or np.inf
         if region is not None:
             rys, rxs = region.window
             before = out[rys, rxs].copy()
-        for _, group in itertools.groupby(itertools.islice(ranked, limit), key=lambda kg: kg[1]):
+        for _, group in itertools.groupby(ranked, key=lambda c: c[1]):
             turned = []  # (pose change, order, head window, judged window, pixels, alpha)
-            for k, _ in group:
+            more = self.guard.config.more_if_turned if self.guard else 0
+            for k, _, extra in group:
+                if extra:  # only where each bank face tried in the group so far turned the head too far
+                    if not turned or more == 0:
+                        continue
+                    more -= 1
+                elif left == 0:
+                    continue
+                else:
+                    left -= 1
                 head = self.head(out, image, pts, k, region, blurred) if region is not None else None
                 if head is not None:
                     out[rys, rxs] = head
@@ -560,9 +582,11 @@ class BankFace:
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
             order = self.order(pts, rngs[i], faces[i].identity)
-            ranked: Iterable[tuple[int, int]] = ((k, 0) for k in order)
-            if region is not None and faces[i].identity is None:
-                ranked = self.by_cover(order, pts, region)
+            ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
+            if faces[i].identity is None and self.guard is not None:
+                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i])
+                ranked = (self.by_cover(order, pts, region, extras) if region is not None
+                          else itertools.chain(ranked, ((k, 0, True) for k in extras)))
             done = self.choose(out, image, pts, window, ranked, refs, region, blurred)
             if done is None:
                 rejected.append(i)

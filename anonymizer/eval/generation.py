@@ -22,7 +22,8 @@ Conventions (fixed so runs stay comparable):
   closed-set rank-1 (`across_images`), with chance (1 / gallery) and the same attack on the originals
   (`rank1_clean`, the attacker's ceiling).
 * Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in a window around the face, solvePnP) on the
-  original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again.
+  original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again,
+  the operator's fallbacks left out (the angles read on a blurred face are noise; `replaced` counts them).
   Five landmarks read yaw coarsely (YuNet's and dlib's readings of one face differ by p95 11°), so |Δyaw| is
   also read from dlib's 68 points' five (`yaw_68`, the same solve): two readers, each on both sides.
 * Expression: the mouth opening (inner-lip gap over eye distance, `bank.shape.features`) from dlib's 68 points
@@ -447,6 +448,7 @@ class Evaluator:
         reid = {rec: frac(lambda r, rec=rec, t=t: r[f"reid_distance_{rec}"] < t) for rec, t in self.thresholds.items()}
         across = {rec: rank1_across_images(rows, rec, t) for rec, t in self.thresholds.items()} \
             if set_name == "lfw_heldout" else {}
+        kept = [r for r in rows if not r["method"].startswith("fallback:")]
         fd = frechet_distance(*(np.stack([r["_emb"]["mobilefacenet"][k] for r in rows]) for k in (0, 1))) \
             if n >= 2 else None
         return {
@@ -457,9 +459,9 @@ class Evaluator:
             "reid_distance_median": round(float(np.median([r["reid_distance"] for r in rows])), 3) if n else None,
             "reid_far1e-3": {"thresholds": dict(self.thresholds), **reid},
             "across_images": across,
-            "yaw": _stats([r["d_yaw"] for r in rows]), "pitch": _stats([r["d_pitch"] for r in rows]),
-            "roll": _stats([r["d_roll"] for r in rows]), "yaw_68": _stats([r["d_yaw_68"] for r in rows]),
-            "mouth_open_error": _stats([r["d_mouth_open"] for r in rows], 3),
+            "yaw": _stats([r["d_yaw"] for r in kept]), "pitch": _stats([r["d_pitch"] for r in kept]),
+            "roll": _stats([r["d_roll"] for r in kept]), "yaw_68": _stats([r["d_yaw_68"] for r in kept]),
+            "mouth_open_error": _stats([r["d_mouth_open"] for r in kept], 3),
             "detectable_yunet": frac(lambda r: r["yunet_detects"]),
             "detectable_scrfd": frac(lambda r: r["scrfd_detects"]),
             "detectable_dlib": frac(lambda r: r["dlib_detects"]),
