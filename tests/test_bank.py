@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anonymizer import int8
 from anonymizer.anonymize import ANONYMIZERS, face_rngs
 from anonymizer.bank import BankError, build_from_folder, load_bank
 from anonymizer.bank import shape as sh
@@ -632,3 +633,9 @@ def test_inventory_names_the_bank_and_its_licence_class(composite_bank):
     assert any(r.get("name") == "dlib_shape68" for r in rows)
     assert any(r["component"] == "identity_guard:dlib_resnet" for r in rows)
     assert any(r["component"] == "identity_guard:pose" and r.get("name") == "yunet" for r in rows)
+    # the guard's recognizers run their 8-bit copies on a CPU (`precision: auto`), and the report says so
+    guard = [r for r in rows if r["component"].startswith("identity_guard:") and r.get("name") in
+             ("dlib_resnet", "mobilefacenet")]
+    assert len(guard) == 2 and all(("as its int8 copy" in r["file"]) == int8.available() for r in guard)
+    rows = BankFace.weight_files({"bank": str(composite_bank), "identity_guard": {"precision": "float32"}}, None)
+    assert not any("int8" in r["file"] for r in rows)

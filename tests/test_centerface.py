@@ -67,7 +67,7 @@ def test_int8_copy_finds_the_faces_float32_finds(tmp_path, monkeypatch) -> None:
     """The 8-bit copy, made from the committed ranges on first use and kept: every face float32 finds with a
     score of 0.5 or more is found again (IoU >= 0.8) on real photos at both scales, and `auto` picks it on a
     machine without CUDA."""
-    from anonymizer.detect import int8
+    from anonymizer import int8
 
     if not int8.available():
         pytest.skip("this onnxruntime's quantizer takes no stored ranges (1.32 does)")

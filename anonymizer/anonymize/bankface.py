@@ -51,7 +51,7 @@ synthetic people. Per face:
 from __future__ import annotations
 
 import itertools
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -119,7 +119,9 @@ class BankGuardConfig(BaseModel):
     head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, read as the release gate reads it: YuNet's
     landmarks found again) above which a bank face is tried only after the others of its cover group; None:
     no pose check. When every bank face tried in a cover group turns the head past that, up to `more_if_turned`
-    bank faces next nearest in pose and expression are tried in that group before the least turned is kept."""
+    bank faces next nearest in pose and expression are tried in that group before the least turned is kept.
+    `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on the CPU). The release gate
+    measures with its own float32 recognizers either way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,6 +130,7 @@ class BankGuardConfig(BaseModel):
     margin: float = Field(0.05, ge=0)
     max_pose_error_deg: float | None = Field(8.0, gt=0)
     more_if_turned: int = Field(6, ge=0, le=32)
+    precision: Literal["float32", "int8", "auto"] = "auto"
 
 
 class _Guard:
@@ -142,7 +145,8 @@ class _Guard:
         self.config = config
         self.guards = []
         for name in available_encoders(config.encoders):
-            g = IdentityGuard(IdentityGuardConfig(candidates=config.candidates, encoder=name), model_dir)
+            g = IdentityGuard(IdentityGuardConfig(candidates=config.candidates, encoder=name,
+                                                  encoder_params={"precision": config.precision}), model_dir)
             g.config = g.config.model_copy(update={"min_distance": g.encoder.same_person_distance + config.margin})
             self.guards.append(g)
         self.pose_meter = None
@@ -218,7 +222,7 @@ class BankFace:
             cfg = BankGuardConfig(**({} if guard is True else guard))
             for name in available_encoders(cfg.encoders):
                 rows += [dict(r, component=f"identity_guard:{name}")
-                         for r in ENCODERS.factory(name).weight_files({}, model_dir)]
+                         for r in ENCODERS.factory(name).weight_files({"precision": cfg.precision}, model_dir)]
             if cfg.max_pose_error_deg is not None:
                 rows.append({"component": "identity_guard:pose", **describe("yunet", model_dir)})
         return rows

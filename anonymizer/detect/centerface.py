@@ -38,6 +38,7 @@ import numpy as np
 from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
+from anonymizer.int8 import PRECISIONS, resolve
 from anonymizer.models import locate
 from anonymizer.onnx_runtime import ort_session, session_for_backend
 
@@ -45,14 +46,13 @@ STRIDE = 4  # output maps are 1/4 of the input
 ALIGN = 32  # the network's input sides must be multiples of this
 MIN_INPUT = 64  # at 32x32 it reports "faces" in flat colour (2-7 per uniform image; none at 64 and up)
 OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the ONNX graph's names)
-# float32: the export as shipped; int8: its 8-bit copy (anonymizer.detect.int8), about half the CPU time; auto:
-# int8 where onnxruntime runs on the CPU, float32 on CUDA (the copy is unmeasured there)
-PRECISIONS = ("float32", "int8", "auto")
 
 
 @DETECTORS.register("centerface")
 class CenterFaceDetector(MultiScale):
-    """CenterFace; `scales` resize the whole image (each scale can vote on its own in the ensemble)."""
+    """CenterFace; `scales` resize the whole image (each scale can vote on its own in the ensemble).
+    `precision`: float32 (the export as shipped), int8 (its 8-bit copy, anonymizer.int8: about half the CPU
+    time) or auto (int8 where onnxruntime runs on the CPU, float32 on CUDA)."""
 
     name = "centerface"
     MODELS = ("centerface",)  # weight files (anonymizer.models names), for the audit report
@@ -86,7 +86,7 @@ class CenterFaceDetector(MultiScale):
         def make():
             model = free_sized(self._onnx.tobytes())
             if resolved_precision(precision, backend, device) == "int8":
-                from anonymizer.detect.int8 import int8_model
+                from anonymizer.int8 import int8_model
 
                 model, self.precision = int8_model(model, "centerface"), "int8"
             return ort_session(model, device, "centerface")
@@ -106,7 +106,7 @@ class CenterFaceDetector(MultiScale):
         row = describe("centerface", model_dir)
         if resolved_precision(params.get("precision", "float32"), params.get("backend", "auto"),
                               params.get("device", "auto")) == "int8":
-            from anonymizer.detect.int8 import ranges_file
+            from anonymizer.int8 import ranges_file
 
             row["file"] += f" as its int8 copy (ranges sha256 {sha256_file(str(ranges_file('centerface')))[:16]})"
         return [row]
@@ -152,10 +152,9 @@ def resolved_precision(precision: str, backend: str, device: str) -> str:
     if backend == "opencv":
         return "float32"
     try:
-        from anonymizer.detect.int8 import available
         from anonymizer.onnx_runtime import on_cuda
 
-        return "int8" if available() and not on_cuda(device) else "float32"
+        return resolve("auto", on_cuda(device), "centerface")
     except ImportError:  # no onnxruntime: `auto` runs OpenCV's DNN, in float32
         return "float32"
 

@@ -122,13 +122,12 @@ def build_dlib_resnet(path: str | Path):
 
     def add(a, b):
         """dlib's add_prev: the sum over the larger of both shapes, each operand zero outside its own."""
-        shape = [max(x, y) for x, y in zip(a.shape, b.shape)]
-        if list(a.shape) == shape and list(b.shape) == shape:
-            return a + b
-        out = a.new_zeros(shape)
-        out[:, :a.shape[1], :a.shape[2], :a.shape[3]] += a
-        out[:, :b.shape[1], :b.shape[2], :b.shape[3]] += b
-        return out
+        c, h, w = (max(x, y) for x, y in zip(a.shape[1:], b.shape[1:]))
+
+        def grown(t):  # zeros after its own channels, rows and columns (one Pad in an ONNX export)
+            return F.pad(t, (0, w - t.shape[3], 0, h - t.shape[2], 0, c - t.shape[1]))
+
+        return grown(a) + grown(b)
 
     class Block(nn.Module):
         def __init__(self, c1, c2, pooled: bool) -> None:
@@ -157,3 +156,20 @@ def build_dlib_resnet(path: str | Path):
 
     # channels-last: torch's CPU convolutions run this network ~15 % faster that way
     return DlibResNet().eval().to(memory_format=torch.channels_last)
+
+
+def onnx_export(path: str | Path) -> bytes:
+    """The network as float32 ONNX with a free batch (input `x`: N x 3 x 150 x 150, 0..255): what its int8
+    copy (anonymizer.int8) is made from."""
+    import io
+    import warnings
+
+    import torch
+
+    buf = io.BytesIO()
+    net = build_dlib_resnet(path).to(memory_format=torch.contiguous_format)
+    with warnings.catch_warnings():  # the tracer notes that the shapes `add` pads to are fixed: they are
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE), buf, input_names=["x"], output_names=["descriptor"],
+                          dynamic_axes={"x": {0: "n"}, "descriptor": {0: "n"}}, opset_version=13, dynamo=False)
+    return buf.getvalue()

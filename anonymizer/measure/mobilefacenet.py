@@ -35,16 +35,16 @@ def preprocess(chips: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def _session(model: bytes, device: str):
-    """An onnxruntime session that takes any batch size: the export fixes N = 1 on its input and flattens
-    its output to (1, -1), so the batch dimensions are freed and the output is reshaped per face."""
+def free_batch(model: bytes) -> bytes:
+    """The model taking any batch size: the export fixes N = 1 on its input and flattens its output to
+    (1, -1), so the batch dimensions are freed and the output is reshaped per face."""
     import onnx
 
     m = onnx.load_from_string(model)
     for v in list(m.graph.input) + list(m.graph.output):
         for d, name in zip(v.type.tensor_type.shape.dim, ("N", "D")):
             d.dim_param = name
-    return ort_session(m.SerializeToString(), device, "mobilefacenet")
+    return m.SerializeToString()
 
 
 class MobileFaceNetEncoder:
@@ -53,6 +53,8 @@ class MobileFaceNetEncoder:
     `same_person_distance` defaults to the calibrated distance at FAR 1e-3 (CALIBRATED_DISTANCES).
     Alignment: the face's own 5 landmarks, else dlib's 5-point predictor (FivePointAligner). All faces of
     an image go through the network in one call. `device`: auto (CUDA when onnxruntime has it), cpu, cuda.
+    `precision`: float32, int8 (its 8-bit copy, anonymizer.int8: what the face bank's identity guard may
+    use) or auto (int8 on the CPU where onnxruntime can make it).
     """
 
     name = "mobilefacenet"
@@ -60,8 +62,11 @@ class MobileFaceNetEncoder:
     calibrated_distances = CALIBRATED_DISTANCES
 
     def __init__(self, model_dir: str | None = None, same_person_distance: float | None = None,
-                 device: str = "auto") -> None:
+                 device: str = "auto", precision: str = "float32") -> None:
         import onnxruntime as ort
+
+        from anonymizer.int8 import int8_model, resolve
+        from anonymizer.onnx_runtime import on_cuda
 
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"mobilefacenet: device must be auto, cpu or cuda, got {device!r}")
@@ -71,8 +76,12 @@ class MobileFaceNetEncoder:
         self.model_path = locate("mobilefacenet", model_dir)
         self.same_person_distance = float(CALIBRATED_DISTANCES[1e-3] if same_person_distance is None
                                           else same_person_distance)
+        self.precision = resolve(precision, on_cuda(device), self.name)
         try:
-            self._session = _session(self.model_path.read_bytes(), device)
+            model = free_batch(self.model_path.read_bytes())
+            if self.precision == "int8":
+                model, device = int8_model(model, self.name), "cpu"
+            self._session = ort_session(model, device, self.name)
         except Exception as exc:  # a truncated or foreign file: say which
             raise ValueError(f"mobilefacenet: cannot load {self.model_path}: {exc}") from exc
         self._input = self._session.get_inputs()[0].name
@@ -80,7 +89,10 @@ class MobileFaceNetEncoder:
 
     @staticmethod
     def weight_files(params: dict, model_dir: str | None) -> list[dict]:
-        return [describe(m, model_dir) for m in MobileFaceNetEncoder.MODELS]
+        from anonymizer.measure.encoder import int8_rows
+
+        network, aligner = (describe(m, model_dir) for m in MobileFaceNetEncoder.MODELS)
+        return int8_rows([network], "mobilefacenet", params) + [aligner]
 
     def align(self, image: np.ndarray, faces: Sequence[Face]) -> list[Any]:
         return self._aligner(image, faces)
@@ -89,6 +101,10 @@ class MobileFaceNetEncoder:
         if not alignments:
             return np.zeros((0, 128), np.float32)
         return self.embed_chips(self._aligner.chips(image, alignments))
+
+    def network_input(self, image: np.ndarray, alignments: Sequence[Any]) -> np.ndarray:
+        """The network's input for these faces (its int8 copy's calibration feeds it)."""
+        return preprocess(self._aligner.chips(image, alignments))
 
     def embed_chips(self, chips: np.ndarray) -> np.ndarray:
         """N x 128 L2-normalised embeddings of aligned N x 112 x 112 x 3 RGB chips, in one network call."""

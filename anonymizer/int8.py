@@ -1,12 +1,13 @@
-"""8-bit copies of ONNX detectors, for onnxruntime on CPUs.
+"""8-bit copies of ONNX networks, for onnxruntime on CPUs.
 
 Why: on a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI, ARM's dotprod) an int8 convolution costs
-about half a float32 one, and CenterFace is the ensemble's costliest network. The copy is static QDQ
-(onnxruntime.quantization: weights int8 per output channel, activations uint8 per tensor) with activation
-ranges measured once on real photos (training/calibrate_int8.py) and stored beside this module as JSON, so
-every machine makes the same copy without calibration images. It is made on first use (under 2 s)
-and kept under ~/.cache/anonymizer/derived, named by a hash of the float32 model, the ranges and
-onnxruntime's version. docs/benchmarks.md has what it changes: recall on the WIDER subset and speed.
+about half a float32 one. The copy is static QDQ (onnxruntime.quantization: weights int8 per output
+channel, activations uint8 per tensor) with activation ranges measured once on real data
+(training/calibrate_int8.py) and stored in int8_ranges/ beside this module, so every machine makes the same
+copy without calibration data. It is made on first use (a few seconds) and kept under
+~/.cache/anonymizer/derived, named by a hash of the float32 model, the ranges and onnxruntime's version.
+Used for CenterFace (a detector setting) and for the face bank's identity guard (its recognizers);
+docs/benchmarks.md has what each copy changes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,20 @@ def available() -> bool:
 
 
 def ranges_file(name: str) -> Path:
-    return Path(__file__).with_name(f"{name}_int8_ranges.json")
+    return Path(__file__).with_name("int8_ranges") / f"{name}.json"
+
+
+PRECISIONS = ("float32", "int8", "auto")
+
+
+def resolve(precision: str, on_gpu: bool, owner: str) -> str:
+    """float32 or int8: what a network set to `precision` runs (`auto`: int8 on the CPU where this
+    onnxruntime can make the copy; float32 on a GPU, where the copy is unmeasured)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"{owner}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "int8" if not on_gpu and available() else "float32"
+    return precision
 
 
 def prepared(model: bytes) -> bytes:
