@@ -40,7 +40,7 @@ def test_int8_copy_keeps_the_distances_between_faces(faces, name, tolerance, tmp
     monkeypatch.setattr(int8, "DERIVED_DIR", tmp_path / "derived")
     e32 = build_encoder(name, {"device": "cpu"})
     e8 = build_encoder(name, {"device": "cpu", "precision": "auto"})
-    assert (getattr(e32, "precision"), e8.precision) == ("float32", "int8")
+    assert (e32.precision, e8.precision) == ("float32", "int8")
     assert len(list((tmp_path / "derived").glob(f"{name}-int8-*.onnx"))) == 1
     emb = [np.concatenate([e.embed(rgb, e.align(rgb, [f])) for rgb, f in faces]) for e in (e32, e8)]
     d32, d8 = (np.linalg.norm(x[:, None] - x[None], axis=2) for x in emb)

@@ -422,7 +422,7 @@ class BankFace:
         yield from ((k, 1, extra) for k, extra in short)
 
     def choose(self, out: np.ndarray, image: np.ndarray, pts: np.ndarray, window: tuple,
-               ranked: Iterable[tuple[int, int]], refs: tuple | None, region: FaceMask | None,
+               ranked: Iterable[tuple[int, int, bool]], refs: tuple | None, region: FaceMask | None,
                blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
         """(pixels, alpha) over `window` of the first bank face the guard accepts, its head (with `region`)
         left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the

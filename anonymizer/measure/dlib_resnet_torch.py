@@ -170,6 +170,7 @@ def onnx_export(path: str | Path) -> bytes:
     net = build_dlib_resnet(path).to(memory_format=torch.contiguous_format)
     with warnings.catch_warnings():  # the tracer notes that the shapes `add` pads to are fixed: they are
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE), buf, input_names=["x"], output_names=["descriptor"],
-                          dynamic_axes={"x": {0: "n"}, "descriptor": {0: "n"}}, opset_version=13, dynamo=False)
+        torch.onnx.export(net, torch.zeros(1, 3, CHIP_SIZE, CHIP_SIZE), buf, input_names=["x"],
+                          output_names=["descriptor"], dynamic_axes={"x": {0: "n"}, "descriptor": {0: "n"}},
+                          opset_version=13, dynamo=False)
     return buf.getvalue()
