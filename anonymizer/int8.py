@@ -16,6 +16,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from anonymizer.models import USER_MODEL_DIR
 
@@ -79,8 +80,10 @@ def quantize(model: bytes, out: Path, ranges: Path, reader=None) -> None:
                         calibration_cache_path=str(ranges))
 
 
-def int8_model(model: bytes, name: str) -> bytes:
-    """The int8 copy of `model` (float32 ONNX bytes, inputs already free-sized) from `name`'s stored ranges."""
+def int8_model(model: bytes | Callable[[], bytes], name: str, source: bytes | None = None) -> bytes:
+    """The int8 copy of `model` (float32 ONNX bytes, inputs already free-sized) from `name`'s stored ranges.
+    `model` may be a function that makes it, called only where the copy is not kept yet; `source` then names
+    the copy instead of the model's bytes (what the model is made from, deterministically)."""
     import onnxruntime as ort
 
     ranges = ranges_file(name)
@@ -89,13 +92,17 @@ def int8_model(model: bytes, name: str) -> bytes:
     if not available():
         raise RuntimeError(f"{name}: precision int8 needs an onnxruntime whose quantizer takes stored ranges "
                            f"(1.32 has it; this is {ort.__version__}): pip install -U onnxruntime")
-    key = hashlib.sha256(model + ranges.read_bytes() + ort.__version__.encode()).hexdigest()[:16]
+    if source is None:
+        if callable(model):
+            raise TypeError(f"{name}: a model made on demand needs the `source` that names its copy")
+        source = model
+    key = hashlib.sha256(source + ranges.read_bytes() + ort.__version__.encode()).hexdigest()[:16]
     cached = DERIVED_DIR / f"{name}-int8-{key}.onnx"
     if cached.is_file():
         return cached.read_bytes()
     with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        quantize(prepared(model), out, ranges)
+        quantize(prepared(model() if callable(model) else model), out, ranges)
         data = out.read_bytes()
     try:  # atomically: workers may make it at the same time
         DERIVED_DIR.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,10 @@ class DlibResNetEncoder:
                 from anonymizer.int8 import int8_model
                 from anonymizer.onnx_runtime import ort_session
 
-                self._session = ort_session(int8_model(onnx_export(path), self.name), "cpu", self.name)
+                # named by the weight file and torch's version, the export made only where no copy is kept
+                source = Path(path).read_bytes() + torch.__version__.encode()
+                model = int8_model(lambda: onnx_export(path), self.name, source)
+                self._session = ort_session(model, "cpu", self.name)
             else:
                 self._net = build_dlib_resnet(path).to(self.device)
         except (ValueError, IndexError) as exc:  # a truncated or foreign file: say which
