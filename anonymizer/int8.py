@@ -37,6 +37,13 @@ def ranges_file(name: str) -> Path:
     return Path(__file__).with_name("int8_ranges") / f"{name}.json"
 
 
+def report_note(name: str) -> str:
+    """What the audit report adds to a weight file's row where a run uses its int8 copy: the ranges' hash."""
+    from anonymizer.models import sha256_file
+
+    return f" as its int8 copy (ranges sha256 {sha256_file(str(ranges_file(name)))[:16]})"
+
+
 PRECISIONS = ("float32", "int8", "auto")
 
 

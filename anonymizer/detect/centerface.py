@@ -101,14 +101,13 @@ class CenterFaceDetector(MultiScale):
     def weight_files(params: dict, model_dir: str | None) -> list[dict]:
         """The audit report's row: the float32 file, and where the run uses its int8 copy, the ranges it is
         made from."""
-        from anonymizer.models import describe, sha256_file
+        from anonymizer.int8 import report_note
+        from anonymizer.models import describe
 
         row = describe("centerface", model_dir)
         if resolved_precision(params.get("precision", "float32"), params.get("backend", "auto"),
                               params.get("device", "auto")) == "int8":
-            from anonymizer.int8 import ranges_file
-
-            row["file"] += f" as its int8 copy (ranges sha256 {sha256_file(str(ranges_file('centerface')))[:16]})"
+            row["file"] += report_note("centerface")
         return [row]
 
     def _net_for(self, shape: tuple[int, int]) -> "cv2.dnn.Net":

@@ -121,13 +121,11 @@ class DlibResNetEncoder:
 def int8_rows(rows: list[dict], name: str, params: dict) -> list[dict]:
     """The audit report's rows of a recognizer's weights, saying where the run uses their int8 copy (the
     ranges it is made from): auto resolves as on the CPU, where the report's runs measure."""
-    from anonymizer.int8 import ranges_file, resolve
-    from anonymizer.models import sha256_file
+    from anonymizer.int8 import report_note, resolve
 
     if resolve(params.get("precision", "float32"), params.get("device") == "cuda", name) != "int8":
         return rows
-    note = f" as its int8 copy (ranges sha256 {sha256_file(str(ranges_file(name)))[:16]})"
-    return [dict(r, file=r["file"] + note) for r in rows]
+    return [dict(r, file=r["file"] + report_note(name)) for r in rows]
 
 
 # ArcFace's 112x112 alignment template (insightface): the eyes, nose tip and mouth corners, in the order
