@@ -51,6 +51,7 @@ synthetic people. Per face:
 from __future__ import annotations
 
 import itertools
+from functools import cached_property
 from typing import Iterable, Iterator, Literal, Sequence
 
 import cv2
@@ -191,6 +192,67 @@ class _Guard:
     def accepts(self, refs: tuple, patch: np.ndarray) -> bool:
         """Whether `patch` (a candidate's judged window) passes every recognizer."""
         return all(g.judge(ref, patch).identity_ok for g, ref in zip(self.guards, refs[0]))
+
+
+class Site:
+    """One face being replaced, and what every bank face tried on it shares, computed once rather than per
+    bank face: the photo's windows, its skin and light, and each bank head's placement (BankFace.site)."""
+
+    def __init__(self, op: "BankFace", image: np.ndarray, pts: np.ndarray, window: tuple,
+                 region: FaceMask | None = None) -> None:
+        self.op, self.image, self.pts, self.window, self.region = op, image, pts, window, region
+        x0, y0, x1, y1 = window
+        self.origin, self.shape = (x0, y0), (y1 - y0, x1 - x0)
+        self.orig_win = image[y0:y1, x0:x1]
+        self.iod = sh.eye_distance(pts)
+        self._mattes: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    @cached_property
+    def grey(self) -> bool:
+        return _greyscale(self.orig_win)
+
+    @cached_property
+    def outline(self) -> np.ndarray:
+        return sh.outline_mask(sh.extend(self.pts, self.op.forehead), self.shape, self.origin)
+
+    @cached_property
+    def hull(self) -> np.ndarray:
+        return sh.hull_mask(self.pts, self.shape, self.origin)
+
+    @cached_property
+    def skin(self) -> hz.Target | None:
+        """The photo's skin light and colour (BankFace.skin_only over its cheeks); None where the cheeks are too
+        small to read, and each bank face takes it from the inner face both share."""
+        cheeks = sh.hull_mask(self.pts[CHEEKS], self.shape, self.origin) > 0
+        return hz.target(BankFace.skin_only(self.orig_win, cheeks)) if cheeks.sum() >= 16 else None
+
+    def placed_matte(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        if k not in self._mattes:
+            self._mattes[k] = self.op.placed_matte(self.pts, k, self.region)
+        return self._mattes[k]
+
+    @cached_property
+    def head_win(self) -> np.ndarray:
+        x0, y0, x1, y1 = self.region.box
+        return self.image[y0:y1, x0:x1]
+
+    @cached_property
+    def head_inner(self) -> np.ndarray:
+        """The face's inner face in the region's window: where a bank head takes the photo's light from."""
+        x0, y0, x1, y1 = self.region.box
+        return sh.hull_mask(self.pts[INNER], (y1 - y0, x1 - x0), (x0, y0)) > 0
+
+    @cached_property
+    def head_target(self) -> hz.Target:
+        return hz.target(self.head_win)
+
+    @cached_property
+    def head_lightness(self) -> float:
+        return cv2.cvtColor(self.head_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[self.head_inner, 0].mean()
+
+    @cached_property
+    def head_grey(self) -> bool:
+        return _greyscale(self.head_win)
 
 
 class BankFace:
@@ -344,35 +406,35 @@ class BankFace:
         new[sh.JAW[further]] = pts[sh.JAW[further]]
         return new
 
-    def render(self, base: np.ndarray, original: np.ndarray, pts: np.ndarray, window: tuple, k: int
-               ) -> tuple[np.ndarray, np.ndarray]:
-        """(the window of `base` with bank face k in place, alpha over the window)."""
-        x0, y0, x1, y1 = window
-        shape = (y1 - y0, x1 - x0)
+    def site(self, image: np.ndarray, pts: np.ndarray, window: tuple, region: FaceMask | None = None) -> Site:
+        return Site(self, image, pts, window, region)
+
+    def render(self, base: np.ndarray, site: Site, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(the site's window of `base` with bank face k in place, alpha over the window)."""
+        pts, (x0, y0, x1, y1), shape, iod = site.pts, site.window, site.shape, site.iod
         bank_68 = self.bank.landmarks(k)
         new = sh.extend(self.target_shape(pts, bank_68))
         face_img, covered = warp(self.bank.crop(k), sh.extend(bank_68), new, self.triangles, shape, (x0, y0))
-        iod = sh.eye_distance(pts)
         new_m = sh.outline_mask(sh.extend(new[:68], self.forehead), shape, (x0, y0))
-        old_m = sh.outline_mask(sh.extend(pts, self.forehead), shape, (x0, y0))
-        union = np.maximum(new_m, old_m)
+        union = np.maximum(new_m, site.outline)
         grow = max(1, int(round(MASK_GROW * iod)))
         union = cv2.dilate(union, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * grow + 1, 2 * grow + 1)))
         union[~covered] = 0
         union[:2], union[-2:], union[:, :2], union[:, -2:] = 0, 0, 0, 0  # the alpha reaches 0 inside the window
-        orig_win = original[y0:y1, x0:x1]
+        orig_win = site.orig_win
         base_win = base[y0:y1, x0:x1]
         face_img[~covered] = orig_win[~covered]
         # The inner face: inside both faces' 68 points (brows down to the chin), no forehead: a bank face's
         # fringe of hair must neither set the lightness harmonize matches nor count as its skin.
-        core = np.minimum(sh.hull_mask(new[:68], shape, (x0, y0)), sh.hull_mask(pts, shape, (x0, y0)))
+        core = np.minimum(sh.hull_mask(new[:68], shape, (x0, y0)), site.hull)
         inner = cv2.erode(core, np.ones((3, 3), np.uint8), iterations=max(1, int(0.15 * iod))) > 0
         if inner.sum() < 16:
             inner = union > 0
-        skin = self.skin(face_img, inner, iod)
-        cheeks = sh.hull_mask(pts[CHEEKS], shape, (x0, y0)) > 0
-        face_img = self.harmonize(face_img, self.skin_only(orig_win, cheeks if cheeks.sum() >= 16 else inner), inner)
-        if _greyscale(orig_win):  # a black-and-white photo: a face in colour would give itself away
+        face_lab = hz.to_lab(face_img)
+        skin = self.skin(face_lab, inner, iod)
+        photo = site.skin if site.skin is not None else hz.target(self.skin_only(orig_win, inner))
+        face_img = self.harmonize(face_img, photo, inner, face_lab)
+        if site.grey:  # a black-and-white photo: a face in colour would give itself away
             face_img = cv2.cvtColor(cv2.cvtColor(face_img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         if self.poisson:
             cloned = poisson(face_img, base_win, union, SEAM_REACH * iod)
@@ -399,7 +461,7 @@ class BankFace:
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
-    def by_cover(self, candidates: list[int], pts: np.ndarray, region: FaceMask, extras: Sequence[int] = ()
+    def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = ()
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
         covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
@@ -408,29 +470,30 @@ class BankFace:
         person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates
         looked at are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
-        outside = sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
+        region = site.region
+        outside = sh.outline_mask(sh.extend(site.pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
         if ring.sum() < 16:
             yield from ((k, 0, extra) for k, extra in tagged)
             return
         short = []
         for k, extra in tagged:
-            if float(self.placed_matte(pts, k, region)[1][ring].mean()) >= COVER_MIN:
+            if float(site.placed_matte(k)[1][ring].mean()) >= COVER_MIN:
                 yield k, 0, extra
             else:
                 short.append((k, extra))
         yield from ((k, 1, extra) for k, extra in short)
 
-    def choose(self, out: np.ndarray, image: np.ndarray, pts: np.ndarray, window: tuple,
-               ranked: Iterable[tuple[int, int, bool]], refs: tuple | None, region: FaceMask | None,
+    def choose(self, out: np.ndarray, site: Site, ranked: Iterable[tuple[int, int, bool]], refs: tuple | None,
                blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """(pixels, alpha) over `window` of the first bank face the guard accepts, its head (with `region`)
-        left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
+        """(pixels, alpha) over the site's window of the first bank face the guard accepts, its head (where the
+        site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
         guard tries up to `candidates` that are not extra; in each group, the bank faces the pose check passes
         come in their order, then, where every one tried turned the head too far, up to `more_if_turned`
         extra ones, then those it finds turned, least turned first. Without a guard, the first."""
         left = self.guard.config.candidates if self.guard else 1
         tolerance = (self.guard.config.max_pose_error_deg if self.guard else None) or np.inf
+        region, window = site.region, site.window
         if region is not None:
             rys, rxs = region.window
             before = out[rys, rxs].copy()
@@ -446,10 +509,10 @@ class BankFace:
                     continue
                 else:
                     left -= 1
-                head = self.head(out, image, pts, k, region, blurred) if region is not None else None
+                head = self.head(out, site, k, blurred) if region is not None else None
                 if head is not None:
                     out[rys, rxs] = head
-                pixels, alpha = self.render(out, image, pts, window, k)
+                pixels, alpha = self.render(out, site, k)
                 if refs is None:
                     return pixels, alpha
                 patch = self.guard.patch(refs[0], out, pixels, window)
@@ -474,44 +537,44 @@ class BankFace:
             out[rys, rxs] = head
         return pixels, alpha
 
-    def head(self, out: np.ndarray, original: np.ndarray, pts: np.ndarray, k: int, region: FaceMask,
-             blurred: np.ndarray) -> np.ndarray:
-        """The region's window of `out` with bank face k's head in place (`surround: bank`, module doc 5);
+    def head(self, out: np.ndarray, site: Site, k: int, blurred: np.ndarray) -> np.ndarray:
+        """The site region's window of `out` with bank face k's head in place (`surround: bank`, module doc 5);
         `blurred`: the region's window of `out` blurred, shown where the bank photo is background."""
+        region = site.region
         x0, y0, x1, y1 = region.box
         size = (x1 - x0, y1 - y0)
-        m, matte = self.placed_matte(pts, k, region)
+        m, matte = site.placed_matte(k)
         layer = cv2.warpAffine(self.bank.crop(k), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * sh.eye_distance(pts)))[..., None]
-        orig_win = original[y0:y1, x0:x1]
-        ours = sh.hull_mask(pts[INNER], size[::-1], (x0, y0)) > 0
+        matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * site.iod))[..., None]
+        ours = site.head_inner
         if not self.bank.in_colour and ours.sum() >= 16:
             # A grey bank's head would stay grey in a colour photo: the photo's light and low-passed colour,
             # as its face gets them (render)
-            layer = hz.harmonize(layer, orig_win, ours).astype(np.float32)
+            layer = hz.harmonize(layer, site.head_target, ours).astype(np.float32)
         else:
             lab = cv2.cvtColor(layer.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
             theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[INNER]), size[::-1]) > 0
             if theirs.sum() >= 16 and ours.sum() >= 16:
-                photo = cv2.cvtColor(orig_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-                lab[..., 0] += photo[ours, 0].mean() - lab[theirs, 0].mean()
+                lab[..., 0] += site.head_lightness - lab[theirs, 0].mean()
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
-        if _greyscale(orig_win):
+        if site.head_grey:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
         layer = np.rint(layer * matte + blurred.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
         base = out[y0:y1, x0:x1]
         if self.poisson:
             mask = (region.alpha > 0).astype(np.uint8) * 255
-            layer = poisson(layer, base, mask, SEAM_REACH * sh.eye_distance(pts))
+            layer = poisson(layer, base, mask, SEAM_REACH * site.iod)
         return blend(base, layer, region.alpha)
 
     @staticmethod
-    def harmonize(face: np.ndarray, original: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    def harmonize(face: np.ndarray, original: np.ndarray | hz.Target, inner: np.ndarray,
+                  face_lab: np.ndarray | None = None) -> np.ndarray:
         """generated.harmonize (the photo's lightness and low-passed colour), with the lightness spread it
         imposes held within CONTRAST of the bank face's own: a beard, dark glasses or a shadow inflate the
         original's spread, and the bank face, stretched to match, turns harsh."""
-        out = hz.harmonize(face, original, inner)
-        sg = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[inner, 0].std()
+        face_lab = hz.to_lab(face) if face_lab is None else face_lab
+        out = hz.harmonize(face, original, inner, face_lab)
+        sg = face_lab[inner, 0].std()
         lab = cv2.cvtColor(out.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
         mean, so = lab[inner, 0].mean(), lab[inner, 0].std()
         ratio = so / max(sg, 1e-3)
@@ -534,15 +597,14 @@ class BankFace:
         return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     @staticmethod
-    def skin(face: np.ndarray, inner: np.ndarray, iod: float) -> np.ndarray:
-        """How much each pixel of the warped bank face looks like its inner face's skin (1) or not (0: hair,
-        background, a hand at the edge of its outline), by its Lab distance from the inner face's mean in
-        units of that region's spread; smoothed over a tenth of an eye distance."""
-        lab = cv2.cvtColor(face.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        px = lab[inner]
+    def skin(face_lab: np.ndarray, inner: np.ndarray, iod: float) -> np.ndarray:
+        """How much each pixel of the warped bank face (`face_lab`: in Lab) looks like its inner face's skin (1) or
+        not (0: hair, background, a hand at the edge of its outline), by its Lab distance from the inner face's
+        mean in units of that region's spread; smoothed over a tenth of an eye distance."""
+        px = face_lab[inner]
         mu = np.median(px, 0)  # median and MAD: the eyes, brows and mouth inside are not skin
         sd = np.maximum(1.4826 * np.median(np.abs(px - mu), 0), (6.0, 3.0, 3.0))
-        d = np.sqrt((((lab - mu) / sd) ** 2).sum(-1))
+        d = np.sqrt((((face_lab - mu) / sd) ** 2).sum(-1))
         s = np.clip((SKIN_FAR - d) / (SKIN_FAR - SKIN_NEAR), 0.0, 1.0).astype(np.float32)
         return cv2.GaussianBlur(s, (0, 0), max(0.5, 0.1 * iod))
 
@@ -585,13 +647,14 @@ class BankFace:
                                      self.around.feather)
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
+            site = self.site(image, pts, window, region)
             order = self.order(pts, rngs[i], faces[i].identity)
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
                 extras = self.further(pts, self.guard.config.more_if_turned, rngs[i])
-                ranked = (self.by_cover(order, pts, region, extras) if region is not None
+                ranked = (self.by_cover(order, site, extras) if region is not None
                           else itertools.chain(ranked, ((k, 0, True) for k in extras)))
-            done = self.choose(out, image, pts, window, ranked, refs, region, blurred)
+            done = self.choose(out, site, ranked, refs, blurred)
             if done is None:
                 rejected.append(i)
                 continue

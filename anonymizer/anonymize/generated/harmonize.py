@@ -11,6 +11,8 @@ The identity guard and the evaluation judge the harmonised face (docs/generation
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -24,20 +26,39 @@ def inner_face(size: int) -> np.ndarray:
     return al.face_mask(size, INNER_FEATHER) > 0.5
 
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
+def to_lab(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
 
 
-def harmonize(generated: np.ndarray, original: np.ndarray, inner: np.ndarray) -> np.ndarray:
-    """`generated` (an aligned uint8 RGB crop) with the light and low-passed colour of `original` (the same
-    crop of the input image); `inner` is `inner_face(size)`."""
-    g, o = _lab(generated), _lab(original)
+def _low(x: np.ndarray, size: int) -> np.ndarray:
+    return cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), CHROMA_SIGMA * size)
+
+
+@dataclass(frozen=True)
+class Target:
+    """The original's side of `harmonize`, for an operator that tries several faces in one place: its Lab and
+    low-passed chroma, computed once."""
+
+    lab: np.ndarray
+    low_chroma: np.ndarray
+
+
+def target(original: np.ndarray) -> Target:
+    lab = to_lab(original)
+    return Target(lab, _low(lab[..., 1:], original.shape[0]))
+
+
+def harmonize(generated: np.ndarray, original: np.ndarray | Target, inner: np.ndarray,
+              generated_lab: np.ndarray | None = None) -> np.ndarray:
+    """`generated` (an aligned uint8 RGB crop; `generated_lab`: its Lab, where the caller has it) with the light
+    and low-passed colour of `original` (the same crop of the input image, or its `target`); `inner` is
+    `inner_face(size)`."""
+    o = original if isinstance(original, Target) else target(original)
+    g = to_lab(generated) if generated_lab is None else generated_lab
     out = np.empty_like(g)
     mg, sg = g[inner, 0].mean(), g[inner, 0].std()
-    mo, so = o[inner, 0].mean(), o[inner, 0].std()
+    mo, so = o.lab[inner, 0].mean(), o.lab[inner, 0].std()
     out[..., 0] = (g[..., 0] - mg) * (so / max(sg, 1e-3)) + mo
-    sigma = CHROMA_SIGMA * generated.shape[0]
-    low = lambda x: cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), sigma)  # noqa: E731
-    out[..., 1:] = g[..., 1:] - low(g[..., 1:]) + low(o[..., 1:])
+    out[..., 1:] = g[..., 1:] - _low(g[..., 1:], generated.shape[0]) + o.low_chroma
     rgb = cv2.cvtColor(out, cv2.COLOR_Lab2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
