@@ -5,32 +5,31 @@ about half a float32 one. The copy is static QDQ (onnxruntime.quantization: weig
 channel, activations uint8 per tensor) with activation ranges measured once on real data
 (training/calibrate_int8.py) and stored in int8_ranges/ beside this module, so every machine makes the same
 copy without calibration data. It is made on first use (a few seconds) and kept under
-~/.cache/anonymizer/derived, named by a hash of the float32 model, the ranges and onnxruntime's version.
+~/.cache/anonymizer/derived (anonymizer.onnx_runtime.derived), named by a hash of the float32 model, the ranges
+and onnxruntime's version.
 Used for CenterFace (a detector setting) and for the face bank's identity guard (its recognizers);
 docs/benchmarks.md has what each copy changes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
 
-from anonymizer.models import USER_MODEL_DIR
+from anonymizer.onnx_runtime import derived
 
-DERIVED_DIR = USER_MODEL_DIR.parent / "derived"
 OPSET = 13  # per-channel QDQ (DequantizeLinear's axis) needs opset 13
 
 
 def available() -> bool:
-    """Whether this onnxruntime's quantizer takes stored ranges (`calibration_cache_path`: 1.32 has it)."""
-    import inspect
+    """Whether this onnxruntime's quantizer takes stored ranges (`quantize_static`'s `calibration_cache_path`,
+    from 1.32 on). By its version: importing the quantizer takes a second (onnx with it)."""
+    import onnxruntime as ort
 
-    from onnxruntime.quantization import quantize_static
-
-    return "calibration_cache_path" in inspect.signature(quantize_static).parameters
+    major, minor = (int(p) for p in re.findall(r"\d+", ort.__version__)[:2])
+    return (major, minor) >= (1, 32)
 
 
 def ranges_file(name: str) -> Path:
@@ -103,20 +102,12 @@ def int8_model(model: bytes | Callable[[], bytes], name: str, source: bytes | No
         if callable(model):
             raise TypeError(f"{name}: a model made on demand needs the `source` that names its copy")
         source = model
-    key = hashlib.sha256(source + ranges.read_bytes() + ort.__version__.encode()).hexdigest()[:16]
-    cached = DERIVED_DIR / f"{name}-int8-{key}.onnx"
-    if cached.is_file():
-        return cached.read_bytes()
+    return derived(f"{name}-int8", source + ranges.read_bytes() + ort.__version__.encode(),
+                   lambda: _quantized(model() if callable(model) else model, ranges))
+
+
+def _quantized(model: bytes, ranges: Path) -> bytes:
     with tempfile.TemporaryDirectory(prefix="anonymizer-int8-") as tmp:
         out = Path(tmp) / "int8.onnx"
-        quantize(prepared(model() if callable(model) else model), out, ranges)
-        data = out.read_bytes()
-    try:  # atomically: workers may make it at the same time
-        DERIVED_DIR.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=DERIVED_DIR, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp_name, cached)
-    except OSError:
-        pass  # a read-only home: made again next time
-    return data
+        quantize(prepared(model), out, ranges)
+        return out.read_bytes()

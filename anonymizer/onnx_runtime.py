@@ -1,10 +1,37 @@
-"""One way to open an ONNX model in onnxruntime, for every network that runs there (detectors, recognizers)."""
+"""One way to open an ONNX model in onnxruntime, for every network that runs there (detectors, recognizers),
+and one place to keep the models derived from their weight files."""
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from typing import Any, Callable
 
 import cv2
+
+from anonymizer.models import USER_MODEL_DIR
+
+DERIVED_DIR = USER_MODEL_DIR.parent / "derived"
+
+
+def derived(name: str, source: bytes, make: Callable[[], bytes]) -> bytes:
+    """The ONNX model `make` derives from `source` (a weight file's bytes, or what determines the result),
+    kept under DERIVED_DIR as NAME-<hash of source>.onnx and read from there by later processes: editing a
+    graph's input sizes imports onnx (0.7 s of a worker's start), an int8 copy takes seconds."""
+    cached = DERIVED_DIR / f"{name}-{hashlib.sha256(source).hexdigest()[:16]}.onnx"
+    if cached.is_file():
+        return cached.read_bytes()
+    data = make()
+    try:  # atomically: workers may make it at the same time
+        DERIVED_DIR.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=DERIVED_DIR, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp_name, cached)
+    except OSError:
+        pass  # a read-only home: made again next time
+    return data
 
 
 def on_cuda(device: str) -> bool:

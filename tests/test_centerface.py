@@ -67,11 +67,11 @@ def test_int8_copy_finds_the_faces_float32_finds(tmp_path, monkeypatch) -> None:
     """The 8-bit copy, made from the committed ranges on first use and kept: every face float32 finds with a
     score of 0.5 or more is found again (IoU >= 0.8) on real photos at both scales, and `auto` picks it on a
     machine without CUDA."""
-    from anonymizer import int8
+    from anonymizer import int8, onnx_runtime
 
     if not int8.available():
         pytest.skip("this onnxruntime's quantizer takes no stored ranges (1.32 does)")
-    monkeypatch.setattr(int8, "DERIVED_DIR", tmp_path / "derived")
+    monkeypatch.setattr(onnx_runtime, "DERIVED_DIR", tmp_path / "derived")
     fp32 = build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5]}, str(MODELS))
     q = build_detector("centerface", {"score_threshold": 0.3, "scales": [1.0, 1.5], "precision": "int8"}, str(MODELS))
     assert (fp32.precision, q.precision) == ("float32", "int8")

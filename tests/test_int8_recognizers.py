@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from anonymizer import int8
+from anonymizer import int8, onnx_runtime
 from anonymizer.eval import calibrate
 from conftest import LFW
 
@@ -37,7 +37,7 @@ def test_int8_copy_keeps_the_distances_between_faces(faces, name, tolerance, tmp
     release gate measures in float32), and `auto` is int8 on this CPU."""
     from anonymizer.measure.encoder import build_encoder
 
-    monkeypatch.setattr(int8, "DERIVED_DIR", tmp_path / "derived")
+    monkeypatch.setattr(onnx_runtime, "DERIVED_DIR", tmp_path / "derived")
     e32 = build_encoder(name, {"device": "cpu"})
     e8 = build_encoder(name, {"device": "cpu", "precision": "auto"})
     assert (e32.precision, e8.precision) == ("float32", "int8")

@@ -35,3 +35,22 @@ def test_fetch_verifies_sha256(tmp_path, shared, monkeypatch):
     with pytest.raises(ValueError, match="sha256"):
         models.fetch("yunet", tmp_path / "other", url=bad.as_uri())
     assert not (tmp_path / "other" / "yunet" / "face_detection_yunet_2023mar.onnx").exists()
+
+
+def test_graph_edits_are_made_once_then_read_without_importing_onnx(tmp_path, shared):
+    """The free-sized graphs YuNet, CenterFace, SCRFD and MobileFaceNet run are made by the first process and
+    kept: a later process builds the same networks from the kept bytes without importing onnx (0.7 s)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from pathlib import Path; from anonymizer import onnx_runtime; "
+            f"onnx_runtime.DERIVED_DIR = Path({str(tmp_path)!r}); "
+            "from anonymizer.detect import build_detector; from anonymizer.measure.encoder import build_encoder; "
+            f"d = [build_detector(n, {{}}, {str(shared / 'models')!r}) for n in ('yunet', 'centerface', 'scrfd')]; "
+            f"e = build_encoder('mobilefacenet', {{'device': 'cpu'}}, {str(shared / 'models')!r}); "
+            "print('onnx' in sys.modules)")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"]
+    kept = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob("*.onnx"))
+    assert kept == ["centerface-free-sized", "mobilefacenet-free-batch", "scrfd-dynamic", "yunet-free-sized"]

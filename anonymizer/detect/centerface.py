@@ -40,7 +40,7 @@ from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
 from anonymizer.int8 import PRECISIONS, resolve
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import ort_session, session_for_backend
+from anonymizer.onnx_runtime import derived, ort_session, session_for_backend
 
 STRIDE = 4  # output maps are 1/4 of the input
 ALIGN = 32  # the network's input sides must be multiples of this
@@ -84,7 +84,8 @@ class CenterFaceDetector(MultiScale):
         self.precision = "float32"
 
         def make():
-            model = free_sized(self._onnx.tobytes())
+            raw = self._onnx.tobytes()
+            model = derived("centerface-free-sized", raw, lambda: free_sized(raw))
             if resolved_precision(precision, backend, device) == "int8":
                 from anonymizer.int8 import int8_model
 

@@ -27,7 +27,7 @@ from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.detect.retinaface import nms_indices
 from anonymizer.faces import Face
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import ort_session
+from anonymizer.onnx_runtime import derived, ort_session
 
 STRIDES = (8, 16, 32)
 ANCHORS = 2  # anchors per feature-map location
@@ -60,12 +60,12 @@ class ScrfdDetector(MultiScale):
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"scrfd: device must be auto, cpu or cuda, got {device!r}")
         try:
-            import onnx  # noqa: F401  (the graph is edited before the session is built)
             import onnxruntime  # noqa: F401
         except ImportError:
             raise ImportError("scrfd: needs `pip install onnxruntime onnx` (onnxruntime-gpu for CUDA)") from None
         try:
-            self._session = ort_session(_dynamic(self.model_path.read_bytes()), device, "scrfd")
+            raw = self.model_path.read_bytes()
+            self._session = ort_session(derived("scrfd-dynamic", raw, lambda: _dynamic(raw)), device, "scrfd")
         except Exception as exc:  # a truncated or foreign file: say which (a missing CUDA says so itself)
             if str(exc).startswith("scrfd:"):
                 raise
@@ -125,8 +125,11 @@ def decode(outputs: Sequence[np.ndarray], shape: tuple[int, int], threshold: flo
 
 def _dynamic(model: bytes) -> bytes:
     """The export with free input/output sizes and its fixed-size upsampling made a fixed 2x scale."""
-    import onnx
-    from onnx import numpy_helper
+    try:
+        import onnx
+        from onnx import numpy_helper
+    except ImportError:
+        raise ImportError("scrfd: needs `pip install onnxruntime onnx` (onnxruntime-gpu for CUDA)") from None
 
     m = onnx.load_from_string(model)
     dims = m.graph.input[0].type.tensor_type.shape.dim

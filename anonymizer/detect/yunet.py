@@ -14,7 +14,7 @@ import numpy as np
 from anonymizer.detect.base import DETECTORS, MultiScale
 from anonymizer.faces import Face
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import ort_session, session_for_backend
+from anonymizer.onnx_runtime import derived, ort_session, session_for_backend
 
 _MIN_INPUT = 64
 ALIGN = 32  # FaceDetectorYN pads the input's sides up to multiples of this
@@ -85,6 +85,10 @@ class YuNetDetector(MultiScale):
 
 def _ort_session(model: bytes, device: str):
     """A session whose input takes any height and width (the file fixes 640 x 640; its reshapes use -1)."""
+    return ort_session(derived("yunet-free-sized", model, lambda: free_sized(model)), device, "yunet")
+
+
+def free_sized(model: bytes) -> bytes:
     import onnx
 
     m = onnx.load_from_string(model)
@@ -92,7 +96,7 @@ def _ort_session(model: bytes, device: str):
     dims[2].dim_param, dims[3].dim_param = "H", "W"
     for v in m.graph.output:
         v.type.tensor_type.shape.dim[1].dim_param = "cells_" + v.name.split("_")[1]
-    return ort_session(m.SerializeToString(), device, "yunet")
+    return m.SerializeToString()
 
 
 def decode(out: dict[str, np.ndarray], padded: tuple[int, int], score_threshold: float, nms_threshold: float,

@@ -18,7 +18,7 @@ import numpy as np
 from anonymizer.faces import Face
 from anonymizer.measure.encoder import FivePointAligner
 from anonymizer.models import describe, locate
-from anonymizer.onnx_runtime import ort_session
+from anonymizer.onnx_runtime import derived, ort_session
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -78,7 +78,8 @@ class MobileFaceNetEncoder:
                                           else same_person_distance)
         self.precision = resolve(precision, on_cuda(device), self.name)
         try:
-            model = free_batch(self.model_path.read_bytes())
+            raw = self.model_path.read_bytes()
+            model = derived("mobilefacenet-free-batch", raw, lambda: free_batch(raw))
             if self.precision == "int8":
                 model, device = int8_model(model, self.name), "cpu"
             self._session = ort_session(model, device, self.name)
