@@ -15,6 +15,7 @@ import pytest
 
 from anonymizer import int8
 from anonymizer.anonymize import ANONYMIZERS, face_rngs
+from anonymizer.anonymize.bankface import Site
 from anonymizer.bank import BankError, build_from_folder, load_bank
 from anonymizer.bank import shape as sh
 from anonymizer.faces import Face
@@ -546,7 +547,7 @@ def test_pose_check_orders_bank_faces_within_a_cover_group_only(composite_bank, 
     x0, y0, x1, y1 = window
     refs = op.guard.references(img, face, FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
     a, b = op.order(pts, np.random.default_rng(0))[:2]
-    site = op.site(img, pts, window)
+    site = Site(op, img, pts, window)
     for first, second in ((a, b), (b, a)):
         pixels, _ = op.choose(img.copy(), site, [(first, 0, False), (second, 1, False)], refs, None)
         assert np.array_equal(pixels, op.render(img.copy(), site, first)[0])
@@ -567,7 +568,7 @@ def test_more_bank_faces_are_tried_only_where_every_one_tried_turned_the_head(co
         refs = op.guard.references(img, face, FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
         a = op.order(pts, np.random.default_rng(0))[0]
         b = op.further(pts, 1, np.random.default_rng(0))[0]
-        site = op.site(img, pts, window)
+        site = Site(op, img, pts, window)
         pixels, _ = op.choose(img.copy(), site, [(a, 0, False), (b, 0, True)], refs, None)
         renders = [op.render(img.copy(), site, k)[0] for k in (a, b)]
         errors = [op.guard.pose_error(refs, op.guard.patch(refs[0], img, r, window), img.shape) for r in renders]

@@ -196,7 +196,8 @@ class _Guard:
 
 class Site:
     """One face being replaced, and what every bank face tried on it shares, computed once rather than per
-    bank face: the photo's windows, its skin and light, and each bank head's placement (BankFace.site)."""
+    bank face: the photo's windows, its skin and light, and each bank head's placement. `region`: the face
+    region a bank head fills (`surround: bank`), else None."""
 
     def __init__(self, op: "BankFace", image: np.ndarray, pts: np.ndarray, window: tuple,
                  region: FaceMask | None = None) -> None:
@@ -405,9 +406,6 @@ class BankFace:
         further = np.linalg.norm(pts[sh.JAW] - c, axis=1) > np.linalg.norm(new[sh.JAW] - c, axis=1)
         new[sh.JAW[further]] = pts[sh.JAW[further]]
         return new
-
-    def site(self, image: np.ndarray, pts: np.ndarray, window: tuple, region: FaceMask | None = None) -> Site:
-        return Site(self, image, pts, window, region)
 
     def render(self, base: np.ndarray, site: Site, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(the site's window of `base` with bank face k in place, alpha over the window)."""
@@ -647,7 +645,7 @@ class BankFace:
                                      self.around.feather)
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
-            site = self.site(image, pts, window, region)
+            site = Site(self, image, pts, window, region)
             order = self.order(pts, rngs[i], faces[i].identity)
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
