@@ -87,18 +87,28 @@ def weighted_box_fusion(
     )
     clusters: list[list[tuple[float, Face, int]]] = []
     fused: list[Face] = []
+    # the fused boxes' corners and areas as `iou` reads them, so one entry meets every cluster in one step
+    corners, areas = np.empty((len(entries), 4)), np.empty(len(entries))
     for entry in entries:
-        best, best_iou = -1, iou_threshold
-        for i, g in enumerate(fused):
-            o = iou(entry[1], g)
-            if o > best_iou:
-                best, best_iou = i, o
+        f, n, best = entry[1], len(fused), -1
+        if n:
+            c = corners[:n]
+            iw = np.maximum(0.0, np.minimum(f.x + f.w, c[:, 2]) - np.maximum(f.x, c[:, 0]))
+            ih = np.maximum(0.0, np.minimum(f.y + f.h, c[:, 3]) - np.maximum(f.y, c[:, 1]))
+            inter = iw * ih
+            union = f.w * f.h + areas[:n] - inter
+            overlap = np.divide(inter, union, out=np.zeros(n), where=union > 0)
+            i = int(np.argmax(overlap))  # the first best, as a scan keeping strict improvements finds
+            best = i if overlap[i] > iou_threshold else -1
         if best < 0:
+            best = n
             clusters.append([entry])
             fused.append(_fuse([entry], weights, total))
         else:
             clusters[best].append(entry)
             fused[best] = _fuse(clusters[best], weights, total)
+        g = fused[best]
+        corners[best], areas[best] = g.box, g.w * g.h
     return sorted(fused, key=lambda f: (-f.score, f.x, f.y))
 
 

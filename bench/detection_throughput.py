@@ -1,5 +1,6 @@
 """Images/s of the default policy's full detector stack (the ensemble the workers run) on 1920×1080 frames,
-with RetinaFace on the GPU when torch sees one and on the CPU otherwise; also each detector alone.
+with its onnxruntime networks on the GPU when onnxruntime has CUDA and on the CPU otherwise; also each
+detector alone.
 
 The frames are ../shared/data/photos scaled and centre-cropped to 1920×1080 (aspect kept). One process, as
 one Ray actor per GPU runs it; OpenCV (YuNet, CenterFace) uses all the cores it finds. Runs without Ray or
@@ -53,11 +54,11 @@ def main() -> None:
     ap.add_argument("--photos", default=str(SHARED / "data" / "photos"))
     ap.add_argument("--model-dir", default=os.environ.get("ANONYMIZER_MODEL_DIR", str(SHARED / "models")))
     ap.add_argument("--repeat", type=int, default=2)
-    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="RetinaFace's device (default: cuda if seen)")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default=None, help="RetinaFace's device (default: cuda if onnxruntime has it)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "detection_throughput.json"))
     args = ap.parse_args()
 
-    import torch
+    import onnxruntime
 
     from anonymizer.detect import build_ensemble
     from anonymizer.policy import load_policy
@@ -69,7 +70,7 @@ def main() -> None:
     ensemble = build_ensemble(detection, args.model_dir)
     images = frames(Path(args.photos))
     rf = next((d for d in ensemble.detectors if d.name == "retinaface"), None)
-    device = str(rf.device) if rf is not None else "cpu"
+    device = rf._session.get_providers()[0] if rf is not None else "CPUExecutionProvider"
     rows = {}
     for d in ensemble.detectors:
         s, n = timed(d.detect, images, args.repeat)
@@ -78,9 +79,9 @@ def main() -> None:
     rows["ensemble (default policy)"] = {"ms_per_image": round(1000 * s, 1), "faces": n, "images_per_s": round(1 / s, 2)}
     result = {
         "frame": "1920x1080", "images": len(images), "repeat": args.repeat, "retinaface_device": device,
-        "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+        "onnxruntime": onnxruntime.__version__,
         "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "opencv_threads": cv2.getNumThreads(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "opencv_threads": cv2.getNumThreads(),
         "detectors": rows,
     }
     print(f"{'detector':<28}{'ms/image':>10}{'faces':>8}   (1920x1080, {len(images)} frames, RetinaFace on {device},"

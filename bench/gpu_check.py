@@ -6,11 +6,11 @@ The default policy's parts, called as library functions (no Ray, no Prefect, no 
 machine has none of them): the detection ensemble over a batch of frames at once (`Ensemble.detect_batch`:
 RetinaFace's scales and tiles of every frame share forward passes), the blur operator, a JPEG round trip,
 then the measurements on the released pixels: the policy's auditor (skipped where its library is
-missing, as dlib is on the GPU machine), outside change and coverage, re-identification with MobileFaceNet
+missing), outside change and coverage, re-identification with MobileFaceNet
 over every scored face of the batch in one call (`embed_chips`), and the head pose before and after (YuNet
 windows). Where each network ran is printed:
-onnxruntime runs YuNet, CenterFace and MobileFaceNet on the GPU only when onnxruntime-gpu is installed
-(else on the CPU).
+every network runs on onnxruntime, on the GPU only when onnxruntime-gpu is installed (else on the CPU);
+torch writes RetinaFace's and MTCNN's graphs from their weights once.
 
 Frames: 2x2 mosaics of the photos, each tile resized to cover 960x540 and centre-cropped.
 
@@ -77,7 +77,7 @@ def build(model_dir: str, device: str) -> dict:
     policy = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
     d, m, a = policy["detection"], policy["measurement"], policy["anonymization"]
     ort_device = {"device": "auto" if device == "cuda" else "cpu"}
-    on_device = {"retinaface": {"device": device}, "centerface": ort_device, "yunet": ort_device}
+    on_device = {"retinaface": ort_device, "centerface": ort_device, "yunet": ort_device}
     detectors = [build_detector(c["name"], {**c.get("params", {}), **on_device.get(c["name"], {})}, model_dir)
                  for c in d["detectors"]]
     parts = {
@@ -92,13 +92,13 @@ def build(model_dir: str, device: str) -> dict:
     }
     try:
         parts["auditor"] = build_detector(d["auditor"]["name"], d["auditor"]["params"], model_dir)
-    except ImportError as exc:  # its library is missing there (dlib is not installed on the GPU machine)
+    except ImportError as exc:  # its library is missing there
         print(f"auditor {d['auditor']['name']}: skipped ({exc})")
     return parts
 
 
 def _runtime(det) -> str:
-    """Where an onnxruntime-or-OpenCV detector (YuNet, CenterFace) runs."""
+    """Where an onnxruntime-or-OpenCV detector runs."""
     session = getattr(det, "_session", None)
     return session.get_providers()[0] if session is not None else "CPU (OpenCV)"
 
@@ -108,14 +108,11 @@ def where(parts: dict) -> dict:
     ens = parts["ensemble"]
     out = {}
     for det in ens.detectors:
-        if det.name == "retinaface":
-            out[det.name] = str(det.device)
-        else:
-            out[det.name] = _runtime(det)
+        out[det.name] = _runtime(det)
     out["mobilefacenet"] = parts["encoder"]._session.get_providers()[0]
     out["pose (yunet)"] = _runtime(parts["pose"].detector)
     aud = parts["auditor"]
-    out["auditor"] = f"{aud.name} on {getattr(aud, 'device', 'CPU')}" if aud is not None else "skipped"
+    out["auditor"] = f"{aud.name} on {aud._pnet.get_providers()[0]}" if aud is not None else "skipped"
     return out
 
 

@@ -57,7 +57,7 @@ def test_scrfd_finds_nothing_in_flat_grey(scrfd):
 
 @pytest.mark.parametrize("name, params", [("mtcnn", {}), ("opencv_haar", {})])
 def test_other_candidates_find_the_six_faces(shared, name, params):
-    """MTCNN (facenet-pytorch weights, our torch modules) and OpenCV's Haar cascade on the same photo."""
+    """MTCNN (facenet-pytorch weights, on onnxruntime) and OpenCV's Haar cascade on the same photo."""
     image = _rgb("multiface.jpg")
     yunet = build_detector("yunet", {"score_threshold": 0.6}).detect(image)
     faces = build_detector(name, params).detect(image)

@@ -37,20 +37,24 @@ def test_fetch_verifies_sha256(tmp_path, shared, monkeypatch):
     assert not (tmp_path / "other" / "yunet" / "face_detection_yunet_2023mar.onnx").exists()
 
 
-def test_graph_edits_are_made_once_then_read_without_importing_onnx(tmp_path, shared):
-    """The free-sized graphs YuNet, CenterFace, SCRFD and MobileFaceNet run are made by the first process and
-    kept: a later process builds the same networks from the kept bytes without importing onnx (0.7 s)."""
+def test_graphs_are_made_once_then_read_without_importing_onnx_or_torch(tmp_path, shared):
+    """The free-sized graphs YuNet, CenterFace, SCRFD and MobileFaceNet run, and the graphs written from the
+    torch weights of RetinaFace, MTCNN and dlib's ResNet, are made by the first process and kept: a later
+    process builds the same networks from the kept bytes without importing onnx (0.7 s) or torch (2 s)."""
     import subprocess
     import sys
 
+    models = str(shared / "models")
     code = ("import sys; from pathlib import Path; from anonymizer import onnx_runtime; "
             f"onnx_runtime.DERIVED_DIR = Path({str(tmp_path)!r}); "
             "from anonymizer.detect import build_detector; from anonymizer.measure.encoder import build_encoder; "
-            f"d = [build_detector(n, {{}}, {str(shared / 'models')!r}) for n in ('yunet', 'centerface', 'scrfd')]; "
-            f"e = build_encoder('mobilefacenet', {{'device': 'cpu'}}, {str(shared / 'models')!r}); "
-            "print('onnx' in sys.modules)")
+            f"d = [build_detector(n, {{}}, {models!r}) for n in ('yunet', 'centerface', 'scrfd', 'retinaface', 'mtcnn')]; "
+            f"e = [build_encoder(n, {{'device': 'cpu'}}, {models!r}) for n in ('mobilefacenet', 'dlib_resnet')]; "
+            "print('onnx' in sys.modules, 'torch' in sys.modules)")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300) for _ in range(2)]
     assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
-    assert [r.stdout.strip() for r in runs] == ["True", "False"]
+    assert [r.stdout.strip() for r in runs] == ["True True", "False False"]
     kept = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob("*.onnx"))
-    assert kept == ["centerface-free-sized", "mobilefacenet-free-batch", "scrfd-dynamic", "yunet-free-sized"]
+    assert kept == ["centerface-free-sized", "dlib_resnet-torch-export", "mobilefacenet-free-batch",
+                    "mtcnn_onet-torch-export", "mtcnn_pnet-torch-export", "mtcnn_rnet-torch-export",
+                    "retinaface-torch-export", "scrfd-dynamic", "yunet-free-sized"]

@@ -43,10 +43,7 @@ def test_registered_under_its_name(detector: rf.RetinaFaceDetector) -> None:
 
 
 def test_priors_match_the_networks_output_layout(detector: rf.RetinaFaceDetector) -> None:
-    import torch
-
-    with torch.inference_mode():
-        loc, conf, ldm = detector.net(torch.zeros(1, 3, 96, 160))
+    loc, conf, ldm = detector._session.run(None, {"input": np.zeros((1, 3, 96, 160), np.float32)})
     assert loc.shape[1] == conf.shape[1] == ldm.shape[1] == len(rf.prior_boxes(96, 160))
     # 96x160 at stride 8: 12x20 cells, 2 anchors each, first anchor centred at (4, 4) with side 16
     assert rf.prior_boxes(96, 160)[0].tolist() == [4.0, 4.0, 16.0, 16.0]
@@ -125,8 +122,25 @@ def test_tile_edges_cover_the_image() -> None:
 
 
 def test_loads_strictly() -> None:
-    net = rf.RetinaFaceDetector._load(MODELS / "retinaface" / "mobilenet0.25_Final.pth", rf.torch.device("cpu"))
+    from anonymizer.detect.torch_nets import load
+
+    net = load("retinaface", MODELS / "retinaface" / "mobilenet0.25_Final.pth")
     assert sum(p.numel() for p in net.parameters()) > 400_000
+
+
+def test_onnx_graph_gives_the_torch_networks_outputs(multiface: np.ndarray) -> None:
+    """What runs (onnxruntime) is what the weights define (torch), at a size other than the one traced."""
+    import torch
+
+    from anonymizer.detect.torch_nets import load
+
+    x = np.ascontiguousarray((multiface[:480, :640, ::-1] - np.float32(rf.MEAN_BGR)).transpose(2, 0, 1)[None])
+    det = build_detector("retinaface", {}, str(MODELS))
+    with torch.inference_mode():
+        expected = load("retinaface", det.model_path)(torch.from_numpy(x))
+    for got, want in zip(det._session.run(None, {"input": x}), expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want.numpy(), atol=1e-3)
 
 
 def test_per_scale_detections_are_what_detect_merges(multiface: np.ndarray) -> None:

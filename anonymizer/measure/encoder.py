@@ -3,6 +3,7 @@ identity leaked."""
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -35,11 +36,12 @@ class DlibResNetEncoder:
     calibration identities (docs/reid.md). `landmarks` picks the shape predictor that aligns the chip:
     5 points (the default), or 68 (iBUG 300-W: research use only).
 
-    dlib cuts the chips; the network runs in torch (anonymizer.measure.dlib_resnet_torch: the same weights,
-    the same descriptors), all faces of a call in one batch. `device`: auto (CUDA when torch has it), cpu, cuda.
-    `precision`: float32, or int8 (its 8-bit copy run by onnxruntime on the CPU, anonymizer.int8: what the
-    face bank's identity guard may use; over LFW faces the descriptors move by about 0.04 and distances between
-    two faces by p99 0.03), or auto (int8 on the CPU where onnxruntime can make it)."""
+    dlib cuts the chips; the network runs on onnxruntime (anonymizer.measure.dlib_resnet_torch: the same
+    weights, the same descriptors within 1e-6; its graph written with torch once and kept, so a worker does
+    not import torch), all faces of a call in one batch. `device`: auto (CUDA when onnxruntime has it), cpu,
+    cuda. `precision`: float32, or int8 (its 8-bit copy, anonymizer.int8: what the face bank's identity
+    guard may use; over LFW faces the descriptors move by about 0.04 and distances between two faces by p99
+    0.03), or auto (int8 on the CPU where onnxruntime can make it)."""
 
     name = "dlib_resnet"
     same_person_distance = 0.6
@@ -52,28 +54,22 @@ class DlibResNetEncoder:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"dlib_resnet: device must be auto, cpu or cuda, got {device!r}")
         import dlib  # here, not at the top: the other encoders work where dlib is not installed (the GPU machine)
-        import torch
 
-        from anonymizer.int8 import resolve
-        from anonymizer.measure.dlib_resnet_torch import build_dlib_resnet, onnx_export
+        from anonymizer.int8 import int8_model, resolve
+        from anonymizer.measure.dlib_resnet_torch import onnx_export
+        from anonymizer.onnx_runtime import derived, on_cuda, ort_session
 
         self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}", model_dir)))
-        self.device = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available())
-                                   else "cpu")
-        self.precision = resolve(precision, self.device.type == "cuda", self.name)
+        self.precision = resolve(precision, on_cuda(device), self.name)
         path = locate("dlib_resnet", model_dir)
-        self._net = self._session = None
+        # named by the weight file and torch's version: the export is made only where no copy is kept
+        source = Path(path).read_bytes() + importlib.metadata.version("torch").encode()
         try:
             if self.precision == "int8":
-                from anonymizer.int8 import int8_model
-                from anonymizer.onnx_runtime import ort_session
-
-                # named by the weight file and torch's version, the export made only where no copy is kept
-                source = Path(path).read_bytes() + torch.__version__.encode()
-                model = int8_model(lambda: onnx_export(path), self.name, source)
-                self._session = ort_session(model, "cpu", self.name)
+                self._session = ort_session(int8_model(lambda: onnx_export(path), self.name, source), "cpu", self.name)
             else:
-                self._net = build_dlib_resnet(path).to(self.device)
+                self._session = ort_session(derived("dlib_resnet-torch-export", source, lambda: onnx_export(path)),
+                                            device, self.name)
         except (ValueError, IndexError) as exc:  # a truncated or foreign file: say which
             raise ValueError(f"dlib_resnet: cannot load {path}: {exc}") from exc
 
@@ -108,14 +104,7 @@ class DlibResNetEncoder:
     def embed(self, image: np.ndarray, alignments: Sequence[Any]) -> np.ndarray:
         if not alignments:
             return np.zeros((0, 128), np.float32)
-        if self._session is not None:
-            return self._session.run(None, {"x": self.network_input(image, alignments)})[0]
-        import torch
-
-        chips = self.chips(image, alignments)
-        with torch.inference_mode():
-            x = torch.from_numpy(chips).to(self.device).permute(0, 3, 1, 2).float()  # NHWC memory: channels-last
-            return self._net(x).cpu().numpy().astype(np.float32)
+        return self._session.run(None, {"x": self.network_input(image, alignments)})[0]
 
 
 def int8_rows(rows: list[dict], name: str, params: dict) -> list[dict]:

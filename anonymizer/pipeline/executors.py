@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import sys
 import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from contextlib import contextmanager
@@ -148,16 +149,32 @@ def library_threads(threads: int) -> Iterator[None]:
     """OpenCV's and torch's thread counts (process-wide; ONNX Runtime sessions take OpenCV's when made), set
     for the block and restored after it."""
     import cv2
-    import torch
 
-    before = cv2.getNumThreads(), torch.get_num_threads()
+    before = cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS"), _torch_threads(threads)
     cv2.setNumThreads(threads)
-    torch.set_num_threads(threads)
     try:
         yield
     finally:
         cv2.setNumThreads(before[0])
-        torch.set_num_threads(before[1])
+        if before[1] is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = before[1]
+        if before[2] is not None:
+            sys.modules["torch"].set_num_threads(before[2])
+
+
+def _torch_threads(threads: int) -> int | None:
+    """Set torch's thread count: now where torch is loaded (its count before is returned), else through
+    OMP_NUM_THREADS, which torch reads when a component imports it. The default policies' networks run on
+    onnxruntime, so a worker spares torch's 2 s import."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    return before
 
 
 def ensure_ray(address: str | None = None) -> None:
@@ -175,10 +192,9 @@ class _ShardActor:
     def __init__(self, worker_cls: type, threads: int, *args, **kwargs) -> None:
         import cv2
         import ray
-        import torch
 
         cv2.setNumThreads(threads)
-        torch.set_num_threads(threads)
+        _torch_threads(threads)
         self.worker = worker_cls(*args, worker=ray.get_runtime_context().get_actor_id()[:12], **kwargs)
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
