@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -13,6 +15,7 @@ import cv2
 from anonymizer.models import USER_MODEL_DIR
 
 DERIVED_DIR = USER_MODEL_DIR.parent / "derived"
+_MAKING = threading.Lock()
 
 
 def derived(name: str, source: bytes, make: Callable[[], bytes]) -> bytes:
@@ -23,10 +26,16 @@ def derived(name: str, source: bytes, make: Callable[[], bytes]) -> bytes:
     cached = DERIVED_DIR / f"{name}-{hashlib.sha256(source).hexdigest()[:16]}.onnx"
     if cached.is_file():
         return cached.read_bytes()
-    data = make()
-    try:  # atomically: workers may make it at the same time
-        DERIVED_DIR.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=DERIVED_DIR, suffix=".tmp")
+    with _MAKING:  # one at a time in a process: torch's exporter keeps global state, and the local engine's
+        if cached.is_file():  # threads load their models together
+            return cached.read_bytes()
+        return _keep(cached, make())
+
+
+def _keep(cached: Path, data: bytes) -> bytes:
+    try:  # atomically: other processes may make it at the same time
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=cached.parent, suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp_name, cached)

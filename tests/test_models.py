@@ -58,3 +58,32 @@ def test_graphs_are_made_once_then_read_without_importing_onnx_or_torch(tmp_path
     assert kept == ["centerface-free-sized", "dlib_resnet-torch-export", "mobilefacenet-free-batch",
                     "mtcnn_onet-torch-export", "mtcnn_pnet-torch-export", "mtcnn_rnet-torch-export",
                     "retinaface-torch-export", "scrfd-dynamic", "yunet-free-sized"]
+
+
+def test_threads_loading_models_together_write_each_graph_once(tmp_path, monkeypatch, shared):
+    """The local engine's threads build their models at the same time: torch's exporter keeps global state,
+    so two exports at once fail unless `derived` makes them one at a time."""
+    import threading
+
+    from anonymizer import onnx_runtime
+    from anonymizer.detect import build_detector
+    from anonymizer.measure.encoder import build_encoder
+
+    monkeypatch.setattr(onnx_runtime, "DERIVED_DIR", tmp_path)
+    models, errors = str(shared / "models"), []
+
+    def load(names: list[str]) -> None:
+        try:
+            for n in names:
+                build_encoder(n, {}, models) if n == "dlib_resnet" else build_detector(n, {}, models)
+        except Exception as exc:  # the assertion below names it
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=load, args=(names,)) for names in
+               (["retinaface", "mtcnn", "dlib_resnet"], ["mtcnn", "dlib_resnet", "retinaface"])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(list(tmp_path.glob("*-torch-export-*.onnx"))) == 5
