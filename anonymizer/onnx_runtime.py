@@ -26,8 +26,8 @@ def derived(name: str, source: bytes, make: Callable[[], bytes]) -> bytes:
     cached = DERIVED_DIR / f"{name}-{hashlib.sha256(source).hexdigest()[:16]}.onnx"
     if cached.is_file():
         return cached.read_bytes()
-    with _MAKING:  # one at a time in a process: torch's exporter keeps global state, and the local engine's
-        if cached.is_file():  # threads load their models together
+    with _MAKING:  # one at a time in a process: torch's exporter keeps global state, and threads may load
+        if cached.is_file():  # their models together
             return cached.read_bytes()
         return _keep(cached, make())
 

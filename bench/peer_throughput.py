@@ -78,14 +78,14 @@ def run_deface(exe: Path, photos: list[Path], work: Path) -> dict:
     return {"wall_s": wall, "cpu_s": cpu}
 
 
-def run_ours(engine: str, photos_dir: Path, work: Path, policy: str | None, workers: int) -> dict:
+def run_ours(engine: str, photos_dir: Path, work: Path, policy: str | None, workers: int | None) -> dict:
     """`anonymizer run` as a user runs it; stage times from the run's metrics table."""
     import pandas as pd
 
     dest, run_id = work / f"ours-{engine}", "bench"
     cmd = [str(Path(sys.executable).parent / "anonymizer"), "run", str(photos_dir), str(dest), "--engine", engine,
            "--run-id", run_id]
-    if engine in ("ray", "prefect"):
+    if engine in ("ray", "prefect") and workers:
         cmd += ["--workers", str(workers)]
     if policy:
         cmd += ["--policy", policy]
@@ -104,7 +104,8 @@ def main() -> None:
     ap.add_argument("--sides", default="prefect,local,ray",
                     help="our engines to time, comma-separated: prefect (the CLI's default: the flow, shards on Ray), "
                          "local, ray")
-    ap.add_argument("--workers", type=int, default=2, help="Ray actors for the prefect and ray sides")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="Ray actors for the prefect and ray sides (default: the CLI's, one per 2 CPUs)")
     ap.add_argument("--realistic", action="store_true", help="also time policies/realistic.yaml (local engine)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "peer_throughput.json")
     args = ap.parse_args()

@@ -58,8 +58,8 @@ def test_local_engine_threads_give_the_results_of_one_thread(tmp_path, shared, p
             records = staged.read_table(f"{shard_id:06d}.parquet").to_pylist()
             anonymized = sum(r["faces_anonymized"] for r in results[workers][0] if r["key"] in keys)
             assert len(records) == anonymized and {r["image_key"] for r in records} <= set(keys)
-    # The same rows; floats within rounding: torch's results (MTCNN, RetinaFace) can move in the last digits
-    # with its thread count, as between machines of different core counts.
+    # The same rows; floats within rounding: a network's results can move in the last digits with its thread
+    # count, as between machines of different core counts.
     for table in (0, 1):
         assert len(results[1][table]) == len(results[2][table])
         for a, b in zip(results[1][table], results[2][table]):

@@ -8,7 +8,8 @@
 - `ray`: a pool of actors that each load the models once; GPU actors when Ray has GPUs. Shards are
   handed out as actors free up (a bounded number in flight), so the driver's memory does not grow with
   the dataset. An actor that dies is restarted and its shard retried (max_restarts / max_task_retries);
-  the shard's attempt count goes into the report. An actor's library threads are its CPU share.
+  the shard's attempt count goes into the report. An actor's library threads are its share of the
+  cluster's CPUs.
 
 Both run the same worker class over the shards: `ShardWorker` (anonymize), or `LinkWorker` (a keyed run's
 linking pass, anonymizer.pipeline.link); a shard with the worker's completion marker (`MARKER`) is skipped
@@ -236,6 +237,8 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
     n = min(total, workers or policy.execution.workers or default_workers()) or 1
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     cpus = policy.execution.cpus_per_worker
+    # library threads: the actor's share of the cluster's CPUs, so that fewer actors than cores use them all
+    threads = max(1, round(cpus), int(ray.cluster_resources().get("CPU", 1) // n))
     actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3,
                            runtime_env={"env_vars": _forwarded_env(vault, worker_kwargs or {})})(_ShardActor)
     actors: list = []
@@ -244,10 +247,10 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
     try:
         for job in _pending(staging, shards, finished, worker_cls.MARKER):
             if pool is None:
-                actors = [actor_cls.remote(worker_cls, max(1, round(cpus)), policy, source, staging, vault=vault,
+                actors = [actor_cls.remote(worker_cls, threads, policy, source, staging, vault=vault,
                                            **(worker_kwargs or {})) for _ in range(n)]
                 pool = ActorPool(actors)
-                event("shards.start", shards=total, workers=n, gpus_per_worker=gpus)
+                event("shards.start", shards=total, workers=n, gpus_per_worker=gpus, threads_per_worker=threads)
                 if on_started:
                     on_started()
             while not pool.has_free():
