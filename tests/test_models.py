@@ -61,8 +61,9 @@ def test_graphs_are_made_once_then_read_without_importing_onnx_or_torch(tmp_path
 
 
 def test_threads_loading_models_together_write_each_graph_once(tmp_path, monkeypatch, shared):
-    """The local engine's threads build their models at the same time: torch's exporter keeps global state,
-    so two exports at once fail unless `derived` makes them one at a time."""
+    """Threads may build their models at the same time (a library user's; the local engine builds one
+    thread's at a time): torch's exporter keeps global state, so two exports at once fail unless `derived`
+    makes them one at a time."""
     import threading
 
     from anonymizer import onnx_runtime
