@@ -98,8 +98,8 @@ def build(model_dir: str, device: str) -> dict:
 
 
 def _runtime(det) -> str:
-    """Where an onnxruntime-or-OpenCV detector runs."""
-    session = getattr(det, "_session", None)
+    """Where an onnxruntime-or-OpenCV detector runs (MTCNN: its first network)."""
+    session = getattr(det, "_session", None) or getattr(det, "_pnet", None)
     return session.get_providers()[0] if session is not None else "CPU (OpenCV)"
 
 
@@ -112,7 +112,7 @@ def where(parts: dict) -> dict:
     out["mobilefacenet"] = parts["encoder"]._session.get_providers()[0]
     out["pose (yunet)"] = _runtime(parts["pose"].detector)
     aud = parts["auditor"]
-    out["auditor"] = f"{aud.name} on {aud._pnet.get_providers()[0]}" if aud is not None else "skipped"
+    out["auditor"] = f"{aud.name} on {_runtime(aud)}" if aud is not None else "skipped"
     return out
 
 
