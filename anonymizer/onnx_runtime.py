@@ -4,6 +4,7 @@ and one place to keep the models derived from their weight files."""
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import tempfile
 import threading
@@ -30,6 +31,17 @@ def derived(name: str, source: bytes, make: Callable[[], bytes]) -> bytes:
         if cached.is_file():  # their models together
             return cached.read_bytes()
         return _keep(cached, make())
+
+
+def torch_source(weights: str | os.PathLike) -> bytes:
+    """What a graph torch writes from `weights` depends on: the file and torch's version (read without
+    importing torch)."""
+    return Path(weights).read_bytes() + importlib.metadata.version("torch").encode()
+
+
+def torch_export(name: str, weights: str | os.PathLike, export: Callable[[], bytes]) -> bytes:
+    """The ONNX graph `export` writes with torch from `weights`, written once and kept (`derived`)."""
+    return derived(f"{name}-torch-export", torch_source(weights), export)
 
 
 def _keep(cached: Path, data: bytes) -> bytes:

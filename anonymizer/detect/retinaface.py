@@ -10,7 +10,6 @@ one forward pass (on the GPU when onnxruntime has CUDA).
 
 from __future__ import annotations
 
-import importlib.metadata
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 from anonymizer.detect.base import DETECTORS, usable_scales
 from anonymizer.faces import Face
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import derived, ort_session
+from anonymizer.onnx_runtime import ort_session, torch_export
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -110,8 +109,7 @@ def _tile_starts(length: int, tile: int, overlap: int) -> list[int]:
 
 
 def onnx_graph(name: str, weights: object) -> bytes:
-    """The ONNX graph of a torch-weights network (`torch_nets` names it), written with torch once and kept
-    (named by the weight file and torch's version)."""
+    """The ONNX graph of a network whose weights come for torch (`torch_nets` names it)."""
     path = Path(str(weights))
 
     def export() -> bytes:
@@ -119,7 +117,7 @@ def onnx_graph(name: str, weights: object) -> bytes:
 
         return to_onnx(name, path)
 
-    return derived(f"{name}-torch-export", path.read_bytes() + importlib.metadata.version("torch").encode(), export)
+    return torch_export(name, path, export)
 
 
 _Job = tuple[int, np.ndarray, float, int, int, tuple[bool, bool, bool, bool]]  # image, crop, scale, x, y, inner edges

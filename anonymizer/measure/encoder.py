@@ -3,7 +3,6 @@ identity leaked."""
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -57,19 +56,17 @@ class DlibResNetEncoder:
 
         from anonymizer.int8 import int8_model, resolve
         from anonymizer.measure.dlib_resnet_torch import onnx_export
-        from anonymizer.onnx_runtime import derived, on_cuda, ort_session
+        from anonymizer.onnx_runtime import on_cuda, ort_session, torch_export, torch_source
 
         self._shape = dlib.shape_predictor(str(locate(f"dlib_shape{landmarks}", model_dir)))
         self.precision = resolve(precision, on_cuda(device), self.name)
         path = locate("dlib_resnet", model_dir)
-        # named by the weight file and torch's version: the export is made only where no copy is kept
-        source = Path(path).read_bytes() + importlib.metadata.version("torch").encode()
-        try:
+        try:  # the export is made only where no copy is kept
             if self.precision == "int8":
-                self._session = ort_session(int8_model(lambda: onnx_export(path), self.name, source), "cpu", self.name)
+                model = int8_model(lambda: onnx_export(path), self.name, torch_source(path))
+                self._session = ort_session(model, "cpu", self.name)
             else:
-                self._session = ort_session(derived("dlib_resnet-torch-export", source, lambda: onnx_export(path)),
-                                            device, self.name)
+                self._session = ort_session(torch_export(self.name, path, lambda: onnx_export(path)), device, self.name)
         except (ValueError, IndexError) as exc:  # a truncated or foreign file: say which
             raise ValueError(f"dlib_resnet: cannot load {path}: {exc}") from exc
 

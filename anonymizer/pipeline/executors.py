@@ -235,10 +235,11 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
 
     ensure_ray(ray_address)
     n = min(total, workers or policy.execution.workers or default_workers()) or 1
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    resources = ray.cluster_resources()
+    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
     cpus = policy.execution.cpus_per_worker
     # library threads: the actor's share of the cluster's CPUs, so that fewer actors than cores use them all
-    threads = max(1, round(cpus), int(ray.cluster_resources().get("CPU", 1) // n))
+    threads = max(1, round(cpus), int(resources.get("CPU", 1) // n))
     actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3,
                            runtime_env={"env_vars": _forwarded_env(vault, worker_kwargs or {})})(_ShardActor)
     actors: list = []
