@@ -3,11 +3,17 @@ release or quarantine → report."""
 
 from __future__ import annotations
 
-from prefect import flow
+import logging
+import threading
+
+from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from anonymizer.pipeline import RunContext
+from anonymizer.pipeline.executors import ensure_ray
 from tasks import steps
+
+log = logging.getLogger(__name__)
 
 
 @flow(name="anonymize-dataset", log_prints=True)
@@ -26,6 +32,26 @@ def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers
     outcome = steps.finish(ctx, p, verdict, images, report, files)
     _artifacts(report, outcome.location)
     return outcome.summary()
+
+
+def run_from_cli(**kwargs) -> dict:
+    """`anonymizer run` (engine `prefect`): the flow, with Prefect's API and Ray started side by side first.
+    Without PREFECT_API_URL, Prefect starts a temporary server, and a local Ray starts its own processes:
+    seconds each, which one after the other the flow would wait for in turn. Ray starts in this (the main)
+    thread, as ray.init requires; the flow then finds both running."""
+    api = threading.Thread(target=_reach_api, name="prefect-api", daemon=True)
+    api.start()
+    ensure_ray(kwargs.get("ray_address"))
+    api.join()
+    return anonymize_dataset(**kwargs)
+
+
+def _reach_api() -> None:
+    try:
+        with get_client(sync_client=True) as client:
+            client.api_healthcheck()
+    except Exception as exc:  # noqa: BLE001 - the flow's own connection reports it, with Prefect's error
+        log.debug("prefect API not reached ahead of the flow: %s", exc)
 
 
 def _artifacts(report: dict, location: str) -> None:
