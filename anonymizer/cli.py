@@ -85,7 +85,7 @@ def _bank(args: argparse.Namespace) -> int:
     if args.source == "stylegan":
         path = bank.build_from_stylegan(out, n=args.n, seed=args.seed, threads=args.threads, model_dir=args.model_dir,
                                         engine=args.engine, workers=args.workers, landmarks=args.landmarks,
-                                        backend=args.backend)
+                                        backend=args.backend, candidates=args.candidates)
     else:
         path = bank.build_from_folder(args.source, out, n=args.n, k=args.k, seed=args.seed, licence=args.licence,
                                       licence_class=args.licence_class, model_dir=args.model_dir,
@@ -165,6 +165,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--name", default="faces", help="the bank's name; a policy names it in the operator's `bank`")
     b.add_argument("--out", help="the bank directory (default: ~/.cache/anonymizer/models/banks/NAME)")
     b.add_argument("--n", type=int, default=64, help="bank faces (folder) or virtual people (stylegan)")
+    b.add_argument("--candidates", type=int,
+                   help="stylegan: people rendered once to choose the N from, spread over skin tones (default: 5 N; "
+                        "0: the first N)")
     b.add_argument("--k", type=int, default=8, help="people averaged into each composite (at least 8)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--licence", default="user-supplied", help="the faces' licence, recorded in the bank")

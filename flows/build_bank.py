@@ -12,12 +12,12 @@ from prefect.artifacts import create_markdown_artifact
 
 @task(name="build-bank", retries=1, retry_delay_seconds=10)
 def build(source: str, out: str, n: int, seed: int, k: int, licence: str, licence_class: str, workers: int | None,
-          ray_address: str | None, model_dir: str | None, landmarks: str) -> str:
+          ray_address: str | None, model_dir: str | None, landmarks: str, candidates: int | None) -> str:
     from anonymizer import bank
 
     if source == "stylegan":
         return str(bank.build_from_stylegan(out, n=n, seed=seed, model_dir=model_dir, engine="ray", workers=workers,
-                                            ray_address=ray_address, landmarks=landmarks))
+                                            ray_address=ray_address, landmarks=landmarks, candidates=candidates))
     return str(bank.build_from_folder(source, out, n=n, k=k, seed=seed, licence=licence, licence_class=licence_class,
                                       model_dir=model_dir, landmarks=landmarks))
 
@@ -26,11 +26,11 @@ def build(source: str, out: str, n: int, seed: int, k: int, licence: str, licenc
 def build_face_bank(out: str, source: str = "stylegan", n: int = 64, seed: int = 0, k: int = 8,
                     licence: str = "user-supplied", licence_class: str = "permissive", workers: int | None = None,
                     ray_address: str | None = None, model_dir: str | None = None,
-                    landmarks: str = "dlib_shape68") -> dict:
+                    landmarks: str = "dlib_shape68", candidates: int | None = None) -> dict:
     from anonymizer.bank import load_bank
 
     loaded = load_bank(build(source, out, n, seed, k, licence, licence_class, workers, ray_address, model_dir,
-                             landmarks))
+                             landmarks, candidates))
     m = loaded.manifest
     summary = {"bank": str(loaded.root), "faces": m["faces"], "identities": m["identities"], "licence": m["licence"],
                "licence_class": m.get("licence_class"), "coverage_plot": str(loaded.root / "coverage.png")}

@@ -248,6 +248,61 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
         assert np.abs(eyes - sh.CROP_EYES).max() < 2
         assert bank.crop(i).std() > 20  # a photograph, not a flat image
     assert np.isfinite(bank.features).all()
+    # 5 n candidates were rendered once; the n kept cover as many skin-tone bands as the candidates do
+    summary = bank.manifest["summary"]["candidates"]
+    assert summary["rendered"] == 15 and len(bank) == summary["chosen"] <= summary["eye_whites_seen"] <= 15
+    assert "candidates.parquet" in bank.manifest["files"]
+    kept = sum(v > 0 for v in summary["bands_chosen"].values())
+    assert kept == min(len(bank), sum(v > 0 for v in summary["bands_of_candidates"].values()))
+    candidates = pd.read_parquet(out / "candidates.parquet")
+    assert {f"s{p:06d}" for p in candidates["person"]} >= set(bank.index["identity"])
+    assert np.isfinite(bank.index["tone"]).all() and np.allclose(bank.tones, bank.index["tone"])
+
+
+def test_skin_tone_reads_the_skin_past_sunglasses_and_corrects_exposure_by_the_eye_whites():
+    """ITA° = atan2(L* − 50, b*) of the skin's colour; two of its six discs under sunglasses do not move it;
+    the eye whites divide the photo's exposure out."""
+    from anonymizer.bank import tone
+
+    pts = sh.mean_shape_in_crop()
+    skin, white = (110, 70, 50), (225, 225, 228)
+    img = np.full((sh.CROP_SIZE, sh.CROP_SIZE, 3), skin, np.uint8)
+    for eye in tone.EYES:
+        cv2.fillPoly(img, [np.round(pts[list(eye)]).astype(np.int32)], white)
+    lab = cv2.cvtColor(np.full((1, 1, 3), skin, np.float32) / 255.0, cv2.COLOR_RGB2Lab)[0, 0]
+    expected = np.degrees(np.arctan2(lab[0] - 50.0, lab[2]))
+    r = tone.read(img, pts)
+    assert r.ita == pytest.approx(expected, abs=0.5) and tone.band(r.ita) == "dark"
+    assert r.eye_white == pytest.approx(cv2.cvtColor(np.full((1, 1, 3), white, np.float32) / 255.0,
+                                                     cv2.COLOR_RGB2Lab)[0, 0, 0], abs=1.0)
+    shaded = tone.read((img * 0.6).astype(np.uint8), pts)  # the same face, less light
+    assert shaded.ita < r.ita - 10
+    assert abs(shaded.corrected(r.eye_white) - r.ita) < abs(shaded.ita - r.ita) / 3
+    glasses = img.copy()
+    for disc in tone.DISCS[:2]:
+        cv2.circle(glasses, tuple(int(v) for v in np.round(pts[list(disc)].mean(0))), 12, (5, 5, 5), -1)
+    assert tone.ita(glasses, pts) == pytest.approx(r.ita, abs=0.5)
+    for eye in tone.EYES:  # sunglasses: no eye white is seen, and nothing is corrected
+        cv2.fillPoly(glasses, [np.round(pts[list(eye)]).astype(np.int32)], (12, 12, 12))
+    hidden = tone.read(glasses, pts)
+    assert hidden.eye_white is None and hidden.corrected(r.eye_white) == hidden.ita
+    assert tone.ita(img[40:, 30:], pts, offset=(30, 40)) == pytest.approx(r.ita, abs=1e-6)
+    assert tone.read(img, pts * 0.05) is None  # a face of a few pixels: unreadable
+
+
+def test_spread_gives_each_skin_tone_band_its_share():
+    from collections import Counter
+
+    from anonymizer.bank import tone
+
+    tones = dict(enumerate([70.0] * 30 + [50.0] * 10 + [20.0] * 5 + [-40.0] * 2))  # 2 dark of 47
+    for n in (8, 12, 47):
+        chosen = tone.spread(tones, n, np.random.default_rng(0))
+        bands = Counter(tone.band(tones[p]) for p in chosen)
+        assert len(chosen) == len(set(chosen)) == n and bands["dark"] == 2
+        assert min(bands.values()) >= min(2, n // 4) and chosen == tone.spread(tones, n, np.random.default_rng(0))
+    assert Counter(tone.band(tones[p]) for p in tone.spread(tones, 8, np.random.default_rng(0))) == {
+        "very light": 2, "light": 2, "tan": 2, "dark": 2}
 
 
 def test_stylegan_graphs_run_by_torch_give_openvinos_images(shared):
@@ -534,6 +589,31 @@ def test_pose_check_tries_bank_faces_that_turn_the_head_last(composite_bank, sce
     methods_checked, checked = run(4.0)
     assert methods_checked == methods
     assert sum(e > 4.0 for e in checked) < sum(e > 4.0 for e in unchecked), (checked, unchecked)
+
+
+def test_bank_faces_are_chosen_by_skin_tone_among_those_nearest_in_pose(stylegan_bank, scene):
+    """In a colour photo the `choices` bank faces tried are the nearest in skin tone among the `tone_pool`
+    nearest in pose and expression; with tone_pool 0, or in a grey photo, pose alone decides."""
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), identity_guard=False)
+    face = max(faces, key=lambda f: f.w)
+    reason, pts, window = op.decide(img, face)
+    assert reason is None and op.tone_pool > op.choices
+    assert Site(op, img, pts, window).tone is not None
+    vector = sh.features(pts).vector()
+    pool = op.bank.nearest(vector, op.tone_pool)
+    tones = op.bank.tones[pool % len(op.bank)]
+    for skin in (tones.min(), tones.max()):
+        near = op.nearest(pts, op.choices, skin)
+        rest = np.setdiff1d(pool, near)
+        assert set(near) <= set(pool) and len(near) == op.choices
+        assert np.abs(op.bank.tones[near % len(op.bank)] - skin).max() <= np.abs(
+            op.bank.tones[rest % len(op.bank)] - skin).min()
+    assert list(op.nearest(pts, op.choices, None)) == list(op.bank.nearest(vector, op.choices))
+    pose_only = ANONYMIZERS.create("bank", bank=str(stylegan_bank), identity_guard=False, tone_pool=0)
+    assert list(pose_only.nearest(pts, op.choices, tones.min())) == list(op.bank.nearest(vector, op.choices))
+    grey = np.repeat(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    assert Site(op, grey, pts, window).tone is None
 
 
 def test_pose_check_orders_bank_faces_within_a_cover_group_only(composite_bank, scene):

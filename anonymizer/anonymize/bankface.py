@@ -10,7 +10,10 @@ synthetic people. Per face:
    image border cuts ("border") get the classical `fallback`, recorded as "fallback:<name>:<reason>".
 2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
    counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
-   key, face index), so the result is deterministic. A face that carries a virtual identity (`Face.identity`,
+   key, face index), so the result is deterministic. In a colour photo, those `choices` are the nearest in
+   skin tone (anonymizer.bank.tone: the cheeks' ITA°, read alike on the photo and on the bank face) among
+   the `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin,
+   and a light-skinned face made dark (or the reverse) looks recoloured. A face that carries a virtual identity (`Face.identity`,
    set by a keyed run's linking) tries only that identity's faces, nearest first: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
@@ -61,6 +64,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
+from anonymizer.bank import tone
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -227,6 +231,13 @@ class Site:
         cheeks = sh.hull_mask(self.pts[CHEEKS], self.shape, self.origin) > 0
         return hz.target(BankFace.skin_only(self.orig_win, cheeks)) if cheeks.sum() >= 16 else None
 
+    @cached_property
+    def tone(self) -> float | None:
+        """The face's skin tone (ITA°) where the bank faces are chosen by it: a colour photo, a colour bank."""
+        if self.op.tone_pool <= 0 or self.grey:
+            return None
+        return tone.ita(self.orig_win, self.pts, self.origin)
+
     def placed_matte(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k not in self._mattes:
             self._mattes[k] = self.op.placed_matte(self.pts, k, self.region)
@@ -301,7 +312,7 @@ class BankFace:
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
-                 landmarks: str | None = None) -> None:
+                 landmarks: str | None = None, tone_pool: int = 18) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -317,6 +328,7 @@ class BankFace:
         self.bank.mirrored = bool(mirror)
         self.poisson = bool(poisson)
         self.choices = max(1, min(int(choices), self.bank.choices))
+        self.tone_pool = int(tone_pool) if self.bank.in_colour else 0
         if not 0.0 <= forehead <= 1.0:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
@@ -357,20 +369,32 @@ class BankFace:
             return "border", pts, None
         return None, pts, (int(x0), int(y0), int(x1), int(y1))
 
-    def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None) -> list[int]:
-        """The bank faces to try: the nearest `choices` in pose and expression, in an order from the RNG; for
-        a face assigned a virtual identity (a keyed run), that identity's faces, nearest first."""
+    def nearest(self, pts: np.ndarray, n: int, skin: float | None = None) -> np.ndarray:
+        """The n bank faces that fit the face best, best first: nearest in pose and expression; with `skin`
+        (the face's ITA°) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
+        nearest in pose and expression, ties in pose order."""
+        vector = sh.features(pts).vector()
+        if skin is None or self.tone_pool <= 0:
+            return self.bank.nearest(vector, n)
+        pool = self.bank.nearest(vector, max(n, self.tone_pool))
+        gap = np.abs(self.bank.tones[pool % len(self.bank)] - skin)
+        return pool[np.lexsort((np.arange(len(pool)), np.nan_to_num(gap, nan=np.inf)))][:n]
+
+    def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None,
+              skin: float | None = None) -> list[int]:
+        """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG; for a face
+        assigned a virtual identity (a keyed run), that identity's faces, nearest in pose first."""
         if identity is not None:
             return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
-        near = self.bank.nearest(sh.features(pts).vector(), self.choices)
+        near = self.nearest(pts, self.choices, skin)
         return [int(near[i]) for i in rng.permutation(len(near))]
 
-    def further(self, pts: np.ndarray, n: int, rng: np.random.Generator) -> list[int]:
-        """The n bank faces next nearest in pose and expression after `order`'s, in an order from the RNG:
-        tried only where each of those turned the head too far (BankGuardConfig.more_if_turned)."""
+    def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None) -> list[int]:
+        """The n bank faces that fit next best after `order`'s, in an order from the RNG: tried only where
+        each of those turned the head too far (BankGuardConfig.more_if_turned)."""
         if n <= 0:
             return []
-        more = self.bank.nearest(sh.features(pts).vector(), self.choices + n)[self.choices:]
+        more = self.nearest(pts, self.choices + n, skin)[self.choices:]
         return [int(more[i]) for i in rng.permutation(len(more))]
 
     def target_shape(self, pts: np.ndarray, bank_pts: np.ndarray) -> np.ndarray:
@@ -646,10 +670,10 @@ class BankFace:
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
             site = Site(self, image, pts, window, region)
-            order = self.order(pts, rngs[i], faces[i].identity)
+            order = self.order(pts, rngs[i], faces[i].identity, site.tone)
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
-                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i])
+                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], site.tone)
                 ranked = (self.by_cover(order, site, extras) if region is not None
                           else itertools.chain(ranked, ((k, 0, True) for k in extras)))
             done = self.choose(out, site, ranked, refs, blurred)

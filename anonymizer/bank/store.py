@@ -31,12 +31,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from anonymizer.bank import tone
 from anonymizer.bank.matte import head_matte
 from anonymizer.bank.shape import CROP_SIZE, FEATURE_COLUMNS, Features, extend, mirror
 
 FORMAT = 1
 INDEX_COLUMNS = ("face_id", "identity", "landmarks", *FEATURE_COLUMNS, "source", "licence", "crop", "crop_sha256",
                  "donors", "checks")
+TONE = "tone"  # the crop's skin tone (ITA°, anonymizer.bank.tone); banks built before it was recorded lack it
 
 
 class BankError(ValueError):
@@ -110,6 +112,8 @@ class BankWriter:
                "source": self.source, "licence": self.licence, "crop": name,
                "crop_sha256": hashlib.sha256(png.tobytes()).hexdigest(), "donors": list(donors or []),
                "checks": json.dumps(checks or {}, sort_keys=True)}
+        angle = tone.ita(crop, np.asarray(pts68, np.float64).reshape(68, 2))
+        row[TONE] = np.nan if angle is None else angle
         self._pending.append(row)
         self.done.add(face_id)
         if len(self._pending) >= self.part_size:
@@ -126,7 +130,7 @@ class BankWriter:
         if not self._pending:
             return
         path = self.parts / f"part-{self._next_part:05d}.parquet"
-        df = pd.DataFrame(self._pending, columns=list(INDEX_COLUMNS))
+        df = pd.DataFrame(self._pending, columns=[*INDEX_COLUMNS, TONE])
         tmp = path.with_name(path.name + ".tmp")
         df.to_parquet(tmp, index=False)
         os.replace(tmp, path)
@@ -189,13 +193,20 @@ def plot_coverage(df: pd.DataFrame, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, col, label in zip(axes, ("pitch", "mouth_open", "smile"),
                               ("pitch (°)", "mouth opening / eye distance", "mouth width / eye distance")):
         ax.scatter(df["yaw"], df[col], s=8, alpha=0.6)
         ax.set_xlabel("yaw (°)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    people = df.groupby("identity")[TONE].median().dropna() if TONE in df else pd.Series(dtype=float)
+    names = [name for _, name in tone.BANDS][::-1]
+    counts = [int(sum(tone.band(a) == name for a in people)) for name in names]
+    axes[3].bar(range(len(names)), counts)
+    axes[3].set_xticks(range(len(names)), names, rotation=30, ha="right")
+    axes[3].set_ylabel("identities")
+    axes[3].set_title("skin tone as rendered (ITA°, anonymizer.bank.tone)", fontsize=9)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=80, metadata={"Software": None})
@@ -268,6 +279,17 @@ class Bank:
             m = _make_matte(str(self.root / self.index["crop"].iat[i % n]), self.index["crop_sha256"].iat[i % n],
                             tuple(self.index["landmarks"].iat[i % n]))
         return np.ascontiguousarray(m[:, ::-1]) if i >= n else m
+
+    @cached_property
+    def tones(self) -> np.ndarray:
+        """Each face's skin tone (ITA°, anonymizer.bank.tone; NaN where unreadable): the index's, else read from
+        its crop now (a bank built before tones were recorded)."""
+        known = (self.index[TONE].to_numpy(np.float64) if TONE in self.index
+                 else np.full(len(self), np.nan))
+        for i in np.flatnonzero(np.isnan(known)):
+            angle = tone.ita(self.crop(int(i)), self.landmarks(int(i)))
+            known[i] = np.nan if angle is None else angle
+        return known
 
     @cached_property
     def identities(self) -> list[str]:

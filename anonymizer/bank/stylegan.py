@@ -23,8 +23,10 @@ from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from anonymizer.bank import shape as sh
+from anonymizer.bank import tone
 from anonymizer.bank.store import BankWriter
 from anonymizer.faces import Face
 from anonymizer.models import ModelNotFoundError, search_dirs, sha256_file
@@ -39,6 +41,8 @@ FILES = {
     "SynthesisNetwork.bin": "c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
 }
 DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
+CANDIDATES_PER_PERSON = 5  # 5 n people rendered once to choose n from: at 0.7, about 4 % are brown or dark
+CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
 
 
@@ -221,18 +225,61 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
     return out
 
 
+def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args: tuple, engine: str,
+                    workers: int | None, ray_address: str | None, chunk: int = 32) -> dict[int, float]:
+    """Person → their skin tone (ITA°, exposure-corrected by the eye whites: anonymizer.bank.tone), read on
+    their first render, for people 0 … m−1. Left out: those without one clear face, and those whose eyes show
+    no white (sunglasses, a squint: a bank face should carry open eyes). Readings are kept in
+    `out`/CANDIDATES as they come, so an interrupted build does not render them again."""
+    path = out / CANDIDATES
+    cols = ["person", "lightness", "b", "eye_white"]
+    rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
+    todo = sorted(set(range(m)) - {int(r["person"]) for r in rows})
+    jobs = [(f"c{p:06d}", p, renderer.w(person_z(seed, p))) for p in todo]
+
+    def keep() -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        pd.DataFrame(rows, columns=cols).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+
+    for j, (_, person, crop, pts) in enumerate(render_chunks(jobs, maker_args, engine, workers,
+                                                             ray_address=ray_address), start=1):
+        r = tone.read(crop, pts) if crop is not None else None
+        rows.append({"person": person, "lightness": np.nan if r is None else r.lightness,
+                     "b": np.nan if r is None else r.b,
+                     "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white})
+        if j % chunk == 0 or j == len(jobs):
+            keep()
+    seen = [r for r in rows if int(r["person"]) < m and np.isfinite(r["eye_white"])]
+    reference = float(np.median([r["eye_white"] for r in seen])) if seen else 0.0
+    return {int(r["person"]): tone.Reading(r["lightness"], r["b"], r["eye_white"]).corrected(reference)
+            for r in seen}
+
+
+def _band_counts(angles) -> dict[str, int]:
+    counts = dict.fromkeys((name for _, name in tone.BANDS), 0)
+    for a in angles:
+        counts[tone.band(a)] += 1
+    return counts
+
+
 def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Sequence[dict] = DEFAULT_VIEWS,
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
                         model_dir: str | None = None, part_size: int = 64, engine: str = "local",
                         workers: int | None = None, ray_address: str | None = None,
-                        landmarks: str = "dlib_shape68", backend: str = "auto") -> Path:
+                        landmarks: str = "dlib_shape68", backend: str = "auto", candidates: int | None = None) -> Path:
     """A bank of `n` virtual people, each rendered once and then at `views` (see the module doc: views need
     `fit_min` people to fit directions from); resumable. A view's step along its direction is capped at
     `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Rendering runs
     in this process (`engine="local"`) or fans out over `workers` Ray actors (`"ray"`); the bank is the same.
     `landmarks`: the landmarker (anonymizer.bank.shape.LANDMARKERS) the operator will use with this bank.
     `backend` (Renderer): where the faces render; w is always mapped here through OpenVINO, so a bank's
-    people are the same wherever they render. Returns the bank directory."""
+    people are the same wherever they render. Returns the bank directory.
+
+    Who is in it: `candidates` people (default CANDIDATES_PER_PERSON × n; 0 or n: people 0 … n−1) are
+    rendered once, and the n kept are spread over skin-tone bands (anonymizer.bank.tone.spread, on tones
+    corrected for each render's exposure). FFHQ's people, truncated toward the mean w, are mostly
+    light-skinned, and a dark-skinned person given a light-skinned bank face looks recoloured, not real."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
@@ -250,9 +297,20 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
             else:
                 writer.add(face_id, f"s{person:06d}", crop, pts, sh.features(pts))
 
-    base = {i: renderer.w(person_z(seed, i)) for i in range(n)}
-    make_all([(f"s{i:06d}v0", i, base[i]) for i in range(n)])
-    summary: dict = {"people": n, "missed_renders": 0, "views": [], "directions": None}
+    candidates = CANDIDATES_PER_PERSON * n if candidates is None else candidates
+    chosen = list(range(n))
+    tones: dict[int, float] = {}
+    if candidates > n:
+        tones = candidate_tones(out, seed, candidates, renderer, maker_args, engine, workers, ray_address)
+        chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]))
+        chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
+    base = {i: renderer.w(person_z(seed, i)) for i in chosen}
+    make_all([(f"s{i:06d}v0", i, base[i]) for i in chosen])
+    summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
+    if tones:
+        summary["candidates"] = {"rendered": candidates, "eye_whites_seen": len(tones), "chosen": len(chosen),
+                                 "bands_of_candidates": _band_counts(tones.values()),
+                                 "bands_chosen": _band_counts(tones[i] for i in chosen)}
     extra: tuple[str, ...] = ()
     rows = writer.rows()
     v0 = rows[rows["face_id"].str.endswith("v0")]
@@ -287,7 +345,10 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         make_all(jobs)
         summary["views"] = list(views)
     summary["missed_renders"] = missed
-    build = {"kind": "stylegan", "n": n, "seed": seed, "truncation": truncation, "views": list(views),
+    if tones:
+        extra = (*extra, CANDIDATES)
+    build = {"kind": "stylegan", "n": n, "seed": seed, "candidates": candidates, "truncation": truncation,
+             "views": list(views),
              "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": landmarks,
              "crop_size": sh.CROP_SIZE}
     return writer.finish(None, build, extra_files=extra, summary=summary)

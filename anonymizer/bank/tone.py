@@ -1,0 +1,113 @@
+"""Skin tone as a photo shows it: the individual typology angle (ITA°, Chardon et al. 1991) of a face's skin.
+
+ITA = atan2(L* − 50, b*) in degrees, from CIE L*a*b*. Del Bino et al.'s bands: > 55 very light, 41–55 light,
+28–41 intermediate, 10–28 tan, −30–10 brown, < −30 dark. The colour is the median over six small discs of
+skin (both upper and lower cheeks, the nose, the chin) of each disc's median, so that two of them under
+sunglasses or a beard do not move it.
+
+`ita` reads the photo, not the person: a face in shadow reads darker than the same face in the sun. The
+bank operator compares it between a photo face and bank faces read the same way, so a bank face near in
+ITA is one that harmonisation recolours little. Choosing whom a StyleGAN bank renders needs the person's
+tone instead: `Reading.corrected` divides the photo's exposure out by the eye whites (the lightest
+low-chroma pixels inside the eyes), which are white whatever the skin. On a 256-px bank crop that reading
+is rough (lids and lashes darken it), and where the eyes show no white at all (sunglasses, a squint) it
+is not made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+DISCS = ((41, 31, 2), (46, 35, 14), (48, 3, 4), (54, 13, 12), (29, 30), (57, 8))  # each disc: its points' mean
+DISC_RADIUS = 0.15  # eye distances
+EYES = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))
+WHITE_CHROMA = 15.0  # eye pixels below this chroma (a*, b*) may be the white of the eye
+WHITE_MIN = 0.4      # "whites" darker than this share of the skin are sunglasses, lids or lashes: not seen
+BANDS = ((55.0, "very light"), (41.0, "light"), (28.0, "intermediate"), (10.0, "tan"), (-30.0, "brown"),
+         (-np.inf, "dark"))
+
+
+def angle(lightness: float, b: float) -> float:
+    return float(np.degrees(np.arctan2(lightness - 50.0, b)))
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A face's skin lightness L* and yellowness b*, and its eye whites' lightness (None: not seen)."""
+
+    lightness: float
+    b: float
+    eye_white: float | None
+
+    @property
+    def ita(self) -> float:
+        return angle(self.lightness, self.b)
+
+    def corrected(self, reference: float) -> float:
+        """ITA° of the skin as if the eye whites were at lightness `reference` (an exposure scales L*, a* and
+        b* alike, about as the cube root of the light); the photo's ITA where they are not seen (closed eyes,
+        sunglasses)."""
+        if self.eye_white is None or self.eye_white <= 1.0:
+            return self.ita
+        f = reference / self.eye_white
+        return angle(min(100.0, self.lightness * f), self.b * f)
+
+
+def read(image: np.ndarray, pts68: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Reading | None:
+    """The skin (and eye whites) of the face with 68 points `pts68` in an RGB uint8 image, or a window of it
+    at `offset`; None where the discs are too small to read (an eye distance under 14 px)."""
+    pts = np.asarray(pts68, np.float64) - offset
+    iod = float(np.linalg.norm(pts[36:42].mean(0) - pts[42:48].mean(0)))
+    radius = int(round(DISC_RADIUS * iod))
+    if radius < 2:
+        return None
+    lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
+    medians = []
+    for disc in DISCS:
+        mask = np.zeros(image.shape[:2], np.uint8)
+        cv2.circle(mask, tuple(int(v) for v in np.round(pts[list(disc)].mean(0))), radius, 1, -1)
+        px = lab[mask > 0]
+        if len(px):
+            medians.append(np.median(px, 0))
+    if len(medians) < 4:
+        return None
+    lightness, _, b = np.median(np.array(medians), 0)
+    eyes = np.zeros(image.shape[:2], np.uint8)
+    for eye in EYES:
+        cv2.fillPoly(eyes, [np.round(pts[list(eye)]).astype(np.int32)], 1)
+    px = lab[eyes > 0]
+    white = px[np.hypot(px[:, 1], px[:, 2]) < WHITE_CHROMA, 0]
+    seen = float(np.percentile(white, 80)) if len(white) >= 8 else 0.0
+    return Reading(float(lightness), float(b), seen if seen >= WHITE_MIN * lightness else None)
+
+
+def ita(image: np.ndarray, pts68: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> float | None:
+    """The face's ITA° as the photo shows it (see `read`); None where unreadable."""
+    r = read(image, pts68, offset)
+    return None if r is None else r.ita
+
+
+def band(value: float) -> str:
+    return next(name for edge, name in BANDS if value > edge)
+
+
+def spread(tones: dict[int, float], n: int, rng: np.random.Generator) -> list[int]:
+    """`n` of the keys of `tones` (person → ITA°), spread over Del Bino's bands: each band gets an equal share
+    of `n`, a band with too few people passes its remainder to the others, and each band's people are drawn
+    by `rng`. Sorted."""
+    pools: dict[str, list[int]] = {}
+    for person in sorted(tones):
+        pools.setdefault(band(tones[person]), []).append(person)
+    pools = {name: [int(p) for p in np.asarray(people)[rng.permutation(len(people))]] for name, people in pools.items()}
+    chosen: list[int] = []
+    while len(chosen) < n and any(pools.values()):
+        open_bands = [name for _, name in BANDS if pools.get(name)]
+        share = max(1, (n - len(chosen)) // len(open_bands))
+        for name in open_bands:
+            take = pools[name][:min(share, n - len(chosen))]
+            pools[name] = pools[name][len(take):]
+            chosen.extend(take)
+    return sorted(chosen)
