@@ -11,10 +11,11 @@ synthetic people. Per face:
 2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
    counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
    key, face index), so the result is deterministic. In a colour photo, those `choices` are the nearest in
-   skin tone (anonymizer.bank.tone: the cheeks' ITA°, read alike on the photo and on the bank face) among
-   the `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin,
-   and a light-skinned face made dark (or the reverse) looks recoloured. A face that carries a virtual identity (`Face.identity`,
-   set by a keyed run's linking) tries only that identity's faces, nearest first: one person, one face.
+   skin tone (anonymizer.bank.tone: ITA° as the photo shows it, read alike on the bank faces) among the
+   `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin, and
+   a light-skinned face made dark (or the reverse) looks recoloured. A face that carries a virtual identity
+   (`Face.identity`, set by a keyed run's linking) tries only that identity's faces, nearest first: one
+   person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a

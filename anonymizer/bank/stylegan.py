@@ -41,7 +41,7 @@ FILES = {
     "SynthesisNetwork.bin": "c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
 }
 DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
-CANDIDATES_PER_PERSON = 5  # 5 n people rendered once to choose n from: at 0.7, about 4 % are brown or dark
+CANDIDATES_PER_PERSON = 5  # people rendered once per bank person kept: at truncation 0.7 few have dark skin
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
 
@@ -348,7 +348,6 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     if tones:
         extra = (*extra, CANDIDATES)
     build = {"kind": "stylegan", "n": n, "seed": seed, "candidates": candidates, "truncation": truncation,
-             "views": list(views),
-             "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": landmarks,
+             "views": list(views), "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": landmarks,
              "crop_size": sh.CROP_SIZE}
     return writer.finish(None, build, extra_files=extra, summary=summary)

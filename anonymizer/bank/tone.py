@@ -58,7 +58,7 @@ class Reading:
 
 def read(image: np.ndarray, pts68: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Reading | None:
     """The skin (and eye whites) of the face with 68 points `pts68` in an RGB uint8 image, or a window of it
-    at `offset`; None where the discs are too small to read (an eye distance under 14 px)."""
+    at `offset`; None where the discs are too small to read (an eye distance under 10 px)."""
     pts = np.asarray(pts68, np.float64) - offset
     iod = float(np.linalg.norm(pts[36:42].mean(0) - pts[42:48].mean(0)))
     radius = int(round(DISC_RADIUS * iod))
