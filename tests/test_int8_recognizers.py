@@ -30,6 +30,8 @@ def faces():
     return out
 
 
+@pytest.mark.skipif(not int8.dot_products(), reason="this CPU has no 8-bit dot products: its int8 kernels can "
+                    "saturate, so `auto` runs float32 (test_auto_keeps_float32_where_int8_kernels_can_saturate)")
 @pytest.mark.parametrize("name, tolerance", [("dlib_resnet", 0.08), ("mobilefacenet", 0.07)])
 def test_int8_copy_keeps_the_distances_between_faces(faces, name, tolerance, tmp_path, monkeypatch):
     """Every pairwise distance within `tolerance` of float32's (measured: p99 0.03, largest 0.08 and 0.05
@@ -50,6 +52,18 @@ def test_int8_copy_keeps_the_distances_between_faces(faces, name, tolerance, tmp
         build_encoder(name, {"precision": "fp16"})
 
 
+@pytest.mark.skipif(int8.dot_products(), reason="this CPU has 8-bit dot products")
+@pytest.mark.parametrize("name", ["dlib_resnet", "mobilefacenet"])
+def test_auto_keeps_float32_where_int8_kernels_can_saturate(name):
+    """On a CPU without 8-bit dot products `auto` is float32, and the report names no int8 copy."""
+    from anonymizer.measure.encoder import ENCODERS, build_encoder
+
+    assert build_encoder(name, {"device": "cpu", "precision": "auto"}).precision == "float32"
+    rows = ENCODERS.factory(name).weight_files({"precision": "auto", "device": "cpu"}, None)
+    assert not any("int8" in r["file"] for r in rows)
+
+
+@pytest.mark.skipif(not int8.dot_products(), reason="this CPU has no 8-bit dot products: `auto` runs float32")
 def test_the_report_names_int8_copies():
     """A recognizer's inventory row says where a run uses its 8-bit copy (auto on a CPU) and from which
     ranges; float32 says nothing of it."""

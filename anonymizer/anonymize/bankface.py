@@ -126,7 +126,8 @@ class BankGuardConfig(BaseModel):
     landmarks found again) above which a bank face is tried only after the others of its cover group; None:
     no pose check. When every bank face tried in a cover group turns the head past that, up to `more_if_turned`
     bank faces next nearest in pose and expression are tried in that group before the least turned is kept.
-    `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on the CPU). The release gate
+    `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on a CPU with 8-bit dot
+    products, float32 elsewhere). The release gate
     measures with its own float32 recognizers either way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -373,13 +374,20 @@ class BankFace:
     def nearest(self, pts: np.ndarray, n: int, skin: float | None = None) -> np.ndarray:
         """The n bank faces that fit the face best, best first: nearest in pose and expression; with `skin`
         (the face's ITA°) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
-        nearest in pose and expression, ties in pose order."""
+        nearest in pose and expression, one face per virtual identity (its nearest in pose) before any second,
+        ties in pose order. A person's views (and their mirror images) share a tone: without that rule they
+        would fill the choices and leave the identity guard fewer people to try."""
         vector = sh.features(pts).vector()
         if skin is None or self.tone_pool <= 0:
             return self.bank.nearest(vector, n)
         pool = self.bank.nearest(vector, max(n, self.tone_pool))
-        gap = np.abs(self.bank.tones[pool % len(self.bank)] - skin)
-        return pool[np.lexsort((np.arange(len(pool)), np.nan_to_num(gap, nan=np.inf)))][:n]
+        people = self.bank.index["identity"].to_numpy()[pool % len(self.bank)]
+        seen: dict = {}
+        repeat = np.zeros(len(pool), np.int64)  # 0 for a person's first face in the pool, 1 for the second…
+        for j, person in enumerate(people):
+            repeat[j] = seen[person] = seen.get(person, -1) + 1
+        gap = np.nan_to_num(np.abs(self.bank.tones[pool % len(self.bank)] - skin), nan=np.inf)
+        return pool[np.lexsort((np.arange(len(pool)), gap, repeat))][:n]
 
     def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None,
               skin: float | None = None) -> list[int]:

@@ -52,7 +52,7 @@ OUTPUTS = ("537", "538", "539", "540")  # heatmap, scale, offset, landmarks (the
 class CenterFaceDetector(MultiScale):
     """CenterFace; `scales` resize the whole image (each scale can vote on its own in the ensemble).
     `precision`: float32 (the export as shipped), int8 (its 8-bit copy, anonymizer.int8: about half the CPU
-    time) or auto (int8 where onnxruntime runs on the CPU, float32 on CUDA)."""
+    time) or auto (int8 where onnxruntime runs on a CPU with 8-bit dot products, else float32)."""
 
     name = "centerface"
     MODELS = ("centerface",)  # weight files (anonymizer.models names), for the audit report
@@ -145,8 +145,8 @@ class CenterFaceDetector(MultiScale):
 
 
 def resolved_precision(precision: str, backend: str, device: str) -> str:
-    """float32 or int8: what a detector with these settings runs (`auto`: int8 where onnxruntime runs it on
-    the CPU and its quantizer takes stored ranges)."""
+    """float32 or int8: what a detector with these settings runs (`auto`: anonymizer.int8.resolve where
+    onnxruntime runs it)."""
     if precision != "auto":
         return precision
     if backend == "opencv":

@@ -40,7 +40,7 @@ class DlibResNetEncoder:
     not import torch), all faces of a call in one batch. `device`: auto (CUDA when onnxruntime has it), cpu,
     cuda. `precision`: float32, or int8 (its 8-bit copy, anonymizer.int8: what the face bank's identity
     guard may use; over LFW faces the descriptors move by about 0.04 and distances between two faces by p99
-    0.03), or auto (int8 on the CPU where onnxruntime can make it)."""
+    0.03 on a CPU with 8-bit dot products), or auto (int8 on such a CPU, anonymizer.int8.resolve)."""
 
     name = "dlib_resnet"
     same_person_distance = 0.6

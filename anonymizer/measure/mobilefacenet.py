@@ -54,7 +54,7 @@ class MobileFaceNetEncoder:
     Alignment: the face's own 5 landmarks, else dlib's 5-point predictor (FivePointAligner). All faces of
     an image go through the network in one call. `device`: auto (CUDA when onnxruntime has it), cpu, cuda.
     `precision`: float32, int8 (its 8-bit copy, anonymizer.int8: what the face bank's identity guard may
-    use) or auto (int8 on the CPU where onnxruntime can make it).
+    use) or auto (int8 on a CPU with 8-bit dot products, anonymizer.int8.resolve).
     """
 
     name = "mobilefacenet"
