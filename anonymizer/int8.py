@@ -3,11 +3,11 @@
 Why: on a CPU with 8-bit dot products (AVX-512 VNNI, AVX-VNNI, ARM's dotprod) an int8 convolution costs
 about half a float32 one. Without them (AVX2 alone, AVX-512 without VNNI) the 8-bit kernels add pairs of
 products in 16 bits, which can saturate (OpenVINO's and onnxruntime's quantization guides): on an AVX2-only
-CPU, dlib's descriptors moved by up to 0.39 from float32's (docs/benchmarks.md), so `auto` keeps float32
-there. The copy is static QDQ (onnxruntime.quantization: weights int8 per output
-channel, activations uint8 per tensor) with activation ranges measured once on real data
-(training/calibrate_int8.py) and stored in int8_ranges/ beside this module, so every machine makes the same
-copy without calibration data. It is made on first use (a few seconds) and kept under
+CPU the recognizers' descriptors moved by up to 0.34 (dlib) and 0.38 (MobileFaceNet) from float32's, and were
+no faster (bench/int8_drift.py, docs/benchmarks.md), so `auto` keeps float32 there. The copy is static QDQ
+(onnxruntime.quantization: weights int8 per output channel, activations uint8 per tensor) with activation
+ranges measured once on real data (training/calibrate_int8.py) and stored in int8_ranges/ beside this module,
+so every machine makes the same copy without calibration data. It is made on first use (a few seconds) and kept under
 ~/.cache/anonymizer/derived (anonymizer.onnx_runtime.derived), named by a hash of the float32 model, the ranges
 and onnxruntime's version.
 Used for CenterFace (a detector setting) and for the face bank's identity guard (its recognizers);

@@ -127,8 +127,7 @@ class BankGuardConfig(BaseModel):
     no pose check. When every bank face tried in a cover group turns the head past that, up to `more_if_turned`
     bank faces next nearest in pose and expression are tried in that group before the least turned is kept.
     `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on a CPU with 8-bit dot
-    products, float32 elsewhere). The release gate
-    measures with its own float32 recognizers either way."""
+    products, float32 elsewhere). The release gate measures with its own float32 recognizers either way."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
