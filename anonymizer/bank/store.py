@@ -201,9 +201,9 @@ def plot_coverage(df: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     people = df.groupby("identity")[TONE].median().dropna() if TONE in df else pd.Series(dtype=float)
-    names = [name for _, name in tone.BANDS][::-1]
-    counts = [int(sum(tone.band(a) == name for a in people)) for name in names]
-    axes[3].bar(range(len(names)), counts)
+    counts = tone.band_counts(people)
+    names = list(counts)[::-1]
+    axes[3].bar(range(len(names)), [counts[name] for name in names])
     axes[3].set_xticks(range(len(names)), names, rotation=30, ha="right")
     axes[3].set_ylabel("identities")
     axes[3].set_title("skin tone as rendered (ITA°, anonymizer.bank.tone)", fontsize=9)

@@ -256,13 +256,6 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
             for r in seen}
 
 
-def _band_counts(angles) -> dict[str, int]:
-    counts = dict.fromkeys((name for _, name in tone.BANDS), 0)
-    for a in angles:
-        counts[tone.band(a)] += 1
-    return counts
-
-
 def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Sequence[dict] = DEFAULT_VIEWS,
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
                         model_dir: str | None = None, part_size: int = 64, engine: str = "local",
@@ -309,8 +302,8 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
     if tones:
         summary["candidates"] = {"rendered": candidates, "eye_whites_seen": len(tones), "chosen": len(chosen),
-                                 "bands_of_candidates": _band_counts(tones.values()),
-                                 "bands_chosen": _band_counts(tones[i] for i in chosen)}
+                                 "bands_of_candidates": tone.band_counts(tones.values()),
+                                 "bands_chosen": tone.band_counts(tones[i] for i in chosen)}
     extra: tuple[str, ...] = ()
     rows = writer.rows()
     v0 = rows[rows["face_id"].str.endswith("v0")]

@@ -94,6 +94,14 @@ def band(value: float) -> str:
     return next(name for edge, name in BANDS if value > edge)
 
 
+def band_counts(angles) -> dict[str, int]:
+    """How many of `angles` (ITA°) fall in each band, lightest band first."""
+    counts = dict.fromkeys((name for _, name in BANDS), 0)
+    for a in angles:
+        counts[band(a)] += 1
+    return counts
+
+
 def spread(tones: dict[int, float], n: int, rng: np.random.Generator) -> list[int]:
     """`n` of the keys of `tones` (person → ITA°), spread over Del Bino's bands: each band gets an equal share
     of `n`, a band with too few people passes its remainder to the others, and each band's people are drawn
