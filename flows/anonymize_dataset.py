@@ -34,24 +34,31 @@ def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers
     return outcome.summary()
 
 
-def run_from_cli(**kwargs) -> dict:
-    """`anonymizer run` (engine `prefect`): the flow, with Prefect's API and Ray started side by side first.
-    Without PREFECT_API_URL, Prefect starts a temporary server, and a local Ray starts its own processes:
-    seconds each, which one after the other the flow would wait for in turn. Ray starts in this (the main)
-    thread, as ray.init requires; the flow then finds both running."""
-    api = threading.Thread(target=_reach_api, name="prefect-api", daemon=True)
-    api.start()
+def run_from_cli(api=None, **kwargs) -> dict:
+    """The flow, with Prefect's API and Ray started side by side first. Prefect's temporary server (started
+    by flows.cli_engine, or else by Prefect when the flow first reaches its API) and a local Ray each take
+    seconds, which one after the other the flow would wait for in turn. `api` waits for the API (default:
+    reach it, which starts Prefect's own temporary server where none is configured) in a thread, while Ray
+    starts in this (the main) thread, as ray.init requires; the flow then finds both running."""
+    waiter = threading.Thread(target=_reached(api or _reach_api), name="prefect-api", daemon=True)
+    waiter.start()
     ensure_ray(kwargs.get("ray_address"))
-    api.join()
+    waiter.join()
     return anonymize_dataset(**kwargs)
 
 
+def _reached(wait):
+    def reach() -> None:
+        try:
+            wait()
+        except Exception as exc:  # noqa: BLE001 - the flow's own connection then fails with Prefect's error
+            log.warning("prefect API not reached ahead of the flow: %s", exc)
+    return reach
+
+
 def _reach_api() -> None:
-    try:
-        with get_client(sync_client=True) as client:
-            client.api_healthcheck()
-    except Exception as exc:  # noqa: BLE001 - the flow's own connection reports it, with Prefect's error
-        log.debug("prefect API not reached ahead of the flow: %s", exc)
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
 
 
 def _artifacts(report: dict, location: str) -> None:

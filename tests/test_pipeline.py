@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
@@ -146,6 +147,14 @@ def test_policy_no_run_can_meet_publishes_nothing(tmp_path, shared):
     assert "NOT RELEASED" in r.stderr
 
 
+def test_cli_keeps_prefects_refusal_where_temporary_servers_are_off(tmp_path, shared):
+    # The CLI launches Prefect's temporary server early, but only where Prefect itself would start one
+    r = _cli("run", str(PHOTOS), str(tmp_path / "rel"), env={"PREFECT_SERVER_ALLOW_EPHEMERAL_MODE": "false"})
+    assert r.returncode == 1, r.stderr[-3000:]
+    assert "No Prefect API URL provided" in r.stderr and "prefect_temporary_server" not in r.stderr
+    assert not (tmp_path / "rel").exists()
+
+
 def test_missing_model_is_a_clear_error(tmp_path, shared):
     env = {"ANONYMIZER_MODEL_DIR": str(tmp_path / "nowhere")}
     r = _cli("run", str(PHOTOS), str(tmp_path / "rel"), "--engine", "ray", env=env, cwd=tmp_path)
@@ -157,8 +166,13 @@ def test_missing_model_is_a_clear_error(tmp_path, shared):
 def test_cli_releases_all_sample_photos(tmp_path, shared):
     r = _cli("run", str(PHOTOS), str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr[-3000:]
-    # Prefect's API is reached ahead of the flow (flows.anonymize_dataset.run_from_cli), and the flow uses it
-    assert r.stderr.count("Starting temporary server") <= 1, r.stderr[-3000:]
+    # Prefect's temporary server is launched first thing (flows.cli_engine), the flow uses it (Prefect starts
+    # none of its own), and it is stopped with the run
+    assert "Starting temporary server" not in r.stderr, r.stderr[-3000:]
+    url = json.loads(next(line for line in r.stderr.splitlines() if "prefect_temporary_server" in line
+                          and line.startswith("{")))["url"]
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{url}/health", timeout=5)
     result = json.loads(r.stdout[r.stdout.rindex("{\n  \"run_id\""):])  # Ray may print worker notices first
     run_dir = tmp_path / "out" / result["run_id"]
     report = json.loads((run_dir / "report.json").read_text())
