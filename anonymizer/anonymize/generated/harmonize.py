@@ -19,6 +19,7 @@ import numpy as np
 from anonymizer.anonymize.generated import align as al
 
 CHROMA_SIGMA = 0.08   # of the crop side
+LOW_SIGMA = 8.0       # px: the smallest Gaussian _low takes on a reduced copy
 INNER_FEATHER = 0.5   # the inner face: where al.face_mask with this feather is above 0.5 (no hair, no background)
 
 
@@ -31,7 +32,17 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def _low(x: np.ndarray, size: int) -> np.ndarray:
-    return cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), CHROMA_SIGMA * size)
+    """x low-passed by a Gaussian of CHROMA_SIGMA × size. A low pass that wide keeps nothing a smaller copy
+    loses, so it is taken at 1/f size (sigma ≥ LOW_SIGMA px there) and enlarged. On windows of the photos
+    (120-520 px, a*/b*) it stays within 1.4 of the full-size blur at the window's edge and 0.3 inside, at a
+    twentieth of the cost, which at full size grows with the cube of the window's side (160 ms at 500 px)."""
+    sigma = CHROMA_SIGMA * size
+    f = max(1, int(sigma // LOW_SIGMA))
+    if f == 1:
+        return cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), sigma)
+    h, w = x.shape[:2]
+    small = cv2.resize(x, (max(1, round(w / f)), max(1, round(h / f))), interpolation=cv2.INTER_AREA)
+    return cv2.resize(cv2.GaussianBlur(small, (0, 0), sigma / f), (w, h), interpolation=cv2.INTER_LINEAR)
 
 
 @dataclass(frozen=True)
