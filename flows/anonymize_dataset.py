@@ -40,20 +40,17 @@ def run_from_cli(api=None, **kwargs) -> dict:
     seconds, which one after the other the flow would wait for in turn. `api` waits for the API (default:
     reach it, which starts Prefect's own temporary server where none is configured) in a thread, while Ray
     starts in this (the main) thread, as ray.init requires; the flow then finds both running."""
-    waiter = threading.Thread(target=_reached(api or _reach_api), name="prefect-api", daemon=True)
+    def reach() -> None:
+        try:
+            (api or _reach_api)()
+        except Exception as exc:  # noqa: BLE001 - the flow's own connection then fails with Prefect's error
+            log.warning("prefect API not reached ahead of the flow: %s", exc)
+
+    waiter = threading.Thread(target=reach, name="prefect-api", daemon=True)
     waiter.start()
     ensure_ray(kwargs.get("ray_address"))
     waiter.join()
     return anonymize_dataset(**kwargs)
-
-
-def _reached(wait):
-    def reach() -> None:
-        try:
-            wait()
-        except Exception as exc:  # noqa: BLE001 - the flow's own connection then fails with Prefect's error
-            log.warning("prefect API not reached ahead of the flow: %s", exc)
-    return reach
 
 
 def _reach_api() -> None:

@@ -39,7 +39,7 @@ class TemporaryServer:
 
     def _spawn(self) -> None:
         self.port = _free_port()
-        env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env = {**os.environ, "PREFECT_UI_ENABLED": "0"}
         self.process = subprocess.Popen([sys.executable, "-c", SERVER, str(self.port)], env=env,
                                         stdin=subprocess.DEVNULL)
 
