@@ -96,6 +96,11 @@ MODELS: dict[str, ModelSpec] = {
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
     ),
+    "apparent_sex": ModelSpec(
+        "apparent_sex", "apparent_sex.json", None, None,
+        "the project's own probe on dlib descriptors (training/apparent_sex.py), fitted on LFW photos, a research "
+        "data set", licence_class="research",
+    ),
     "mobilefacenet": ModelSpec(
         "mobilefacenet",
         "MobileFaceNet.onnx",

@@ -40,6 +40,8 @@ def test_realistic_profile_replaces_faces_from_the_bank(bank, tmp_path):
     report = json.loads((tmp_path / "rel.staging" / "r" / "report.json").read_text())
     rows = [m for m in report["models"] if m["component"] == "bank" and m["name"] == "face bank"]
     assert rows and rows[0]["licence"] == "non-commercial (StyleGAN2-FFHQ)" and len(rows[0]["sha256"]) == 64
+    probe = [m for m in report["models"] if m["component"] == "apparent_sex" and m["name"] == "apparent_sex"]
+    assert probe and probe[0]["licence_class"] == "research" and len(probe[0]["sha256"]) == 64
     assert outcome.report["policy"]["name"] == "realistic-test"
 
 

@@ -13,7 +13,8 @@ synthetic people. Per face:
    key, face index), so the result is deterministic. In a colour photo, those `choices` are the nearest in
    skin tone (anonymizer.bank.tone: ITA° as the photo shows it, read alike on the bank faces) among the
    `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin, and
-   a light-skinned face made dark (or the reverse) looks recoloured. A face that carries a virtual identity
+   a light-skinned face made dark (or the reverse) looks recoloured. With `match_sex`, a face that reads as
+   a man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). A face that carries a virtual identity
    (`Face.identity`, set by a keyed run's linking) tries only that identity's faces, nearest first: one
    person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
@@ -300,6 +301,8 @@ class BankFace:
                          for r in ENCODERS.factory(name).weight_files({"precision": cfg.precision}, model_dir)]
             if cfg.max_pose_error_deg is not None:
                 rows.append({"component": "identity_guard:pose", **describe("yunet", model_dir)})
+        if params.get("match_sex"):
+            rows += [{"component": "apparent_sex", **describe(m, model_dir)} for m in ("apparent_sex", "dlib_resnet")]
         return rows
 
     @staticmethod
@@ -313,7 +316,7 @@ class BankFace:
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
-                 landmarks: str | None = None, tone_pool: int = 18) -> None:
+                 landmarks: str | None = None, tone_pool: int = 18, match_sex: bool = False) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -341,6 +344,29 @@ class BankFace:
             identity_guard = {}
         self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None
         self.triangles = sh.triangles()
+        self.sex = self.bank_people = None
+        if match_sex:
+            from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
+
+            self.sex = ApparentSex(model_dir, self._guard_encoder("dlib_resnet"))
+            self.bank_people = BankPeople(self.bank, self.sex)
+
+    def _guard_encoder(self, name: str):
+        """The guard's recognizer `name`, where it runs one (one model in memory, not two), else None."""
+        for g in self.guard.guards if self.guard else ():
+            if g.config.encoder == name:
+                return g.encoder
+        return None
+
+    def allowed(self, image: np.ndarray, face: Face, refs: tuple | None) -> np.ndarray | None:
+        """With `match_sex`, the bank faces that may go on this face (anonymizer.bank.apparent_sex), from the
+        guard's descriptor of the original where it has one; None: any."""
+        if self.sex is None:
+            return None
+        names = [g.config.encoder for g in self.guard.guards] if refs is not None else []
+        descriptor = (refs[0][names.index(self.sex.recognizer)].embedding if self.sex.recognizer in names
+                      else self.sex.describe(image, face))
+        return self.bank_people.allowed(self.sex.label(descriptor))
 
     # ------------------------------------------------------------ per face
 
@@ -370,16 +396,18 @@ class BankFace:
             return "border", pts, None
         return None, pts, (int(x0), int(y0), int(x1), int(y1))
 
-    def nearest(self, pts: np.ndarray, n: int, skin: float | None = None) -> np.ndarray:
+    def nearest(self, pts: np.ndarray, n: int, skin: float | None = None,
+                allowed: np.ndarray | None = None) -> np.ndarray:
         """The n bank faces that fit the face best, best first: nearest in pose and expression; with `skin`
         (the face's ITA°) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
         nearest in pose and expression, one face per virtual identity (its nearest in pose) before any second,
         ties in pose order. A person's views (and their mirror images) share a tone: without that rule they
-        would fill the choices and leave the identity guard fewer people to try."""
+        would fill the choices and leave the identity guard fewer people to try. `allowed`: only those bank
+        faces (`allowed`)."""
         vector = sh.features(pts).vector()
         if skin is None or self.tone_pool <= 0:
-            return self.bank.nearest(vector, n)
-        pool = self.bank.nearest(vector, max(n, self.tone_pool))
+            return self.bank.nearest(vector, n, allowed=allowed)
+        pool = self.bank.nearest(vector, max(n, self.tone_pool), allowed=allowed)
         people = self.bank.index["identity"].to_numpy()[pool % len(self.bank)]
         seen: dict = {}
         repeat = np.zeros(len(pool), np.int64)  # 0 for a person's first face in the pool, 1 for the second…
@@ -389,20 +417,21 @@ class BankFace:
         return pool[np.lexsort((np.arange(len(pool)), gap, repeat))][:n]
 
     def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None,
-              skin: float | None = None) -> list[int]:
+              skin: float | None = None, allowed: np.ndarray | None = None) -> list[int]:
         """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG; for a face
         assigned a virtual identity (a keyed run), that identity's faces, nearest in pose first."""
         if identity is not None:
             return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
-        near = self.nearest(pts, self.choices, skin)
+        near = self.nearest(pts, self.choices, skin, allowed)
         return [int(near[i]) for i in rng.permutation(len(near))]
 
-    def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None) -> list[int]:
+    def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None,
+                allowed: np.ndarray | None = None) -> list[int]:
         """The n bank faces that fit next best after `order`'s, in an order from the RNG: tried only where
         each of those turned the head too far (BankGuardConfig.more_if_turned)."""
         if n <= 0:
             return []
-        more = self.nearest(pts, self.choices + n, skin)[self.choices:]
+        more = self.nearest(pts, self.choices + n, skin, allowed)[self.choices:]
         return [int(more[i]) for i in rng.permutation(len(more))]
 
     def target_shape(self, pts: np.ndarray, bank_pts: np.ndarray) -> np.ndarray:
@@ -678,10 +707,11 @@ class BankFace:
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
             site = Site(self, image, pts, window, region)
-            order = self.order(pts, rngs[i], faces[i].identity, site.tone)
+            allowed = self.allowed(image, faces[i], refs) if faces[i].identity is None else None
+            order = self.order(pts, rngs[i], faces[i].identity, site.tone, allowed)
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
-                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], site.tone)
+                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], site.tone, allowed)
                 ranked = (self.by_cover(order, site, extras) if region is not None
                           else itertools.chain(ranked, ((k, 0, True) for k in extras)))
             done = self.choose(out, site, ranked, refs, blurred)

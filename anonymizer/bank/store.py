@@ -296,9 +296,11 @@ class Bank:
         """The bank's virtual identities (sorted names): a keyed run shows identity i as the faces of the i-th."""
         return sorted(self.index["identity"].unique())
 
-    def nearest(self, vector: np.ndarray, n: int, identity: int | None = None) -> np.ndarray:
+    def nearest(self, vector: np.ndarray, n: int, identity: int | None = None,
+                allowed: np.ndarray | None = None) -> np.ndarray:
         """Indices (below `choices`) of the n faces nearest in pose and expression (ties by index); with
-        `identity`, among the faces of that virtual identity only."""
+        `identity`, among the faces of that virtual identity only; with `allowed` (a bool per bank face),
+        among those only."""
         feats = self.features
         if self.mirrored:
             flipped = feats.copy()
@@ -307,7 +309,9 @@ class Bank:
         d = np.linalg.norm(feats - vector, axis=1)
         if identity is not None:
             mine = (self.index["identity"] == self.identities[identity]).to_numpy()
-            d[~np.tile(mine, len(d) // len(mine))] = np.inf
+            allowed = mine if allowed is None else mine & allowed
+        if allowed is not None:
+            d[~np.tile(allowed, len(d) // len(allowed))] = np.inf
             n = min(n, int(np.isfinite(d).sum()))
         return np.lexsort((np.arange(len(d)), d))[:n]
 

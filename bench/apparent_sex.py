@@ -1,0 +1,61 @@
+"""How often the `realistic` profile's replaced faces read as the other sex than the person, with and without
+`match_sex`: the apparent-sex probe (anonymizer.bank.apparent_sex) reads each photo face the bank operator
+replaced, before and after. Faces the probe leaves undecided before are counted apart. Runs the operator
+directly on ../shared/data/photos (faces found once by the default detectors), without Ray or Prefect.
+
+    python bench/apparent_sex.py --bank DIR [--out bench/results/apparent_sex.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
+
+
+def main() -> None:
+    from anonymizer.anonymize import face_rngs
+    from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
+    from anonymizer.components import build_operator
+    from anonymizer.eval.generation import photo_samples
+    from anonymizer.policy import load_policy
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bank", required=True)
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "apparent_sex.json")
+    args = ap.parse_args()
+    policy = load_policy(profile="realistic")
+    samples = photo_samples(SHARED / "data" / "photos", policy)
+    probe = ApparentSex()
+    result: dict = {"bank": args.bank, "faces": {}}
+    for match in (False, True):
+        op = build_operator(policy, bank=args.bank, match_sex=match)
+        pairs: Counter = Counter()
+        for s in samples:
+            res = op.anonymize(s.rgb, s.faces, face_rngs(policy.seed, s.key, len(s.faces)))
+            for face, method in zip(s.faces, res.methods):
+                if method == "bank":
+                    before = probe.label(probe.describe(s.rgb, face))
+                    after = probe.label(probe.describe(res.image, face))
+                    pairs[f"{before or '?'}->{after or '?'}"] += 1
+        decided = sum(v for k, v in pairs.items() if not k.startswith("?"))
+        other = sum(v for k, v in pairs.items() if k in ("M->F", "F->M"))
+        same = sum(v for k, v in pairs.items() if k in ("M->M", "F->F"))
+        row = {"replaced": sum(pairs.values()), "decided_before": decided, "other_sex_after": other,
+               "same_after": same, "pairs": dict(sorted(pairs.items()))}
+        result["faces"]["match_sex" if match else "pose_and_tone_only"] = row
+        print(f"match_sex={match}: {row}")
+    people = Counter(BankPeople(op.bank, probe).of_person.values())
+    result["bank_people"] = {k or "undecided": v for k, v in people.items()}
+    print("bank people:", result["bank_people"])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
