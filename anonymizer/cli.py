@@ -82,12 +82,13 @@ def _bank(args: argparse.Namespace) -> int:
     from anonymizer import bank, models
 
     out = args.out or models.USER_MODEL_DIR / "banks" / args.name
+    n = bank.default_size(args.source) if args.n is None else args.n
     if args.source == "stylegan":
-        path = bank.build_from_stylegan(out, n=args.n, seed=args.seed, threads=args.threads, model_dir=args.model_dir,
+        path = bank.build_from_stylegan(out, n=n, seed=args.seed, threads=args.threads, model_dir=args.model_dir,
                                         engine=args.engine, workers=args.workers, landmarks=args.landmarks,
                                         backend=args.backend, candidates=args.candidates)
     else:
-        path = bank.build_from_folder(args.source, out, n=args.n, k=args.k, seed=args.seed, licence=args.licence,
+        path = bank.build_from_folder(args.source, out, n=n, k=args.k, seed=args.seed, licence=args.licence,
                                       licence_class=args.licence_class, model_dir=args.model_dir,
                                       landmarks=args.landmarks)
     loaded = bank.load_bank(path)
@@ -164,7 +165,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                   "<person>_NNNN.jpg), or the word stylegan")
     b.add_argument("--name", default="faces", help="the bank's name; a policy names it in the operator's `bank`")
     b.add_argument("--out", help="the bank directory (default: ~/.cache/anonymizer/models/banks/NAME)")
-    b.add_argument("--n", type=int, default=64, help="bank faces (folder) or virtual people (stylegan)")
+    b.add_argument("--n", type=int, help="bank faces (folder; default 64) or virtual people (stylegan; default 128)")
     b.add_argument("--candidates", type=int,
                    help="stylegan: people rendered once to choose the N from, spread over skin tones (default: 5 N; "
                         "0: the first N)")

@@ -23,12 +23,13 @@ def build(source: str, out: str, n: int, seed: int, k: int, licence: str, licenc
 
 
 @flow(name="build-face-bank", log_prints=True)
-def build_face_bank(out: str, source: str = "stylegan", n: int = 64, seed: int = 0, k: int = 8,
+def build_face_bank(out: str, source: str = "stylegan", n: int | None = None, seed: int = 0, k: int = 8,
                     licence: str = "user-supplied", licence_class: str = "permissive", workers: int | None = None,
                     ray_address: str | None = None, model_dir: str | None = None,
                     landmarks: str = "dlib_shape68", candidates: int | None = None) -> dict:
-    from anonymizer.bank import load_bank
+    from anonymizer.bank import default_size, load_bank
 
+    n = default_size(source) if n is None else n
     loaded = load_bank(build(source, out, n, seed, k, licence, licence_class, workers, ray_address, model_dir,
                              landmarks, candidates))
     m = loaded.manifest

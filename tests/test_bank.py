@@ -256,6 +256,8 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
     assert kept == min(len(bank), sum(v > 0 for v in summary["bands_of_candidates"].values()))
     candidates = pd.read_parquet(out / "candidates.parquet")
     assert {f"s{p:06d}" for p in candidates["person"]} >= set(bank.index["identity"])
+    assert candidates["female"].between(0, 1).all()  # each candidate's apparent sex, read once
+    assert sum(summary["apparent_sex_chosen"].values()) == len(bank)
     assert np.isfinite(bank.index["tone"]).all() and np.allclose(bank.tones, bank.index["tone"])
 
 
@@ -303,6 +305,19 @@ def test_spread_gives_each_skin_tone_band_its_share():
         assert min(bands.values()) >= min(2, n // 4) and chosen == tone.spread(tones, n, np.random.default_rng(0))
     assert Counter(tone.band(tones[p]) for p in tone.spread(tones, 8, np.random.default_rng(0))) == {
         "very light": 2, "light": 2, "tan": 2, "dark": 2}
+    # with each person's apparent sex, each band's draw alternates men and women, the undecided last
+    sexes = {p: (None if p % 5 == 4 else "M" if p % 3 else "F") for p in tones}  # 30 very light: 6 undecided
+    chosen = tone.spread(tones, 8, np.random.default_rng(0), sexes)
+    assert Counter(tone.band(tones[p]) for p in chosen) == {"very light": 2, "light": 2, "tan": 2, "dark": 2}
+    for b in ("very light", "light", "tan"):
+        assert {sexes[p] for p in chosen if tone.band(tones[p]) == b} == {"M", "F"}
+    for n in (12, 20, 40):  # per band: as many men as women, unless one sex runs out; the undecided last
+        chosen = tone.spread(tones, n, np.random.default_rng(0), sexes)
+        for b in {tone.band(t) for t in tones.values()}:
+            pool = Counter(sexes[p] for p in tones if tone.band(tones[p]) == b)
+            got = Counter(sexes[p] for p in chosen if tone.band(tones[p]) == b)
+            assert abs(got["M"] - got["F"]) <= 1 or got["M"] == pool["M"] or got["F"] == pool["F"]
+            assert got[None] == 0 or got["M"] + got["F"] == pool["M"] + pool["F"]
 
 
 def test_stylegan_graphs_run_by_torch_give_openvinos_images(shared):
@@ -768,7 +783,9 @@ def test_match_sex_gives_each_face_bank_people_who_read_alike(stylegan_bank):
 
     op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), match_sex=True)
     people = op.bank_people.of_person
-    assert {MAN, WOMAN} <= set(people.values())  # the test bank has both
+    assert {MAN, WOMAN} <= set(people.values())  # the test bank has both, halves of its candidates
+    # as its build read them (no descriptor at start); an edited probe would read them again
+    assert op.bank_people._recorded(op.bank, op.sex) == people
     ids = op.bank.index["identity"].to_numpy()
     seen = {MAN: 0, WOMAN: 0}
     for label, img, face in _held_out_faces():

@@ -14,9 +14,9 @@ synthetic people. Per face:
    skin tone (anonymizer.bank.tone: ITA° as the photo shows it, read alike on the bank faces) among the
    `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin, and
    a light-skinned face made dark (or the reverse) looks recoloured. With `match_sex`, a face that reads as
-   a man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). A face that carries a virtual identity
-   (`Face.identity`, set by a keyed run's linking) tries only that identity's faces, nearest first: one
-   person, one face.
+   a man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). A face
+   that carries a virtual identity (`Face.identity`, set by a keyed run's linking) tries only that
+   identity's faces, nearest first, whatever their sex: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -402,8 +402,8 @@ class BankFace:
         (the face's ITA°) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
         nearest in pose and expression, one face per virtual identity (its nearest in pose) before any second,
         ties in pose order. A person's views (and their mirror images) share a tone: without that rule they
-        would fill the choices and leave the identity guard fewer people to try. `allowed`: only those bank
-        faces (`allowed`)."""
+        would fill the choices and leave the identity guard fewer people to try. With `allowed` (a bool per
+        bank face: `match_sex`), among those only."""
         vector = sh.features(pts).vector()
         if skin is None or self.tone_pool <= 0:
             return self.bank.nearest(vector, n, allowed=allowed)

@@ -7,7 +7,16 @@ Two sources, one format (store.py): composites of k ≥ 8 real people from a fol
 
 from anonymizer.bank.store import Bank, BankError, load_bank
 
-__all__ = ["Bank", "BankError", "build_from_folder", "build_from_stylegan", "load_bank"]
+__all__ = ["Bank", "BankError", "build_from_folder", "build_from_stylegan", "default_size", "load_bank"]
+
+# A bank's size when the builder is not told: composites, and StyleGAN's virtual people. 128 people keep the
+# learning attackers at chance where the operator matches sex (64 a sex): docs/reid.md.
+DEFAULT_SIZES = {"folder": 64, "stylegan": 128}
+
+
+def default_size(source: str) -> int:
+    """Faces (a folder) or virtual people ("stylegan") a bank built from `source` gets by default."""
+    return DEFAULT_SIZES["stylegan" if source == "stylegan" else "folder"]
 
 
 def build_from_folder(*args, **kwargs):

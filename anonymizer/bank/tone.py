@@ -102,14 +102,19 @@ def band_counts(angles) -> dict[str, int]:
     return counts
 
 
-def spread(tones: dict[int, float], n: int, rng: np.random.Generator) -> list[int]:
+def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
+           sexes: dict[int, str | None] | None = None) -> list[int]:
     """`n` of the keys of `tones` (person → ITA°), spread over Del Bino's bands: each band gets an equal share
     of `n`, a band with too few people passes its remainder to the others, and each band's people are drawn
-    by `rng`. Sorted."""
+    by `rng`; with `sexes` (person → "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw
+    alternates men and women, people who read as neither last (a bank operator matching sex has then as
+    many people for either). Sorted."""
     pools: dict[str, list[int]] = {}
     for person in sorted(tones):
         pools.setdefault(band(tones[person]), []).append(person)
     pools = {name: [int(p) for p in np.asarray(people)[rng.permutation(len(people))]] for name, people in pools.items()}
+    if sexes is not None:
+        pools = {name: _alternate(people, sexes) for name, people in pools.items()}
     chosen: list[int] = []
     while len(chosen) < n and any(pools.values()):
         open_bands = [name for _, name in BANDS if pools.get(name)]
@@ -119,3 +124,15 @@ def spread(tones: dict[int, float], n: int, rng: np.random.Generator) -> list[in
             pools[name] = pools[name][len(take):]
             chosen.extend(take)
     return sorted(chosen)
+
+
+def _alternate(people: list[int], sexes: dict[int, str | None]) -> list[int]:
+    """`people` reordered: men and women in turn (each in their order here, the first person's sex first),
+    then whoever is left of the more numerous, then those who read as neither."""
+    firsts = [p for p in people if sexes.get(p) is not None]
+    if not firsts:
+        return people
+    a = [p for p in people if sexes.get(p) == sexes[firsts[0]]]
+    b = [p for p in people if sexes.get(p) not in (None, sexes[firsts[0]])]
+    paired = [p for pair in zip(a, b) for p in pair] + a[len(b):] + b[len(a):]
+    return paired + [p for p in people if sexes.get(p) is None]
