@@ -20,7 +20,7 @@ SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
 
 def main() -> None:
     from anonymizer.anonymize import face_rngs
-    from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
+    from anonymizer.bank.apparent_sex import ApparentSex
     from anonymizer.components import build_operator
     from anonymizer.eval.generation import photo_samples
     from anonymizer.policy import load_policy
@@ -50,7 +50,7 @@ def main() -> None:
                "same_after": same, "pairs": dict(sorted(pairs.items()))}
         result["faces"]["match_sex" if match else "pose_and_tone_only"] = row
         print(f"match_sex={match}: {row}")
-    people = Counter(BankPeople(op.bank, probe).of_person.values())
+    people = Counter(op.bank_people.of_person.values())  # the last operator built matches sex
     result["bank_people"] = {k or "undecided": v for k, v in people.items()}
     print("bank people:", result["bank_people"])
     args.out.parent.mkdir(parents=True, exist_ok=True)

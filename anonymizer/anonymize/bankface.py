@@ -347,9 +347,10 @@ class BankFace:
         self.sex = self.bank_people = None
         if match_sex:
             from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
+            from anonymizer.bank.stylegan import recorded_sexes
 
             self.sex = ApparentSex(model_dir, self._guard_encoder("dlib_resnet"))
-            self.bank_people = BankPeople(self.bank, self.sex)
+            self.bank_people = BankPeople(self.bank, self.sex, recorded_sexes(self.bank, self.sex))
 
     def _guard_encoder(self, name: str):
         """The guard's recognizer `name`, where it runs one (one model in memory, not two), else None."""

@@ -12,10 +12,8 @@ only on such faces. A photo face's label only steers the choice: it is neither s
 from __future__ import annotations
 
 import json
-from functools import cached_property
 
 import numpy as np
-import pandas as pd
 
 from anonymizer.faces import Face
 from anonymizer.models import locate, sha256_file
@@ -56,41 +54,29 @@ class ApparentSex:
 
 
 class BankPeople:
-    """Each bank person's label (a person's views share it): as a StyleGAN bank's build read it on their first
-    render with this probe, else read now from their most frontal face (one descriptor per person, about
-    25 ms each, when the operator starts)."""
+    """Each bank person's label (a person's views share it): as the build recorded it (`recorded`: identity →
+    label, anonymizer.bank.stylegan.recorded_sexes) where that covers everyone, else read now from their most
+    frontal face (one descriptor per person, about 25 ms each, when the operator starts)."""
 
-    def __init__(self, bank, probe: ApparentSex) -> None:
-        self._ids = bank.index["identity"].to_numpy()
-        self.of_person: dict[str, str | None] = self._recorded(bank, probe) or self._read(bank, probe)
+    def __init__(self, bank, probe: ApparentSex, recorded: dict[str, str | None] | None = None) -> None:
+        ids = bank.index["identity"].to_numpy()
+        people = {str(p) for p in np.unique(ids)}
+        covered = bool(recorded) and people <= recorded.keys()
+        self.of_person: dict[str, str | None] = ({p: recorded[p] for p in people} if covered
+                                                 else self._read(bank, probe, ids))
+        self.labels = np.array([self.of_person[str(p)] for p in ids], dtype=object)  # per bank face
 
-    def _recorded(self, bank, probe: ApparentSex) -> dict[str, str | None] | None:
-        """The build's readings (anonymizer.bank.stylegan: candidates.parquet, people named s<6 digits>), where
-        this probe made them and they cover every bank person; else None."""
-        path = bank.root / "candidates.parquet"
-        summary = bank.manifest.get("summary", {}).get("candidates", {})
-        if summary.get("apparent_sex_probe") != probe.sha256 or not path.is_file():
-            return None
-        rows = pd.read_parquet(path, columns=["person", "female"])
-        read = {f"s{int(p):06d}": probe.decide(float(f)) for p, f in zip(rows["person"], rows["female"])}
-        people = {str(p) for p in np.unique(self._ids)}
-        return {p: read[p] for p in people} if people <= read.keys() else None
-
-    def _read(self, bank, probe: ApparentSex) -> dict[str, str | None]:
+    @staticmethod
+    def _read(bank, probe: ApparentSex, ids: np.ndarray) -> dict[str, str | None]:
         from anonymizer.bank.composite import face_for
 
         frontal = np.abs(bank.features[:, :2]).sum(1)
         out = {}
-        for person in np.unique(self._ids):
-            mine = self._ids == person
+        for person in np.unique(ids):
+            mine = ids == person
             k = int(np.flatnonzero(mine)[np.argmin(frontal[mine])])
             out[str(person)] = probe.label(probe.describe(bank.crop(k), face_for(bank.landmarks(k))))
         return out
-
-    @cached_property
-    def labels(self) -> np.ndarray:
-        """Per bank face, its person's label (None: undecided)."""
-        return np.array([self.of_person[str(p)] for p in self._ids], dtype=object)
 
     def allowed(self, label: str | None) -> np.ndarray | None:
         """Per bank face, whether it may go on a face read as `label`: those of people read alike (an

@@ -265,6 +265,22 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
             {int(r["person"]): probe.decide(float(r.get("female", np.nan))) for r in seen})
 
 
+def recorded_sexes(bank, probe) -> dict[str, str | None]:
+    """Each candidate's apparent sex (anonymizer.bank.apparent_sex) as this bank's build read it on their first
+    render, by bank identity; empty where `probe` did not make those readings."""
+    path = bank.root / CANDIDATES
+    summary = bank.manifest.get("summary", {}).get("candidates", {})
+    if summary.get("apparent_sex_probe") != probe.sha256 or not path.is_file():
+        return {}
+    rows = pd.read_parquet(path, columns=["person", "female"])
+    return {person_name(int(p)): probe.decide(float(f)) for p, f in zip(rows["person"], rows["female"])}
+
+
+def person_name(person: int) -> str:
+    """A StyleGAN bank's name for virtual person `person` (its index's identity)."""
+    return f"s{person:06d}"
+
+
 def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Sequence[dict] = DEFAULT_VIEWS,
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
                         model_dir: str | None = None, part_size: int = 64, engine: str = "local",
@@ -298,7 +314,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
                 log.info("stylegan %s: no single clear face, skipped", face_id)
                 missed += 1
             else:
-                writer.add(face_id, f"s{person:06d}", crop, pts, sh.features(pts))
+                writer.add(face_id, person_name(person), crop, pts, sh.features(pts))
 
     candidates = CANDIDATES_PER_PERSON * n if candidates is None else candidates
     chosen = list(range(n))
@@ -308,7 +324,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes)
         chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
     base = {i: renderer.w(person_z(seed, i)) for i in chosen}
-    make_all([(f"s{i:06d}v0", i, base[i]) for i in chosen])
+    make_all([(f"{person_name(i)}v0", i, base[i]) for i in chosen])
     summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
     if tones:
         summary["candidates"] = {"rendered": candidates, "eye_whites_seen": len(tones), "chosen": len(chosen),
@@ -346,7 +362,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
             for p in people:
                 step = np.clip((float(target) - measured[p][feat]) / (slope if abs(slope) > 1e-9 else 1e-9),
                                -cap, cap)
-                jobs.append((f"s{p:06d}v{vi}", p, base[p] + step * d))
+                jobs.append((f"{person_name(p)}v{vi}", p, base[p] + step * d))
         make_all(jobs)
         summary["views"] = list(views)
     summary["missed_renders"] = missed
