@@ -98,13 +98,14 @@ def model_inventory(policy: Policy, keyed: bool = False) -> list[dict]:
     return out
 
 
-def virtual_identities(policy: Policy) -> int | None:
-    """How many virtual identities the policy's operator can show (a keyed run assigns one per person), or
-    None when it shows none (a classical operator: nothing to key). An operator that can reports it through
-    a `virtual_identities(params, model_dir)` static method."""
+def virtual_identities(policy: Policy) -> list[str | None] | None:
+    """The virtual identities the policy's operator can show (a keyed run assigns one per person), each as
+    the apparent-sex label a person must read as to get it (None: anyone), or None when it shows none (a
+    classical operator: nothing to key). An operator that can reports them through a
+    `virtual_identities(params, model_dir)` static method."""
     op = policy.anonymization.operator
-    count = getattr(ANONYMIZERS.factory(op.name), "virtual_identities", None)
-    return count(dict(op.params), policy.model_dir) if count else None
+    listed = getattr(ANONYMIZERS.factory(op.name), "virtual_identities", None)
+    return listed(dict(op.params), policy.model_dir) if listed else None
 
 
 def check_licences(policy: Policy, inventory: list[dict]) -> None:

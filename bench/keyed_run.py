@@ -5,9 +5,11 @@ profile (the bank operator; `--bank`, else a StyleGAN bank of `--bank-people` pe
 the local engine: without a key, then with `--identity-key`. Printed and written as JSON: each run's wall
 time, the linking pass and the driver's clustering, faces replaced from the bank, and for the keyed run
 the share of a person's bank faces that show the person's most frequent virtual identity, the number of
-people linked against the number labelled, and pairs of labelled people that show one virtual identity.
+people linked against the number labelled, pairs of labelled people that show one virtual identity, and,
+for people whose apparent sex is labelled (training/data/lfw_apparent_sex.tsv; `--labelled` takes only
+those), how many show a virtual person who reads as they do.
 
-    python bench/keyed_run.py [--people 20] [--images 3] [--bank DIR] [--out bench/results/keyed_run.json]
+    python bench/keyed_run.py [--people 20] [--images 3] [--labelled] [--bank DIR] [--out bench/results/keyed_run.json]
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--people", type=int, default=20)
     ap.add_argument("--images", type=int, default=3, help="images per person")
+    ap.add_argument("--labelled", action="store_true", help="held-out people whose apparent sex is labelled")
     ap.add_argument("--bank", type=Path, help="a face bank directory (default: build a StyleGAN one here)")
     ap.add_argument("--bank-people", type=int, default=32, help="enough to fit pose and expression views")
     ap.add_argument("--workers", type=int, default=2)
@@ -38,12 +41,16 @@ def main() -> int:
 
     import pandas as pd
 
+    from anonymizer.anonymize.bankface import BankFace
     from anonymizer.bank import build_from_stylegan
     from anonymizer.eval.lfw import split_of
     from anonymizer.pipeline import run_pipeline
 
     lfw = SHARED / "data" / "lfw" / "images"
-    people = [p for p in sorted(lfw.iterdir()) if split_of(p.name) == "eval" and len(list(p.iterdir())) >= args.images]
+    rows = [line.split("\t") for line in (REPO / "training" / "data" / "lfw_apparent_sex.tsv").read_text().splitlines()[1:]]
+    read_as = {name: sex for name, sex, use in rows if use == "heldout"}
+    people = [p for p in sorted(lfw.iterdir()) if split_of(p.name) == "eval" and len(list(p.iterdir())) >= args.images
+              and (p.name in read_as or not args.labelled)]
     people = people[: args.people]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -88,8 +95,12 @@ def main() -> int:
                 shown = per_person.agg(lambda s: set(s.dropna().astype(int)))
                 sharing = sum(bool(a & b) for a, b in itertools.combinations(shown.tolist(), 2))
                 pairs = len(shown) * (len(shown) - 1) // 2
+                bank_reads = BankFace.virtual_identities({"bank": str(bank), "match_sex": True}, None)
+                sexed = [p for p in per_person.groups if p in read_as]
+                alike = sum(bank_reads[int(per_person.get_group(p).value_counts().index[0])] == read_as[p] for p in sexed)
                 runs[name].update(people_labelled=len(people), same_vi_share=round(float(top / len(bank_faces)), 3),
-                                  pairs_sharing_vi=f"{sharing}/{pairs}", virtual_identities=linking.get("virtual_identities"))
+                                  pairs_sharing_vi=f"{sharing}/{pairs}", virtual_identities=linking.get("virtual_identities"),
+                                  reads_alike=f"{alike}/{len(sexed)}", people_read_as=linking.get("apparent_sex"))
             print(name, json.dumps(runs[name]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"people": args.people, "images_per_person": args.images, "runs": runs}, indent=2))

@@ -94,6 +94,25 @@ def test_incremental_run_keeps_people_and_their_virtual_identities(faces, tmp_pa
         [virtual_identity(KEY, p, N_IDENTITIES) for p in whole]
 
 
+def test_a_persons_label_is_set_once_and_kept_across_saves(faces, tmp_path):
+    """A label (how the person reads) is set once: a later reading does not change it, a save and load
+    keeps it, and people met later start without one."""
+    keys, ids, emb = faces
+    first = np.array([k.endswith(("_0001.jpg", "_0002.jpg")) for k in keys])
+    run1 = Linker(THRESHOLD, "mobilefacenet")
+    p1, p2 = run1.add(emb[first])[0], run1.add(emb[first])[2]
+    assert run1.label(p1) is None and run1.settle(p1, None) is None
+    assert run1.settle(p1, "F") == "F" and run1.settle(p1, "M") == "F"
+    run1.save(tmp_path, KEY)
+    run2 = Linker.load(tmp_path, KEY)
+    assert (run2.label(p1), run2.label(p2)) == ("F", None)
+    assert run2.settle(p2, "M") == "M" and run2.label(p1) == "F"
+    with pytest.raises(KeyError, match="no person"):
+        run2.label(f"#{run2.persons + 1}")
+    with pytest.raises(ValueError, match="one ASCII character"):
+        run2.settle(p1, "FM")
+
+
 def test_another_key_gives_other_virtual_identities_and_cannot_open_the_state(faces, tmp_path):
     _, _, emb = faces
     linker = Linker(THRESHOLD, "mobilefacenet")

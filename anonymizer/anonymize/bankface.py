@@ -15,8 +15,9 @@ synthetic people. Per face:
    `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin, and
    a light-skinned face made dark (or the reverse) looks recoloured. With `match_sex`, a face that reads as
    a man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). A face
-   that carries a virtual identity (`Face.identity`, set by a keyed run's linking) tries only that
-   identity's faces, nearest first, whatever their sex: one person, one face.
+   that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the
+   person's apparent sex where `match_sex` asks) tries only that identity's faces, nearest first: one
+   person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -306,9 +307,19 @@ class BankFace:
         return rows
 
     @staticmethod
-    def virtual_identities(params: dict, model_dir: str | None) -> int:
-        """The bank's identity count: a keyed run gives each person one of them (anonymizer.identity)."""
-        return len(load_bank(locate_bank(params["bank"], model_dir)).identities)
+    def virtual_identities(params: dict, model_dir: str | None) -> list[str | None]:
+        """The bank's virtual identities, in order, each as the label a keyed run matches a person's apparent
+        sex to (with `match_sex`; else None each): a keyed run gives each person one of them
+        (anonymizer.pipeline.link)."""
+        bank = load_bank(locate_bank(params["bank"], model_dir))
+        if not params.get("match_sex"):
+            return [None] * len(bank.identities)
+        from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
+        from anonymizer.bank.stylegan import recorded_sexes
+
+        probe = ApparentSex(model_dir)
+        people = BankPeople(bank, probe, recorded_sexes(bank, probe)).of_person
+        return [people[name] for name in bank.identities]
 
     def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,

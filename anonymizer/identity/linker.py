@@ -14,6 +14,9 @@ The result depends on the order of the faces, which the caller fixes (the pipeli
 same faces in the same order always give the same person ids. `assign` is a second, read-only pass: each
 face goes to the nearest final centroid, which undoes early joins made while a centroid was still moving.
 
+A person may carry a label (one character; the pipeline stores how they read, anonymizer.pipeline.link),
+set once and kept from then on, so that what is derived from it (their virtual identity) never changes.
+
 Person ids are "<space>#<n>", n counting people in order of first appearance. Virtual identities come from
 the ids under a key (anonymizer.identity.keys.virtual_identity), so two states that share a key should
 have different `space`s, or their first people share virtual identities.
@@ -61,6 +64,7 @@ class Linker:
         self._lengths = np.zeros(0, np.float32)     # mean length of the person's vectors
         self._counts = np.zeros(0, np.int64)
         self._centroids = np.zeros((0, 0), np.float32)  # derived from the two above: what faces are compared to
+        self._labels = np.zeros(0, np.uint8)              # one character per person, 0: none yet
         self._n = 0
         self.faces = 0
 
@@ -76,6 +80,26 @@ class Linker:
 
     def person_id(self, index: int) -> str:
         return f"{self.space}#{index + 1}"
+
+    def _index(self, person_id: str) -> int:
+        space, _, n = person_id.rpartition("#")
+        if space != self.space or not n.isdigit() or not 0 < int(n) <= self._n:
+            raise KeyError(f"Linker: no person {person_id!r} in this state")
+        return int(n) - 1
+
+    def label(self, person_id: str) -> str | None:
+        """The person's label, None where none was set."""
+        code = int(self._labels[self._index(person_id)])
+        return chr(code) if code else None
+
+    def settle(self, person_id: str, label: str | None) -> str | None:
+        """Give the person `label` unless they have one already (None sets nothing); returns theirs."""
+        i = self._index(person_id)
+        if label is not None and (not isinstance(label, str) or len(label) != 1 or not 0 < ord(label) < 128):
+            raise ValueError(f"Linker: a label is one ASCII character, got {label!r}")
+        if not self._labels[i] and label is not None:
+            self._labels[i] = ord(label)
+        return self.label(person_id)
 
     def add(self, embeddings: np.ndarray) -> list[str]:
         """One person id per row of `embeddings` (faces × dim, in the caller's fixed order)."""
@@ -141,7 +165,7 @@ class Linker:
                 return out
 
             self._means, self._centroids = grow(self._means), grow(self._centroids)
-            self._lengths, self._counts = grow(self._lengths), grow(self._counts)
+            self._lengths, self._counts, self._labels = grow(self._lengths), grow(self._counts), grow(self._labels)
         i = self._n
         self._means[i], self._counts[i] = x, 1
         self._lengths[i] = np.float32(np.linalg.norm(x.astype(np.float64)))
@@ -154,10 +178,11 @@ class Linker:
     def seal(self, key: bytes) -> bytes:
         """The state, encrypted under `key` (anonymizer.identity.state): safe to store or to send."""
         meta = json.dumps({"encoder": self.encoder, "threshold": self.threshold, "space": self.space,
-                           "dim": self.dim or 0, "persons": self._n, "faces": self.faces}).encode()
+                           "dim": self.dim or 0, "persons": self._n, "faces": self.faces, "labels": True}).encode()
         n = self._n
         plain = b"".join([len(meta).to_bytes(4, "big"), meta, self._counts[:n].astype("<i8").tobytes(),
-                          self._lengths[:n].astype("<f4").tobytes(), self._means[:n].astype("<f4").tobytes()])
+                          self._lengths[:n].astype("<f4").tobytes(), self._means[:n].astype("<f4").tobytes(),
+                          self._labels[:n].tobytes()])
         return seal(plain, key)
 
     @classmethod
@@ -167,16 +192,18 @@ class Linker:
             n = int.from_bytes(plain[:4], "big")
             meta = json.loads(plain[4:4 + n])
             persons, dim = int(meta["persons"]), int(meta["dim"])
+            labelled = bool(meta.get("labels", False))  # a state saved before people had labels: none set
             body = memoryview(plain)[4 + n:]
-            if len(body) != persons * (8 + 4 + 4 * dim):
+            if len(body) != persons * (8 + 4 + 4 * dim + labelled):
                 raise ValueError("size")
             linker = cls(meta["threshold"], meta["encoder"], meta["space"])
         except (ValueError, KeyError, TypeError):
             raise IdentityStateError(f"{where}: decrypted, but not a state this version reads") from None
-        a, b = persons * 8, persons * 12
+        a, b, c = persons * 8, persons * 12, persons * (12 + 4 * dim)
         linker._counts = np.frombuffer(body[:a], "<i8").astype(np.int64)
         linker._lengths = np.frombuffer(body[a:b], "<f4").astype(np.float32)
-        linker._means = np.frombuffer(body[b:], "<f4").astype(np.float32).reshape(persons, dim)
+        linker._means = np.frombuffer(body[b:c], "<f4").astype(np.float32).reshape(persons, dim)
+        linker._labels = (np.frombuffer(body[c:], np.uint8).copy() if labelled else np.zeros(persons, np.uint8))
         linker._n, linker.faces = persons, int(meta["faces"])
         linker._centroids = np.zeros_like(linker._means)
         for i in range(persons):

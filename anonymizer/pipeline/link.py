@@ -3,15 +3,21 @@
 Two passes before anonymization:
 
 1. Per shard, on the executors (Ray actors or local threads), `LinkWorker`: read, decode, detect, and embed
-   every face of at least `anonymization.linking.min_face_px` with the linking recognizer. The detections go
-   to the shard's staging folder (boxes, as faces.parquet holds them); the embeddings are sealed under the
-   identity key (AES-256-GCM, anonymizer.identity.state): real people's biometric data never rests in
-   plaintext. The anonymization pass reuses the detections: nothing is detected twice.
+   every face of at least `anonymization.linking.min_face_px` with the linking recognizer, and, where the
+   operator matches apparent sex (`match_sex`), read each such face's (anonymizer.bank.apparent_sex). The
+   detections go to the shard's staging folder (boxes, as faces.parquet holds them); the embeddings and
+   readings are sealed under the identity key (AES-256-GCM, anonymizer.identity.state): real people's
+   biometric data never rests in plaintext. The anonymization pass reuses the detections: nothing is
+   detected twice.
 2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
    clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
-   assigns every face to its person's final centroid. A person's virtual identity is HMAC-SHA256 of the
-   person id under the identity key, reduced to the operator's identity count (anonymizer.identity.keys);
-   each shard's `link.parquet` carries it per face, for the anonymization pass.
+   assigns every face to its person's final centroid. A person without a label yet takes the one their
+   faces of this run read as on average (none where that is undecided), kept with them from then on. A
+   person's virtual identity is HMAC-SHA256 of the person id under the identity key, reduced to the number
+   of the operator's identities that read as the person's label (all of them for a person without one, or
+   where the bank has nobody alike; anonymizer.identity.keys): one person, one virtual person of their
+   apparent sex, in this run and the next. Each shard's `link.parquet` carries it per face, for the
+   anonymization pass.
 
 The linker's state (the people known so far) is staged sealed, and goes to `<vault>/identities` when the run
 publishes: the next run with the same key and vault links its faces to the same people. Without a vault
@@ -41,8 +47,8 @@ from anonymizer.storage import Location
 from anonymizer.vault.vault import IDENTITIES
 
 DETECTIONS = "detections.parquet"  # LINK_SCHEMA without virtual identities: the pass's own output
-EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors, in DETECTIONS' row order, sealed
-PERSONS = "persons.parquet"        # the person each embedded face joined in the linker's first pass
+EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors (and apparent-sex readings), in DETECTIONS' row order, sealed
+PERSONS = "persons.parquet"        # the person each embedded face joined in the linker's first pass, then its final one
 DONE = "_DONE"                     # in staging/link: the driver's linking finished (a resumed run skips it)
 
 
@@ -62,6 +68,11 @@ def identity_location(vault: Location | None) -> Location | None:
     return vault.child(IDENTITIES) if vault is not None else None
 
 
+def matches_sex(policy: Policy) -> bool:
+    """Whether the operator gives bank people of the face's apparent sex (the `bank` operator's `match_sex`)."""
+    return bool(policy.anonymization.operator.params.get("match_sex"))
+
+
 class LinkWorker:
     """The linking pass over one shard: detections in the clear, embeddings sealed."""
 
@@ -75,10 +86,15 @@ class LinkWorker:
         self.min_face_px, self.max_pixels = linking.min_face_px, policy.output.max_pixels
         self.source, self.staging, self.worker = source, staging, worker
         self.key = identity_key_from(identity_key)
+        self.sex = None
+        if matches_sex(policy):
+            from anonymizer.bank.apparent_sex import ApparentSex
+
+            self.sex = ApparentSex(policy.model_dir)
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
         t0 = time.perf_counter()
-        rows, vectors, unreadable = [], [], 0
+        rows, vectors, sexes, unreadable = [], [], [], 0
         for key in keys:
             data, _, refused = read_source(self.source, key, self.max_pixels)
             try:
@@ -89,11 +105,13 @@ class LinkWorker:
                 faces = self.detector.detect(rgb)
                 big = [f for f in faces if f.size >= self.min_face_px]
                 found = self.encoder.embed(rgb, self.encoder.align(rgb, big)) if big else None
+                read = [self.sex.probability(self.sex.describe(rgb, f)) for f in big] if self.sex else [np.nan] * len(big)
             except Exception:  # noqa: BLE001 - the anonymization pass reads it again and records why it fails
                 unreadable += 1
                 continue
             if found is not None:
                 vectors.append(found)
+                sexes += read
             sha = hashlib.sha256(data).hexdigest()
             rows += [{"key": key, "sha256": sha, "face": i, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "score": f.score,
                       "detector": f.detector, "embedded": f.size >= self.min_face_px,
@@ -105,7 +123,7 @@ class LinkWorker:
         out.write_table(DETECTIONS, table)
         emb = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
         buf = io.BytesIO()
-        np.save(buf, emb, allow_pickle=False)
+        np.savez(buf, embeddings=emb, p_woman=np.asarray(sexes, np.float64))
         out.write_bytes(EMBEDDINGS, seal(buf.getvalue(), self.key))
         summary = {"shard": shard_id, "images": len(keys), "unreadable": unreadable, "faces": sum(
             r["face"] is not None for r in rows), "embedded": int(len(emb)), "seconds": time.perf_counter() - t0,
@@ -114,10 +132,22 @@ class LinkWorker:
         return summary
 
 
-def _embeddings(staging: Location, shard_id: int, key: bytes) -> np.ndarray:
+def _embeddings(staging: Location, shard_id: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, P(reads as a woman's) per embedded face, NaN where not read)."""
     where = shard_dir(staging, shard_id)
-    return np.load(io.BytesIO(unseal(where.read_bytes(EMBEDDINGS), key, f"{where.uri}/{EMBEDDINGS}")),
-                   allow_pickle=False)
+    with np.load(io.BytesIO(unseal(where.read_bytes(EMBEDDINGS), key, f"{where.uri}/{EMBEDDINGS}")),
+                 allow_pickle=False) as z:
+        return z["embeddings"], z["p_woman"]
+
+
+def pools(labels: list[str | None]) -> dict[str | None, list[int]]:
+    """The virtual identities a person of each label may get: those that read alike; a person without a
+    label (or of a label nobody in the bank reads as), any of them (key None)."""
+    out: dict[str | None, list[int]] = {None: list(range(len(labels)))}
+    for i, label in enumerate(labels):
+        if label is not None:
+            out.setdefault(label, []).append(i)
+    return out
 
 
 def link(policy: Policy, staging: Location, shards: int, identity_key: str, vault: Location | None,
@@ -136,19 +166,40 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
     started_from = _state_digest(where)
     known = linker.persons
     for i in range(shards):  # first pass: people form; each face's first person is kept for the second pass
-        emb = _embeddings(staging, i, key)
+        emb, _ = _embeddings(staging, i, key)
         shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(linker.add(emb) if len(emb) else [],
                                                                                 pa.string())}))
-    n = virtual_identities(policy)
-    assigned = 0
+    read: dict[str, list[float]] = {}  # person -> [sum of P(woman), faces read]: memory grows with people
     for i in range(shards):  # second pass: each face to its person's final centroid (or its first person)
-        emb = _embeddings(staging, i, key)
+        emb, p_woman = _embeddings(staging, i, key)
         first = shard_dir(staging, i).read_table(PERSONS).column("person").to_pylist()
         persons = [again or once for again, once in zip(linker.assign(emb) if len(emb) else [], first)]
+        shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(persons, pa.string())}))
+        for person, p in zip(persons, p_woman):
+            if np.isfinite(p):
+                total = read.setdefault(person, [0.0, 0])
+                total[0], total[1] = total[0] + float(p), total[1] + 1
+    by_sex = matches_sex(policy)
+    if by_sex:
+        from anonymizer.bank.apparent_sex import ApparentSex
+
+        decide = ApparentSex(policy.model_dir).decide
+        for person, (total, count) in read.items():
+            linker.settle(person, decide(total / count))
+    labels = virtual_identities(policy)
+    n, pool = len(labels), pools(labels)
+    assigned = 0
+    for i in range(shards):  # the virtual identities, per face
+        persons = iter(shard_dir(staging, i).read_table(PERSONS).column("person").to_pylist())
         table = shard_dir(staging, i).read_table(DETECTIONS)
-        embedded = table.column("embedded").to_pylist()
-        it = iter(persons)
-        ids = [virtual_identity(key, next(it), n) if e else None for e in embedded]
+        ids = []
+        for embedded in table.column("embedded").to_pylist():
+            if not embedded:
+                ids.append(None)
+                continue
+            person = next(persons)
+            mine = pool.get(linker.label(person) if by_sex else None, pool[None])
+            ids.append(mine[virtual_identity(key, person, len(mine))])
         assigned += sum(v is not None for v in ids)
         shard_dir(staging, i).write_table(LINKS, table.drop_columns(["embedded"]).append_column(
             "virtual_identity", pa.array(ids, pa.int32())).select(LINK_SCHEMA.names).cast(LINK_SCHEMA))
@@ -157,10 +208,17 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                "people": linker.persons, "people_new": linker.persons - known, "people_known_before": known,
                "virtual_identities": n, "persisted": where.uri if where is not None else None,
                "started_from": started_from,
+               "apparent_sex": _read_as(linker, read) if by_sex else None,
                "seconds": round(time.perf_counter() - t0, 3)}
     done.write_bytes(DONE, json.dumps(summary).encode())
     event("link", **summary)
     return summary
+
+
+def _read_as(linker: Linker, read: dict[str, list[float]]) -> dict[str, int]:
+    """How many of this run's people read as each apparent sex (counts only: the labels stay sealed)."""
+    labels = [linker.label(person) or "undecided" for person in read]
+    return {label: labels.count(label) for label in sorted(set(labels))}
 
 
 def _state_digest(where: Location | None) -> str | None:
