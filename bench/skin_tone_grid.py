@@ -1,6 +1,6 @@
 """Side by side, the photos' faces that read darkest (anonymizer.bank.tone) and what the `bank` operator puts
-there, for each bank and `tone_pool` given: the check that numbers cannot make, whether dark-skinned people
-get dark-skinned bank people. Writes the grid (kept out of the repository: the photos' licence) and a JSON of
+there, for each bank and `tone_pool` given (the operator otherwise as the `realistic` profile sets it): the check
+that numbers cannot make, whether dark-skinned people get dark-skinned bank people. Writes the grid (kept out of the repository: the photos' licence) and a JSON of
 each face's reading and method.
 
     python bench/skin_tone_grid.py --variant shipped=BANK_A:0 --variant tone=BANK_B:18 [--faces 16]
@@ -30,16 +30,20 @@ def main() -> None:
     ap.add_argument("--out", default="out/skin_tone")
     args = ap.parse_args()
 
-    from anonymizer.anonymize import ANONYMIZERS, face_rngs
+    from anonymizer.anonymize import face_rngs
     from anonymizer.bank import tone
+    from anonymizer.components import build_operator
     from anonymizer.detect import build_detector
     from anonymizer.imageio import decode
+    from anonymizer.policy import load_policy
+
+    realistic = load_policy(profile="realistic")
 
     variants = {}
     for spec in args.variant:
         name, _, rest = spec.partition("=")
         bank, _, pool = rest.rpartition(":")
-        variants[name] = ANONYMIZERS.create("bank", bank=bank, tone_pool=int(pool), surround="bank")
+        variants[name] = build_operator(realistic, bank=bank, tone_pool=int(pool))
     detector = build_detector("yunet", {"scales": [1.0], "score_threshold": 0.6})
     landmarker = next(iter(variants.values())).landmarker
     rows = []

@@ -327,7 +327,7 @@ class BankFace:
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
-                 landmarks: str | None = None, tone_pool: int = 18, match_sex: bool = False) -> None:
+                 landmarks: str | None = None, tone_pool: int = 36, match_sex: bool = False) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
