@@ -47,8 +47,8 @@ def main() -> int:
     from anonymizer.pipeline import run_pipeline
 
     lfw = SHARED / "data" / "lfw" / "images"
-    rows = [line.split("\t") for line in (REPO / "training" / "data" / "lfw_apparent_sex.tsv").read_text().splitlines()[1:]]
-    read_as = {name: sex for name, sex, use in rows if use == "heldout"}
+    labels = (REPO / "training" / "data" / "lfw_apparent_sex.tsv").read_text().splitlines()[1:]
+    read_as = {name: sex for name, sex, use in (line.split("\t") for line in labels) if use == "heldout"}
     people = [p for p in sorted(lfw.iterdir()) if split_of(p.name) == "eval" and len(list(p.iterdir())) >= args.images
               and (p.name in read_as or not args.labelled)]
     people = people[: args.people]
@@ -97,9 +97,11 @@ def main() -> int:
                 pairs = len(shown) * (len(shown) - 1) // 2
                 bank_reads = BankFace.virtual_identities({"bank": str(bank), "match_sex": True}, None)
                 sexed = [p for p in per_person.groups if p in read_as]
-                alike = sum(bank_reads[int(per_person.get_group(p).value_counts().index[0])] == read_as[p] for p in sexed)
+                shows = {p: int(per_person.get_group(p).value_counts().index[0]) for p in sexed}
+                alike = sum(bank_reads[shows[p]] == read_as[p] for p in sexed)
                 runs[name].update(people_labelled=len(people), same_vi_share=round(float(top / len(bank_faces)), 3),
-                                  pairs_sharing_vi=f"{sharing}/{pairs}", virtual_identities=linking.get("virtual_identities"),
+                                  pairs_sharing_vi=f"{sharing}/{pairs}",
+                                  virtual_identities=linking.get("virtual_identities"),
                                   reads_alike=f"{alike}/{len(sexed)}", people_read_as=linking.get("apparent_sex"))
             print(name, json.dumps(runs[name]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Side by side, the photos' faces that read darkest (anonymizer.bank.tone) and what the `bank` operator puts
-there, for each bank and `tone_pool` given (the operator otherwise as the `realistic` profile sets it): the check
-that numbers cannot make, whether dark-skinned people get dark-skinned bank people. Writes the grid (kept out of the repository: the photos' licence) and a JSON of
-each face's reading and method.
+there, for each bank and `tone_pool` given (the operator otherwise as the `realistic` profile sets it): the
+check that numbers cannot make, whether dark-skinned people get dark-skinned bank people. Writes the grid
+(kept out of the repository: the photos' licence) and a JSON of each face's reading and method.
 
     python bench/skin_tone_grid.py --variant shipped=BANK_A:0 --variant tone=BANK_B:18 [--faces 16]
                                    [--min-size 60] [--out out/skin_tone]

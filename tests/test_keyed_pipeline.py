@@ -99,7 +99,8 @@ def test_one_person_one_virtual_identity_within_a_run(keyed):
     bank_reads = BankFace.virtual_identities({"bank": str(keyed["bank"]), "match_sex": True}, None)
     assert {"F", "M"} <= set(bank_reads)
     assert linking["apparent_sex"] == {"F": 2, "M": 1}
-    assert {p: bank_reads[v] for p, v in _identity_per_person(faces).items()} == {p: READ_AS[p] for p in set(faces["person"])}
+    shown = _identity_per_person(faces)
+    assert {p: bank_reads[v] for p, v in shown.items()} == {p: READ_AS[p] for p in shown}
     assert linking["persisted"].endswith("/vault/identities")
     html = (keyed["root"] / "rel" / "r1" / "report.html").read_text()
     assert "Keyed virtual identities</strong> — 3 people (3 new this run)" in html

@@ -47,7 +47,7 @@ from anonymizer.storage import Location
 from anonymizer.vault.vault import IDENTITIES
 
 DETECTIONS = "detections.parquet"  # LINK_SCHEMA without virtual identities: the pass's own output
-EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors (and apparent-sex readings), in DETECTIONS' row order, sealed
+EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors and apparent-sex readings, in DETECTIONS' row order
 PERSONS = "persons.parquet"        # the person each embedded face joined in the linker's first pass, then its final one
 DONE = "_DONE"                     # in staging/link: the driver's linking finished (a resumed run skips it)
 
@@ -105,7 +105,8 @@ class LinkWorker:
                 faces = self.detector.detect(rgb)
                 big = [f for f in faces if f.size >= self.min_face_px]
                 found = self.encoder.embed(rgb, self.encoder.align(rgb, big)) if big else None
-                read = [self.sex.probability(self.sex.describe(rgb, f)) for f in big] if self.sex else [np.nan] * len(big)
+                read = ([self.sex.probability(self.sex.describe(rgb, f)) for f in big] if self.sex
+                        else [np.nan] * len(big))
             except Exception:  # noqa: BLE001 - the anonymization pass reads it again and records why it fails
                 unreadable += 1
                 continue
