@@ -25,8 +25,6 @@ class ApparentSex:
     MODEL = "apparent_sex"  # anonymizer.models name: the probe's file, for the audit report and licence gate
 
     def __init__(self, model_dir: str | None = None, encoder=None) -> None:
-        from anonymizer.measure.encoder import ENCODERS
-
         path = locate(self.MODEL, model_dir)
         self.sha256 = sha256_file(str(path))
         card = json.loads(path.read_text())
@@ -34,7 +32,7 @@ class ApparentSex:
         self.bias = float(card["bias"])
         self.undecided = float(card["undecided"])
         self.recognizer = card["recognizer"]
-        self._encoder = encoder if encoder is not None else ENCODERS.create(self.recognizer, model_dir=model_dir)
+        self._encoder, self._model_dir = encoder, model_dir  # the recognizer: loaded when first needed
 
     def probability(self, descriptor: np.ndarray) -> float:
         """P(the face reads as a woman's) from its dlib descriptor."""
@@ -50,6 +48,10 @@ class ApparentSex:
 
     def describe(self, image: np.ndarray, face: Face) -> np.ndarray:
         """The face's descriptor, as the probe reads it."""
+        if self._encoder is None:
+            from anonymizer.measure.encoder import ENCODERS
+
+            self._encoder = ENCODERS.create(self.recognizer, model_dir=self._model_dir)
         return self._encoder.embed(image, self._encoder.align(image, [face]))[0]
 
 
