@@ -270,6 +270,15 @@ class Site:
         return _greyscale(self.head_win)
 
 
+def _bank_people(bank: Bank, probe):
+    """The bank people's apparent sex (anonymizer.bank.apparent_sex.BankPeople): a StyleGAN build's recorded
+    readings where this probe made them, else read now."""
+    from anonymizer.bank.apparent_sex import BankPeople
+    from anonymizer.bank.stylegan import recorded_sexes
+
+    return BankPeople(bank, probe, recorded_sexes(bank, probe))
+
+
 class BankFace:
     name = "bank"
 
@@ -314,11 +323,9 @@ class BankFace:
         bank = load_bank(locate_bank(params["bank"], model_dir))
         if not params.get("match_sex"):
             return [None] * len(bank.identities)
-        from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
-        from anonymizer.bank.stylegan import recorded_sexes
+        from anonymizer.bank.apparent_sex import ApparentSex
 
-        probe = ApparentSex(model_dir)
-        people = BankPeople(bank, probe, recorded_sexes(bank, probe)).of_person
+        people = _bank_people(bank, ApparentSex(model_dir)).of_person
         return [people[name] for name in bank.identities]
 
     def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
@@ -357,11 +364,10 @@ class BankFace:
         self.triangles = sh.triangles()
         self.sex = self.bank_people = None
         if match_sex:
-            from anonymizer.bank.apparent_sex import ApparentSex, BankPeople
-            from anonymizer.bank.stylegan import recorded_sexes
+            from anonymizer.bank.apparent_sex import ApparentSex
 
             self.sex = ApparentSex(model_dir, self._guard_encoder("dlib_resnet"))
-            self.bank_people = BankPeople(self.bank, self.sex, recorded_sexes(self.bank, self.sex))
+            self.bank_people = _bank_people(self.bank, self.sex)
 
     def _guard_encoder(self, name: str):
         """The guard's recognizer `name`, where it runs one (one model in memory, not two), else None."""
