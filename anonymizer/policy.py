@@ -45,12 +45,24 @@ class DetectorComponent(Component):
     weight: float = Field(1.0, gt=0)  # its vote when detections are fused (merge: wbf); unused by nms
 
 
+class Focus(_Strict):
+    """Upscaled passes look only near what the whole-image passes saw (anonymizer.detect.base.focus_windows):
+    a square of `reach` times each seen face's longer side plus `margin` px a side around its centre. A
+    detector's 1x faces count from its own score threshold, or from its entry in `proposal_scores` where that
+    is lower (a weak peak still marks a place worth a closer look)."""
+
+    reach: float = Field(2.0, ge=1.0)
+    margin: int = Field(8, ge=0)
+    proposal_scores: dict[str, float] = Field(default_factory=dict)
+
+
 class Detection(_Strict):
     detectors: list[DetectorComponent] = Field(min_length=1)
     merge: Literal["nms", "wbf"] = "nms"  # nms: union, duplicates suppressed; wbf: weighted box fusion
     merge_iou: float = Field(0.3, ge=0, le=1)
     min_score: float = Field(0.0, ge=0, le=1)  # wbf: the fused (vote-weighted) score a face needs
     vote_per_scale: bool = False  # wbf: each scale of a detector votes on its own
+    focus: Focus | None = None  # None: every scale runs on the whole image
     auditor: Component
 
 

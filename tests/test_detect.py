@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from anonymizer.detect import build_detector
+from anonymizer.faces import iou
 from conftest import PHOTOS, lfw_images
 
 
@@ -175,6 +176,51 @@ def test_wbf_vote_per_scale_counts_only_scales_that_ran(shared):
     per_scale = both.detect_per_scale(img)
     assert sorted(per_scale) == [1.0, 2.0]
     assert len(fused) <= sum(map(len, per_scale.values()))
+
+
+def test_focus_windows_join_overlapping_squares_within_the_image():
+    from anonymizer.detect.base import focus_windows
+    from anonymizer.faces import Face
+
+    faces = [Face(10, 10, 20, 20, 0.9, "a"), Face(30, 12, 20, 20, 0.9, "a"), Face(200, 150, 10, 10, 0.9, "a")]
+    w = focus_windows(faces, (240, 320, 3), reach=2.0, margin=4)
+    # each square: the centre +- (2 x 20 / 2 + 4), clipped to the image
+    assert w.squares.tolist() == [[0, 0, 44, 44], [16, 0, 64, 46], [191, 141, 219, 169]]
+    assert w.crops == [(0, 0, 68, 50), (187, 137, 223, 173)]  # the first two joined, each padded by the margin
+    assert w.holds(Face(50, 30, 10, 10, 0.5, "b"))  # centre (55, 35): in the second square
+    assert not w.holds(Face(60, 42, 10, 10, 0.5, "b"))  # centre (65, 47): in a crop's padding, no square
+    assert focus_windows([], (240, 320, 3), 2.0, 4).crops == []
+
+
+def test_upscaled_passes_in_windows_keep_only_faces_centred_in_their_squares(shared):
+    from anonymizer.detect.base import focus_windows
+
+    img = _rgb(PHOTOS / "group_1.jpg")
+    yunet = build_detector("yunet", {"scales": [1.0, 2.0], "score_threshold": 0.5})
+    whole = yunet._detect_at(yunet.prepared(img), 2.0)
+    large = max(whole, key=lambda f: f.size)
+    windows = focus_windows([large], img.shape, 2.0, 8)
+    found = yunet.detect_within(yunet.prepared(img), 2.0, windows)
+    assert found and all(windows.holds(f) for f in found)
+    assert len(found) < len([f for f in whole if f.score >= 0.5])
+    best = max(found, key=lambda f: iou(f, large))
+    assert iou(best, large) > 0.9 and best.landmarks is not None  # the same face, in the image's pixels
+
+
+def test_focused_ensemble_finds_what_the_whole_image_passes_find(shared):
+    """The default policy's `focus`: on a photo of 52 faces, the same fused faces as every scale on the whole
+    image."""
+    from anonymizer.detect import build_ensemble
+    from anonymizer.policy import load_policy
+
+    detection = load_policy().detection
+    assert detection.focus is not None
+    img = _rgb(PHOTOS / "group_1.jpg")
+    focused = build_ensemble(detection).detect(img)
+    whole = build_ensemble(detection.model_copy(update={"focus": None})).detect(img)
+    assert len(whole) >= 40 and len(focused) == len(whole)
+    for f in whole:
+        assert max(iou(f, g) for g in focused) > 0.9
 
 
 def test_detector_stack_works_where_dlib_is_missing(shared):

@@ -97,6 +97,7 @@ class CenterFaceDetector(MultiScale):
             raise ImportError("centerface: precision int8 needs onnxruntime (pip install onnxruntime onnx)")
         self.backend = "onnxruntime" if self._session is not None else "opencv"
         self._input = self._session.get_inputs()[0].name if self._session is not None else None
+        self.any_size = self._session is not None  # OpenCV's DNN needs a net per input size
 
     @staticmethod
     def weight_files(params: dict, model_dir: str | None) -> list[dict]:
@@ -121,7 +122,7 @@ class CenterFaceDetector(MultiScale):
         self._nets[shape] = net
         return net
 
-    def _detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
+    def _detect_at(self, rgb: np.ndarray, scale: float, threshold: float | None = None) -> list[Face]:
         h, w = rgb.shape[:2]
         blob = network_input(rgb, scale)
         if blob is None:
@@ -133,7 +134,8 @@ class CenterFaceDetector(MultiScale):
             net = self._net_for((nh, nw))
             net.setInput(blob)
             heatmap, sizes, offsets, landmarks = net.forward(list(OUTPUTS))
-        boxes, scores, points = decode_heatmaps(heatmap, sizes, offsets, landmarks, (nh, nw), self.score_threshold)
+        boxes, scores, points = decode_heatmaps(heatmap, sizes, offsets, landmarks, (nh, nw),
+                                                self.score_threshold if threshold is None else threshold)
         keep = nms_indices(boxes, scores, self.nms_threshold)
         sx, sy = nw / w, nh / h
         boxes = boxes[keep] / np.array([sx, sy, sx, sy], np.float32)

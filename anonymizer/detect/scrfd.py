@@ -73,7 +73,9 @@ class ScrfdDetector(MultiScale):
         self._input = self._session.get_inputs()[0].name
         self._outputs = [o.name for o in self._session.get_outputs()]  # score_8..32, bbox_8..32, kps_8..32
 
-    def _detect_at(self, rgb: np.ndarray, scale: float) -> list[Face]:
+    any_size = True  # the dynamic-sized graph
+
+    def _detect_at(self, rgb: np.ndarray, scale: float, threshold: float | None = None) -> list[Face]:
         h, w = rgb.shape[:2]
         sw, sh = max(1, round(w * scale)), max(1, round(h * scale))
         resized = rgb if (sw, sh) == (w, h) else cv2.resize(
@@ -83,7 +85,7 @@ class ScrfdDetector(MultiScale):
         canvas[:sh, :sw] = resized
         blob = ((canvas - MEAN) / STD).transpose(2, 0, 1)[None]
         outs = self._session.run(self._outputs, {self._input: np.ascontiguousarray(blob)})
-        boxes, scores, points = decode(outs, (ph, pw), self.score_threshold)
+        boxes, scores, points = decode(outs, (ph, pw), self.score_threshold if threshold is None else threshold)
         keep = nms_indices(boxes, scores, self.nms_threshold)
         sx, sy = sw / w, sh / h
         boxes = boxes[keep] / np.array([sx, sy, sx, sy], np.float32)

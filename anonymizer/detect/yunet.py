@@ -48,7 +48,13 @@ class YuNetDetector(MultiScale):
         self._net = None if self._session is not None else cv2.FaceDetectorYN.create(
             str(self.model_path), "", (320, 320), score_threshold, nms_threshold, top_k)
 
-    def _detect_at(self, bgr: np.ndarray, scale: float) -> list[Face]:
+    any_size = True  # onnxruntime's free input size, or FaceDetectorYN's input size set per call
+
+    def prepared(self, image: np.ndarray) -> np.ndarray:
+        return cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+
+    def _detect_at(self, bgr: np.ndarray, scale: float, threshold: float | None = None) -> list[Face]:
+        threshold = self.score_threshold if threshold is None else float(threshold)
         h, w = bgr.shape[:2]
         if scale != 1.0:
             bgr = cv2.resize(bgr, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_LINEAR)
@@ -56,31 +62,27 @@ class YuNetDetector(MultiScale):
             padded = np.zeros((max(_MIN_INPUT, bgr.shape[0]), max(_MIN_INPUT, bgr.shape[1]), 3), np.uint8)
             padded[: bgr.shape[0], : bgr.shape[1]] = bgr
             bgr = padded
-        rows = self._rows_ort(bgr) if self._session is not None else self._rows_opencv(bgr)
+        rows = self._rows_ort(bgr, threshold) if self._session is not None else self._rows_opencv(bgr, threshold)
         faces = []
         for r in rows:
             lm = r[4:14].reshape(5, 2).astype(np.float32) / scale
             faces.append(Face(*(float(v) / scale for v in r[:4]), float(r[14]), self.name, lm))
         return faces
 
-    def _rows_opencv(self, bgr: np.ndarray) -> np.ndarray:
+    def _rows_opencv(self, bgr: np.ndarray, threshold: float) -> np.ndarray:
         self._net.setInputSize((bgr.shape[1], bgr.shape[0]))
+        self._net.setScoreThreshold(threshold)
         _, rows = self._net.detect(bgr)
         return np.zeros((0, 15), np.float32) if rows is None else rows
 
-    def _rows_ort(self, bgr: np.ndarray) -> np.ndarray:
+    def _rows_ort(self, bgr: np.ndarray, threshold: float) -> np.ndarray:
         """FaceDetectorYN's rows (x, y, w, h, 5 landmarks, score), computed by onnxruntime."""
         h, w = bgr.shape[:2]
         ph, pw = -(-h // ALIGN) * ALIGN, -(-w // ALIGN) * ALIGN
         blob = np.zeros((1, 3, ph, pw), np.float32)
         blob[0, :, :h, :w] = bgr.transpose(2, 0, 1)
         out = dict(zip(OUTPUTS, self._session.run(list(OUTPUTS), {"input": blob})))
-        return decode(out, (ph, pw), self.score_threshold, self.nms_threshold, self.top_k)
-
-    def detect_per_scale(self, image: np.ndarray) -> dict[float, list[Face]]:
-        """Each usable scale's faces on its own (converted to BGR once for all scales)."""
-        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-        return {s: self._detect_at(bgr, s) for s in self.usable_scales(bgr.shape)}
+        return decode(out, (ph, pw), threshold, self.nms_threshold, self.top_k)
 
 
 def _ort_session(model: bytes, device: str):
