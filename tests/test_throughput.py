@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import shutil
@@ -77,7 +78,9 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(shared, componen
     frames = [cv2.resize(cv2.cvtColor(cv2.imread(str(PHOTOS / n)), cv2.COLOR_BGR2RGB), (1280, 720))
               for n in ("group_1.jpg", "group_13.jpg")]
     ensemble = components.detector
-    one = [ensemble.detect(f) for f in frames]
+    whole = copy.copy(ensemble)
+    whole.focus = None  # batches run every scale on whole images, as `detect` does without `focus`
+    one = [whole.detect(f) for f in frames]
     batched = ensemble.detect_batch(frames)
     for a, b in zip(one, batched):
         assert len(a) == len(b) > 0
