@@ -51,8 +51,8 @@ class Focus(_Strict):
     detector's 1x faces count from its own score threshold, or from its entry in `proposal_scores` where that
     is lower (a weak peak still marks a place worth a closer look)."""
 
-    reach: float = Field(2.0, ge=1.0)
-    margin: int = Field(8, ge=0)
+    reach: float = Field(3.0, ge=1.0)
+    margin: int = Field(16, ge=0)
     proposal_scores: dict[str, float] = Field(default_factory=dict)
 
 
