@@ -49,7 +49,8 @@ class Focus(_Strict):
     """Upscaled passes look only near what the whole-image passes saw (anonymizer.detect.base.focus_windows):
     a square of `reach` times each seen face's longer side plus `margin` px a side around its centre. A
     detector's 1x faces count from its own score threshold, or from its entry in `proposal_scores` where that
-    is lower (a weak peak still marks a place worth a closer look)."""
+    is lower (a weak peak still marks a place worth a closer look); an entry for a detector the policy does
+    not run is unused, so a policy that restates the detector list may keep the inherited entries."""
 
     reach: float = Field(3.0, ge=1.0)
     margin: int = Field(16, ge=0)

@@ -45,8 +45,7 @@ def _registries() -> dict[str, Registry[Any]]:
 def check_components(policy: Policy, source: str | None = None) -> None:
     """Raise PolicyError naming every component key whose name is unknown or whose params do not fit the
     factory's signature (unknown or missing parameter), e.g. "key 'detection.detectors[1].params.scale':
-    unknown parameter for detector 'yunet'; known: ...", and every `detection.focus.proposal_scores` key that
-    names none of the policy's detectors. Builds nothing."""
+    unknown parameter for detector 'yunet'; known: ...". Builds nothing."""
     registries = _registries()
     problems = []
     for key, kind, component, injected in components(policy):
@@ -55,9 +54,5 @@ def check_components(policy: Policy, source: str | None = None) -> None:
         except ComponentError as exc:
             where = f"{key}.name" if exc.param is None else f"{key}.params.{exc.param}"
             problems.append(f"key '{where}': {exc}")
-    focus, named = policy.detection.focus, [c.name for c in policy.detection.detectors]
-    for name in sorted(set(focus.proposal_scores) - set(named)) if focus is not None else []:
-        problems.append(f"key 'detection.focus.proposal_scores.{name}': not one of the policy's detectors "
-                        f"({', '.join(named)})")
     if problems:
         raise PolicyError(f"policy {source or policy.name}: " + "; ".join(problems))
