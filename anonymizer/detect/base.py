@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
 import numpy as np
@@ -67,7 +67,7 @@ class MultiScale:
             y0, y1 = _aligned(crop[1], crop[3], h, scale)
             for f in self._detect_at(prepared[y0:y1, x0:x1], scale):
                 lm = None if f.landmarks is None else f.landmarks + np.array([x0, y0], np.float32)
-                moved = Face(f.x + x0, f.y + y0, f.w, f.h, f.score, f.detector, lm)
+                moved = replace(f, x=f.x + x0, y=f.y + y0, landmarks=lm)
                 if windows.holds(moved):
                     faces.append(moved)
         return faces
