@@ -66,6 +66,35 @@ def test_other_candidates_find_the_six_faces(shared, name, params):
         assert len(faces) == 6 and all(f.score > 0.9 and f.landmarks.shape == (5, 2) for f in faces)
 
 
+def test_mtcnn_prelu_written_as_relu_and_min_is_prelu_bit_for_bit():
+    """MTCNN's graphs write PReLU as relu(x) + a * min(x, 0) (faster on onnxruntime): the same values for
+    slopes of either sign and above 1, as the weights have."""
+    import torch
+
+    from anonymizer.detect.torch_nets import _PReLU
+
+    reference = torch.nn.PReLU(16)
+    with torch.no_grad():
+        reference.weight.copy_(torch.linspace(-1.3, 1.3, 16))
+    split = _PReLU(16)
+    split.load_state_dict(reference.state_dict())
+    x = torch.randn(4, 16, 9, 9, generator=torch.Generator().manual_seed(0))
+    x[0, :, 0, 0] = 0.0
+    assert torch.equal(split(x), reference(x))
+    assert torch.equal(split(x[:, :, 0, 0]), reference(x[:, :, 0, 0]))  # after the dense layers: N x C
+
+
+def test_nms_keeps_the_best_first_and_drops_overlaps_above_the_threshold():
+    """Greedy NMS: equal scores in input order, IoU above the threshold dropped, a score of 0 still kept."""
+    from anonymizer.detect.retinaface import nms_indices
+
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [20, 20, 30, 30], [5, 0, 15, 10]], np.float32)
+    scores = np.array([0.9, 0.9, 0.0, 0.8], np.float32)  # box 1: IoU 0.82 with box 0; box 3: IoU 0.33
+    assert nms_indices(boxes, scores, 0.5).tolist() == [0, 3, 2]
+    assert nms_indices(boxes, scores, 0.3).tolist() == [0, 2]
+    assert nms_indices(boxes[:0], scores[:0], 0.5).tolist() == []
+
+
 def test_decode_on_hand_made_outputs():
     """One anchor above the threshold: its centre is (column, row) x stride, the box and keypoints are
     distances from it in strides; anchors of one location are adjacent."""

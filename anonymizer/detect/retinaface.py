@@ -21,7 +21,7 @@ import numpy as np
 from anonymizer.detect.base import DETECTORS, usable_scales
 from anonymizer.faces import Face
 from anonymizer.models import locate
-from anonymizer.onnx_runtime import ort_session, torch_export
+from anonymizer.onnx_runtime import derived, ort_session, torch_source
 
 MEAN_BGR = (104.0, 117.0, 123.0)
 MIN_SIZES = ((16, 32), (64, 128), (256, 512))
@@ -55,20 +55,16 @@ def decode_priors(loc: np.ndarray, ldm: np.ndarray, priors: np.ndarray) -> tuple
 
 
 def nms_indices(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Vectorised greedy NMS: thousands of raw candidates per tile make the pure-Python one too slow."""
-    order = np.argsort(-scores, kind="stable")
-    x0, y0, x1, y1 = boxes.T
-    areas = np.maximum(x1 - x0, 0) * np.maximum(y1 - y0, 0)
-    keep = []
-    while order.size:
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        iw = np.maximum(0.0, np.minimum(x1[i], x1[rest]) - np.maximum(x0[i], x0[rest]))
-        ih = np.maximum(0.0, np.minimum(y1[i], y1[rest]) - np.maximum(y0[i], y0[rest]))
-        inter = iw * ih
-        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    """Greedy NMS, highest score first (ties in input order): a box is dropped when its IoU with a kept one
+    exceeds `iou_threshold`. OpenCV's, in C++: a P-Net pyramid level or a RetinaFace tile has thousands of
+    raw candidates. Scores are probabilities; OpenCV keeps only positive ones, so a 0 is raised to the
+    smallest positive float (its order among equal scores is kept)."""
+    if not len(boxes):
+        return np.zeros(0, np.int64)
+    b = np.asarray(boxes, np.float64)
+    rects = np.column_stack([b[:, 0], b[:, 1], np.maximum(b[:, 2] - b[:, 0], 0), np.maximum(b[:, 3] - b[:, 1], 0)])
+    positive = np.maximum(np.asarray(scores, np.float32), np.finfo(np.float32).tiny)
+    return np.asarray(cv2.dnn.NMSBoxes(rects, positive, 0.0, float(iou_threshold)), np.int64).reshape(-1)
 
 
 @dataclass
@@ -117,7 +113,9 @@ def onnx_graph(name: str, weights: object) -> bytes:
 
         return to_onnx(name, path)
 
-    return torch_export(name, path, export)
+    # Kept per weights, torch version and network definitions: an edited torch_nets writes new graphs.
+    definitions = (Path(__file__).parent / "torch_nets.py").read_bytes()
+    return derived(f"{name}-torch-export", torch_source(path) + definitions, export)
 
 
 _Job = tuple[int, np.ndarray, float, int, int, tuple[bool, bool, bool, bool]]  # image, crop, scale, x, y, inner edges
