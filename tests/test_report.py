@@ -72,7 +72,7 @@ def run(shared, policy):
     }
     figures = {**reporting.plots(images_df, faces_df, same), **reporting.attack_figures(report["attack_evaluation"])}
     return {"report": report, "html": reporting.render_html(report, figures), "verdict": verdict, "faces": faces_df,
-            "originals": originals, "outputs": outputs}
+            "originals": originals, "outputs": outputs, "figures": figures}
 
 
 def _attack_result() -> dict:
@@ -191,6 +191,18 @@ def test_closing_line_says_which_pixels_the_report_holds(run):
     assert "no pixels of any original or released image" not in page
     assert "no pixels of any original or output image" not in page
     assert "thumbnails of released images" in page and "no pixels of any original image" in page
+
+
+def test_each_chart_says_what_it_shows(run):
+    """Under each chart, a sentence for the auditor, not the chart's key (which stays its alt text)."""
+    outputs = [(k, cv2.imencode(".jpg", cv2.cvtColor(o, cv2.COLOR_RGB2BGR))[1].tobytes())
+               for k, o in list(run["outputs"].items())[:2]]
+    page = reporting.render_html(run["report"], {**run["figures"], **reporting.sample_grid(outputs)})
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    keys = re.findall(r'<img alt="([^"]+)" src="data:image/png', page)
+    assert set(keys) >= {"reid_histogram", "faces_per_image", "sample_anonymized_outputs"}
+    assert len(captions) == len(keys)
+    assert all(c not in keys and len(c.split()) >= 8 for c in captions), captions
 
 
 def _chromium():
