@@ -235,6 +235,10 @@ CAPTIONS = {
     "faces_per_image": "Per image: faces the detectors anonymized, faces the independent auditor found in the "
                        "original, and auditor faces that no mask covers (the policy's max_uncovered_faces bounds them).",
     SAMPLE_FIGURE: "The released images with the most anonymized faces, downscaled: what the dataset now looks like.",
+    "score_histograms": "Distances between two photos of one person (genuine) and of two people (impostor), per "
+                        "operator and protocol: genuine pairs left of the dashed threshold are people re-identified.",
+    "det_reverse": "Reverse protocol (original probe against an anonymized gallery): the attacker's false-match rate "
+                   "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
     "det_naive": "Naive protocol (anonymized probe against the original gallery): the attacker's false-match rate "
                  "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
     "det_parrot": "Parrot protocol (probes and gallery both anonymized: the attacker anonymizes his gallery the same "
