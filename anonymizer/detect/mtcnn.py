@@ -8,7 +8,7 @@ and shrinks by `factor`; P-Net cells (stride 2) above `thresholds[0]` become 12 
 (24 px crops) and O-Net (48 px crops), each stage regressing the box and suppressing overlaps. A face's
 score is O-Net's. Our crops are resized with OpenCV's INTER_AREA (facenet-pytorch: torch's `area`). The
 three networks run on onnxruntime, their graphs written from the torch weights once and kept
-(anonymizer.detect.torch_nets): R- and O-Net run about a third slower there than in torch's channels-last
+(anonymizer.detect.torch_nets): R- and O-Net run slower there than in torch's channels-last
 layout (79-104 against 73 us a 24 px crop, 618-690 against 431 us a 48 px one), but a worker does not import
 torch (2 s), and OpenCV's DNN is slower still (docs/benchmarks.md "Where the time goes").
 """
