@@ -48,7 +48,7 @@ import numpy as np
 from anonymizer.anonymize import ANONYMIZERS, face_rngs
 from anonymizer.faces import Face, iou
 from anonymizer.policy import Policy, load_policy
-from anonymizer.report.charts import cell, det_chart, html_table, png
+from anonymizer.report.charts import cell, det_chart, figure_html, html_table, png
 
 DEFAULT_SWEEP: tuple[tuple[str, float], ...] = (
     ("blur", 0.05), ("blur", 0.15), ("blur", 0.35),
@@ -485,8 +485,7 @@ def render_html(result: dict, figs: dict[str, str]) -> str:
     cal = result["calibration"]
     ds = result["dataset"]
     clean = result["clean"]
-    imgs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"><figcaption>{k}</figcaption></figure>'
-                   for k, v in figs.items())
+    imgs = "".join(figure_html(k, v) for k, v in figs.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Re-identification attacks on anonymized faces</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}

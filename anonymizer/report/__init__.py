@@ -12,7 +12,7 @@ from importlib import metadata
 
 import pandas as pd
 
-from anonymizer.report.charts import cell, det_chart, html_table, png
+from anonymizer.report.charts import SAMPLE_FIGURE, cell, det_chart, figure_html, html_table, png
 
 PACKAGES = ["anonymizer", "prefect", "ray", "torch", "opencv-python-headless", "great-expectations", "dlib-bin",
             "face-recognition-models", "pyarrow", "numpy", "pillow", "boto3"]
@@ -96,7 +96,6 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     return out
 
 
-SAMPLE_FIGURE = "sample_anonymized_outputs"
 
 
 def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str, str]:
@@ -227,31 +226,6 @@ def _checks_table(checks: list[dict], docs_link: str | None, notes: dict[str, st
 
 _REID_FIGURES = ("reid_histogram", "score_histograms")
 
-# What each chart shows, printed under it (its key stays the image's alt text).
-CAPTIONS = {
-    "reid_histogram": "Each scored face: the distance between its embedding in the original and in the released "
-                      "image (the policy's recognizer, aligned on the original). Left of the dashed line, the "
-                      "recognizer would call them the same person.",
-    "faces_per_image": "Per image: faces the detectors anonymized, faces the independent auditor found in the "
-                       "original, and auditor faces that no mask covers (the policy's max_uncovered_faces bounds them).",
-    SAMPLE_FIGURE: "The released images with the most anonymized faces, downscaled: what the dataset now looks like.",
-    "score_histograms": "Distances between two photos of one person (genuine) and of two people (impostor), per "
-                        "operator and protocol: genuine pairs left of the dashed threshold are people re-identified.",
-    "det_reverse": "Reverse protocol (original probe against an anonymized gallery): the attacker's false-match rate "
-                   "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
-    "det_naive": "Naive protocol (anonymized probe against the original gallery): the attacker's false-match rate "
-                 "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
-    "det_parrot": "Parrot protocol (probes and gallery both anonymized: the attacker anonymizes his gallery the same "
-                  "way): the attacker's false-match rate against its false-non-match rate; a curve toward the lower "
-                  "left is an attack that succeeds.",
-}
-
-
-def _figure(key: str, png_b64: str) -> str:
-    return (f'<figure><img alt="{html.escape(key)}" src="data:image/png;base64,{png_b64}">'
-            f'<figcaption>{html.escape(CAPTIONS.get(key, key))}</figcaption></figure>')
-
-
 def _attack_section(report: dict, figures: dict[str, str]) -> str:
     """Calibration of the attacker and, when attached, the naive/reverse/parrot evaluation (anonymizer eval reid)."""
     out = []
@@ -277,7 +251,7 @@ def _attack_section(report: dict, figures: dict[str, str]) -> str:
     else:
         out.append("<p>No attack evaluation is attached to this run: <code>anonymizer eval reid --policy POLICY</code> measures "
                    "the naive, reverse and parrot protocols for the policy's operator on LFW.</p>")
-    figs = "".join(_figure(k, b) for k, b in figures.items() if k in _REID_FIGURES or k.startswith("det_"))
+    figs = "".join(figure_html(k, b) for k, b in figures.items() if k in _REID_FIGURES or k.startswith("det_"))
     out.append(figs)
     return "".join(out)
 
@@ -315,7 +289,7 @@ def render_html(report: dict, figures: dict[str, str]) -> str:
     quarantined = [o for o in objects if o.get("status") == "quarantined"]
     policy = report["policy"]
     lineage = report.get("lineage")
-    run_figs = "".join(_figure(k, b) for k, b in figures.items() if not (k in _REID_FIGURES or k.startswith("det_")))
+    run_figs = "".join(figure_html(k, b) for k, b in figures.items() if not (k in _REID_FIGURES or k.startswith("det_")))
     failed = [c["name"] for c in v["checks"] if not c["success"]]
     summary = (f"{len(v['checks']) - len(failed)} of {len(v['checks'])} checks passed"
                + (f"; failed: {', '.join(failed)}" if failed else "")

@@ -11,6 +11,33 @@ from typing import Sequence
 
 DET_TICKS = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95)
 
+SAMPLE_FIGURE = "sample_anonymized_outputs"
+
+# What each chart shows, printed under it (its key stays the image's alt text).
+CAPTIONS = {
+    "reid_histogram": "Each scored face: the distance between its embedding in the original and in the released "
+                      "image (the policy's recognizer, aligned on the original). Left of the dashed line, the "
+                      "recognizer would call them the same person.",
+    "faces_per_image": "Per image: faces the detectors anonymized, faces the independent auditor found in the "
+                       "original, and auditor faces that no mask covers (the policy's max_uncovered_faces bounds them).",
+    SAMPLE_FIGURE: "The released images with the most anonymized faces, downscaled: what the dataset now looks like.",
+    "score_histograms": "Distances between two photos of one person (genuine) and of two people (impostor), per "
+                        "operator and protocol: genuine pairs left of the dashed threshold are people re-identified.",
+    "det_reverse": "Reverse protocol (original probe against an anonymized gallery): the attacker's false-match rate "
+                   "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
+    "det_naive": "Naive protocol (anonymized probe against the original gallery): the attacker's false-match rate "
+                 "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
+    "det_parrot": "Parrot protocol (probes and gallery both anonymized: the attacker anonymizes his gallery the same "
+                  "way): the attacker's false-match rate against its false-non-match rate; a curve toward the lower "
+                  "left is an attack that succeeds.",
+}
+
+
+def figure_html(key: str, png_b64: str) -> str:
+    """A chart in a page: its key as the alt text, what it shows (CAPTIONS) under it."""
+    return (f'<figure><img alt="{html.escape(key)}" src="data:image/png;base64,{png_b64}">'
+            f'<figcaption>{html.escape(CAPTIONS.get(key, key))}</figcaption></figure>')
+
 
 def png(fig) -> str:
     """A matplotlib figure as base64 PNG, for an <img src="data:..."> in a self-contained page."""
