@@ -96,8 +96,6 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
     return out
 
 
-
-
 def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str, str]:
     """A few released (anonymized) outputs, downscaled: what the dataset now looks like. Never originals, and
     never the outputs of a run that failed its checks (they are what the checks refused)."""
@@ -225,6 +223,7 @@ def _checks_table(checks: list[dict], docs_link: str | None, notes: dict[str, st
 
 
 _REID_FIGURES = ("reid_histogram", "score_histograms")
+
 
 def _attack_section(report: dict, figures: dict[str, str]) -> str:
     """Calibration of the attacker and, when attached, the naive/reverse/parrot evaluation (anonymizer eval reid)."""

@@ -14,6 +14,8 @@ DET_TICKS = (1e-4, 1e-3, 1e-2, 0.05, 0.2, 0.5, 0.8, 0.95)
 SAMPLE_FIGURE = "sample_anonymized_outputs"
 
 # What each chart shows, printed under it (its key stays the image's alt text).
+_DET = ("{}: the attacker's false-match rate against its false-non-match rate; a curve toward the lower left is an "
+        "attack that succeeds.")
 CAPTIONS = {
     "reid_histogram": "Each scored face: the distance between its embedding in the original and in the released "
                       "image (the policy's recognizer, aligned on the original). Left of the dashed line, the "
@@ -23,13 +25,10 @@ CAPTIONS = {
     SAMPLE_FIGURE: "The released images with the most anonymized faces, downscaled: what the dataset now looks like.",
     "score_histograms": "Distances between two photos of one person (genuine) and of two people (impostor), per "
                         "operator and protocol: genuine pairs left of the dashed threshold are people re-identified.",
-    "det_reverse": "Reverse protocol (original probe against an anonymized gallery): the attacker's false-match rate "
-                   "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
-    "det_naive": "Naive protocol (anonymized probe against the original gallery): the attacker's false-match rate "
-                 "against its false-non-match rate; a curve toward the lower left is an attack that succeeds.",
-    "det_parrot": "Parrot protocol (probes and gallery both anonymized: the attacker anonymizes his gallery the same "
-                  "way): the attacker's false-match rate against its false-non-match rate; a curve toward the lower "
-                  "left is an attack that succeeds.",
+    "det_naive": _DET.format("Naive protocol (anonymized probes against the original gallery)"),
+    "det_reverse": _DET.format("Reverse protocol (original probes against an anonymized gallery)"),
+    "det_parrot": _DET.format("Parrot protocol (probes and gallery both anonymized: the attacker anonymizes his "
+                              "gallery the same way)"),
 }
 
 
