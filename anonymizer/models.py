@@ -101,6 +101,11 @@ MODELS: dict[str, ModelSpec] = {
         "the project's own probe on dlib descriptors (training/apparent_sex.py), fitted on LFW photos, a research "
         "data set", licence_class="research",
     ),
+    "skin_tone": ModelSpec(
+        "skin_tone", "skin_tone.json", None, None,
+        "the project's own probe on dlib descriptors (training/skin_tone.py), fitted on LFW photos, a research "
+        "data set", licence_class="research",
+    ),
     "mobilefacenet": ModelSpec(
         "mobilefacenet",
         "MobileFaceNet.onnx",

@@ -19,12 +19,12 @@ DERIVED_DIR = USER_MODEL_DIR.parent / "derived"
 _MAKING = threading.Lock()
 
 
-def derived(name: str, source: bytes, make: Callable[[], bytes]) -> bytes:
-    """The ONNX model `make` derives from `source` (a weight file's bytes, or what determines the result),
-    kept under DERIVED_DIR as NAME-<hash of source>.onnx and read from there by later processes: editing a
-    graph's input sizes imports onnx (0.7 s of a worker's start), an int8 copy takes seconds. `name` stands
-    for how it is made: a changed `make` needs a new name."""
-    cached = DERIVED_DIR / f"{name}-{hashlib.sha256(source).hexdigest()[:16]}.onnx"
+def derived(name: str, source: bytes, make: Callable[[], bytes], suffix: str = ".onnx") -> bytes:
+    """The ONNX model (or other file: `suffix`) `make` derives from `source` (a weight file's bytes, or what
+    determines the result), kept under DERIVED_DIR as NAME-<hash of source><suffix> and read from there by
+    later processes: editing a graph's input sizes imports onnx (0.7 s of a worker's start), an int8 copy
+    takes seconds. `name` stands for how it is made: a changed `make` needs a new name."""
+    cached = DERIVED_DIR / f"{name}-{hashlib.sha256(source).hexdigest()[:16]}{suffix}"
     if cached.is_file():
         return cached.read_bytes()
     with _MAKING:  # one at a time in a process: torch's exporter keeps global state, and threads may load

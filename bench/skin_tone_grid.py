@@ -1,10 +1,11 @@
-"""Side by side, the photos' faces that read darkest (anonymizer.bank.tone) and what the `bank` operator puts
-there, for each bank and `tone_pool` given (the operator otherwise as the `realistic` profile sets it): the
-check that numbers cannot make, whether dark-skinned people get dark-skinned bank people. Writes the grid
-(kept out of the repository: the photos' licence) and a JSON of each face's reading and method.
+"""Side by side, the photos' faces that read darkest (anonymizer.bank.tone: the descriptor probe, or ITA° with
+`--order ita`) and what the `bank` operator puts there, for each bank, `tone_pool` and `tone_reading` given
+(the operator otherwise as the `realistic` profile sets it): the check that numbers cannot make, whether
+dark-skinned people get dark-skinned bank people. Writes the grid (kept out of the repository: the photos'
+licence) and a JSON of each face's readings and method.
 
-    python bench/skin_tone_grid.py --variant shipped=BANK_A:0 --variant tone=BANK_B:18 [--faces 16]
-                                   [--min-size 60] [--out out/skin_tone]
+    python bench/skin_tone_grid.py --variant ita=BANK:36:ita --variant descriptor=BANK:36:descriptor
+                                   [--faces 16] [--min-size 60] [--order descriptor] [--out out/skin_tone]
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--variant", action="append", required=True, help="NAME=BANK:TONE_POOL (repeatable)")
+    ap.add_argument("--variant", action="append", required=True,
+                    help="NAME=BANK:TONE_POOL[:TONE_READING] (repeatable; the reading defaults to realistic's)")
     ap.add_argument("--photos", default=str(SHARED / "data" / "photos"))
     ap.add_argument("--faces", type=int, default=16, help="the darkest-reading faces shown")
     ap.add_argument("--min-size", type=float, default=60.0, help="faces smaller than this (px) are left out")
+    ap.add_argument("--order", choices=["descriptor", "ita"], default="descriptor", help="which reading sorts the faces")
     ap.add_argument("--out", default="out/skin_tone")
     args = ap.parse_args()
 
@@ -42,10 +45,13 @@ def main() -> None:
     variants = {}
     for spec in args.variant:
         name, _, rest = spec.partition("=")
-        bank, _, pool = rest.rpartition(":")
-        variants[name] = build_operator(realistic, bank=bank, tone_pool=int(pool))
+        parts = rest.split(":")
+        reading = {} if parts[-1].isdigit() else {"tone_reading": parts.pop()}
+        pool = int(parts.pop())
+        variants[name] = build_operator(realistic, bank=":".join(parts), tone_pool=pool, **reading)
     detector = build_detector("yunet", {"scales": [1.0], "score_threshold": 0.6})
     landmarker = next(iter(variants.values())).landmarker
+    probe = tone.SkinTone()
     rows = []
     for path in sorted(Path(args.photos).glob("*.jpg")):
         img = decode(path.read_bytes(), 100_000_000).rgb
@@ -58,20 +64,22 @@ def main() -> None:
             reading = tone.ita(img, landmarker(img, f))
             if reading is None:
                 continue
+            darkness = probe.darkness(probe.describe(img, f))
             x0, y0 = int(max(0, f.x - 0.4 * f.w)), int(max(0, f.y - 0.5 * f.h))
             x1, y1 = int(min(img.shape[1], f.x + 1.4 * f.w)), int(min(img.shape[0], f.y + 1.3 * f.h))
             tiles = [cv2.resize(im[y0:y1, x0:x1], (128, 128)) for im in (img, *(o.image for o in outs.values()))]
             rows.append({"key": key, "face": i, "size": round(float(f.size), 1), "ita": round(reading, 1),
-                         "band": tone.band(reading), **{name: o.methods[i] for name, o in outs.items()},
+                         "band": tone.band(reading), "darkness": round(darkness, 2), "methods": {name: o.methods[i] for name, o in outs.items()},
                          "_tiles": np.hstack(tiles)})
-    rows.sort(key=lambda r: r["ita"])
+    rows.sort(key=lambda r: -r["darkness"] if args.order == "descriptor" else r["ita"])
     shown = rows[:args.faces]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     strips = []
     for r in shown:
         strip = r.pop("_tiles").copy()
-        cv2.putText(strip, f"{r['ita']:.0f}", (3, 122), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 255, 0), 1)
+        cv2.putText(strip, f"{r['ita']:.0f} {r['darkness']:.1f}", (3, 122), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (0, 255, 0), 1)
         strips.append(strip)
     if len(strips) % 2:
         strips.append(np.zeros_like(strips[0]))
@@ -84,8 +92,8 @@ def main() -> None:
     print(f"{len(rows)} faces of {args.min_size:.0f} px and more; the {len(shown)} darkest-reading, left to right: "
           f"original, {', '.join(variants)}")
     for r in shown:
-        print(f"  ITA {r['ita']:6.1f} ({r['band']}) {r['key']} face {r['face']}: "
-              + ", ".join(f"{n} {r[n]}" for n in variants))
+        print(f"  ITA {r['ita']:6.1f} ({r['band']}), darkness {r['darkness']:.2f}, {r['key']} face {r['face']}: "
+              + ", ".join(f"{n} {r['methods'][n]}" for n in variants))
     print(f"wrote {out / 'skin_tone_grid.png'} and {out / 'skin_tone_grid.json'}")
 
 

@@ -10,14 +10,16 @@ synthetic people. Per face:
    image border cuts ("border") get the classical `fallback`, recorded as "fallback:<name>:<reason>".
 2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
    counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
-   key, face index), so the result is deterministic. In a colour photo, those `choices` are the nearest in
-   skin tone (anonymizer.bank.tone: ITA° as the photo shows it, read alike on the bank faces) among the
-   `tone_pool` nearest in pose and expression: harmonisation recolours a bank face to the photo's skin, and
-   a light-skinned face made dark (or the reverse) looks recoloured. With `match_sex`, a face that reads as
-   a man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). A face
-   that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the
-   person's apparent sex where `match_sex` asks) tries only that identity's faces, nearest first: one
-   person, one face.
+   key, face index), so the result is deterministic. Those `choices` are the nearest in skin tone among the
+   `tone_pool` nearest in pose and expression (anonymizer.bank.tone), read as `tone_reading` says: "ita",
+   the skin's pixels as the photo shows them, alike on the bank faces (colour photos and banks only);
+   "descriptor", the person's skin as a probe on dlib's descriptor reads it, on the face and on each bank
+   person's most frontal face, which a photo's light and white balance barely move; those within
+   TONE_CLOSE of the face's are tried first. A light-skinned face made dark (or the reverse) looks
+   recoloured. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
+   read alike (anonymizer.bank.apparent_sex). A face that carries a virtual identity (`Face.identity`, set
+   by a keyed run's linking, which matches the person's apparent sex where `match_sex` asks) tries only that
+   identity's faces, nearest first: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -68,6 +70,7 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
+from anonymizer.bank.descriptor_probe import frontal_descriptors
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -82,6 +85,8 @@ CHEEKS = np.array([36, 45, 15, 14, 13, 35, 33, 31, 3, 2, 1])  # eye corners, che
 CONTRAST = 1.3       # the most harmonisation may scale the bank face's lightness spread, up or down
 SKIN_NEAR, SKIN_FAR = 2.5, 4.0  # outside the inner face, bank pixels this far from its skin (in spreads) fade out
 MATTE_FEATHER = 0.03  # the head matte's edge, blurred over this many eye distances
+TONE_READINGS = ("ita", "descriptor")  # BankFace's tone_reading (the module doc, step 2)
+TONE_CLOSE = 0.5  # darkness (anonymizer.bank.tone.SkinTone) within which a bank person's skin counts as alike
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
 COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
@@ -235,11 +240,9 @@ class Site:
         return hz.target(BankFace.skin_only(self.orig_win, cheeks)) if cheeks.sum() >= 16 else None
 
     @cached_property
-    def tone(self) -> float | None:
-        """The face's skin tone (ITA°) where the bank faces are chosen by it: a colour photo, a colour bank."""
-        if self.op.tone_pool <= 0 or self.grey:
-            return None
-        return tone.ita(self.orig_win, self.pts, self.origin)
+    def ita(self) -> float | None:
+        """The face's skin tone as the photo shows it (ITA°); None in a greyscale photo."""
+        return None if self.grey else tone.ita(self.orig_win, self.pts, self.origin)
 
     def placed_matte(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         if k not in self._mattes:
@@ -313,6 +316,8 @@ class BankFace:
                 rows.append({"component": "identity_guard:pose", **describe("yunet", model_dir)})
         if params.get("match_sex"):
             rows += [{"component": "apparent_sex", **describe(m, model_dir)} for m in ("apparent_sex", "dlib_resnet")]
+        if params.get("tone_reading") == "descriptor" and params.get("tone_pool", 36) > 0:
+            rows += [{"component": "skin_tone", **describe(m, model_dir)} for m in ("skin_tone", "dlib_resnet")]
         return rows
 
     @staticmethod
@@ -334,7 +339,8 @@ class BankFace:
                  identity_guard: dict | bool | None = True, model_dir: str | None = None,
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
-                 landmarks: str | None = None, tone_pool: int = 36, match_sex: bool = False) -> None:
+                 landmarks: str | None = None, tone_pool: int = 36, tone_reading: str = "ita",
+                 match_sex: bool = False) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -350,7 +356,9 @@ class BankFace:
         self.bank.mirrored = bool(mirror)
         self.poisson = bool(poisson)
         self.choices = max(1, min(int(choices), self.bank.choices))
-        self.tone_pool = int(tone_pool) if self.bank.in_colour else 0
+        if tone_reading not in TONE_READINGS:
+            raise ValueError(f"bank: tone_reading must be one of {', '.join(TONE_READINGS)}, got {tone_reading!r}")
+        self.tone_pool = int(tone_pool) if self.bank.in_colour or tone_reading == "descriptor" else 0
         if not 0.0 <= forehead <= 1.0:
             raise ValueError(f"bank: forehead must be in [0, 1], got {forehead}")
         self.forehead = float(forehead)
@@ -368,6 +376,16 @@ class BankFace:
 
             self.sex = ApparentSex(model_dir, self._guard_encoder("dlib_resnet"))
             self.bank_people = _bank_people(self.bank, self.sex)
+        self.skin_tone = (tone.SkinTone(model_dir, self._guard_encoder("dlib_resnet"))
+                          if tone_reading == "descriptor" and self.tone_pool > 0 else None)
+        self.tones = self._bank_tones() if self.tone_pool > 0 else None
+
+    def _bank_tones(self) -> np.ndarray:
+        """Each bank face's skin tone, read as the faces' are (`tone_reading`): its person's, by the probe."""
+        if self.skin_tone is None:
+            return self.bank.tones
+        people = {p: self.skin_tone.darkness(d) for p, d in frontal_descriptors(self.bank, self.skin_tone).items()}
+        return np.array([people[str(p)] for p in self.bank.index["identity"]])
 
     def _guard_encoder(self, name: str):
         """The guard's recognizer `name`, where it runs one (one model in memory, not two), else None."""
@@ -376,15 +394,22 @@ class BankFace:
                 return g.encoder
         return None
 
-    def allowed(self, image: np.ndarray, face: Face, refs: tuple | None) -> np.ndarray | None:
-        """With `match_sex`, the bank faces that may go on this face (anonymizer.bank.apparent_sex), from the
-        guard's descriptor of the original where it has one; None: any."""
-        if self.sex is None:
-            return None
-        names = [g.config.encoder for g in self.guard.guards] if refs is not None else []
-        descriptor = (refs[0][names.index(self.sex.recognizer)].embedding if self.sex.recognizer in names
-                      else self.sex.describe(image, face))
-        return self.bank_people.allowed(self.sex.label(descriptor))
+    def readings(self, image: np.ndarray, face: Face, refs: tuple | None, site: Site
+                 ) -> tuple[float | None, np.ndarray | None]:
+        """The face's skin tone as `tone_reading` reads it (None: not chosen by tone), and with `match_sex` the
+        bank faces that may go on it (anonymizer.bank.apparent_sex; None: any). Both probes read the guard's
+        descriptor of the original where it has one."""
+        probes = [p for p in (self.skin_tone, self.sex) if p is not None]
+        descriptor = None
+        if probes:
+            names = [g.config.encoder for g in self.guard.guards] if refs is not None else []
+            probe = probes[0]
+            descriptor = (refs[0][names.index(probe.recognizer)].embedding if probe.recognizer in names
+                          else probe.describe(image, face))
+        skin = (None if self.tone_pool <= 0 else self.skin_tone.darkness(descriptor) if self.skin_tone
+                else site.ita)
+        allowed = self.bank_people.allowed(self.sex.label(descriptor)) if self.sex else None
+        return skin, allowed
 
     # ------------------------------------------------------------ per face
 
@@ -417,7 +442,7 @@ class BankFace:
     def nearest(self, pts: np.ndarray, n: int, skin: float | None = None,
                 allowed: np.ndarray | None = None) -> np.ndarray:
         """The n bank faces that fit the face best, best first: nearest in pose and expression; with `skin`
-        (the face's ITA°) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
+        (the face's tone, `readings`) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
         nearest in pose and expression, one face per virtual identity (its nearest in pose) before any second,
         ties in pose order. A person's views (and their mirror images) share a tone: without that rule they
         would fill the choices and leave the identity guard fewer people to try. With `allowed` (a bool per
@@ -431,17 +456,22 @@ class BankFace:
         repeat = np.zeros(len(pool), np.int64)  # 0 for a person's first face in the pool, 1 for the second…
         for j, person in enumerate(people):
             repeat[j] = seen[person] = seen.get(person, -1) + 1
-        gap = np.nan_to_num(np.abs(self.bank.tones[pool % len(self.bank)] - skin), nan=np.inf)
+        gap = np.nan_to_num(np.abs(self.tones[pool % len(self.bank)] - skin), nan=np.inf)
         return pool[np.lexsort((np.arange(len(pool)), gap, repeat))][:n]
 
     def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None,
               skin: float | None = None, allowed: np.ndarray | None = None) -> list[int]:
-        """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG; for a face
-        assigned a virtual identity (a keyed run), that identity's faces, nearest in pose first."""
+        """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG (with the
+        `descriptor` reading, those within TONE_CLOSE of the face's tone before the rest); for a face assigned a
+        virtual identity (a keyed run), that identity's faces, nearest in pose first."""
         if identity is not None:
             return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
         near = self.nearest(pts, self.choices, skin, allowed)
-        return [int(near[i]) for i in rng.permutation(len(near))]
+        order = rng.permutation(len(near))
+        if skin is not None and self.skin_tone is not None:  # a person's tone read: those near it go first
+            far = np.abs(self.tones[near % len(self.bank)] - skin)[order] > TONE_CLOSE
+            order = order[np.argsort(far, kind="stable")]
+        return [int(near[i]) for i in order]
 
     def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None,
                 allowed: np.ndarray | None = None) -> list[int]:
@@ -725,11 +755,11 @@ class BankFace:
                 rys, rxs = region.window
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
             site = Site(self, image, pts, window, region)
-            allowed = self.allowed(image, faces[i], refs) if faces[i].identity is None else None
-            order = self.order(pts, rngs[i], faces[i].identity, site.tone, allowed)
+            skin, allowed = self.readings(image, faces[i], refs, site) if faces[i].identity is None else (None, None)
+            order = self.order(pts, rngs[i], faces[i].identity, skin, allowed)
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
-                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], site.tone, allowed)
+                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], skin, allowed)
                 ranked = (self.by_cover(order, site, extras) if region is not None
                           else itertools.chain(ranked, ((k, 0, True) for k in extras)))
             done = self.choose(out, site, ranked, refs, blurred)

@@ -229,18 +229,19 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
 def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args: tuple, engine: str,
                     workers: int | None, ray_address: str | None, chunk: int = 32
                     ) -> tuple[dict[int, float], dict[int, str | None]]:
-    """(person → their skin tone (ITA°, exposure-corrected by the eye whites: anonymizer.bank.tone), person →
-    their apparent sex (anonymizer.bank.apparent_sex; None: undecided)), read on their first render, for
+    """(person → how dark their skin reads (anonymizer.bank.tone.SkinTone), person → their apparent sex
+    (anonymizer.bank.apparent_sex; None: undecided)), both probes on the descriptor of their first render, for
     people 0 … m−1. Left out: those without one clear face, and those whose eyes show no white (sunglasses, a
     squint: a bank face should carry open eyes). Readings are kept in `out`/CANDIDATES as they come, so an
     interrupted build does not render them again."""
     from anonymizer.bank.apparent_sex import ApparentSex
     from anonymizer.bank.composite import face_for
 
-    probe = ApparentSex(maker_args[0])
+    probe, skin = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0])
     path = out / CANDIDATES
-    cols = ["person", "lightness", "b", "eye_white", "female"]
+    cols = ["person", "lightness", "b", "eye_white", "female", "darkness"]
     rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
+    rows = [r for r in rows if "darkness" in r]  # read before the skin probe: read again
     todo = sorted(set(range(m)) - {int(r["person"]) for r in rows})
     jobs = [(f"c{p:06d}", p, renderer.w(person_z(seed, p))) for p in todo]
 
@@ -252,16 +253,16 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
     for j, (_, person, crop, pts) in enumerate(render_chunks(jobs, maker_args, engine, workers,
                                                              ray_address=ray_address), start=1):
         r = tone.read(crop, pts) if crop is not None else None
+        d = probe.describe(crop, face_for(pts)) if crop is not None else None
         rows.append({"person": person, "lightness": np.nan if r is None else r.lightness,
                      "b": np.nan if r is None else r.b,
                      "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
-                     "female": np.nan if crop is None else probe.probability(probe.describe(crop, face_for(pts)))})
+                     "female": np.nan if d is None else probe.probability(d),
+                     "darkness": np.nan if d is None else skin.darkness(d)})
         if j % chunk == 0 or j == len(jobs):
             keep()
     seen = [r for r in rows if int(r["person"]) < m and np.isfinite(r["eye_white"])]
-    reference = float(np.median([r["eye_white"] for r in seen])) if seen else 0.0
-    return ({int(r["person"]): tone.Reading(r["lightness"], r["b"], r["eye_white"]).corrected(reference)
-             for r in seen},
+    return ({int(r["person"]): float(r["darkness"]) for r in seen},
             {int(r["person"]): probe.decide(float(r.get("female", np.nan))) for r in seen})
 
 
@@ -295,8 +296,8 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     people are the same wherever they render. Returns the bank directory.
 
     Who is in it: `candidates` people (default CANDIDATES_PER_PERSON × n; 0 or n: people 0 … n−1) are
-    rendered once, and the n kept are spread over skin-tone bands (anonymizer.bank.tone.spread, on tones
-    corrected for each render's exposure), men and women in turn within each band. FFHQ's people, truncated
+    rendered once, and the n kept are spread over skin-tone bands (anonymizer.bank.tone.spread over
+    DARKNESS_BANDS, as the skin probe reads their descriptors), men and women in turn within each band. FFHQ's people, truncated
     toward the mean w, are mostly light-skinned, and a dark-skinned person given a light-skinned bank face
     looks recoloured, not real; an operator that matches sex (`match_sex`) draws from one sex's people."""
     out = Path(out)
@@ -321,17 +322,18 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     tones: dict[int, float] = {}
     if candidates > n:
         tones, sexes = candidate_tones(out, seed, candidates, renderer, maker_args, engine, workers, ray_address)
-        chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes)
+        chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes, tone.DARKNESS_BANDS)
         chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
     base = {i: renderer.w(person_z(seed, i)) for i in chosen}
     make_all([(f"{person_name(i)}v0", i, base[i]) for i in chosen])
     summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
     if tones:
         summary["candidates"] = {"rendered": candidates, "eye_whites_seen": len(tones), "chosen": len(chosen),
-                                 "bands_of_candidates": tone.band_counts(tones.values()),
-                                 "bands_chosen": tone.band_counts(tones[i] for i in chosen),
+                                 "bands_of_candidates": tone.band_counts(tones.values(), tone.DARKNESS_BANDS),
+                                 "bands_chosen": tone.band_counts((tones[i] for i in chosen), tone.DARKNESS_BANDS),
                                  "apparent_sex_chosen": dict(Counter(sexes.get(i) or "undecided" for i in chosen)),
-                                 "apparent_sex_probe": describe("apparent_sex", model_dir)["sha256"]}
+                                 "apparent_sex_probe": describe("apparent_sex", model_dir)["sha256"],
+                                 "skin_tone_probe": describe("skin_tone", model_dir)["sha256"]}
     extra: tuple[str, ...] = ()
     rows = writer.rows()
     v0 = rows[rows["face_id"].str.endswith("v0")]

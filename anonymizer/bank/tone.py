@@ -5,13 +5,16 @@ ITA = atan2(L* − 50, b*) in degrees, from CIE L*a*b*. Del Bino et al.'s bands:
 skin (both upper and lower cheeks, the nose, the chin) of each disc's median, so that two of them under
 sunglasses or a beard do not move it.
 
-`ita` reads the photo, not the person: a face in shadow reads darker than the same face in the sun. The
-bank operator compares it between a photo face and bank faces read the same way, so a bank face near in
-ITA is one that harmonisation recolours little. Choosing whom a StyleGAN bank renders needs the person's
-tone instead: `Reading.corrected` divides the photo's exposure out by the eye whites (the lightest
-low-chroma pixels inside the eyes), which are white whatever the skin. On a 256-px bank crop that reading
-is rough (lids and lashes darken it), and where the eyes show no white at all (sunglasses, a squint) it
-is not made.
+`ita` reads the photo, not the person: a face in shadow reads darker than the same face in the sun, and
+flash or a cool white balance makes dark skin read light. `read` also reads the eye whites (the lightest
+low-chroma pixels inside the eyes): a StyleGAN bank keeps only people whose eyes show white (not
+sunglasses, not a squint).
+
+`SkinTone` reads the person instead of the photo: a linear probe on dlib's face descriptor (fitted on LFW
+photos labelled light, medium or dark by looking at them; training/skin_tone.py), which a photo's light
+and white balance barely move. Against faces labelled by eye it ranks brown- and dark-skinned people above
+light-skinned ones far more often than ITA does (docs/benchmarks.md, "Skin tone"); a StyleGAN bank's build
+spreads its people over its DARKNESS_BANDS.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from anonymizer.bank.descriptor_probe import DescriptorProbe
+
 DISCS = ((41, 31, 2), (46, 35, 14), (48, 3, 4), (54, 13, 12), (29, 30), (57, 8))  # each disc: its points' mean
 DISC_RADIUS = 0.15  # eye distances
 EYES = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))
@@ -28,6 +33,7 @@ WHITE_CHROMA = 15.0  # eye pixels below this chroma (a*, b*) may be the white of
 WHITE_MIN = 0.4      # "whites" darker than this share of the skin are sunglasses, lids or lashes: not seen
 BANDS = ((55.0, "very light"), (41.0, "light"), (28.0, "intermediate"), (10.0, "tan"), (-30.0, "brown"),
          (-np.inf, "dark"))
+DARKNESS_BANDS = ((1.25, "dark"), (0.5, "medium"), (-np.inf, "light"))  # SkinTone.darkness: brown counts as dark
 
 
 def angle(lightness: float, b: float) -> float:
@@ -45,15 +51,6 @@ class Reading:
     @property
     def ita(self) -> float:
         return angle(self.lightness, self.b)
-
-    def corrected(self, reference: float) -> float:
-        """ITA° of the skin as if the eye whites were at lightness `reference` (an exposure scales L*, a* and
-        b* alike, about as the cube root of the light); the photo's ITA where they are not seen (closed eyes,
-        sunglasses)."""
-        if self.eye_white is None or self.eye_white <= 1.0:
-            return self.ita
-        f = reference / self.eye_white
-        return angle(min(100.0, self.lightness * f), self.b * f)
 
 
 def read(image: np.ndarray, pts68: np.ndarray, offset: tuple[float, float] = (0.0, 0.0)) -> Reading | None:
@@ -90,34 +87,35 @@ def ita(image: np.ndarray, pts68: np.ndarray, offset: tuple[float, float] = (0.0
     return None if r is None else r.ita
 
 
-def band(value: float) -> str:
-    return next(name for edge, name in BANDS if value > edge)
+def band(value: float, bands=BANDS) -> str:
+    return next(name for edge, name in bands if value > edge)
 
 
-def band_counts(angles) -> dict[str, int]:
-    """How many of `angles` (ITA°) fall in each band, lightest band first."""
-    counts = dict.fromkeys((name for _, name in BANDS), 0)
-    for a in angles:
-        counts[band(a)] += 1
+def band_counts(values, bands=BANDS) -> dict[str, int]:
+    """How many of `values` (ITA°, or darkness with DARKNESS_BANDS) fall in each band, in the bands' order."""
+    counts = dict.fromkeys((name for _, name in bands), 0)
+    for v in values:
+        counts[band(v, bands)] += 1
     return counts
 
 
 def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
-           sexes: dict[int, str | None] | None = None) -> list[int]:
-    """`n` of the keys of `tones` (person → ITA°), spread over Del Bino's bands: each band gets an equal share
+           sexes: dict[int, str | None] | None = None, bands=BANDS) -> list[int]:
+    """`n` of the keys of `tones` (person → ITA° with Del Bino's bands, or darkness with DARKNESS_BANDS), spread
+    over the bands: each band gets an equal share
     of `n`, a band with too few people passes its remainder to the others, and each band's people are drawn
     by `rng`; with `sexes` (person → "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw
     alternates men and women, people who read as neither last (a bank operator matching sex has then as
     many people for either). Sorted."""
     pools: dict[str, list[int]] = {}
     for person in sorted(tones):
-        pools.setdefault(band(tones[person]), []).append(person)
+        pools.setdefault(band(tones[person], bands), []).append(person)
     pools = {name: [int(p) for p in np.asarray(people)[rng.permutation(len(people))]] for name, people in pools.items()}
     if sexes is not None:
         pools = {name: _alternate(people, sexes) for name, people in pools.items()}
     chosen: list[int] = []
     while len(chosen) < n and any(pools.values()):
-        open_bands = [name for _, name in BANDS if pools.get(name)]
+        open_bands = [name for _, name in bands if pools.get(name)]
         share = max(1, (n - len(chosen)) // len(open_bands))
         for name in open_bands:
             take = pools[name][:min(share, n - len(chosen))]
@@ -136,3 +134,11 @@ def _alternate(people: list[int], sexes: dict[int, str | None]) -> list[int]:
     b = [p for p in people if sexes.get(p) not in (None, sexes[firsts[0]])]
     paired = [p for pair in zip(a, b) for p in pair] + a[len(b):] + b[len(a):]
     return paired + [p for p in people if sexes.get(p) is None]
+
+
+class SkinTone(DescriptorProbe):
+    MODEL = "skin_tone"
+
+    def darkness(self, descriptor: np.ndarray) -> float:
+        """How dark the person's skin reads: about 0 light, 1 medium, 2 dark (a continuous score)."""
+        return self.linear(descriptor)

@@ -1,0 +1,69 @@
+"""Linear probes on dlib's face descriptor (what a face reads as: apparent sex, skin tone), and each bank
+person's descriptor for them.
+
+Why the descriptor: the identity guard computes the original's anyway, so reading a face costs nothing more,
+and a recognizer's descriptor is made to stay put under the light a photo was taken in, which moves a reading
+of the skin's pixels (anonymizer.bank.tone). A probe's card (a JSON file among the models) holds its weights,
+bias and recognizer; a face's reading is only used to choose bank faces: it is neither stored nor reported.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+
+from anonymizer.faces import Face
+from anonymizer.models import locate, sha256_file
+from anonymizer.onnx_runtime import derived
+
+
+class DescriptorProbe:
+    MODEL = ""  # anonymizer.models name of the probe's card: for the audit report and the licence gate
+
+    def __init__(self, model_dir: str | None = None, encoder=None) -> None:
+        path = locate(self.MODEL, model_dir)
+        self.sha256 = sha256_file(str(path))
+        self.card = json.loads(path.read_text())
+        self.weights = np.asarray(self.card["weights"], np.float64)
+        self.bias = float(self.card["bias"])
+        self.recognizer = self.card["recognizer"]
+        self._encoder, self.model_dir = encoder, model_dir  # the recognizer: loaded when first needed
+
+    def linear(self, descriptor: np.ndarray) -> float:
+        return float(np.asarray(descriptor, np.float64) @ self.weights + self.bias)
+
+    def describe(self, image: np.ndarray, face: Face) -> np.ndarray:
+        """The face's descriptor, as the probe reads it."""
+        if self._encoder is None:
+            from anonymizer.measure.encoder import ENCODERS
+
+            self._encoder = ENCODERS.create(self.recognizer, model_dir=self.model_dir)
+        return self._encoder.embed(image, self._encoder.align(image, [face]))[0]
+
+
+def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
+    """Each bank person's descriptor, from their most frontal face: about 20 ms a person, so kept with the
+    derived models by the bank's manifest and the recognizer, and read from there by later operators."""
+    from anonymizer.bank.composite import face_for
+    from anonymizer.measure.encoder import ENCODERS
+
+    def read() -> bytes:  # in float32 whatever the guard runs: the same readings on every machine
+        encoder = ENCODERS.create(probe.recognizer, model_dir=probe.model_dir)
+        ids = bank.index["identity"].to_numpy()
+        frontal = np.abs(bank.features[:, :2]).sum(1)
+        out = {}
+        for person in np.unique(ids):
+            mine = np.flatnonzero(ids == person)
+            k = int(mine[np.argmin(frontal[mine])])
+            crop = bank.crop(k)
+            out[str(person)] = encoder.embed(crop, encoder.align(crop, [face_for(bank.landmarks(k))]))[0]
+        buf = io.BytesIO()
+        np.savez(buf, **out)
+        return buf.getvalue()
+
+    manifest = (bank.root / "manifest.json").read_bytes()
+    data = derived(f"bank-people-{probe.recognizer}", manifest, read, suffix=".npz")
+    with np.load(io.BytesIO(data)) as z:
+        return {name: z[name] for name in z.files}
