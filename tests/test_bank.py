@@ -19,7 +19,7 @@ from anonymizer.anonymize.bankface import TONE_CLOSE, Site
 from anonymizer.bank import BankError, build_from_folder, load_bank
 from anonymizer.bank import shape as sh
 from anonymizer.faces import Face
-from anonymizer.regions import FaceMask, union_mask
+from anonymizer.regions import FaceMask, face_region, union_mask
 from conftest import LFW, PHOTOS, REPO
 
 PHOTO = "multiface.jpg"  # 6 faces of 80-90 px
@@ -870,9 +870,14 @@ def test_descriptor_tone_reading_chooses_bank_people_by_the_persons_skin(stylega
         firsts = pool[np.unique(people[pool % len(op.bank)], return_index=True)[1]]
         assert np.abs(op.tones[near[0] % len(op.bank)] - skin) == pytest.approx(
             np.abs(op.tones[firsts % len(op.bank)] - skin).min())
-        tried = np.array(op.order(pts, np.random.default_rng(0), None, skin)) % len(op.bank)
-        far = list(np.abs(op.tones[tried] - skin) > TONE_CLOSE)
-        assert far == sorted(far)  # those alike in tone are tried first
+        order = op.order(pts, np.random.default_rng(0), None, skin)
+        far = list(np.abs(op.tones[np.array(order) % len(op.bank)] - skin) > TONE_CLOSE)
+        assert far == sorted(far)  # those alike in tone are tried first, before any bank head's cover counts
+        region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+        ranked = list(op.by_cover(order, Site(op, img, pts, window, region), (), skin))
+        assert sorted(k for k, _, _ in ranked) == sorted(order)
+        assert [g for _, g, _ in ranked] == sorted(g for _, g, _ in ranked)
+        assert [g >= 2 for _, g, _ in ranked] == sorted(far)
         if len(read) == 2:
             break
     assert read["dark"] > read["light"] + 1

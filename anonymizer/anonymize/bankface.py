@@ -568,28 +568,34 @@ class BankFace:
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
-    def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = ()
+    def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = (), skin: float | None = None
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
         covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
         each group in its own order: what a bank head leaves uncovered is blurred, and a smooth patch beside
         sharp hair gives the replacement away. Only a cut, not a ranking: ranked, the head that fits a
-        person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates
-        looked at are placed (most faces keep their first good one)."""
+        person's hair best would be picked in every photo of them, linking them. With the `descriptor`
+        reading of the face's tone (`skin`), those within TONE_CLOSE of it come first, both groups of them
+        (groups 0 and 1), before the others (2 and 3): a face of another skin shows more than a soft patch.
+        Lazily: only the candidates looked at are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
+        far = (np.zeros(len(tagged), bool) if skin is None or self.skin_tone is None
+               else np.abs(self.tones[np.array([k for k, _ in tagged], np.int64) % len(self.bank)] - skin) > TONE_CLOSE)
         region = site.region
         outside = sh.outline_mask(sh.extend(site.pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
-        if ring.sum() < 16:
-            yield from ((k, 0, extra) for k, extra in tagged)
-            return
-        short = []
-        for k, extra in tagged:
-            if float(site.placed_matte(k)[1][ring].mean()) >= COVER_MIN:
-                yield k, 0, extra
-            else:
-                short.append((k, extra))
-        yield from ((k, 1, extra) for k, extra in short)
+        for tier in (0, 1):
+            tier_tagged = [t for t, f in zip(tagged, far) if f == tier]
+            if ring.sum() < 16:
+                yield from ((k, 2 * tier, extra) for k, extra in tier_tagged)
+                continue
+            short = []
+            for k, extra in tier_tagged:
+                if float(site.placed_matte(k)[1][ring].mean()) >= COVER_MIN:
+                    yield k, 2 * tier, extra
+                else:
+                    short.append((k, extra))
+            yield from ((k, 2 * tier + 1, extra) for k, extra in short)
 
     def choose(self, out: np.ndarray, site: Site, ranked: Iterable[tuple[int, int, bool]], refs: tuple | None,
                blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -760,7 +766,7 @@ class BankFace:
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
                 extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], skin, allowed)
-                ranked = (self.by_cover(order, site, extras) if region is not None
+                ranked = (self.by_cover(order, site, extras, skin) if region is not None
                           else itertools.chain(ranked, ((k, 0, True) for k in extras)))
             done = self.choose(out, site, ranked, refs, blurred)
             if done is None:
