@@ -237,7 +237,7 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
         import openvino  # noqa: F401
     except ImportError:
         pytest.skip("openvino is not installed (pip install 'anonymizer[stylegan]'): MobileStyleGAN cannot run")
-    from anonymizer.bank.stylegan import LICENCE, build_from_stylegan
+    from anonymizer.bank.stylegan import CANDIDATES_PER_PERSON, LICENCE, build_from_stylegan
 
     out = build_from_stylegan(tmp_path / "sg", n=3, seed=1, views=(), threads=1)
     bank = load_bank(out)
@@ -248,9 +248,10 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
         assert np.abs(eyes - sh.CROP_EYES).max() < 2
         assert bank.crop(i).std() > 20  # a photograph, not a flat image
     assert np.isfinite(bank.features).all()
-    # 5 n candidates were rendered once; the n kept cover as many skin-tone bands as the candidates do
+    # CANDIDATES_PER_PERSON n were rendered once; the n kept cover as many skin-tone bands as they do
     summary = bank.manifest["summary"]["candidates"]
-    assert summary["rendered"] == 15 and len(bank) == summary["chosen"] <= summary["eye_whites_seen"] <= 15
+    rendered = CANDIDATES_PER_PERSON * 3
+    assert summary["rendered"] == rendered and len(bank) == summary["chosen"] <= summary["eye_whites_seen"] <= rendered
     assert "candidates.parquet" in bank.manifest["files"]
     kept = sum(v > 0 for v in summary["bands_chosen"].values())
     assert kept == min(len(bank), sum(v > 0 for v in summary["bands_of_candidates"].values()))

@@ -42,7 +42,7 @@ FILES = {
     "SynthesisNetwork.bin": "c7da15fa22d508c82e1c30dd6b4cdf67fe3ccdddaf85b310ee764dbf0c289645",
 }
 DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
-CANDIDATES_PER_PERSON = 5  # people rendered once per bank person kept: at truncation 0.7 few have dark skin
+CANDIDATES_PER_PERSON = 10  # people rendered once per bank person kept: at truncation 0.7 about 2 % read dark
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
 
