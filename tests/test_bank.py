@@ -94,7 +94,7 @@ def test_composite_bank_has_index_crops_manifest_and_coverage(composite_bank):
 def test_composites_are_not_matched_to_their_donors(composite_bank, lfw_folder):
     """Checked again here, independently of the builder: every recognizer the builder used, on the stored
     crop and on each donor's own image, finds them further apart than its same-person distance."""
-    from anonymizer.bank.composite import Encoders, face_for
+    from anonymizer.bank.composite import Encoders
 
     bank = load_bank(composite_bank)
     names = bank.manifest["build"]["encoders"]
@@ -106,12 +106,12 @@ def test_composites_are_not_matched_to_their_donors(composite_bank, lfw_folder):
     hog = dlib.get_frontal_face_detector()
     lm = sh.Landmarker()
     for i, row in enumerate(bank.index.to_dict("records")):
-        e = enc.embed(bank.crop(i), face_for(bank.landmarks(i)))
+        e = enc.embed(bank.crop(i), sh.face_for(bank.landmarks(i)))
         for d in row["donors"]:
             img = _rgb(lfw_folder / d)
             if d not in hog_faces:
                 r = max(hog(img, 1), key=lambda r: r.area())
-                hog_faces[d] = face_for(lm(img, Face(r.left(), r.top(), r.width(), r.height(), 1.0, "hog")))
+                hog_faces[d] = sh.face_for(lm(img, Face(r.left(), r.top(), r.width(), r.height(), 1.0, "hog")))
             for v, dv, t in zip(e, enc.embed(img, hog_faces[d]), enc.thresholds()):
                 assert np.linalg.norm(v - dv) >= t
 

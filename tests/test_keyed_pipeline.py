@@ -119,8 +119,8 @@ def test_an_incremental_run_shows_known_people_the_same_way(keyed):
 
 def test_another_key_shows_other_virtual_people(keyed):
     root = keyed["root"]
-    # The fixture bank has one woman and three men: the key decides which man Al Gore shows, and this fixed
-    # key gives him another than the first run's key does (as do two keys in three).
+    # The fixture bank has two women and two men: the key decides which of them each person shows, and this
+    # fixed key gives someone another than the first run's key does.
     code, faces, _ = _run(root, root / "src", "other", "o1", _key(root / "other.key", 5))
     assert code == 0
     mine, theirs = _identity_per_person(faces), _identity_per_person(keyed["first"][1])

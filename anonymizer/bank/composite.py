@@ -64,12 +64,6 @@ def _read_rgb(path: Path) -> np.ndarray | None:
     return None if img is None else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def face_for(pts68: np.ndarray) -> Face:
-    """A detector-like face (box and 5 landmarks) around 68 landmarks, for the recognizers."""
-    cx, cy, side = sh.box_from_five(sh.five_points(pts68))
-    return Face(cx - side / 2, cy - side / 2, side, side, 1.0, "dlib68", sh.five_points(pts68))
-
-
 class Encoders:
     """The recognizers a bank face must not match its donors (or a photo's face) with."""
 
@@ -133,7 +127,7 @@ def scan_folder(folder: str | os.PathLike, work: Path, encoders: Encoders, model
                 pts = landmarker(img, Face(r.left(), r.top(), r.width(), r.height(), 1.0, "dlib_hog"))
             if pts is not None and np.all(np.isfinite(pts)):  # the face mesh gives NaN where it sees no face
                 f = sh.features(pts)
-                embs = encoders.embed(img, face_for(pts))
+                embs = encoders.embed(img, sh.face_for(pts))
                 spread = np.abs(img.astype(np.int16) - img.mean(2, keepdims=True)).max()
                 row.update(ok=True, landmarks=pts.astype(np.float32).reshape(-1).tolist(), grey=bool(spread < 8),
                            **{c: float(getattr(f, c)) for c in sh.FEATURE_COLUMNS},
@@ -251,7 +245,7 @@ def build_from_folder(folder: str | os.PathLike, out: str | os.PathLike, n: int,
             if not colour:
                 images = [np.repeat(cv2.cvtColor(im, cv2.COLOR_RGB2GRAY)[:, :, None], 3, 2) for im in images]
             crop, pts = composite(images, shapes)
-            e = enc.embed(crop, face_for(pts))
+            e = enc.embed(crop, sh.face_for(pts))
             per_donor = [np.linalg.norm(embs[name][donors] - v, axis=1) for name, v in zip(names, e)]
             dists = {name: float(d.min()) for name, d in zip(names, per_donor)}
             close = {int(i) for d, t in zip(per_donor, thresholds) for i in np.nonzero(d < t + margin)[0]}

@@ -46,7 +46,7 @@ class DescriptorProbe:
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
     """Each bank person's descriptor, from their most frontal face: about 20 ms a person, so kept with the
     derived models by the bank's manifest and the recognizer, and read from there by later operators."""
-    from anonymizer.bank.composite import face_for
+    from anonymizer.bank.shape import face_for
     from anonymizer.measure.encoder import ENCODERS
 
     def read() -> bytes:  # in float32 whatever the guard runs: the same readings on every machine

@@ -256,3 +256,9 @@ def hull_mask(pts: np.ndarray, shape: tuple[int, int], offset: tuple[float, floa
     hull = cv2.convexHull(np.round((np.asarray(pts) - offset) * 16).astype(np.int32))
     cv2.fillConvexPoly(m, hull, 255, lineType=cv2.LINE_8, shift=4)
     return m
+
+
+def face_for(pts68: np.ndarray) -> Face:
+    """A detector-like face (box and 5 landmarks) around 68 landmarks, for the recognizers."""
+    cx, cy, side = box_from_five(five_points(pts68))
+    return Face(cx - side / 2, cy - side / 2, side, side, 1.0, "dlib68", five_points(pts68))

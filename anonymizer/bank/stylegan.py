@@ -235,7 +235,6 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
     squint: a bank face should carry open eyes). Readings are kept in `out`/CANDIDATES as they come, so an
     interrupted build does not render them again."""
     from anonymizer.bank.apparent_sex import ApparentSex
-    from anonymizer.bank.composite import face_for
 
     probe, skin = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0])
     path = out / CANDIDATES
@@ -253,7 +252,7 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
     for j, (_, person, crop, pts) in enumerate(render_chunks(jobs, maker_args, engine, workers,
                                                              ray_address=ray_address), start=1):
         r = tone.read(crop, pts) if crop is not None else None
-        d = probe.describe(crop, face_for(pts)) if crop is not None else None
+        d = probe.describe(crop, sh.face_for(pts)) if crop is not None else None
         rows.append({"person": person, "lightness": np.nan if r is None else r.lightness,
                      "b": np.nan if r is None else r.b,
                      "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,

@@ -102,38 +102,31 @@ def band_counts(values, bands=BANDS) -> dict[str, int]:
 def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
            sexes: dict[int, str | None] | None = None, bands=BANDS) -> list[int]:
     """`n` of the keys of `tones` (person → ITA° with Del Bino's bands, or darkness with DARKNESS_BANDS), spread
-    over the bands: each band gets an equal share
-    of `n`, a band with too few people passes its remainder to the others, and each band's people are drawn
-    by `rng`; with `sexes` (person → "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw
-    alternates men and women, people who read as neither last (a bank operator matching sex has then as
-    many people for either). Sorted."""
+    over the bands: one person from each band in turn, so each gets an equal share of `n` and a band with too
+    few people passes its remainder to the others; each band's people are drawn by `rng`. With `sexes` (person
+    → "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw takes men and women in turn, the sex
+    the bank holds fewer of first where the band has as many of each, and people who read as neither last:
+    a bank operator matching sex then has as many people for either, in each band. Sorted."""
     pools: dict[str, list[int]] = {}
     for person in sorted(tones):
         pools.setdefault(band(tones[person], bands), []).append(person)
     pools = {name: [int(p) for p in np.asarray(people)[rng.permutation(len(people))]] for name, people in pools.items()}
-    if sexes is not None:
-        pools = {name: _alternate(people, sexes) for name, people in pools.items()}
+    sex = (lambda p: None) if sexes is None else sexes.get
     chosen: list[int] = []
     while len(chosen) < n and any(pools.values()):
-        open_bands = [name for _, name in bands if pools.get(name)]
-        share = max(1, (n - len(chosen)) // len(open_bands))
-        for name in open_bands:
-            take = pools[name][:min(share, n - len(chosen))]
-            pools[name] = pools[name][len(take):]
-            chosen.extend(take)
+        for name in [name for _, name in bands if pools.get(name)]:
+            if len(chosen) == n:
+                break
+            mine = [sex(p) for p in chosen if band(tones[p], bands) == name]
+            everyone = [sex(p) for p in chosen]
+            want = min(("M", "F"), key=lambda x: (mine.count(x), everyone.count(x)))
+            people = pools[name]
+            pick = next((p for p in people if sex(p) == want), None)
+            if pick is None:
+                pick = next((p for p in people if sex(p) is not None), people[0])
+            people.remove(pick)
+            chosen.append(pick)
     return sorted(chosen)
-
-
-def _alternate(people: list[int], sexes: dict[int, str | None]) -> list[int]:
-    """`people` reordered: men and women in turn (each in their order here, the first person's sex first),
-    then whoever is left of the more numerous, then those who read as neither."""
-    firsts = [p for p in people if sexes.get(p) is not None]
-    if not firsts:
-        return people
-    a = [p for p in people if sexes.get(p) == sexes[firsts[0]]]
-    b = [p for p in people if sexes.get(p) not in (None, sexes[firsts[0]])]
-    paired = [p for pair in zip(a, b) for p in pair] + a[len(b):] + b[len(a):]
-    return paired + [p for p in people if sexes.get(p) is None]
 
 
 class SkinTone(DescriptorProbe):
