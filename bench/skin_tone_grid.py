@@ -29,7 +29,8 @@ def main() -> None:
     ap.add_argument("--photos", default=str(SHARED / "data" / "photos"))
     ap.add_argument("--faces", type=int, default=16, help="the darkest-reading faces shown")
     ap.add_argument("--min-size", type=float, default=60.0, help="faces smaller than this (px) are left out")
-    ap.add_argument("--order", choices=["descriptor", "ita"], default="descriptor", help="which reading sorts the faces")
+    ap.add_argument("--order", choices=["descriptor", "ita"], default="descriptor",
+                    help="which reading sorts the faces")
     ap.add_argument("--out", default="out/skin_tone")
     args = ap.parse_args()
 
@@ -69,7 +70,8 @@ def main() -> None:
             x1, y1 = int(min(img.shape[1], f.x + 1.4 * f.w)), int(min(img.shape[0], f.y + 1.3 * f.h))
             tiles = [cv2.resize(im[y0:y1, x0:x1], (128, 128)) for im in (img, *(o.image for o in outs.values()))]
             rows.append({"key": key, "face": i, "size": round(float(f.size), 1), "ita": round(reading, 1),
-                         "band": tone.band(reading), "darkness": round(darkness, 2), "methods": {name: o.methods[i] for name, o in outs.items()},
+                         "band": tone.band(reading), "darkness": round(darkness, 2),
+                         "methods": {name: o.methods[i] for name, o in outs.items()},
                          "_tiles": np.hstack(tiles)})
     rows.sort(key=lambda r: -r["darkness"] if args.order == "descriptor" else r["ita"])
     shown = rows[:args.faces]

@@ -84,7 +84,8 @@ def main() -> None:
         named = sorted(p for p in darkness if p in kept)
         ita = {p: float(np.nanmedian(bank.tones[people == p])) for p in named}
         bank_steps = np.array([kept[p] for p in named])
-        result["bank"] = {"people": len(named), "by_step": {int(s): int((bank_steps == s).sum()) for s in np.unique(bank_steps)},
+        result["bank"] = {"people": len(named),
+                          "by_step": {int(s): int((bank_steps == s).sum()) for s in np.unique(bank_steps)},
                           "auc": aucs({"ita": -np.array([ita[p] for p in named]),
                                        "descriptor": np.array([darkness[p] for p in named])}, bank_steps)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -468,10 +468,16 @@ class BankFace:
             return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
         near = self.nearest(pts, self.choices, skin, allowed)
         order = rng.permutation(len(near))
-        if skin is not None and self.skin_tone is not None:  # a person's tone read: those near it go first
-            far = np.abs(self.tones[near % len(self.bank)] - skin)[order] > TONE_CLOSE
-            order = order[np.argsort(far, kind="stable")]
+        order = order[np.argsort(self.unlike(near, skin)[order], kind="stable")]
         return [int(near[i]) for i in order]
+
+    def unlike(self, faces: Sequence[int], skin: float | None) -> np.ndarray:
+        """Per bank face, whether its person's tone lies further than TONE_CLOSE from the face's `skin`; none
+        does without the `descriptor` reading."""
+        faces = np.asarray(faces, np.int64)
+        if skin is None or self.skin_tone is None:
+            return np.zeros(len(faces), bool)
+        return np.abs(self.tones[faces % len(self.bank)] - skin) > TONE_CLOSE
 
     def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None,
                 allowed: np.ndarray | None = None) -> list[int]:
@@ -579,8 +585,7 @@ class BankFace:
         (groups 0 and 1), before the others (2 and 3): a face of another skin shows more than a soft patch.
         Lazily: only the candidates looked at are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
-        far = (np.zeros(len(tagged), bool) if skin is None or self.skin_tone is None
-               else np.abs(self.tones[np.array([k for k, _ in tagged], np.int64) % len(self.bank)] - skin) > TONE_CLOSE)
+        far = self.unlike([k for k, _ in tagged], skin)
         region = site.region
         outside = sh.outline_mask(sh.extend(site.pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside

@@ -47,8 +47,9 @@ class BankPeople:
         ids = bank.index["identity"].to_numpy()
         people = {str(p) for p in np.unique(ids)}
         covered = bool(recorded) and people <= recorded.keys()
-        self.of_person: dict[str, str | None] = ({p: recorded[p] for p in people} if covered
-                                                 else {p: probe.label(d) for p, d in frontal_descriptors(bank, probe).items()})
+        if not covered:
+            recorded = {p: probe.label(d) for p, d in frontal_descriptors(bank, probe).items()}
+        self.of_person: dict[str, str | None] = {p: recorded[p] for p in people}
         self.labels = np.array([self.of_person[str(p)] for p in ids], dtype=object)  # per bank face
 
     def allowed(self, label: str | None) -> np.ndarray | None:

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 
+from anonymizer.bank.shape import face_for
 from anonymizer.faces import Face
 from anonymizer.models import locate, sha256_file
 from anonymizer.onnx_runtime import derived
@@ -46,7 +47,6 @@ class DescriptorProbe:
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
     """Each bank person's descriptor, from their most frontal face: about 20 ms a person, so kept with the
     derived models by the bank's manifest and the recognizer, and read from there by later operators."""
-    from anonymizer.bank.shape import face_for
     from anonymizer.measure.encoder import ENCODERS
 
     def read() -> bytes:  # in float32 whatever the guard runs: the same readings on every machine

@@ -240,7 +240,7 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
     path = out / CANDIDATES
     cols = ["person", "lightness", "b", "eye_white", "female", "darkness"]
     rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
-    rows = [r for r in rows if "darkness" in r]  # read before the skin probe: read again
+    rows = [r for r in rows if "darkness" in r]  # a row without the skin probe's reading is read again
     todo = sorted(set(range(m)) - {int(r["person"]) for r in rows})
     jobs = [(f"c{p:06d}", p, renderer.w(person_z(seed, p))) for p in todo]
 
@@ -296,9 +296,10 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
 
     Who is in it: `candidates` people (default CANDIDATES_PER_PERSON × n; 0 or n: people 0 … n−1) are
     rendered once, and the n kept are spread over skin-tone bands (anonymizer.bank.tone.spread over
-    DARKNESS_BANDS, as the skin probe reads their descriptors), men and women in turn within each band. FFHQ's people, truncated
-    toward the mean w, are mostly light-skinned, and a dark-skinned person given a light-skinned bank face
-    looks recoloured, not real; an operator that matches sex (`match_sex`) draws from one sex's people."""
+    DARKNESS_BANDS, as the skin probe reads their descriptors), men and women in turn within each band.
+    FFHQ's people, truncated toward the mean w, are mostly light-skinned, and a dark-skinned person given a
+    light-skinned bank face looks recoloured, not real; an operator that matches sex (`match_sex`) draws
+    from one sex's people."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
