@@ -6,8 +6,9 @@ the local engine: without a key, then with `--identity-key`. Printed and written
 time, the linking pass and the driver's clustering, faces replaced from the bank, and for the keyed run
 the share of a person's bank faces that show the person's most frequent virtual identity, the number of
 people linked against the number labelled, pairs of labelled people that show one virtual identity, and,
-for people whose apparent sex is labelled (training/data/lfw_apparent_sex.tsv; `--labelled` takes only
-those), how many show a virtual person who reads as they do.
+for people whose apparent sex or skin tone is labelled (training/data/lfw_apparent_sex.tsv and
+lfw_skin_tone.tsv, held-out rows; `--labelled` takes only those), how many show a virtual person who reads as
+they do: of their sex, of their skin-tone band (light, medium, dark), and of a band next to theirs.
 
     python bench/keyed_run.py [--people 20] [--images 3] [--labelled] [--bank DIR] [--out bench/results/keyed_run.json]
 """
@@ -47,10 +48,13 @@ def main() -> int:
     from anonymizer.pipeline import run_pipeline
 
     lfw = SHARED / "data" / "lfw" / "images"
-    labels = (REPO / "training" / "data" / "lfw_apparent_sex.tsv").read_text().splitlines()[1:]
-    read_as = {name: sex for name, sex, use in (line.split("\t") for line in labels) if use == "heldout"}
+    def held_out(name: str) -> dict[str, str]:
+        rows = (REPO / "training" / "data" / name).read_text().splitlines()[1:]
+        return {person: label for person, label, use in (row.split("\t") for row in rows) if use == "heldout"}
+
+    read_as, tone_of = held_out("lfw_apparent_sex.tsv"), held_out("lfw_skin_tone.tsv")
     people = [p for p in sorted(lfw.iterdir()) if split_of(p.name) == "eval" and len(list(p.iterdir())) >= args.images
-              and (p.name in read_as or not args.labelled)]
+              and (p.name in read_as or p.name in tone_of or not args.labelled)]
     people = people[: args.people]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,14 +99,22 @@ def main() -> int:
                 shown = per_person.agg(lambda s: set(s.dropna().astype(int)))
                 sharing = sum(bool(a & b) for a, b in itertools.combinations(shown.tolist(), 2))
                 pairs = len(shown) * (len(shown) - 1) // 2
-                bank_reads = BankFace.virtual_identities({"bank": str(bank), "match_sex": True}, None)
-                sexed = [p for p in per_person.groups if p in read_as]
-                shows = {p: int(per_person.get_group(p).value_counts().index[0]) for p in sexed}
-                alike = sum(bank_reads[shows[p]] == read_as[p] for p in sexed)
+                bank_reads = BankFace.virtual_identities({"bank": str(bank), "match_sex": True,
+                                                          "tone_reading": "descriptor"}, None)
+                shows = {p: int(per_person.get_group(p).value_counts().index[0]) for p in per_person.groups}
+                sexed = [p for p in shows if p in read_as]
+                alike = sum((bank_reads[shows[p]] or "?")[0] == read_as[p] for p in sexed)
+                toned = [p for p in shows if p in tone_of]
+                band = {p: "lmd".find((bank_reads[shows[p]] or "??")[1]) for p in toned}
+                want = {p: "lmd".find(tone_of[p][0]) for p in toned}
+                tone_alike = {t: f"{sum(band[p] == want[p] for p in toned if tone_of[p] == t)}/"
+                                 f"{sum(tone_of[p] == t for p in toned)}" for t in ("light", "medium", "dark")}
                 runs[name].update(people_labelled=len(people), same_vi_share=round(float(top / len(bank_faces)), 3),
                                   pairs_sharing_vi=f"{sharing}/{pairs}",
                                   virtual_identities=linking.get("virtual_identities"),
-                                  reads_alike=f"{alike}/{len(sexed)}", people_read_as=linking.get("apparent_sex"))
+                                  reads_alike=f"{alike}/{len(sexed)}", tone_alike=tone_alike,
+                                  tone_next_band=f"{sum(abs(band[p] - want[p]) == 1 for p in toned)}/{len(toned)}",
+                                  people_read_as=linking.get("read_as"))
             print(name, json.dumps(runs[name]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"people": args.people, "images_per_person": args.images, "runs": runs}, indent=2))

@@ -109,8 +109,11 @@ def test_a_persons_label_is_set_once_and_kept_across_saves(faces, tmp_path):
     assert run2.settle(p2, "M") == "M" and run2.label(p1) == "F"
     with pytest.raises(KeyError, match="no person"):
         run2.label(f"#{run2.persons + 1}")
-    with pytest.raises(ValueError, match="one ASCII character"):
-        run2.settle(p1, "FM")
+    with pytest.raises(ValueError, match="1 to 4 ASCII characters"):
+        run2.settle(p2, "FMFMF")
+    run3 = Linker(THRESHOLD, "mobilefacenet")
+    p3 = run3.add(emb[:1])[0]
+    assert run3.settle(p3, "Fd") == "Fd" and Linker.unseal(run3.seal(KEY), KEY).label(p3) == "Fd"
 
 
 def test_another_key_gives_other_virtual_identities_and_cannot_open_the_state(faces, tmp_path):

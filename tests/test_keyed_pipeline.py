@@ -1,9 +1,9 @@
 """Keyed virtual faces through the whole run: `anonymizer run --identity-key` links each person's faces
-(MobileFaceNet) and shows them as one virtual person of the bank who reads as the same sex (the realistic
-profile's `match_sex`) in every image, also in a later
-incremental run (the people kept, encrypted, in the vault); another key shows other virtual people; a run
-without a key keys nothing; an operator without virtual identities is refused; `vault destroy` forgets
-the people."""
+(MobileFaceNet) and shows them as one virtual person of the bank who reads as the same sex and, as near as
+the bank allows, the same skin tone (the realistic profile's `match_sex` and `tone_reading: descriptor`) in
+every image, also in a later incremental run (the people kept, encrypted, in the vault); another key shows
+other virtual people; a run without a key keys nothing; an operator without virtual identities is refused;
+`vault destroy` forgets the people."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from conftest import LFW
 
 from anonymizer.cli import main
 
-READ_AS = {"Sheryl_Crow": "F", "Michelle_Kwan": "F", "Al_Gore": "M"}  # as they read in these photos
+READ_AS = {"Sheryl_Crow": "Fl", "Michelle_Kwan": "Fl", "Al_Gore": "Ml"}  # as they read in these photos
 FIRST = {"Sheryl_Crow": ["0001", "0002"], "Michelle_Kwan": ["0001", "0003"], "Al_Gore": ["0001", "0002"]}
 LATER = {"Sheryl_Crow": ["0004"], "Michelle_Kwan": ["0004"], "Al_Gore": ["0004"]}
 
@@ -34,16 +34,17 @@ def _key(path, byte: int) -> str:
     return f"file:{path}"
 
 
-def _policy(root, bank) -> str:
-    p = root / "keyed.yaml"
-    p.write_text(f"extends: realistic\nname: realistic-keyed\n"
-                 f"anonymization: {{operator: {{name: bank, params: {{bank: '{bank}'}}}}}}\n")
+def _policy(root, bank, name: str = "keyed", **params) -> str:
+    p = root / f"{name}.yaml"
+    extra = "".join(f", {k}: {v}" for k, v in params.items())
+    p.write_text(f"extends: realistic\nname: realistic-{name}\n"
+                 f"anonymization: {{operator: {{name: bank, params: {{bank: '{bank}'{extra}}}}}}}\n")
     return str(p)
 
 
-def _run(root, src, dest, run_id, key, vault=None, kek=None) -> tuple[int, pd.DataFrame, dict]:
+def _run(root, src, dest, run_id, key, vault=None, kek=None, policy="keyed") -> tuple[int, pd.DataFrame, dict]:
     args = ["run", str(src), str(root / dest), "--engine", "local", "--run-id", run_id,
-            "--policy", str(root / "keyed.yaml")]
+            "--policy", str(root / f"{policy}.yaml")]
     if key:
         args += ["--identity-key", key]
     if vault:
@@ -93,18 +94,23 @@ def test_one_person_one_virtual_identity_within_a_run(keyed):
     assert set(_methods(keyed["root"], "rel", "r1")) <= {"bank", "fallback:blur:reidentifiable"}
     linking = report["linking"]
     assert linking["people"] == 3 and linking["people_new"] == 3 and linking["virtual_identities"] == 4
-    # each person's virtual person reads as they do: two women and a man, and the bank has people of both
+    # each person's virtual person reads as they do: two light-skinned women and a light-skinned man; the
+    # bank has one person of each sex in some of the bands (light man, medium and dark woman, dark man), so
+    # the women show its medium-skinned woman, the nearest band it has
     from anonymizer.anonymize.bankface import BankFace
+    from anonymizer.pipeline.link import pool_for
 
-    bank_reads = BankFace.virtual_identities({"bank": str(keyed["bank"]), "match_sex": True}, None)
-    assert {"F", "M"} <= set(bank_reads)
-    assert linking["apparent_sex"] == {"F": 2, "M": 1}
+    bank_reads = BankFace.virtual_identities({"bank": str(keyed["bank"]), "match_sex": True,
+                                              "tone_reading": "descriptor"}, None)
+    assert sorted(bank_reads) == ["Fd", "Fm", "Md", "Ml"]
+    assert linking["read_as"] == {"woman, light skin": 2, "man, light skin": 1}
     shown = _identity_per_person(faces)
-    assert {p: bank_reads[v] for p, v in shown.items()} == {p: READ_AS[p] for p in shown}
+    assert {p: bank_reads[v] for p, v in shown.items()} == {p: {"F": "Fm", "M": "Ml"}[READ_AS[p][0]] for p in shown}
+    assert all([v] == pool_for(READ_AS[p], bank_reads) for p, v in shown.items())
     assert linking["persisted"].endswith("/vault/identities")
     html = (keyed["root"] / "rel" / "r1" / "report.html").read_text()
     assert "Keyed virtual identities</strong> — 3 people (3 new this run)" in html
-    assert "reads as they do (people read as: 2 F, 1 M)" in html
+    assert "reads as they do (people read as: 1 man, light skin; 2 woman, light skin)" in html
 
 
 def test_an_incremental_run_shows_known_people_the_same_way(keyed):
@@ -119,11 +125,15 @@ def test_an_incremental_run_shows_known_people_the_same_way(keyed):
 
 def test_another_key_shows_other_virtual_people(keyed):
     root = keyed["root"]
-    # The fixture bank has two women and two men: the key decides which of them each person shows, and this
-    # fixed key gives someone another than the first run's key does.
-    code, faces, _ = _run(root, root / "src", "other", "o1", _key(root / "other.key", 5))
+    # The fixture bank has two women and two men, one in each of its bands: matched by sex alone (skin tone as
+    # the photo reads it, which a keyed run does not match), the key decides which of them each person shows,
+    # and this fixed key gives someone another than the first key does.
+    _policy(root, keyed["bank"], "by-sex", tone_reading="ita")
+    code, faces, _ = _run(root, root / "src", "other", "o1", _key(root / "other.key", 5), policy="by-sex")
     assert code == 0
-    mine, theirs = _identity_per_person(faces), _identity_per_person(keyed["first"][1])
+    code, first, _ = _run(root, root / "src", "first", "f1", keyed["key"], policy="by-sex")
+    assert code == 0
+    mine, theirs = _identity_per_person(faces), _identity_per_person(first)
     both = mine.keys() & theirs.keys()  # a person too close to their virtual person is blurred instead
     assert len(both) >= 2 and any(mine[p] != theirs[p] for p in both), (mine, theirs)
 
@@ -184,3 +194,15 @@ def test_a_broken_image_in_a_keyed_run_is_recorded_not_fatal(keyed, tmp_path):
     images = pd.read_parquet(tmp_path / "rel.staging" / "b" / "metrics" / "images.parquet").set_index("key")
     assert "unreadable" in images.loc["Broken_0001.jpg", "error"]
     assert pd.isna(images.loc["Al_Gore_0001.jpg", "error"]) and images.loc["Al_Gore_0001.jpg", "faces_anonymized"] >= 1
+
+
+def test_a_person_gets_the_nearest_pool_the_bank_has():
+    from anonymizer.pipeline.link import pool_for
+
+    labels = ["Ml", "Fd", "Md", "Fm", None]
+    assert pool_for("Fd", labels) == [1]
+    assert pool_for("Fl", labels) == [3]  # no light-skinned woman: the nearest band's
+    assert pool_for("Mm", labels) == [0, 2]  # both neighbouring bands, equally near
+    assert pool_for("F", labels) == [1, 3]  # a label settled while only sex was matched: the same sex
+    assert pool_for(None, labels) == pool_for("Xd", labels) == [0, 1, 2, 3, 4]  # unlabelled, or nobody alike
+    assert pool_for("-m", ["-l", "-d", "-d", None]) == [0, 1, 2]  # tone alone

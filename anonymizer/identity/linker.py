@@ -14,8 +14,9 @@ The result depends on the order of the faces, which the caller fixes (the pipeli
 same faces in the same order always give the same person ids. `assign` is a second, read-only pass: each
 face goes to the nearest final centroid, which undoes early joins made while a centroid was still moving.
 
-A person may carry a label (one character; the pipeline stores how they read, anonymizer.pipeline.link),
-set once and kept from then on, so that what is derived from it (their virtual identity) never changes.
+A person may carry a label (up to LABEL_BYTES ASCII characters; the pipeline stores how they read,
+anonymizer.pipeline.link), set once and kept from then on, so that what is derived from it (their virtual
+identity) never changes.
 
 Person ids are "<space>#<n>", n counting people in order of first appearance. Virtual identities come from
 the ids under a key (anonymizer.identity.keys.virtual_identity), so two states that share a key should
@@ -38,6 +39,7 @@ from anonymizer.storage import Location
 STATE_NAME = "identities.state"
 # Linking distances measured on LFW's calibration identities (`anonymizer eval linking`, docs/benchmarks.md).
 MEASURED_THRESHOLDS = {"mobilefacenet": 1.075}
+LABEL_BYTES = 4  # a person's label: at most this many ASCII characters (zero bytes pad it in the state)
 
 
 Where = Location | str | os.PathLike  # a Location, a local path, or s3://bucket/prefix
@@ -64,7 +66,7 @@ class Linker:
         self._lengths = np.zeros(0, np.float32)     # mean length of the person's vectors
         self._counts = np.zeros(0, np.int64)
         self._centroids = np.zeros((0, 0), np.float32)  # derived from the two above: what faces are compared to
-        self._labels = np.zeros(0, np.uint8)              # one character per person, 0: none yet
+        self._labels = np.zeros((0, LABEL_BYTES), np.uint8)  # per person, zero-padded; all zero: none yet
         self._n = 0
         self.faces = 0
 
@@ -89,16 +91,17 @@ class Linker:
 
     def label(self, person_id: str) -> str | None:
         """The person's label, None where none was set."""
-        code = int(self._labels[self._index(person_id)])
-        return chr(code) if code else None
+        label = self._labels[self._index(person_id)].tobytes().rstrip(b"\0").decode("ascii")
+        return label or None
 
     def settle(self, person_id: str, label: str | None) -> str | None:
         """Give the person `label` unless they have one already (None sets nothing); returns theirs."""
         i = self._index(person_id)
-        if label is not None and (not isinstance(label, str) or len(label) != 1 or not 0 < ord(label) < 128):
-            raise ValueError(f"Linker: a label is one ASCII character, got {label!r}")
-        if not self._labels[i] and label is not None:
-            self._labels[i] = ord(label)
+        if label is not None and (not isinstance(label, str) or not 0 < len(label) <= LABEL_BYTES
+                                  or not all(0 < ord(c) < 128 for c in label)):
+            raise ValueError(f"Linker: a label is 1 to {LABEL_BYTES} ASCII characters, got {label!r}")
+        if not self._labels[i].any() and label is not None:
+            self._labels[i] = np.frombuffer(label.encode("ascii").ljust(LABEL_BYTES, b"\0"), np.uint8)
         return self.label(person_id)
 
     def add(self, embeddings: np.ndarray) -> list[str]:
@@ -158,14 +161,15 @@ class Linker:
         if self._n == len(self._means):
             cap = max(16, 2 * self._n)
 
-            def grow(a: np.ndarray) -> np.ndarray:
-                out = np.zeros((cap, *([len(x)] if a.ndim == 2 else [])), a.dtype)
+            def grow(a: np.ndarray, *width: int) -> np.ndarray:
+                out = np.zeros((cap, *width), a.dtype)
                 if self._n:
                     out[:self._n] = a[:self._n]
                 return out
 
-            self._means, self._centroids = grow(self._means), grow(self._centroids)
-            self._lengths, self._counts, self._labels = grow(self._lengths), grow(self._counts), grow(self._labels)
+            self._means, self._centroids = grow(self._means, len(x)), grow(self._centroids, len(x))
+            self._lengths, self._counts = grow(self._lengths), grow(self._counts)
+            self._labels = grow(self._labels, LABEL_BYTES)
         i = self._n
         self._means[i], self._counts[i] = x, 1
         self._lengths[i] = np.float32(np.linalg.norm(x.astype(np.float64)))
@@ -178,7 +182,7 @@ class Linker:
     def seal(self, key: bytes) -> bytes:
         """The state, encrypted under `key` (anonymizer.identity.state): safe to store or to send."""
         meta = json.dumps({"encoder": self.encoder, "threshold": self.threshold, "space": self.space,
-                           "dim": self.dim or 0, "persons": self._n, "faces": self.faces, "labels": True}).encode()
+                           "dim": self.dim or 0, "persons": self._n, "faces": self.faces, "label_bytes": LABEL_BYTES}).encode()
         n = self._n
         plain = b"".join([len(meta).to_bytes(4, "big"), meta, self._counts[:n].astype("<i8").tobytes(),
                           self._lengths[:n].astype("<f4").tobytes(), self._means[:n].astype("<f4").tobytes(),
@@ -192,9 +196,10 @@ class Linker:
             n = int.from_bytes(plain[:4], "big")
             meta = json.loads(plain[4:4 + n])
             persons, dim = int(meta["persons"]), int(meta["dim"])
-            labelled = bool(meta.get("labels", False))  # a state saved before people had labels: none set
+            # bytes per label: states saved before labels had none, then one character ("labels": true)
+            width = int(meta.get("label_bytes", 1 if meta.get("labels") else 0))
             body = memoryview(plain)[4 + n:]
-            if len(body) != persons * (8 + 4 + 4 * dim + labelled):
+            if not 0 <= width <= LABEL_BYTES or len(body) != persons * (8 + 4 + 4 * dim + width):
                 raise ValueError("size")
             linker = cls(meta["threshold"], meta["encoder"], meta["space"])
         except (ValueError, KeyError, TypeError):
@@ -203,7 +208,8 @@ class Linker:
         linker._counts = np.frombuffer(body[:a], "<i8").astype(np.int64)
         linker._lengths = np.frombuffer(body[a:b], "<f4").astype(np.float32)
         linker._means = np.frombuffer(body[b:c], "<f4").astype(np.float32).reshape(persons, dim)
-        linker._labels = (np.frombuffer(body[c:], np.uint8).copy() if labelled else np.zeros(persons, np.uint8))
+        linker._labels = np.zeros((persons, LABEL_BYTES), np.uint8)
+        linker._labels[:, :width] = np.frombuffer(body[c:], np.uint8).reshape(persons, width)
         linker._n, linker.faces = persons, int(meta["faces"])
         linker._centroids = np.zeros_like(linker._means)
         for i in range(persons):

@@ -4,7 +4,8 @@ Two passes before anonymization:
 
 1. Per shard, on the executors (Ray actors or local threads), `LinkWorker`: read, decode, detect, and embed
    every face of at least `anonymization.linking.min_face_px` with the linking recognizer, and, where the
-   operator matches apparent sex (`match_sex`), read each such face's (anonymizer.bank.apparent_sex). The
+   operator matches apparent sex (`match_sex`) or skin tone (`tone_reading: descriptor`), read each such
+   face's (anonymizer.bank.apparent_sex, anonymizer.bank.tone.SkinTone). The
    detections go to the shard's staging folder (boxes, as faces.parquet holds them); the embeddings and
    readings are sealed under the identity key (AES-256-GCM, anonymizer.identity.state): real people's
    biometric data never rests in plaintext. The anonymization pass reuses the detections: nothing is
@@ -12,12 +13,12 @@ Two passes before anonymization:
 2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
    clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
    assigns every face to its person's final centroid. A person without a label yet takes the one their
-   faces of this run read as on average (none where that is undecided), kept with them from then on. A
-   person's virtual identity is HMAC-SHA256 of the person id under the identity key, reduced to the number
-   of the operator's identities that read as the person's label (all of them for a person without one, or
-   where the bank has nobody alike; anonymizer.identity.keys): one person, one virtual person of their
-   apparent sex, in this run and the next. Each shard's `link.parquet` carries it per face, for the
-   anonymization pass.
+   faces of this run read as on average (anonymizer.bank.descriptor_probe.reads_as; none where that is
+   undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person id
+   under the identity key, reduced to the number of the operator's identities in the person's pool
+   (`pool_for`: those that read alike; anonymizer.identity.keys): one person, one virtual person of their
+   apparent sex and skin tone, in this run and the next. Each shard's `link.parquet` carries it per face,
+   for the anonymization pass.
 
 The linker's state (the people known so far) is staged sealed, and goes to `<vault>/identities` when the run
 publishes: the next run with the same key and vault links its faces to the same people. Without a vault
@@ -35,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from anonymizer import imageio
+from anonymizer.bank.descriptor_probe import UNMATCHED, in_words, reads_as
 from anonymizer.components import virtual_identities
 from anonymizer.detect import build_ensemble
 from anonymizer.identity import MEASURED_THRESHOLDS, STATE_NAME, Linker, identity_key_from, virtual_identity
@@ -47,7 +49,7 @@ from anonymizer.storage import Location
 from anonymizer.vault.vault import IDENTITIES
 
 DETECTIONS = "detections.parquet"  # LINK_SCHEMA without virtual identities: the pass's own output
-EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors and apparent-sex readings, in DETECTIONS' row order
+EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors and readings (sex, tone), in DETECTIONS' row order
 PERSONS = "persons.parquet"        # the person each embedded face joined in the linker's first pass, then its final one
 DONE = "_DONE"                     # in staging/link: the driver's linking finished (a resumed run skips it)
 
@@ -73,6 +75,13 @@ def matches_sex(policy: Policy) -> bool:
     return bool(policy.anonymization.operator.params.get("match_sex"))
 
 
+def matches_tone(policy: Policy) -> bool:
+    """Whether the operator gives bank people of the person's skin tone, as the descriptor reads it (the `bank`
+    operator's `tone_reading: descriptor`; a photo's ITA reading is not the person's, so a keyed run ignores it)."""
+    params = policy.anonymization.operator.params
+    return params.get("tone_reading") == "descriptor" and params.get("tone_pool", 36) > 0
+
+
 class LinkWorker:
     """The linking pass over one shard: detections in the clear, embeddings sealed."""
 
@@ -86,15 +95,31 @@ class LinkWorker:
         self.min_face_px, self.max_pixels = linking.min_face_px, policy.output.max_pixels
         self.source, self.staging, self.worker = source, staging, worker
         self.key = identity_key_from(identity_key)
-        self.sex = None
+        self.sex = self.tone = None
         if matches_sex(policy):
             from anonymizer.bank.apparent_sex import ApparentSex
 
             self.sex = ApparentSex(policy.model_dir)
+        if matches_tone(policy):
+            from anonymizer.bank.tone import SkinTone
+
+            self.tone = SkinTone(policy.model_dir)
+
+    def readings(self, rgb: np.ndarray, faces: list) -> list[tuple[float, float]]:
+        """(P(reads as a woman's), darkness) per face, NaN where the run does not match it: both probes read
+        dlib's descriptor, computed once."""
+        reader = self.sex or self.tone
+        if reader is None:
+            return [(np.nan, np.nan)] * len(faces)
+        out = []
+        for f in faces:
+            d = reader.describe(rgb, f)
+            out.append((self.sex.probability(d) if self.sex else np.nan, self.tone.darkness(d) if self.tone else np.nan))
+        return out
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
         t0 = time.perf_counter()
-        rows, vectors, sexes, unreadable = [], [], [], 0
+        rows, vectors, reads, unreadable = [], [], [], 0
         for key in keys:
             data, _, refused = read_source(self.source, key, self.max_pixels)
             try:
@@ -105,14 +130,13 @@ class LinkWorker:
                 faces = self.detector.detect(rgb)
                 big = [f for f in faces if f.size >= self.min_face_px]
                 found = self.encoder.embed(rgb, self.encoder.align(rgb, big)) if big else None
-                read = ([self.sex.probability(self.sex.describe(rgb, f)) for f in big] if self.sex
-                        else [np.nan] * len(big))
+                read = self.readings(rgb, big)
             except Exception:  # noqa: BLE001 - the anonymization pass reads it again and records why it fails
                 unreadable += 1
                 continue
             if found is not None:
                 vectors.append(found)
-                sexes += read
+                reads += read
             sha = hashlib.sha256(data).hexdigest()
             rows += [{"key": key, "sha256": sha, "face": i, "x": f.x, "y": f.y, "w": f.w, "h": f.h, "score": f.score,
                       "detector": f.detector, "embedded": f.size >= self.min_face_px,
@@ -124,7 +148,8 @@ class LinkWorker:
         out.write_table(DETECTIONS, table)
         emb = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
         buf = io.BytesIO()
-        np.savez(buf, embeddings=emb, p_woman=np.asarray(sexes, np.float64))
+        reads = np.asarray(reads, np.float64).reshape(-1, 2)
+        np.savez(buf, embeddings=emb, p_woman=reads[:, 0], darkness=reads[:, 1])
         out.write_bytes(EMBEDDINGS, seal(buf.getvalue(), self.key))
         summary = {"shard": shard_id, "images": len(keys), "unreadable": unreadable, "faces": sum(
             r["face"] is not None for r in rows), "embedded": int(len(emb)), "seconds": time.perf_counter() - t0,
@@ -134,21 +159,34 @@ class LinkWorker:
 
 
 def _embeddings(staging: Location, shard_id: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, P(reads as a woman's) per embedded face, NaN where not read)."""
+    """(embeddings, readings: per embedded face P(reads as a woman's) and darkness, NaN where not read)."""
     where = shard_dir(staging, shard_id)
     with np.load(io.BytesIO(unseal(where.read_bytes(EMBEDDINGS), key, f"{where.uri}/{EMBEDDINGS}")),
                  allow_pickle=False) as z:
-        return z["embeddings"], z["p_woman"]
+        return z["embeddings"], np.stack([z["p_woman"], z["darkness"]], axis=1)
 
 
-def pools(labels: list[str | None]) -> dict[str | None, list[int]]:
-    """The virtual identities a person of each label may get: those that read alike; a person without a
-    label (or of a label nobody in the bank reads as), any of them (key None)."""
-    out: dict[str | None, list[int]] = {None: list(range(len(labels)))}
-    for i, label in enumerate(labels):
-        if label is not None:
-            out.setdefault(label, []).append(i)
-    return out
+TONES = "lmd"  # the darkness bands' initials, light to dark (anonymizer.bank.descriptor_probe.reads_as)
+
+
+def pool_for(label: str | None, labels: list[str | None]) -> list[int]:
+    """The virtual identities a person labelled `label` may get (`labels`: each virtual identity's, from
+    the operator): those labelled alike; where there are none, those of the same sex in the nearest tone
+    band, then of the same sex in any; for a person without a label, or where nothing else is left, all."""
+    everyone = list(range(len(labels)))
+    if label is None:
+        return everyone
+    sex, tone = label[0], label[1:]
+    alike = [i for i, other in enumerate(labels) if other == label]
+    if not alike and tone in tuple(TONES):
+        for distance in (1, 2):
+            near = {sex + t for t in TONES if abs(TONES.index(t) - TONES.index(tone)) == distance}
+            alike = [i for i, other in enumerate(labels) if other in near]
+            if alike:
+                break
+    if not alike and sex != UNMATCHED:
+        alike = [i for i, other in enumerate(labels) if other and other[0] == sex]
+    return alike or everyone
 
 
 def link(policy: Policy, staging: Location, shards: int, identity_key: str, vault: Location | None,
@@ -170,25 +208,24 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
         emb, _ = _embeddings(staging, i, key)
         shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(linker.add(emb) if len(emb) else [],
                                                                                 pa.string())}))
-    read: dict[str, list[float]] = {}  # person -> [sum of P(woman), faces read]: memory grows with people
+    read: dict[str, np.ndarray] = {}  # person -> [sum of P(woman), sum of darkness, faces read]: grows with people
     for i in range(shards):  # second pass: each face to its person's final centroid (or its first person)
-        emb, p_woman = _embeddings(staging, i, key)
+        emb, readings = _embeddings(staging, i, key)
         first = shard_dir(staging, i).read_table(PERSONS).column("person").to_pylist()
         persons = [again or once for again, once in zip(linker.assign(emb) if len(emb) else [], first)]
         shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(persons, pa.string())}))
-        for person, p in zip(persons, p_woman):
-            if np.isfinite(p):
-                total = read.setdefault(person, [0.0, 0])
-                total[0], total[1] = total[0] + float(p), total[1] + 1
-    by_sex = matches_sex(policy)
-    if by_sex:
+        for person, r in zip(persons, readings):
+            if not np.isnan(r).all():
+                read.setdefault(person, np.zeros(3))[:] += (*r, 1)
+    by_sex, by_tone = matches_sex(policy), matches_tone(policy)
+    if by_sex or by_tone:
         from anonymizer.bank.apparent_sex import ApparentSex
 
         decide = ApparentSex(policy.model_dir).decide
-        for person, (total, count) in read.items():
-            linker.settle(person, decide(total / count))
+        for person, (p_woman, darkness, count) in read.items():
+            linker.settle(person, reads_as(decide(p_woman / count), darkness / count, by_sex, by_tone))
     labels = virtual_identities(policy)
-    n, pool = len(labels), pools(labels)
+    n, pools = len(labels), {}
     assigned = 0
     for i in range(shards):  # the virtual identities, per face
         persons = iter(shard_dir(staging, i).read_table(PERSONS).column("person").to_pylist())
@@ -199,7 +236,10 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                 ids.append(None)
                 continue
             person = next(persons)
-            mine = pool.get(linker.label(person) if by_sex else None, pool[None])
+            label = linker.label(person) if by_sex or by_tone else None
+            if label not in pools:
+                pools[label] = pool_for(label, labels)
+            mine = pools[label]
             ids.append(mine[virtual_identity(key, person, len(mine))])
         assigned += sum(v is not None for v in ids)
         shard_dir(staging, i).write_table(LINKS, table.drop_columns(["embedded"]).append_column(
@@ -209,16 +249,17 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                "people": linker.persons, "people_new": linker.persons - known, "people_known_before": known,
                "virtual_identities": n, "persisted": where.uri if where is not None else None,
                "started_from": started_from,
-               "apparent_sex": _read_as(linker, read) if by_sex else None,
+               "read_as": _read_as(linker, read) if by_sex or by_tone else None,
                "seconds": round(time.perf_counter() - t0, 3)}
     done.write_bytes(DONE, json.dumps(summary).encode())
     event("link", **summary)
     return summary
 
 
-def _read_as(linker: Linker, read: dict[str, list[float]]) -> dict[str, int]:
-    """How many of this run's people read as each apparent sex (counts only: the labels stay sealed)."""
-    labels = [linker.label(person) or "undecided" for person in read]
+def _read_as(linker: Linker, read: dict[str, np.ndarray]) -> dict[str, int]:
+    """How many of this run's people read as each apparent sex and skin tone (counts only: the labels stay
+    sealed)."""
+    labels = [in_words(label) if (label := linker.label(person)) else "undecided" for person in read]
     return {label: labels.count(label) for label in sorted(set(labels))}
 
 

@@ -271,8 +271,8 @@ def _linking_html(linking: dict | None) -> str:
                f'{linking.get("faces_linked", "?")} faces linked by {linking.get("recognizer", "?")} at distance '
                f'{linking.get("threshold", "?")}, {linking.get("virtual_identities", "?")} virtual identities in the '
                f'bank; identity key {linking.get("key_id", "?")}')
-    if linking.get("apparent_sex"):
-        read_as = ", ".join(f"{n} {label}" for label, n in linking["apparent_sex"].items())
+    if linking.get("read_as"):
+        read_as = "; ".join(f"{n} {label}" for label, n in linking["read_as"].items())
         figures += f"; each person shown as a virtual person who reads as they do (people read as: {read_as})"
     return (f'<p id="linking"><strong>Keyed virtual identities</strong> — {html.escape(figures)}. '
             f'{html.escape(linking.get("note", ""))}</p>')
