@@ -182,7 +182,8 @@ class Linker:
     def seal(self, key: bytes) -> bytes:
         """The state, encrypted under `key` (anonymizer.identity.state): safe to store or to send."""
         meta = json.dumps({"encoder": self.encoder, "threshold": self.threshold, "space": self.space,
-                           "dim": self.dim or 0, "persons": self._n, "faces": self.faces, "label_bytes": LABEL_BYTES}).encode()
+                           "dim": self.dim or 0, "persons": self._n, "faces": self.faces,
+                           "label_bytes": LABEL_BYTES}).encode()
         n = self._n
         plain = b"".join([len(meta).to_bytes(4, "big"), meta, self._counts[:n].astype("<i8").tobytes(),
                           self._lengths[:n].astype("<f4").tobytes(), self._means[:n].astype("<f4").tobytes(),

@@ -114,7 +114,8 @@ class LinkWorker:
         out = []
         for f in faces:
             d = reader.describe(rgb, f)
-            out.append((self.sex.probability(d) if self.sex else np.nan, self.tone.darkness(d) if self.tone else np.nan))
+            out.append((self.sex.probability(d) if self.sex else np.nan,
+                        self.tone.darkness(d) if self.tone else np.nan))
         return out
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
