@@ -101,7 +101,8 @@ def _share_cpu_arena(ort) -> None:
     with _ARENA:
         if not _arena_shared:
             info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, -1, -1))  # unbounded, grows by powers of two
+            # no size limit; it grows by powers of two (onnxruntime's defaults for a session's own arena)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 0, -1, -1))
             _arena_shared = True
 
 
