@@ -50,17 +50,18 @@ WORDS = {"F": "woman", "M": "man", "l": "light skin", "m": "medium skin", "d": "
 
 def reads_as(sex: str | None, darkness: float | None, by_sex: bool, by_tone: bool) -> str | None:
     """What a keyed run matches a person's virtual identity by (anonymizer.pipeline.link): their apparent sex
-    (M or F; UNMATCHED where the run does not match sex), then, where it matches skin tone, the initial of
-    their darkness band (anonymizer.bank.tone.DARKNESS_BANDS: l, m or d), e.g. "F", "Md", "-l". None where
-    nothing is matched or a matched reading is missing or undecided: a person's label is set once and kept
-    (anonymizer.identity.Linker), so it waits for a decided one."""
+    (M or F; UNMATCHED where the run does not match sex, or matches it and reads them as neither while it
+    matches skin tone), then, where it matches skin tone, the initial of their darkness band
+    (anonymizer.bank.tone.DARKNESS_BANDS: l, m or d), e.g. "F", "Md", "-l". None where nothing is matched, or
+    where sex alone is and reads as neither: a person's label is set once and kept (anonymizer.identity.Linker),
+    and a virtual person chosen by sex alone waits for a decided reading."""
     from anonymizer.bank.tone import DARKNESS_BANDS, band
 
-    if not (by_sex or by_tone) or (by_sex and sex is None):
-        return None
-    if by_tone and (darkness is None or not np.isfinite(darkness)):
-        return None
-    return (sex if by_sex else UNMATCHED) + (band(darkness, DARKNESS_BANDS)[0] if by_tone else "")
+    if by_tone:
+        if darkness is None or not np.isfinite(darkness):
+            return None
+        return (sex if by_sex and sex else UNMATCHED) + band(darkness, DARKNESS_BANDS)[0]
+    return sex if by_sex else None
 
 
 def in_words(label: str) -> str:

@@ -13,8 +13,8 @@ Two passes before anonymization:
 2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
    clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
    assigns every face to its person's final centroid. A person without a label yet takes the one their
-   faces of this run read as on average (anonymizer.bank.descriptor_probe.reads_as; none where that is
-   undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person id
+   faces of this run read as on average (anonymizer.bank.descriptor_probe.reads_as; none where sex alone
+   is matched and undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person id
    under the identity key, reduced to the number of the operator's identities in the person's pool
    (`pool_for`: those that read alike; anonymizer.identity.keys): one person, one virtual person of their
    apparent sex and skin tone, in this run and the next. Each shard's `link.parquet` carries it per face,
@@ -172,22 +172,22 @@ TONES = "lmd"  # the darkness bands' initials, light to dark (anonymizer.bank.de
 
 def pool_for(label: str | None, labels: list[str | None]) -> list[int]:
     """The virtual identities a person labelled `label` may get (`labels`: each virtual identity's, from
-    the operator): those labelled alike; where there are none, those of the same sex in the nearest tone
-    band, then of the same sex in any; for a person without a label, or where nothing else is left, all."""
-    everyone = list(range(len(labels)))
-    if label is None:
-        return everyone
-    sex, tone = label[0], label[1:]
-    alike = [i for i, other in enumerate(labels) if other == label]
-    if not alike and tone in tuple(TONES):
-        for distance in (1, 2):
-            near = {sex + t for t in TONES if abs(TONES.index(t) - TONES.index(tone)) == distance}
-            alike = [i for i, other in enumerate(labels) if other in near]
-            if alike:
-                break
-    if not alike and sex != UNMATCHED:
-        alike = [i for i, other in enumerate(labels) if other and other[0] == sex]
-    return alike or everyone
+    the operator): those of the same sex (any, for UNMATCHED) in the nearest skin-tone band the operator has
+    for it; a label without a tone band, those of the same sex; a person without a label, or where nobody is
+    left, all of them."""
+    sex, tone = (label[0], label[1:]) if label else (None, "")
+
+    def having(tones: set[str]) -> list[int]:
+        return [i for i, other in enumerate(labels)
+                if other and (sex == UNMATCHED or other[0] == sex) and other[1:] in tones]
+
+    if label and len(tone) == 1 and tone in TONES:
+        for distance in (0, 1, 2):
+            near = having({t for t in TONES if abs(TONES.index(t) - TONES.index(tone)) == distance})
+            if near:
+                return near
+    alike = having({"", *TONES}) if label and sex != UNMATCHED else []
+    return alike or list(range(len(labels)))
 
 
 def link(policy: Policy, staging: Location, shards: int, identity_key: str, vault: Location | None,
