@@ -110,7 +110,7 @@ def test_one_person_one_virtual_identity_within_a_run(keyed):
     assert linking["persisted"].endswith("/vault/identities")
     html = (keyed["root"] / "rel" / "r1" / "report.html").read_text()
     assert "Keyed virtual identities</strong> — 3 people (3 new this run)" in html
-    assert "reads as they do (people read as: 1 man, light skin; 2 woman, light skin)" in html
+    assert "as near as the bank allows (people read as: 1 man, light skin; 2 woman, light skin)" in html
 
 
 def test_an_incremental_run_shows_known_people_the_same_way(keyed):

@@ -273,7 +273,8 @@ def _linking_html(linking: dict | None) -> str:
                f'bank; identity key {linking.get("key_id", "?")}')
     if linking.get("read_as"):
         read_as = "; ".join(f"{n} {label}" for label, n in linking["read_as"].items())
-        figures += f"; each person shown as a virtual person who reads as they do (people read as: {read_as})"
+        figures += (f"; each person shown as a virtual person who reads as they do, or as near as the bank "
+                    f"allows (people read as: {read_as})")
     return (f'<p id="linking"><strong>Keyed virtual identities</strong> — {html.escape(figures)}. '
             f'{html.escape(linking.get("note", ""))}</p>')
 
