@@ -207,7 +207,7 @@ def test_a_person_gets_the_nearest_pool_the_bank_has():
     assert pool_for(None, labels) == pool_for("Xd", labels) == [0, 1, 2, 3, 4]  # unlabelled, or nobody alike
     assert pool_for("-m", ["-l", "-d", "-d", None]) == [0, 1, 2]  # tone alone
     assert pool_for("-d", labels) == [1, 2]  # read as neither sex: either, of the band
-    from anonymizer.bank.descriptor_probe import reads_as
+    from anonymizer.bank.tone import reads_as
 
     assert reads_as("F", 1.7, True, True) == "Fd" and reads_as(None, 0.2, True, True) == "-l"
     assert reads_as("M", None, True, False) == "M" and reads_as(None, 0.2, True, False) is None

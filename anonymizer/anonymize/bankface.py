@@ -70,7 +70,7 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
-from anonymizer.bank.descriptor_probe import frontal_descriptors, reads_as
+from anonymizer.bank.descriptor_probe import frontal_descriptors
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -324,7 +324,7 @@ class BankFace:
     def virtual_identities(params: dict, model_dir: str | None) -> list[str | None]:
         """The bank's virtual identities, in order, each as the label a keyed run matches a person to: their
         apparent sex (with `match_sex`) and skin tone (with `tone_reading: descriptor`), as
-        anonymizer.bank.descriptor_probe.reads_as writes it (None each where neither is matched). A keyed run
+        anonymizer.bank.tone.reads_as writes it (None each where neither is matched). A keyed run
         gives each person one of them (anonymizer.pipeline.link)."""
         bank = load_bank(locate_bank(params["bank"], model_dir))
         by_sex = bool(params.get("match_sex"))
@@ -337,7 +337,7 @@ class BankFace:
         if by_tone:
             probe = tone.SkinTone(model_dir)
             darkness = {p: probe.darkness(d) for p, d in frontal_descriptors(bank, probe).items()}
-        return [reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone) for name in bank.identities]
+        return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone) for name in bank.identities]
 
     def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,

@@ -44,31 +44,6 @@ class DescriptorProbe:
         return self._encoder.embed(image, self._encoder.align(image, [face]))[0]
 
 
-UNMATCHED = "-"  # a label's sex where the run does not match sex
-WORDS = {"F": "woman", "M": "man", "l": "light skin", "m": "medium skin", "d": "dark skin"}
-
-
-def reads_as(sex: str | None, darkness: float | None, by_sex: bool, by_tone: bool) -> str | None:
-    """What a keyed run matches a person's virtual identity by (anonymizer.pipeline.link): their apparent sex
-    (M or F; UNMATCHED where the run does not match sex, or matches it and reads them as neither while it
-    matches skin tone), then, where it matches skin tone, the initial of their darkness band
-    (anonymizer.bank.tone.DARKNESS_BANDS: l, m or d), e.g. "F", "Md", "-l". None where nothing is matched, or
-    where sex alone is and reads as neither: a person's label is set once and kept (anonymizer.identity.Linker),
-    and a virtual person chosen by sex alone waits for a decided reading."""
-    from anonymizer.bank.tone import DARKNESS_BANDS, band
-
-    if by_tone:
-        if darkness is None or not np.isfinite(darkness):
-            return None
-        return (sex if by_sex and sex else UNMATCHED) + band(darkness, DARKNESS_BANDS)[0]
-    return sex if by_sex else None
-
-
-def in_words(label: str) -> str:
-    """A label for the audit report: "woman, dark skin", "light skin"."""
-    return ", ".join(WORDS[c] for c in label if c in WORDS)
-
-
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
     """Each bank person's descriptor, from their most frontal face: about 20 ms a person, so kept with the
     derived models by the bank's manifest and the recognizer, and read from there by later operators."""

@@ -13,7 +13,7 @@ Two passes before anonymization:
 2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
    clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
    assigns every face to its person's final centroid. A person without a label yet takes the one their
-   faces of this run read as on average (anonymizer.bank.descriptor_probe.reads_as; none where sex alone
+   faces of this run read as on average (anonymizer.bank.tone.reads_as; none where sex alone
    is matched and undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person id
    under the identity key, reduced to the number of the operator's identities in the person's pool
    (`pool_for`: those that read alike; anonymizer.identity.keys): one person, one virtual person of their
@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from anonymizer import imageio
-from anonymizer.bank.descriptor_probe import UNMATCHED, in_words, reads_as
+from anonymizer.bank.tone import MARKS, UNMATCHED, in_words, reads_as
 from anonymizer.components import virtual_identities
 from anonymizer.detect import build_ensemble
 from anonymizer.identity import MEASURED_THRESHOLDS, STATE_NAME, Linker, identity_key_from, virtual_identity
@@ -167,9 +167,6 @@ def _embeddings(staging: Location, shard_id: int, key: bytes) -> tuple[np.ndarra
         return z["embeddings"], np.stack([z["p_woman"], z["darkness"]], axis=1)
 
 
-TONES = "lmd"  # the darkness bands' initials, light to dark (anonymizer.bank.descriptor_probe.reads_as)
-
-
 def pool_for(label: str | None, labels: list[str | None]) -> list[int]:
     """The virtual identities a person labelled `label` may get (`labels`: each virtual identity's, from
     the operator): those of the same sex (any, for UNMATCHED) in the nearest skin-tone band the operator has
@@ -181,12 +178,12 @@ def pool_for(label: str | None, labels: list[str | None]) -> list[int]:
         return [i for i, other in enumerate(labels)
                 if other and (sex == UNMATCHED or other[0] == sex) and other[1:] in tones]
 
-    if label and len(tone) == 1 and tone in TONES:
-        for distance in (0, 1, 2):
-            near = having({t for t in TONES if abs(TONES.index(t) - TONES.index(tone)) == distance})
+    if label and len(tone) == 1 and tone in MARKS:
+        for distance in range(len(MARKS)):
+            near = having({t for t in MARKS if abs(MARKS.index(t) - MARKS.index(tone)) == distance})
             if near:
                 return near
-    alike = having({"", *TONES}) if label and sex != UNMATCHED else []
+    alike = having({"", *MARKS}) if label and sex != UNMATCHED else []
     return alike or list(range(len(labels)))
 
 
