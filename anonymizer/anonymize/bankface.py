@@ -316,7 +316,7 @@ class BankFace:
                 rows.append({"component": "identity_guard:pose", **describe("yunet", model_dir)})
         if params.get("match_sex"):
             rows += [{"component": "apparent_sex", **describe(m, model_dir)} for m in ("apparent_sex", "dlib_resnet")]
-        if params.get("tone_reading") == "descriptor" and params.get("tone_pool", 36) > 0:
+        if tone.by_descriptor(params):
             rows += [{"component": "skin_tone", **describe(m, model_dir)} for m in ("skin_tone", "dlib_resnet")]
         return rows
 
@@ -328,7 +328,7 @@ class BankFace:
         gives each person one of them (anonymizer.pipeline.link)."""
         bank = load_bank(locate_bank(params["bank"], model_dir))
         by_sex = bool(params.get("match_sex"))
-        by_tone = params.get("tone_reading") == "descriptor" and params.get("tone_pool", 36) > 0
+        by_tone = tone.by_descriptor(params)
         sexes, darkness = {}, {}
         if by_sex:
             from anonymizer.bank.apparent_sex import ApparentSex

@@ -129,6 +129,12 @@ def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
     return sorted(chosen)
 
 
+def by_descriptor(params: dict) -> bool:
+    """Whether a `bank` operator with these params chooses bank people by the skin tone SkinTone reads (its
+    `tone_reading: descriptor`, with a `tone_pool`)."""
+    return params.get("tone_reading") == "descriptor" and params.get("tone_pool", 36) > 0
+
+
 UNMATCHED = "-"  # a label's sex where the run does not match sex
 MARKS = "".join(name[0] for _, name in DARKNESS_BANDS[::-1])  # a label's darkness band: "lmd", light to dark
 WORDS = {"F": "woman", "M": "man", "l": "light skin", "m": "medium skin", "d": "dark skin"}

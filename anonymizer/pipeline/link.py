@@ -13,9 +13,9 @@ Two passes before anonymization:
 2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
    clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
    assigns every face to its person's final centroid. A person without a label yet takes the one their
-   faces of this run read as on average (anonymizer.bank.tone.reads_as; none where sex alone
-   is matched and undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person id
-   under the identity key, reduced to the number of the operator's identities in the person's pool
+   faces of this run read as on average (anonymizer.bank.tone.reads_as; none where sex alone is matched
+   and undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person
+   id under the identity key, reduced to the number of the operator's identities in the person's pool
    (`pool_for`: those that read alike; anonymizer.identity.keys): one person, one virtual person of their
    apparent sex and skin tone, in this run and the next. Each shard's `link.parquet` carries it per face,
    for the anonymization pass.
@@ -36,7 +36,7 @@ import numpy as np
 import pyarrow as pa
 
 from anonymizer import imageio
-from anonymizer.bank.tone import MARKS, UNMATCHED, in_words, reads_as
+from anonymizer.bank.tone import MARKS, UNMATCHED, by_descriptor, in_words, reads_as
 from anonymizer.components import virtual_identities
 from anonymizer.detect import build_ensemble
 from anonymizer.identity import MEASURED_THRESHOLDS, STATE_NAME, Linker, identity_key_from, virtual_identity
@@ -78,8 +78,7 @@ def matches_sex(policy: Policy) -> bool:
 def matches_tone(policy: Policy) -> bool:
     """Whether the operator gives bank people of the person's skin tone, as the descriptor reads it (the `bank`
     operator's `tone_reading: descriptor`; a photo's ITA reading is not the person's, so a keyed run ignores it)."""
-    params = policy.anonymization.operator.params
-    return params.get("tone_reading") == "descriptor" and params.get("tone_pool", 36) > 0
+    return by_descriptor(dict(policy.anonymization.operator.params))
 
 
 class LinkWorker:
