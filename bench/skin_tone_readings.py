@@ -74,13 +74,12 @@ def main() -> None:
                          "auc": aucs({"ita": -np.array([r[1] for r in read]),
                                       "descriptor": np.array([r[2] for r in read])}, steps)}}
     if args.bank:
-        from anonymizer.bank.descriptor_probe import frontal_descriptors
         from anonymizer.bank.store import load_bank, locate_bank
 
         bank = load_bank(locate_bank(args.bank))
         people = bank.index["identity"].to_numpy()
         kept = json.loads(args.bank_labels.read_text())
-        darkness = {p: probe.darkness(d) for p, d in frontal_descriptors(bank, probe).items()}
+        darkness = probe.of_people(bank)
         named = sorted(p for p in darkness if p in kept)
         ita = {p: float(np.nanmedian(bank.tones[people == p])) for p in named}
         bank_steps = np.array([kept[p] for p in named])

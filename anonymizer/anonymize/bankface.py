@@ -70,7 +70,6 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
-from anonymizer.bank.descriptor_probe import frontal_descriptors
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -335,8 +334,7 @@ class BankFace:
 
             sexes = _bank_people(bank, ApparentSex(model_dir)).of_person
         if by_tone:
-            probe = tone.SkinTone(model_dir)
-            darkness = {p: probe.darkness(d) for p, d in frontal_descriptors(bank, probe).items()}
+            darkness = tone.SkinTone(model_dir).of_people(bank)
         return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone) for name in bank.identities]
 
     def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
@@ -390,7 +388,7 @@ class BankFace:
         """Each bank face's skin tone, read as the faces' are (`tone_reading`): its person's, by the probe."""
         if self.skin_tone is None:
             return self.bank.tones
-        people = {p: self.skin_tone.darkness(d) for p, d in frontal_descriptors(self.bank, self.skin_tone).items()}
+        people = self.skin_tone.of_people(self.bank)
         return np.array([people[str(p)] for p in self.bank.index["identity"]])
 
     def _guard_encoder(self, name: str):

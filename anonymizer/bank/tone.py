@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anonymizer.bank.descriptor_probe import DescriptorProbe
+from anonymizer.bank.descriptor_probe import DescriptorProbe, frontal_descriptors
 
 DISCS = ((41, 31, 2), (46, 35, 14), (48, 3, 4), (54, 13, 12), (29, 30), (57, 8))  # each disc: its points' mean
 DISC_RADIUS = 0.15  # eye distances
@@ -165,3 +165,7 @@ class SkinTone(DescriptorProbe):
     def darkness(self, descriptor: np.ndarray) -> float:
         """How dark the person's skin reads: about 0 light, 1 medium, 2 dark (a continuous score)."""
         return self.linear(descriptor)
+
+    def of_people(self, bank) -> dict[str, float]:
+        """Each bank person's darkness, from their most frontal face (frontal_descriptors, kept)."""
+        return {person: self.darkness(d) for person, d in frontal_descriptors(bank, self).items()}

@@ -216,9 +216,11 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                 read.setdefault(person, np.zeros(3))[:] += (*r, 1)
     by_sex, by_tone = matches_sex(policy), matches_tone(policy)
     if by_sex or by_tone:
-        from anonymizer.bank.apparent_sex import ApparentSex
+        decide = lambda p: None  # noqa: E731 - sex not matched: never decided
+        if by_sex:
+            from anonymizer.bank.apparent_sex import ApparentSex
 
-        decide = ApparentSex(policy.model_dir).decide
+            decide = ApparentSex(policy.model_dir).decide
         for person, (p_woman, darkness, count) in read.items():
             linker.settle(person, reads_as(decide(p_woman / count), darkness / count, by_sex, by_tone))
     labels = virtual_identities(policy)
