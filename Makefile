@@ -35,7 +35,7 @@ $(HOME)/ray_bootstrap_config.yaml:
 
 demo: setup
 	rm -rf out/demo out/demo.staging out/demo.quarantine
-	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/demo
+	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/demo --executor ray  # 21 photos alone would skip Ray
 
 # The realistic profile replaces faces from a face bank: built once (synthetic people from MobileStyleGAN in
 # ../shared/models; non-commercial weights, so the profile is for research and evaluation), then used by name.

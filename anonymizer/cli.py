@@ -35,7 +35,7 @@ def _run(args: argparse.Namespace) -> int:
                   vault=args.vault, vault_key=args.vault_key, identity_key=args.identity_key)
     plugged = _orchestrated_engines()
     if args.engine in plugged:
-        result = plugged[args.engine].load()(**kwargs)
+        result = plugged[args.engine].load()(**kwargs, executor=args.executor)
     elif args.engine in ("ray", "local"):
         from anonymizer.pipeline import run_pipeline
 
@@ -133,6 +133,9 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("--engine", default="prefect",
                      help="prefect (default): the Prefect flow, shards on Ray; ray: the library alone, shards on "
                           "Ray; local: one process, no Ray and no Prefect (small jobs, debugging)")
+    run.add_argument("--executor", default="auto", choices=["auto", "ray", "local"],
+                     help="engine prefect: where its shards run; auto (default): Ray for a cluster (--ray-address, "
+                          "$RAY_ADDRESS) or more than 200 images, else threads in this process, without Ray's start")
     run.add_argument("--vault", help="keep the original face regions, encrypted, at this location (local or "
                                      "s3://, never under DEST): the release is then pseudonymised, not anonymised")
     run.add_argument("--vault-key", help="the vault's key-encryption key: file:PATH, env:VAR (base64) or kms:KEY_ID")

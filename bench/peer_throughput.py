@@ -9,7 +9,7 @@ wall time, the median of its per-round ratios to deface's, its CPU time (user + 
 other work distorts least) and our time per stage (summed over images, from the run's metrics table:
 threads overlap, so they can add up to more than the wall time); writes JSON.
 
-    python bench/peer_throughput.py [--photos DIR] [--rounds 3] [--sides prefect,local,ray] [--realistic]
+    python bench/peer_throughput.py [--photos DIR] [--rounds 3] [--sides prefect,prefect-ray,local,ray] [--realistic]
                                     [--out bench/results/peer_throughput.json]
 """
 
@@ -83,8 +83,9 @@ def run_ours(engine: str, photos_dir: Path, work: Path, policy: str | None, work
     import pandas as pd
 
     dest, run_id = work / f"ours-{engine}", "bench"
+    engine, _, executor = engine.partition("-")  # prefect-ray: the flow with its shards on Ray whatever the size
     cmd = [str(Path(sys.executable).parent / "anonymizer"), "run", str(photos_dir), str(dest), "--engine", engine,
-           "--run-id", run_id]
+           "--run-id", run_id, *(["--executor", executor] if executor else [])]
     if engine in ("ray", "prefect") and workers:
         cmd += ["--workers", str(workers)]
     if policy:
@@ -102,8 +103,8 @@ def main() -> None:
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sides", default="prefect,local,ray",
-                    help="our engines to time, comma-separated: prefect (the CLI's default: the flow, shards on Ray), "
-                         "local, ray")
+                    help="our engines to time, comma-separated: prefect (the CLI's default: the flow, its shards where "
+                         "`--executor auto` puts them), prefect-ray (the flow, shards on Ray), local, ray")
     ap.add_argument("--workers", type=int, default=None,
                     help="Ray actors for the prefect and ray sides (default: the CLI's, one per 2 CPUs)")
     ap.add_argument("--realistic", action="store_true", help="also time policies/realistic.yaml (local engine)")

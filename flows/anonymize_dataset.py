@@ -10,7 +10,8 @@ from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from anonymizer.pipeline import RunContext
-from anonymizer.pipeline.executors import ensure_ray
+from anonymizer.pipeline.executors import choose, ensure_ray
+from anonymizer.pipeline.run import with_executor
 from tasks import steps
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,14 @@ log = logging.getLogger(__name__)
 def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers: int | None = None,
                       run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
                       full: bool = False, ray_address: str | None = None, vault: str | None = None,
-                      vault_key: str | None = None, identity_key: str | None = None) -> dict:
-    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, "ray", ray_address, vault,
+                      vault_key: str | None = None, identity_key: str | None = None, executor: str = "auto") -> dict:
+    """`executor`: where the shards run, ray, local or auto (anonymizer.pipeline.executors.choose)."""
+    ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, executor, ray_address, vault,
                             vault_key, identity_key)
     p = steps.plan(ctx)
+    ctx = with_executor(ctx, p)
+    if ctx.engine == "ray":
+        ensure_ray(ctx.ray_address)  # in the flow's thread, which outlives the run: Ray's processes stop with it
     steps.link(ctx, p, workers)
     summaries = steps.anonymize_shards(ctx, p, workers)
     images, faces = steps.collect(ctx, p)
@@ -35,11 +40,12 @@ def anonymize_dataset(source: str, dest: str, policy: str | None = None, workers
 
 
 def run_from_cli(api=None, **kwargs) -> dict:
-    """The flow, with Prefect's API and Ray started side by side first. Prefect's temporary server (started
-    by flows.cli_engine, or else by Prefect when the flow first reaches its API) and a local Ray each take
-    seconds, which one after the other the flow would wait for in turn. `api` waits for the API (default:
-    reach it, which starts Prefect's own temporary server where none is configured) in a thread, while Ray
-    starts in this (the main) thread, as ray.init requires; the flow then finds both running."""
+    """The flow, with Prefect's API and (where the flow will use it) Ray started side by side first. Prefect's
+    temporary server (started by flows.cli_engine, or else by Prefect when the flow first reaches its API) and
+    a local Ray each take seconds, which one after the other the flow would wait for in turn. `api` waits for
+    the API (default: reach it, which starts Prefect's own temporary server where none is configured) in a
+    thread, while Ray starts in this (the main) thread, as ray.init requires; the flow then finds both
+    running. Where `auto` waits for the plan's size, a Ray it needs starts in the flow."""
     def reach() -> None:
         try:
             (api or _reach_api)()
@@ -48,7 +54,9 @@ def run_from_cli(api=None, **kwargs) -> dict:
 
     waiter = threading.Thread(target=reach, name="prefect-api", daemon=True)
     waiter.start()
-    ensure_ray(kwargs.get("ray_address"))
+    executor = kwargs.get("executor", "auto")
+    if executor == "ray" or (executor == "auto" and choose(executor, 0, kwargs.get("ray_address"))[0] == "ray"):
+        ensure_ray(kwargs.get("ray_address"))
     waiter.join()
     return anonymize_dataset(**kwargs)
 

@@ -54,6 +54,23 @@ def test_flow_run_completes_and_releases(flow_run):
     run_id = result["run_id"]
     assert (out / "release" / "LATEST").read_text() == run_id
     assert {p.name for p in (out / "release").iterdir()} == {"LATEST", run_id}
+    # This process has joined Ray (the ray_cluster fixture): `auto` runs the shards there, and says why
+    execution = json.loads((out / "release" / run_id / "report.json").read_text())["execution"]
+    assert execution == {"executor": "ray", "why": "auto: a Ray cluster is named or already joined"}
+
+
+def test_auto_executor_keeps_small_plans_in_process_and_sends_large_ones_or_a_cluster_to_ray():
+    # In a fresh process: this one may have joined Ray already (the ray_cluster fixture)
+    code = ("import json, os; from anonymizer.pipeline.executors import LOCAL_UP_TO as n, choose; "
+            "os.environ.pop('RAY_ADDRESS', None); "
+            "print(json.dumps([choose('auto', n, None)[0], choose('auto', n + 1, None)[0], "
+            "choose('auto', 1, 'ray://head:10001')[0], choose('local', 10 ** 6, None)[0], "
+            "choose('ray', 1, None)[0], n]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert r.returncode == 0, r.stderr
+    *chosen, limit = json.loads(r.stdout)
+    assert chosen == ["local", "ray", "ray", "local", "ray"]
+    assert f"more than {limit} images" in " ".join(_cli("run", "--help").stdout.split())  # the help says it
 
 
 def test_release_holds_only_anonymized_clean_outputs(flow_run, dataset):
@@ -177,6 +194,7 @@ def test_cli_releases_all_sample_photos(tmp_path, shared):
     run_dir = tmp_path / "out" / result["run_id"]
     report = json.loads((run_dir / "report.json").read_text())
     assert report["counts"]["released"] == 21 == len(list((run_dir / "images").iterdir()))
+    assert report["execution"]["executor"] == "local" and report["execution"]["why"].startswith("auto: 21 images")
     assert "naive_reidentification_rate" in report["metrics"] and "uncovered_faces" in report["metrics"]
     assert (run_dir / "report.html").is_file()
 

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -29,7 +29,7 @@ from anonymizer.logs import event
 from anonymizer.pipeline import lineage
 from anonymizer.pipeline import link as linking
 from anonymizer.pipeline import plan as listing
-from anonymizer.pipeline.executors import EXECUTORS, import_in_background
+from anonymizer.pipeline.executors import EXECUTORS, choose, import_in_background
 from anonymizer.pipeline.shard import FACE_SCHEMA, IMAGE_SCHEMA, max_bytes, shard_dir
 from anonymizer.policy import Policy, load_policy
 from anonymizer.policy_check import check_components
@@ -61,7 +61,8 @@ class RunContext:
     quarantine: Location  # this run's quarantine folder
     policy: Policy
     full: bool = False    # ignore the previous release: process everything
-    engine: str = "ray"   # the executor of the shards: "ray" or "local" (see pipeline/executors.py)
+    engine: str = "ray"   # the executor of the shards: "ray", "local" or "auto" (see pipeline/executors.py)
+    engine_why: str = "asked for"  # why it runs there (with_executor)
     ray_address: str | None = None
     vault: Location | None = None  # where the originals of the face regions are kept, encrypted
     vault_key: str | None = None   # the key-encryption key's spec: file:PATH, env:VAR or kms:KEY_ID
@@ -73,8 +74,8 @@ class RunContext:
                staging: str | None = None, quarantine: str | None = None, full: bool = False,
                engine: str = "ray", ray_address: str | None = None, vault: str | None = None,
                vault_key: str | None = None, identity_key: str | None = None) -> "RunContext":
-        if engine not in EXECUTORS:
-            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(EXECUTORS)}")
+        if engine not in (*EXECUTORS, "auto"):
+            raise ValueError(f"unknown engine {engine!r}; known: {', '.join(EXECUTORS)}, auto")
         # A name, never a path (an empty one too is refused): checked before anything is written.
         run_id = check_run_id(new_run_id() if run_id is None else run_id)
         dest_root = dest.rstrip("/")
@@ -256,6 +257,13 @@ def plan(ctx: RunContext) -> listing.Plan:
     return p
 
 
+def with_executor(ctx: RunContext, p: listing.Plan) -> RunContext:
+    """`ctx` with its engine settled for this plan (`auto`: executors.choose), which the report states."""
+    engine, why = choose(ctx.engine, p.candidates, ctx.ray_address)
+    event("executor", run_id=ctx.run_id, engine=engine, why=why)
+    return replace(ctx, engine=engine, engine_why=why)
+
+
 def link(ctx: RunContext, p: listing.Plan, workers: int | None = None) -> dict | None:
     """A keyed run's linking: the per-shard pass on the engine, then people and virtual identities on the
     driver. None when the run has no identity key."""
@@ -350,6 +358,7 @@ def build_report(ctx: RunContext, p: listing.Plan, summaries: list[dict], images
         "counts": counts,
         "metrics": reporting.summary_metrics(images, faces, same),
         "objects": objects,
+        "execution": {"executor": ctx.engine, "why": ctx.engine_why},
         "shards": summaries,
         "retried_shards": [s["shard"] for s in summaries if s.get("attempts", 1) > 1],
         "models": ctx.inventory(),
@@ -490,10 +499,12 @@ def run_pipeline(source: str, dest: str, policy: str | None = None, workers: int
                  run_id: str | None = None, staging: str | None = None, quarantine: str | None = None,
                  full: bool = False, engine: str = "ray", ray_address: str | None = None, vault: str | None = None,
                  vault_key: str | None = None, identity_key: str | None = None) -> Outcome:
-    """The whole run without Prefect: shards on Ray (`engine="ray"`) or in this process (`"local"`)."""
+    """The whole run without Prefect: shards on Ray (`engine="ray"`), in this process (`"local"`), or either by
+    the plan's size (`"auto"`, executors.choose)."""
     ctx = RunContext.create(source, dest, policy, run_id, staging, quarantine, full, engine, ray_address, vault,
                             vault_key, identity_key)
     p = plan(ctx)
+    ctx = with_executor(ctx, p)
     if unchanged(p, ctx.full):
         return nothing_to_do(ctx, p)
     link(ctx, p, workers)
