@@ -689,6 +689,21 @@ def test_more_bank_faces_are_tried_only_where_every_one_tried_turned_the_head(co
     assert np.array_equal(pixels, renders[int(np.argmin(errors))])
 
 
+def test_extra_bank_faces_come_in_blocks_each_after_the_nearer(composite_bank, scene):
+    """`further` with blocks: the first block is what one block gives (the same faces, in the same order),
+    the next ones follow by nearness, each in its own order: a cover group the first block leaves short of
+    good-cover faces finds some further on."""
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(composite_bank), choices=2)
+    _, pts, _ = op.decide(img, max(faces, key=lambda f: f.w))
+    after = [int(k) for k in op.nearest(pts, len(op.bank) * 2)][2:]  # every bank face (and mirror image) past `order`'s
+    assert len(after) >= 4
+    one = op.further(pts, 2, np.random.default_rng(0))
+    blocks = op.further(pts, 2, np.random.default_rng(0), blocks=2)
+    assert blocks[:2] == one and sorted(one) == sorted(after[:2]) and sorted(blocks[2:]) == sorted(after[2:4])
+    assert op.further(pts, 1, np.random.default_rng(0), blocks=len(after) + 5) == after  # as far as the bank goes
+
+
 def _one(operator, img, face, key="f"):
     res = operator.anonymize(img, [face], face_rngs(0, key, 1))
     mask = union_mask(res.masks, img.shape[:2])

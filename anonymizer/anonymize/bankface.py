@@ -89,6 +89,7 @@ TONE_CLOSE = 0.5  # darkness (anonymizer.bank.tone.SkinTone) within which a bank
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
 COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
+EXTRA_BLOCKS = 4  # with bank heads, the extra bank faces (`further`) come from 4 × more_if_turned next nearest
 NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # points 27-35: bridge top to tip
 POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
 SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
@@ -131,7 +132,8 @@ class BankGuardConfig(BaseModel):
     head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, read as the release gate reads it: YuNet's
     landmarks found again) above which a bank face is tried only after the others of its cover group; None:
     no pose check. When every bank face tried in a cover group turns the head past that, up to `more_if_turned`
-    bank faces next nearest in pose and expression are tried in that group before the least turned is kept.
+    bank faces next nearest in pose and expression are tried in that group before the least turned is kept
+    (with bank heads, those of the group among the EXTRA_BLOCKS × `more_if_turned` next nearest).
     `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on a CPU with 8-bit dot
     products, float32 elsewhere). The release gate measures with its own float32 recognizers either way."""
 
@@ -484,13 +486,15 @@ class BankFace:
         return np.abs(self.tones[faces % len(self.bank)] - skin) > TONE_CLOSE
 
     def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None,
-                allowed: np.ndarray | None = None) -> list[int]:
+                allowed: np.ndarray | None = None, blocks: int = 1) -> list[int]:
         """The n bank faces that fit next best after `order`'s, in an order from the RNG: tried only where
-        each of those turned the head too far (BankGuardConfig.more_if_turned)."""
+        each of those turned the head too far (BankGuardConfig.more_if_turned). With `blocks`, as many blocks
+        of n, each after the nearer one, each in its own order: `by_cover` sorts them into cover groups, and
+        a group that the first n leave short of good-cover faces finds some further on."""
         if n <= 0:
             return []
-        more = self.nearest(pts, self.choices + n, skin, allowed)[self.choices:]
-        return [int(more[i]) for i in rng.permutation(len(more))]
+        more = self.nearest(pts, self.choices + blocks * n, skin, allowed)[self.choices:]
+        return [int(more[j + i]) for j in range(0, len(more), n) for i in rng.permutation(min(n, len(more) - j))]
 
     def target_shape(self, pts: np.ndarray, bank_pts: np.ndarray) -> np.ndarray:
         """The bank face's 68 points placed on the face (similarity on the stable points), with the face's
@@ -774,7 +778,8 @@ class BankFace:
             order = self.order(pts, rngs[i], faces[i].identity, skin, allowed)
             ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
             if faces[i].identity is None and self.guard is not None:
-                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], skin, allowed)
+                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], skin, allowed,
+                                      EXTRA_BLOCKS if region is not None else 1)
                 ranked = (self.by_cover(order, site, extras, skin) if region is not None
                           else itertools.chain(ranked, ((k, 0, True) for k in extras)))
             done = self.choose(out, site, ranked, refs, blurred)
