@@ -49,11 +49,12 @@ synthetic people. Per face:
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
-   bank face, up to `candidates`, then gets the fallback ("fallback:<name>:reidentifiable"). A bank face
-   whose result YuNet reads as turned by more than `max_pose_error_deg` (as the release gate reads pose) is
-   kept for later: those are tried, least turned first, when no other of its cover group (5) passes. The
-   bank's nearest face is a few degrees off, and a warp moves points, not the shading that also tells a
-   detector where a head turns.
+   bank face, up to `candidates`; a cover group (5) that keeps none of them tries up to `more_if_turned`
+   bank faces next nearest in pose that fall in it; then the fallback ("fallback:<name>:reidentifiable"). A
+   bank face whose result YuNet reads as turned by more than `max_pose_error_deg` (as the release gate reads
+   pose) is kept for later: those are tried, least turned first, when nothing else of its cover group
+   passes. The bank's nearest face is a few degrees off, and a warp moves points, not the shading that also
+   tells a detector where a head turns.
 """
 
 from __future__ import annotations
@@ -131,9 +132,10 @@ class BankGuardConfig(BaseModel):
     where registered), the margin above each one's same-person distance a kept face must reach, and the
     head-pose change (the largest of |Δyaw|, |Δpitch|, |Δroll|, read as the release gate reads it: YuNet's
     landmarks found again) above which a bank face is tried only after the others of its cover group; None:
-    no pose check. When every bank face tried in a cover group turns the head past that, up to `more_if_turned`
-    bank faces next nearest in pose and expression are tried in that group before the least turned is kept
-    (with bank heads, those of the group among the EXTRA_BLOCKS × `more_if_turned` next nearest).
+    no pose check. When a cover group keeps none of its bank faces (each turned the head past that or stayed
+    too close to the person, or the group has none), up to `more_if_turned` bank faces next nearest in pose and
+    expression are tried in that group before the least turned is kept (with bank heads, those of the group
+    among the EXTRA_BLOCKS × `more_if_turned` next nearest).
     `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on a CPU with 8-bit dot
     products, float32 elsewhere). The release gate measures with its own float32 recognizers either way."""
 
@@ -615,8 +617,9 @@ class BankFace:
         """(pixels, alpha) over the site's window of the first bank face the guard accepts, its head (where the
         site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
         guard tries up to `candidates` that are not extra; in each group, the bank faces the pose check passes
-        come in their order, then, where every one tried turned the head too far, up to `more_if_turned`
-        extra ones, then those it finds turned, least turned first. Without a guard, the first."""
+        come in their order, then, where none was kept (turned too far, too close to the person, or none in
+        the group), up to `more_if_turned` extra ones, then those it finds turned, least turned first. Without a
+        guard, the first."""
         left = self.guard.config.candidates if self.guard else 1
         tolerance = (self.guard.config.max_pose_error_deg if self.guard else None) or np.inf
         region, window = site.region, site.window
@@ -627,8 +630,8 @@ class BankFace:
             turned = []  # (pose change, order, head window, judged window, pixels, alpha)
             more = self.guard.config.more_if_turned if self.guard else 0
             for k, _, extra in group:
-                if extra:  # only where each bank face tried in the group so far turned the head too far
-                    if not turned or more == 0:
+                if extra:  # only where no bank face of the group was kept
+                    if more == 0:
                         continue
                     more -= 1
                 elif left == 0:
