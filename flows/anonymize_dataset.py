@@ -54,8 +54,7 @@ def run_from_cli(api=None, **kwargs) -> dict:
 
     waiter = threading.Thread(target=reach, name="prefect-api", daemon=True)
     waiter.start()
-    executor = kwargs.get("executor", "auto")
-    if executor == "ray" or (executor == "auto" and choose(executor, 0, kwargs.get("ray_address"))[0] == "ray"):
+    if choose(kwargs.get("executor", "auto"), 0, kwargs.get("ray_address"))[0] == "ray":
         ensure_ray(kwargs.get("ray_address"))
     waiter.join()
     return anonymize_dataset(**kwargs)

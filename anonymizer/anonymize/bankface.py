@@ -489,8 +489,8 @@ class BankFace:
 
     def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None,
                 allowed: np.ndarray | None = None, blocks: int = 1) -> list[int]:
-        """The n bank faces that fit next best after `order`'s, in an order from the RNG: tried only where
-        each of those turned the head too far (BankGuardConfig.more_if_turned). With `blocks`, as many blocks
+        """The n bank faces that fit next best after `order`'s, in an order from the RNG: tried only where a
+        cover group keeps none of those (BankGuardConfig.more_if_turned). With `blocks`, as many blocks
         of n, each after the nearer one, each in its own order: `by_cover` sorts them into cover groups, and
         a group that the first n leave short of good-cover faces finds some further on."""
         if n <= 0:

@@ -13,9 +13,9 @@
 
 - `auto` (the Prefect flow's default): `ray` where Ray adds something, else `local` (`choose`). On one
   machine the local threads run the same shards as fast, without Ray's start (its processes and the
-  actor's own imports: 40.0 and 40.6 s against 27.5 and 31.2 s for the 21 photos through the Prefect flow on 2
-  cores); Ray adds a cluster, and actors that are restarted when they die, where a crash would otherwise end
-  the run (a re-run with its run id resumes the completed shards).
+  actor's own imports: the 21 photos through the Prefect flow on 2 cores take 33.6 s on Ray against 27.1 s,
+  docs/benchmarks.md); Ray adds a cluster, and actors that are restarted when they die, where a crash would
+  otherwise end the run (a re-run with its run id resumes the completed shards).
 
 Both run the same worker class over the shards: `ShardWorker` (anonymize), or `LinkWorker` (a keyed run's
 linking pass, anonymizer.pipeline.link); a shard with the worker's completion marker (`MARKER`) is skipped
