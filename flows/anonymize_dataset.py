@@ -1,5 +1,5 @@
-"""The dataset anonymization flow: plan → (link people, keyed runs) → anonymize shards on Ray → validate →
-release or quarantine → report."""
+"""The dataset anonymization flow: plan → (link people, keyed runs) → anonymize shards (on Ray, or for a small
+plan in this process: `executor`) → validate → release or quarantine → report."""
 
 from __future__ import annotations
 
