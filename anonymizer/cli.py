@@ -132,8 +132,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("--endpoint-url", help="S3 endpoint (MinIO, Ceph...; default: $AWS_ENDPOINT_URL, else AWS)")
     run.add_argument("--engine", default="prefect",
                      help="prefect (default): the Prefect flow, shards where --executor puts them; ray: the library "
-                          "alone, shards on "
-                          "Ray; local: one process, no Ray and no Prefect (small jobs, debugging)")
+                          "alone, shards on Ray; local: one process, no Ray and no Prefect (small jobs, debugging)")
     run.add_argument("--executor", default="auto", choices=["auto", "ray", "local"],
                      help="engine prefect: where its shards run; auto (default): Ray for a cluster (--ray-address, "
                           "$RAY_ADDRESS) or more than 200 images, else threads in this process, without Ray's start")
