@@ -170,8 +170,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     b.add_argument("--out", help="the bank directory (default: ~/.cache/anonymizer/models/banks/NAME)")
     b.add_argument("--n", type=int, help="bank faces (folder; default 64) or virtual people (stylegan; default 128)")
     b.add_argument("--candidates", type=int,
-                   help="stylegan: people rendered once to choose the N from, spread over skin tones (default: 10 N; "
-                        "0: the first N)")
+                   help="stylegan: people rendered once to choose the N from, spread over skin tones, with more "
+                        "rendered around the centre of a tone short of its share (default: 10 N; 0: the first N)")
     b.add_argument("--k", type=int, default=8, help="people averaged into each composite (at least 8)")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--licence", default="user-supplied", help="the faces' licence, recorded in the bank")

@@ -237,30 +237,67 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
         import openvino  # noqa: F401
     except ImportError:
         pytest.skip("openvino is not installed (pip install 'anonymizer[stylegan]'): MobileStyleGAN cannot run")
-    from anonymizer.bank.stylegan import CANDIDATES_PER_PERSON, LICENCE, build_from_stylegan
+    from anonymizer.bank import tone
+    from anonymizer.bank.stylegan import CENTRED_PER_MISSING, LICENCE, build_from_stylegan
 
-    out = build_from_stylegan(tmp_path / "sg", n=3, seed=1, views=(), threads=1)
+    n, rendered = 6, 30
+    # centre_min=1: a band's centre from its only candidate (the default needs 8: too many candidates for a test)
+    out = build_from_stylegan(tmp_path / "sg", n=n, seed=1, views=(), threads=1, candidates=rendered, centre_min=1)
     bank = load_bank(out)
     assert bank.licence == LICENCE == "non-commercial (StyleGAN2-FFHQ)"
-    assert 2 <= len(bank) <= 3 and bank.index["identity"].nunique() == len(bank)
+    assert n - 1 <= len(bank) <= n and bank.index["identity"].nunique() == len(bank)
     for i in range(len(bank)):
         eyes = sh.five_points(bank.landmarks(i))[:2]
         assert np.abs(eyes - sh.CROP_EYES).max() < 2
         assert bank.crop(i).std() > 20  # a photograph, not a flat image
     assert np.isfinite(bank.features).all()
-    # CANDIDATES_PER_PERSON n were rendered once; the n kept cover as many skin-tone bands as they do
+    # `rendered` candidates were rendered once, then more around the centre of each band short of its share of n
+    # (one in 27 of those seen reads dark here); the n kept cover as many skin-tone bands as they do
     summary = bank.manifest["summary"]["candidates"]
-    rendered = CANDIDATES_PER_PERSON * 3
-    assert summary["rendered"] == rendered and len(bank) == summary["chosen"] <= summary["eye_whites_seen"] <= rendered
+    candidates = pd.read_parquet(out / "candidates.parquet")
+    plain = candidates[candidates["centre"] == ""]
+    assert len(plain) == rendered
+    short = tone.shortfall(plain["darkness"][np.isfinite(plain["eye_white"])], n, tone.DARKNESS_BANDS)
+    assert short.get("dark", 0) >= 1
+    centred = summary["around_band_centres"]
+    assert {b: c["rendered"] for b, c in centred.items()} == {b: CENTRED_PER_MISSING * k for b, k in short.items()}
+    assert summary["rendered"] == len(candidates) == rendered + sum(c["rendered"] for c in centred.values())
+    assert len(bank) == summary["chosen"] <= summary["eye_whites_seen"] <= len(candidates)
     assert "candidates.parquet" in bank.manifest["files"]
     kept = sum(v > 0 for v in summary["bands_chosen"].values())
-    assert kept == min(len(bank), sum(v > 0 for v in summary["bands_of_candidates"].values()))
-    candidates = pd.read_parquet(out / "candidates.parquet")
+    seen = candidates[np.isfinite(candidates["eye_white"])]
+    assert kept == min(len(bank), sum(v > 0 for v in tone.band_counts(seen["darkness"], tone.DARKNESS_BANDS).values()))
     assert {f"s{p:06d}" for p in candidates["person"]} >= set(bank.index["identity"])
     assert candidates["female"].between(0, 1).all()  # each candidate's apparent sex and skin, read once
     assert np.isfinite(candidates["darkness"]).all()
     assert sum(summary["apparent_sex_chosen"].values()) == len(bank)
     assert np.isfinite(bank.index["tone"]).all() and np.allclose(bank.tones, bank.index["tone"])
+
+
+def test_people_rendered_around_a_skin_tone_bands_centre_mostly_read_in_that_band(tmp_path):
+    """FFHQ's people truncated toward its mean w rarely read dark-skinned (about 2 %). Around the centre of
+    8 who do, most of those rendered do too."""
+    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
+    from anonymizer.bank import tone
+    from anonymizer.bank.stylegan import Renderer, around_short_bands, candidate_tones, person_z
+
+    dark = [123, 212, 224, 254, 262, 670, 1024, 1131]  # with seed 0, read dark (darkness 1.7 to 2.1) by a build here
+    plain = list(range(8))
+    renderer = Renderer(None, threads=1, backend="openvino")
+    plain_w = {p: renderer.w(person_z(0, p)) for p in dark + plain}
+    run = ((None, 0.7, 1, "dlib_shape68", "openvino"), "local", None, None)
+    tones, _ = candidate_tones(tmp_path, dict.fromkeys(dark + plain, ""), plain_w.__getitem__, *run)
+    bands = {p: tone.band(tones[p], tone.DARKNESS_BANDS) for p in tones}
+    assert [bands.get(p) for p in dark].count("dark") >= 6
+    assert [bands.get(p) for p in plain].count("dark") <= 1
+    n_dark = list(bands.values()).count("dark")
+    around = around_short_bands(tones, 3 * (n_dark + 2), plain_w.__getitem__, renderer.w_avg, first=10_000)
+    assert {name for name, _ in around.values()} == {"dark"} and len(around) == 8  # 4 per person it lacks
+    more, sexes = candidate_tones(tmp_path, dict.fromkeys(around, "dark"),
+                                  lambda p: renderer.w(person_z(0, p)) + around[p][1], *run)
+    assert len(more) >= 6
+    assert sum(tone.band(v, tone.DARKNESS_BANDS) == "dark" for v in more.values()) >= len(more) / 2
+    assert min(more.values()) > min(tones[p] for p in plain)
 
 
 def test_skin_tone_reads_the_skin_past_sunglasses_and_the_eye_whites():

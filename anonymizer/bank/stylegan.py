@@ -5,7 +5,8 @@ the generator's memorisation of its training set). The weights are distilled fro
 so a bank made with them is non-commercial (`LICENCE`, recorded in its manifest).
 
 Each virtual person i has its own z (from the RNG (seed, i)), mapped to w and truncated toward the mean w
-(`truncation`: fewer odd faces, less variety). View 0 is that w as rendered. Pose and expression are
+(`truncation`: fewer odd faces, less variety); people rendered to fill a short skin-tone band are then moved
+to that band's centre (`around_short_bands`). View 0 is that w as rendered. Pose and expression are
 roughly linear in w (InterFaceGAN, Shen et al. 2020): once `fit_min` people are rendered, yaw, pitch,
 mouth opening and smile width measured on them (dlib's 68 points) are regressed on w (ridge), and each
 further view moves the person's w along one feature's direction by the amount that regression says
@@ -20,7 +21,7 @@ import logging
 import os
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -43,6 +44,8 @@ FILES = {
 }
 DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
 CANDIDATES_PER_PERSON = 10  # people rendered once per bank person kept: at truncation 0.7 about 2 % read dark
+CENTRE_MIN = 8           # a short skin-tone band's centre: the mean w of at least this many of its candidates
+CENTRED_PER_MISSING = 4  # people rendered around a short band's centre per person the band lacks
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
 
@@ -226,23 +229,24 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
     return out
 
 
-def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args: tuple, engine: str,
-                    workers: int | None, ray_address: str | None, chunk: int = 32
+def candidate_tones(out: Path, people: dict[int, str], w_of: Callable[[int], np.ndarray], maker_args: tuple,
+                    engine: str, workers: int | None, ray_address: str | None, chunk: int = 32
                     ) -> tuple[dict[int, float], dict[int, str | None]]:
     """(person → how dark their skin reads (anonymizer.bank.tone.SkinTone), person → their apparent sex
-    (anonymizer.bank.apparent_sex; None: undecided)), both probes on the descriptor of their first render, for
-    people 0 … m−1. Left out: those without one clear face, and those whose eyes show no white (sunglasses, a
-    squint: a bank face should carry open eyes). Readings are kept in `out`/CANDIDATES as they come, so an
-    interrupted build does not render them again."""
+    (anonymizer.bank.apparent_sex; None: undecided)), both probes on the descriptor of their first render
+    (w: `w_of(person)`), for `people` (person → the band whose centre their w was moved to, "" for none). Left
+    out: those without one clear face, and those whose eyes show no white (sunglasses, a squint: a bank face
+    should carry open eyes). Readings are kept in `out`/CANDIDATES as they come, so an interrupted build does
+    not render them again."""
     from anonymizer.bank.apparent_sex import ApparentSex
 
     probe, skin = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0])
     path = out / CANDIDATES
-    cols = ["person", "lightness", "b", "eye_white", "female", "darkness"]
+    cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "centre"]
     rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
     rows = [r for r in rows if "darkness" in r]  # a row without the skin probe's reading is read again
-    todo = sorted(set(range(m)) - {int(r["person"]) for r in rows})
-    jobs = [(f"c{p:06d}", p, renderer.w(person_z(seed, p))) for p in todo]
+    todo = sorted(set(people) - {int(r["person"]) for r in rows})
+    jobs = [(f"c{p:06d}", p, w_of(p)) for p in todo]
 
     def keep() -> None:
         tmp = path.with_name(path.name + ".tmp")
@@ -257,12 +261,35 @@ def candidate_tones(out: Path, seed: int, m: int, renderer: Renderer, maker_args
                      "b": np.nan if r is None else r.b,
                      "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
                      "female": np.nan if d is None else probe.probability(d),
-                     "darkness": np.nan if d is None else skin.darkness(d)})
+                     "darkness": np.nan if d is None else skin.darkness(d), "centre": people[person]})
         if j % chunk == 0 or j == len(jobs):
             keep()
-    seen = [r for r in rows if int(r["person"]) < m and np.isfinite(r["eye_white"])]
+    seen = [r for r in rows if int(r["person"]) in people and np.isfinite(r["eye_white"])]
     return ({int(r["person"]): float(r["darkness"]) for r in seen},
             {int(r["person"]): probe.decide(float(r.get("female", np.nan))) for r in seen})
+
+
+def around_short_bands(tones: dict[int, float], n: int, w_of: Callable[[int], np.ndarray], w_avg: np.ndarray,
+                       first: int, centre_min: int = CENTRE_MIN) -> dict[int, tuple[str, np.ndarray]]:
+    """People `first`, `first` + 1, … to render around the centres of the skin-tone bands (DARKNESS_BANDS) whose
+    candidates (`tones`) fall short of their share of `n`: CENTRED_PER_MISSING per person missing, each as the
+    truncated w of its own z moved by (the band's centre − the mean w). Person → (band, that move).
+    Truncating toward FFHQ's mean w, which is light-skinned, is what makes dark skin rare (about 2 % of
+    candidates); around a band's centre the same spread of faces reads mostly in that band (multi-modal
+    truncation, Mokady et al. 2022). The centre is the mean w of the band's candidates: an average of
+    `centre_min` people or more, a face of none of them. A band with fewer is left short (the centre of the
+    candidates nearest it, most of them light, moved the mean w too little to change whom it renders)."""
+    around: dict[int, tuple[str, np.ndarray]] = {}
+    for name, missing in tone.shortfall(tones.values(), n, tone.DARKNESS_BANDS).items():
+        members = [p for p in sorted(tones) if tone.band(tones[p], tone.DARKNESS_BANDS) == name]
+        if len(members) < centre_min:
+            log.info("stylegan bank: %d %s-skinned candidates, %d needed for a centre: the band stays short",
+                     len(members), name, centre_min)
+            continue
+        move = np.mean([w_of(p) for p in members], 0) - w_avg
+        for _ in range(CENTRED_PER_MISSING * missing):
+            around[first + len(around)] = (name, move)
+    return around
 
 
 def recorded_sexes(bank, probe) -> dict[str, str | None]:
@@ -285,7 +312,8 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
                         truncation: float = 0.7, fit_min: int = 32, max_step: float = 1.0, threads: int = 1,
                         model_dir: str | None = None, part_size: int = 64, engine: str = "local",
                         workers: int | None = None, ray_address: str | None = None,
-                        landmarks: str = "dlib_shape68", backend: str = "auto", candidates: int | None = None) -> Path:
+                        landmarks: str = "dlib_shape68", backend: str = "auto", candidates: int | None = None,
+                        centre_min: int = CENTRE_MIN) -> Path:
     """A bank of `n` virtual people, each rendered once and then at `views` (see the module doc: views need
     `fit_min` people to fit directions from); resumable. A view's step along its direction is capped at
     `max_step` times the people's median distance from the mean w (beyond it faces turn odd). Rendering runs
@@ -295,11 +323,11 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     people are the same wherever they render. Returns the bank directory.
 
     Who is in it: `candidates` people (default CANDIDATES_PER_PERSON × n; 0 or n: people 0 … n−1) are
-    rendered once, and the n kept are spread over skin-tone bands (anonymizer.bank.tone.spread over
-    DARKNESS_BANDS, as the skin probe reads their descriptors), men and women in turn within each band.
-    FFHQ's people, truncated toward the mean w, are mostly light-skinned, and a dark-skinned person given a
-    light-skinned bank face looks recoloured, not real; an operator that matches sex (`match_sex`) draws
-    from one sex's people."""
+    rendered once, then more around the centre of each skin-tone band short of its share (`around_short_bands`),
+    and the n kept are spread over the bands (anonymizer.bank.tone.spread over DARKNESS_BANDS, as the skin
+    probe reads their descriptors), men and women in turn within each band. FFHQ's people, truncated toward
+    the mean w, are mostly light-skinned, and a dark-skinned person given a light-skinned bank face looks
+    recoloured, not real; an operator that matches sex (`match_sex`) draws from one sex's people."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
@@ -320,15 +348,31 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     candidates = CANDIDATES_PER_PERSON * n if candidates is None else candidates
     chosen = list(range(n))
     tones: dict[int, float] = {}
+    around: dict[int, tuple[str, np.ndarray]] = {}
+
+    def person_w(p: int) -> np.ndarray:
+        w = renderer.w(person_z(seed, p))
+        return w + around[p][1] if p in around else w
+
     if candidates > n:
-        tones, sexes = candidate_tones(out, seed, candidates, renderer, maker_args, engine, workers, ray_address)
+        run = (maker_args, engine, workers, ray_address)
+        tones, sexes = candidate_tones(out, dict.fromkeys(range(candidates), ""), person_w, *run)
+        around = around_short_bands(tones, n, person_w, renderer.w_avg, candidates, centre_min)
+        if around:
+            more = candidate_tones(out, {p: name for p, (name, _) in around.items()}, person_w, *run)
+            tones, sexes = {**tones, **more[0]}, {**sexes, **more[1]}
         chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes, tone.DARKNESS_BANDS)
         chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
-    base = {i: renderer.w(person_z(seed, i)) for i in chosen}
+    base = {i: person_w(i) for i in chosen}
     make_all([(f"{person_name(i)}v0", i, base[i]) for i in chosen])
     summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
     if tones:
-        summary["candidates"] = {"rendered": candidates, "eye_whites_seen": len(tones), "chosen": len(chosen),
+        centred = {name: [p for p, (b, _) in around.items() if b == name] for name in dict.fromkeys(b for b, _ in around.values())}
+        summary["candidates"] = {"rendered": candidates + len(around), "eye_whites_seen": len(tones),
+                                 "chosen": len(chosen),
+                                 "around_band_centres": {name: {"rendered": len(ps), "bands": tone.band_counts(
+                                     (tones[p] for p in ps if p in tones), tone.DARKNESS_BANDS)}
+                                     for name, ps in centred.items()},
                                  "bands_of_candidates": tone.band_counts(tones.values(), tone.DARKNESS_BANDS),
                                  "bands_chosen": tone.band_counts((tones[i] for i in chosen), tone.DARKNESS_BANDS),
                                  "apparent_sex_chosen": dict(Counter(sexes.get(i) or "undecided" for i in chosen)),
@@ -370,7 +414,8 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     summary["missed_renders"] = missed
     if tones:
         extra = (*extra, CANDIDATES)
-    build = {"kind": "stylegan", "n": n, "seed": seed, "candidates": candidates, "truncation": truncation,
+    build = {"kind": "stylegan", "n": n, "seed": seed, "candidates": candidates, "centre_min": centre_min,
+             "centred_per_missing": CENTRED_PER_MISSING, "truncation": truncation,
              "views": list(views), "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": landmarks,
              "crop_size": sh.CROP_SIZE}
     return writer.finish(None, build, extra_files=extra, summary=summary)

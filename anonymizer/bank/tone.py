@@ -99,6 +99,13 @@ def band_counts(values, bands=BANDS) -> dict[str, int]:
     return counts
 
 
+def shortfall(values, n: int, bands=BANDS) -> dict[str, int]:
+    """How many people each band lacks for an equal share of `n` (`spread`'s share), in the bands' order;
+    bands that lack none are left out."""
+    share = -(-n // len(bands))
+    return {name: share - c for name, c in band_counts(values, bands).items() if c < share}
+
+
 def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
            sexes: dict[int, str | None] | None = None, bands=BANDS) -> list[int]:
     """`n` of the keys of `tones` (person → ITA° with Del Bino's bands, or darkness with DARKNESS_BANDS), spread
