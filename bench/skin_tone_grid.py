@@ -2,7 +2,7 @@
 `--order ita`) and what the `bank` operator puts there, for each bank, `tone_pool` and `tone_reading` given
 (the operator otherwise as the `realistic` profile sets it): the check that numbers cannot make, whether
 dark-skinned people get dark-skinned bank people. Writes the grid (kept out of the repository: the photos'
-licence) and a JSON of each face's readings and method.
+licence) and a JSON of each face's readings (skin tone, the sex the operator's probe reads) and method.
 
     python bench/skin_tone_grid.py --variant ita=BANK:36:ita --variant descriptor=BANK:36:descriptor
                                    [--faces 16] [--min-size 60] [--order descriptor] [--out out/skin_tone]
@@ -36,6 +36,7 @@ def main() -> None:
 
     from anonymizer.anonymize import face_rngs
     from anonymizer.bank import tone
+    from anonymizer.bank.apparent_sex import ApparentSex
     from anonymizer.components import build_operator
     from anonymizer.detect import build_detector
     from anonymizer.imageio import decode
@@ -52,7 +53,7 @@ def main() -> None:
         variants[name] = build_operator(realistic, bank=":".join(parts), tone_pool=pool, **reading)
     detector = build_detector("yunet", {"scales": [1.0], "score_threshold": 0.6})
     landmarker = next(iter(variants.values())).landmarker
-    probe = tone.SkinTone()
+    probe, sex = tone.SkinTone(), ApparentSex()
     rows = []
     for path in sorted(Path(args.photos).glob("*.jpg")):
         img = decode(path.read_bytes(), 100_000_000).rgb
@@ -65,12 +66,14 @@ def main() -> None:
             reading = tone.ita(img, landmarker(img, f))
             if reading is None:
                 continue
-            darkness = probe.darkness(probe.describe(img, f))
+            descriptor = probe.describe(img, f)
+            darkness = probe.darkness(descriptor)
             x0, y0 = int(max(0, f.x - 0.4 * f.w)), int(max(0, f.y - 0.5 * f.h))
             x1, y1 = int(min(img.shape[1], f.x + 1.4 * f.w)), int(min(img.shape[0], f.y + 1.3 * f.h))
             tiles = [cv2.resize(im[y0:y1, x0:x1], (128, 128)) for im in (img, *(o.image for o in outs.values()))]
             rows.append({"key": key, "face": i, "size": round(float(f.size), 1), "ita": round(reading, 1),
                          "band": tone.band(reading), "darkness": round(darkness, 2),
+                         "reads_as": sex.decide(sex.probability(descriptor)) or "neither",
                          "methods": {name: o.methods[i] for name, o in outs.items()},
                          "_tiles": np.hstack(tiles)})
     rows.sort(key=lambda r: -r["darkness"] if args.order == "descriptor" else r["ita"])
@@ -94,7 +97,8 @@ def main() -> None:
     print(f"{len(rows)} faces of {args.min_size:.0f} px and more; the {len(shown)} darkest-reading, left to right: "
           f"original, {', '.join(variants)}")
     for r in shown:
-        print(f"  ITA {r['ita']:6.1f} ({r['band']}), darkness {r['darkness']:.2f}, {r['key']} face {r['face']}: "
+        print(f"  ITA {r['ita']:6.1f} ({r['band']}), darkness {r['darkness']:.2f}, sex {r['reads_as']}, {r['key']} "
+              f"face {r['face']}: "
               + ", ".join(f"{n} {r['methods'][n]}" for n in variants))
     print(f"wrote {out / 'skin_tone_grid.png'} and {out / 'skin_tone_grid.json'}")
 
