@@ -279,25 +279,47 @@ def test_people_rendered_around_a_skin_tone_bands_centre_mostly_read_in_that_ban
     8 who do, most of those rendered do too."""
     pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
     from anonymizer.bank import tone
-    from anonymizer.bank.stylegan import Renderer, around_short_bands, candidate_tones, person_z
+    from anonymizer.bank.stylegan import Renderer, around_short_bands, candidate_tones, moved, person_z
 
     dark = [123, 212, 224, 254, 262, 670, 1024, 1131]  # with seed 0, read dark (darkness 1.7 to 2.1) by a build here
     plain = list(range(8))
     renderer = Renderer(None, threads=1, backend="openvino")
     plain_w = {p: renderer.w(person_z(0, p)) for p in dark + plain}
     run = ((None, 0.7, 1, "dlib_shape68", "openvino"), "local", None, None)
-    tones, _ = candidate_tones(tmp_path, dict.fromkeys(dark + plain, ""), plain_w.__getitem__, *run)
+    tones, _ = candidate_tones(tmp_path, dict.fromkeys(dark + plain, ("", "")), plain_w.__getitem__, *run)
     bands = {p: tone.band(tones[p], tone.DARKNESS_BANDS) for p in tones}
     assert [bands.get(p) for p in dark].count("dark") >= 6
     assert [bands.get(p) for p in plain].count("dark") <= 1
     n_dark = list(bands.values()).count("dark")
     around = around_short_bands(tones, 3 * (n_dark + 2), plain_w.__getitem__, renderer.w_avg, first=10_000)
     assert {name for name, _ in around.values()} == {"dark"} and len(around) == 8  # 4 per person it lacks
-    more, sexes = candidate_tones(tmp_path, dict.fromkeys(around, "dark"),
+    more, sexes = candidate_tones(tmp_path, {p: ("dark", moved(m)) for p, (_, m) in around.items()},
                                   lambda p: renderer.w(person_z(0, p)) + around[p][1], *run)
     assert len(more) >= 6
     assert sum(tone.band(v, tone.DARKNESS_BANDS) == "dark" for v in more.values()) >= len(more) / 2
     assert min(more.values()) > min(tones[p] for p in plain)
+
+
+def test_a_resumed_build_reads_a_candidate_again_only_where_its_move_changed(tmp_path):
+    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
+    from anonymizer.bank.stylegan import CANDIDATES, Renderer, candidate_tones, moved, person_z
+
+    renderer = Renderer(None, threads=1, backend="openvino")
+    run = ((None, 0.7, 1, "dlib_shape68", "openvino"), "local", None, None)
+
+    def never(p):
+        raise AssertionError(f"candidate {p} rendered again")
+
+    plain = {0: ("", ""), 1: ("", "")}
+    first, _ = candidate_tones(tmp_path, plain, lambda p: renderer.w(person_z(0, p)), *run)
+    assert set(first) == {0, 1}
+    assert candidate_tones(tmp_path, plain, never, *run)[0] == first  # kept: nothing rendered again
+    move = renderer.w(person_z(0, 224)) - renderer.w_avg  # towards a person who reads dark
+    again, _ = candidate_tones(tmp_path, {0: ("", ""), 1: ("dark", moved(move))},
+                               lambda p: renderer.w(person_z(0, p)) + move if p == 1 else never(p), *run)
+    assert again[0] == first[0] and again[1] > first[1] + 0.3
+    rows = pd.read_parquet(tmp_path / CANDIDATES).set_index("person")
+    assert sorted(rows.index) == [0, 1] and list(rows["centre"]) == ["", "dark"]
 
 
 def test_skin_tone_reads_the_skin_past_sunglasses_and_the_eye_whites():

@@ -17,6 +17,7 @@ Needs the optional dependency `openvino` (pip install 'anonymizer[stylegan]').
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections import Counter
@@ -229,22 +230,24 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
     return out
 
 
-def candidate_tones(out: Path, people: dict[int, str], w_of: Callable[[int], np.ndarray], maker_args: tuple,
+def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callable[[int], np.ndarray], maker_args: tuple,
                     engine: str, workers: int | None, ray_address: str | None, chunk: int = 32
                     ) -> tuple[dict[int, float], dict[int, str | None]]:
     """(person → how dark their skin reads (anonymizer.bank.tone.SkinTone), person → their apparent sex
     (anonymizer.bank.apparent_sex; None: undecided)), both probes on the descriptor of their first render
-    (w: `w_of(person)`), for `people` (person → the band whose centre their w was moved to, "" for none). Left
-    out: those without one clear face, and those whose eyes show no white (sunglasses, a squint: a bank face
-    should carry open eyes). Readings are kept in `out`/CANDIDATES as they come, so an interrupted build does
-    not render them again."""
+    (w: `w_of(person)`), for `people` (person → (the band whose centre their w was moved to, a fingerprint of
+    that move: `moved`), ("", "") for none). Left out: those without one clear face, and those whose eyes show no
+    white (sunglasses, a squint: a bank face should carry open eyes). Readings are kept in `out`/CANDIDATES as
+    they come, so an interrupted build does not render them again; a reading made with another move (a build
+    resumed with other candidates) is made again."""
     from anonymizer.bank.apparent_sex import ApparentSex
 
     probe, skin = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0])
     path = out / CANDIDATES
-    cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "centre"]
+    cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "centre", "move"]
     rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
-    rows = [r for r in rows if "darkness" in r]  # a row without the skin probe's reading is read again
+    rows = [r for r in rows if "darkness" in r  # a row without the skin probe's reading is read again
+            and people.get(int(r["person"]), (r.get("centre"), r.get("move"))) == (r.get("centre"), r.get("move"))]
     todo = sorted(set(people) - {int(r["person"]) for r in rows})
     jobs = [(f"c{p:06d}", p, w_of(p)) for p in todo]
 
@@ -261,7 +264,8 @@ def candidate_tones(out: Path, people: dict[int, str], w_of: Callable[[int], np.
                      "b": np.nan if r is None else r.b,
                      "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
                      "female": np.nan if d is None else probe.probability(d),
-                     "darkness": np.nan if d is None else skin.darkness(d), "centre": people[person]})
+                     "darkness": np.nan if d is None else skin.darkness(d), "centre": people[person][0],
+                     "move": people[person][1]})
         if j % chunk == 0 or j == len(jobs):
             keep()
     seen = [r for r in rows if int(r["person"]) in people and np.isfinite(r["eye_white"])]
@@ -290,6 +294,11 @@ def around_short_bands(tones: dict[int, float], n: int, w_of: Callable[[int], np
         for _ in range(CENTRED_PER_MISSING * missing):
             around[first + len(around)] = (name, move)
     return around
+
+
+def moved(move: np.ndarray) -> str:
+    """A short fingerprint of a move in w: what a candidate's recorded reading was made with."""
+    return hashlib.sha256(np.asarray(move, np.float32).tobytes()).hexdigest()[:16]
 
 
 def recorded_sexes(bank, probe) -> dict[str, str | None]:
@@ -356,10 +365,10 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
 
     if candidates > n:
         run = (maker_args, engine, workers, ray_address)
-        tones, sexes = candidate_tones(out, dict.fromkeys(range(candidates), ""), person_w, *run)
+        tones, sexes = candidate_tones(out, dict.fromkeys(range(candidates), ("", "")), person_w, *run)
         around = around_short_bands(tones, n, person_w, renderer.w_avg, candidates, centre_min)
         if around:
-            more = candidate_tones(out, {p: name for p, (name, _) in around.items()}, person_w, *run)
+            more = candidate_tones(out, {p: (name, moved(m)) for p, (name, m) in around.items()}, person_w, *run)
             tones, sexes = {**tones, **more[0]}, {**sexes, **more[1]}
         chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes, tone.DARKNESS_BANDS)
         chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
@@ -367,7 +376,9 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     make_all([(f"{person_name(i)}v0", i, base[i]) for i in chosen])
     summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
     if tones:
-        centred = {name: [p for p, (b, _) in around.items() if b == name] for name in dict.fromkeys(b for b, _ in around.values())}
+        centred: dict[str, list[int]] = {}
+        for p, (name, _) in around.items():
+            centred.setdefault(name, []).append(p)
         summary["candidates"] = {"rendered": candidates + len(around), "eye_whites_seen": len(tones),
                                  "chosen": len(chosen),
                                  "around_band_centres": {name: {"rendered": len(ps), "bands": tone.band_counts(
