@@ -1,9 +1,10 @@
 """How often the `realistic` profile's replaced faces read as the other sex than the person, with and without
 `match_sex`: the apparent-sex probe (anonymizer.bank.apparent_sex) reads each photo face the bank operator
-replaced, before and after. Faces the probe leaves undecided before are counted apart. Runs the operator
+replaced, before and after. Faces the probe leaves undecided before are counted apart, with the side of 1/2
+they lean to before and after ("?f->F": leaning to a woman's before, read as a woman's after). Runs the operator
 directly on ../shared/data/photos (faces found once by the default detectors), without Ray or Prefect.
 
-    python bench/apparent_sex.py --bank DIR [--out bench/results/apparent_sex.json]
+    python bench/apparent_sex.py --bank DIR [--out bench/results/apparent_sex.json] [--crops DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bank", required=True)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "apparent_sex.json")
+    ap.add_argument("--crops", type=Path, help="write each undecided face before and after (with match_sex) here")
     args = ap.parse_args()
     policy = load_policy(profile="realistic")
     samples = photo_samples(SHARED / "data" / "photos", policy)
@@ -40,14 +42,19 @@ def main() -> None:
             res = op.anonymize(s.rgb, s.faces, face_rngs(policy.seed, s.key, len(s.faces)))
             for face, method in zip(s.faces, res.methods):
                 if method == "bank":
-                    before = probe.label(probe.describe(s.rgb, face))
-                    after = probe.label(probe.describe(res.image, face))
-                    pairs[f"{before or '?'}->{after or '?'}"] += 1
+                    before = probe.probability(probe.describe(s.rgb, face))
+                    after = probe.probability(probe.describe(res.image, face))
+                    pairs[f"{_read(probe, before)}->{_read(probe, after)}"] += 1
+                    if args.crops and match and probe.decide(before) is None:
+                        _save_crops(args.crops, s, face, res.image)
         decided = sum(v for k, v in pairs.items() if not k.startswith("?"))
         other = sum(v for k, v in pairs.items() if k in ("M->F", "F->M"))
         same = sum(v for k, v in pairs.items() if k in ("M->M", "F->F"))
+        undecided = {k: v for k, v in pairs.items() if k.startswith("?")}
         row = {"replaced": sum(pairs.values()), "decided_before": decided, "other_sex_after": other,
-               "same_after": same, "pairs": dict(sorted(pairs.items()))}
+               "same_after": same, "undecided_before": sum(undecided.values()),
+               "undecided_leaning_alike_after": sum(v for k, v in undecided.items() if k[1] == k[4:].lower()[-1]),
+               "pairs": dict(sorted(pairs.items()))}
         result["faces"]["match_sex" if match else "pose_and_tone_only"] = row
         print(f"match_sex={match}: {row}")
     people = Counter(op.bank_people.of_person.values())  # the last operator built matches sex
@@ -55,6 +62,23 @@ def main() -> None:
     print("bank people:", result["bank_people"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _read(probe, p: float) -> str:
+    """M or F where the probe decides; else ? and the side it leans to, in lower case ("?f")."""
+    return probe.decide(p) or "?" + ("f" if p > 0.5 else "m" if p < 0.5 else "?")
+
+
+def _save_crops(folder: Path, sample, face, after) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    m = int(0.4 * face.size)
+    ys = slice(max(0, int(face.y) - m), int(face.y + face.h) + m)
+    xs = slice(max(0, int(face.x) - m), int(face.x + face.w) + m)
+    pair = [cv2.resize(img[ys, xs], (160, 160)) for img in (sample.rgb, after)]
+    name = f"{Path(sample.key).stem}_{int(face.x)}_{int(face.y)}.png"
+    cv2.imwrite(str(folder / name), cv2.cvtColor(cv2.hconcat(pair), cv2.COLOR_RGB2BGR))
 
 
 if __name__ == "__main__":

@@ -887,6 +887,28 @@ def test_match_sex_gives_each_face_bank_people_who_read_alike(stylegan_bank):
     assert seen == {MAN: 2, WOMAN: 2}
 
 
+def test_a_face_the_sex_probe_leaves_undecided_gets_people_of_the_sex_it_leans_to(stylegan_bank):
+    """The held-out LFW faces the probe reads within `undecided` of 1/2 decide nothing, but each leans to one
+    side: it may get bank people read as that sex (or as neither), never those read as the other."""
+    from anonymizer.bank.apparent_sex import MAN, WOMAN
+
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), match_sex=True)
+    people, ids = op.bank_people.of_person, op.bank.index["identity"].to_numpy()
+    leaned = []
+    for _, img, face in _held_out_faces():
+        p = op.sex.probability(op.sex.describe(img, face))
+        if op.sex.decide(p) is not None:
+            continue
+        lean = WOMAN if p > 0.5 else MAN
+        refs = op.guard.references(img, face, FaceMask(0, 0, np.ones(img.shape[:2], np.float32)))
+        reason, pts, window = op.decide(img, face)
+        allowed = op.readings(img, face, refs, Site(op, img, pts, window))[1]
+        assert allowed is not None and {people[p] for p in ids[allowed]} <= {lean, None}
+        assert {people[p] for p in ids[~allowed]} == {WOMAN if lean == MAN else MAN}
+        leaned.append(lean)
+    assert {MAN, WOMAN} <= set(leaned)  # 9 of the 96: 4 lean to a woman's, 5 to a man's
+
+
 def test_skin_tone_probe_reads_the_person_not_the_photos_light():
     """On the LFW identities it was not fitted on, the descriptor probe scores every dark-skinned face above
     every light-skinned one. In group_18.jpg (flash, a cool white balance) the six Black people's skin reads

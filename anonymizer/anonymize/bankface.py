@@ -416,7 +416,8 @@ class BankFace:
                           else probe.describe(image, face))
         skin = (None if self.tone_pool <= 0 else self.skin_tone.darkness(descriptor) if self.skin_tone
                 else site.ita)
-        allowed = self.bank_people.allowed(self.sex.label(descriptor)) if self.sex else None
+        p = self.sex.probability(descriptor) if self.sex else np.nan
+        allowed = self.bank_people.allowed(self.sex.decide(p), self.sex.lean(p)) if self.sex else None
         return skin, allowed
 
     # ------------------------------------------------------------ per face
