@@ -38,6 +38,9 @@ class Anonymized:
     image: np.ndarray
     masks: list[FaceMask]
     methods: list[str] = field(default_factory=list)  # the operator each face got (fallbacks differ)
+    # per face, the virtual person it now shows (the bank operator; None elsewhere). For evaluation only: in a
+    # run without an identity key, recording it would tell which faces share a bank person
+    virtual: list[str | None] = field(default_factory=list)
 
 
 def face_region(face: Face, image_shape: tuple[int, int], expand: float, shape: str, feather: float) -> FaceMask:

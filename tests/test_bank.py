@@ -714,8 +714,8 @@ def test_pose_check_orders_bank_faces_within_a_cover_group_only(composite_bank, 
     a, b = op.order(pts, np.random.default_rng(0))[:2]
     site = Site(op, img, pts, window)
     for first, second in ((a, b), (b, a)):
-        pixels, _ = op.choose(img.copy(), site, [(first, 0, False), (second, 1, False)], refs, None)
-        assert np.array_equal(pixels, op.render(img.copy(), site, first)[0])
+        pixels, _, k = op.choose(img.copy(), site, [(first, 0, False), (second, 1, False)], refs, None)
+        assert k == first and np.array_equal(pixels, op.render(img.copy(), site, first)[0])
 
 
 def test_more_bank_faces_are_tried_only_where_the_group_kept_none(composite_bank, scene):
@@ -734,7 +734,7 @@ def test_more_bank_faces_are_tried_only_where_the_group_kept_none(composite_bank
         a = op.order(pts, np.random.default_rng(0))[0]
         b = op.further(pts, 1, np.random.default_rng(0))[0]
         site = Site(op, img, pts, window)
-        pixels, _ = op.choose(img.copy(), site, [(a, 0, False), (b, 0, True)], refs, None)
+        pixels, _, _ = op.choose(img.copy(), site, [(a, 0, False), (b, 0, True)], refs, None)
         renders = [op.render(img.copy(), site, k)[0] for k in (a, b)]
         errors = [op.guard.pose_error(refs, op.guard.patch(refs[0], img, r, window), img.shape) for r in renders]
         return pixels, renders, errors

@@ -644,6 +644,19 @@ def test_eval_generation_bank_side_by_side(stylegan_bank, tmp_path, shared):
     assert result["reference"]["lfw_heldout"]["frechet_real_halves"] is not None
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["bank|lfw_heldout"]
     assert len(rows) == 6 and not any(k.startswith("_") for r in rows for k in r)  # no embeddings in the JSON
+    from anonymizer.bank.store import load_bank
+
+    people = {str(p) for p in load_bank(str(stylegan_bank)).index["identity"]}
+    assert all((r["virtual"] in people) == (r["method"] == "bank") for r in rows)  # the bank person each shows
+    shown: dict = {}
+    for r in rows:
+        if r["virtual"]:
+            shown.setdefault(r["key"].split("/")[1], []).append(r["virtual"])
+    pairs = [v for v in shown.values() if len(v) == 2]
+    assert bank["same_virtual_person"] == ({"pairs": len(pairs), "same": sum(a == b for a, b in pairs),
+                                            "rate": round(sum(a == b for a, b in pairs) / len(pairs), 4)}
+                                           if pairs else None)
+    assert blur["same_virtual_person"] is None
     table = (tmp_path / "generation.md").read_text()
     assert "| bank | lfw_heldout | 6 |" in table and "SCRFD detects" in table and "faces/s per core" in table
     grid = cv2.imread(str(tmp_path / "generation_grid.png"))

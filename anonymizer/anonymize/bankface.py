@@ -614,9 +614,9 @@ class BankFace:
             yield from ((k, 2 * tier + 1, extra) for k, extra in short)
 
     def choose(self, out: np.ndarray, site: Site, ranked: Iterable[tuple[int, int, bool]], refs: tuple | None,
-               blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """(pixels, alpha) over the site's window of the first bank face the guard accepts, its head (where the
-        site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
+               blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(pixels, alpha, bank face) over the site's window of the first bank face the guard accepts, its head
+        (where the site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
         guard tries up to `candidates` that are not extra; in each group, the bank faces the pose check passes
         come in their order, then, where none was kept (turned too far, too close to the person, or none in
         the group), up to `more_if_turned` extra ones, then those it finds turned, least turned first. Without a
@@ -628,7 +628,7 @@ class BankFace:
             rys, rxs = region.window
             before = out[rys, rxs].copy()
         for _, group in itertools.groupby(ranked, key=lambda c: c[1]):
-            turned = []  # (pose change, order, head window, judged window, pixels, alpha)
+            turned = []  # (pose change, order, head window, judged window, pixels, alpha, bank face)
             more = self.guard.config.more_if_turned if self.guard else 0
             for k, _, extra in group:
                 if extra:  # only where no bank face of the group was kept
@@ -644,28 +644,28 @@ class BankFace:
                     out[rys, rxs] = head
                 pixels, alpha = self.render(out, site, k)
                 if refs is None:
-                    return pixels, alpha
+                    return pixels, alpha, k
                 patch = self.guard.patch(refs[0], out, pixels, window)
                 if region is not None:
                     out[rys, rxs] = before
                 error = self.guard.pose_error(refs, patch, out.shape)
                 if error > tolerance:
-                    turned.append((error, len(turned), head, patch, pixels, alpha))
+                    turned.append((error, len(turned), head, patch, pixels, alpha, k))
                 elif self.guard.accepts(refs, patch):
-                    return self._keep(out, region, head, pixels, alpha)
-            for _, _, head, patch, pixels, alpha in sorted(turned, key=lambda t: t[:2]):
+                    return self._keep(out, region, head, pixels, alpha, k)
+            for _, _, head, patch, pixels, alpha, k in sorted(turned, key=lambda t: t[:2]):
                 if self.guard.accepts(refs, patch):
-                    return self._keep(out, region, head, pixels, alpha)
+                    return self._keep(out, region, head, pixels, alpha, k)
         return None
 
     @staticmethod
     def _keep(out: np.ndarray, region: FaceMask | None, head: np.ndarray | None, pixels: np.ndarray,
-              alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The chosen bank face: its head (if any) into `out`, its (pixels, alpha) returned."""
+              alpha: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The chosen bank face k: its head (if any) into `out`, its (pixels, alpha, k) returned."""
         if head is not None:
             rys, rxs = region.window
             out[rys, rxs] = head
-        return pixels, alpha
+        return pixels, alpha, k
 
     def head(self, out: np.ndarray, site: Site, k: int, blurred: np.ndarray) -> np.ndarray:
         """The site region's window of `out` with bank face k's head in place (`surround: bank`, module doc 5);
@@ -747,6 +747,7 @@ class BankFace:
         out = image.copy()
         masks: list[FaceMask | None] = [None] * len(faces)
         methods = [self.name] * len(faces)
+        virtual: list[str | None] = [None] * len(faces)
         decided = [self.decide(image, face) for face in faces]
 
         def fall_back(i: int, reason: str) -> None:
@@ -791,9 +792,10 @@ class BankFace:
                 rejected.append(i)
                 continue
             out[y0:y1, x0:x1] = done[0]
+            virtual[i] = str(self.bank.index["identity"].iat[done[2] % len(self.bank)])
             if region is not None:
                 around[i] = region
             masks[i] = merge(around[i], FaceMask(x0, y0, done[1])) if i in around else FaceMask(x0, y0, done[1])
         for i in rejected:
             fall_back(i, "reidentifiable")
-        return Anonymized(out, masks, methods)
+        return Anonymized(out, masks, methods, virtual)

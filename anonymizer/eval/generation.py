@@ -20,7 +20,8 @@ Conventions (fixed so runs stay comparable):
   checks that they are not just past the line for that one crop.
 * Re-identification across images (LFW only): the naive attacker holds another original photo of the person;
   closed-set rank-1 (`across_images`), with chance (1 / gallery) and the same attack on the originals
-  (`rank1_clean`, the attacker's ceiling).
+  (`rank1_clean`, the attacker's ceiling). And how often two photos of one person show the same virtual
+  person (`same_virtual_person`, the bank operator): two anonymized photos then match each other.
 * Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in a window around the face, solvePnP) on the
   original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again,
   the operator's fallbacks left out (the angles read on a blurred face are noise; `replaced` counts them).
@@ -292,6 +293,21 @@ def rank1_across_images(rows: list[dict], recognizer: str, threshold: float) -> 
             "p_chance": round(p_chance(hits, probes, len(people)), 4)}
 
 
+def same_virtual_person(rows: list[dict]) -> dict | None:
+    """How often two photos of one LFW person show the same virtual person (the bank operator; rows keyed
+    lfw/<identity>/<file>): then the two anonymized photos match each other however well each hides the
+    person, which is how an attacker links them. None where no face shows a virtual person."""
+    by_id: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("virtual") is not None:
+            by_id.setdefault(r["key"].split("/")[1], []).append(r["virtual"])
+    pairs = [v[:2] for v in by_id.values() if len(v) >= 2]
+    if not pairs:
+        return None
+    same = sum(a == b for a, b in pairs)
+    return {"pairs": len(pairs), "same": same, "rate": round(same / len(pairs), 4)}
+
+
 def _stats(values: Sequence[float | None], digits: int = 2) -> dict:
     v = np.abs(np.asarray([x for x in values if x is not None], np.float64))
     if not v.size:
@@ -416,6 +432,7 @@ class Evaluator:
                 rows.append({
                     "key": s.key, "face": i, "size": round(f.size, 1),
                     "method": res.methods[i] if res.methods else op.name,
+                    "virtual": res.virtual[i] if res.virtual else None,
                     "reid_distance": float(np.linalg.norm(o.embeddings[j] - e1[j])),
                     "reid_distance_realigned": float(np.linalg.norm(o.realigned[j] - r1[j])),
                     **{f"reid_distance_{name}": d for name, d in dist.items()},
@@ -459,6 +476,7 @@ class Evaluator:
             "reid_distance_median": round(float(np.median([r["reid_distance"] for r in rows])), 3) if n else None,
             "reid_far1e-3": {"thresholds": dict(self.thresholds), **reid},
             "across_images": across,
+            "same_virtual_person": same_virtual_person(rows) if set_name == "lfw_heldout" else None,
             "yaw": _stats([r["d_yaw"] for r in kept]), "pitch": _stats([r["d_pitch"] for r in kept]),
             "roll": _stats([r["d_roll"] for r in kept]), "yaw_68": _stats([r["d_yaw_68"] for r in kept]),
             "mouth_open_error": _stats([r["d_mouth_open"] for r in kept], 3),
@@ -608,6 +626,11 @@ def markdown_table(result: dict) -> str:
                 f"{mo.get('median')} | {s.get('sharpness_ratio_median')} | "
                 f"{s.get('seam_ratio_median')} | {s.get('frechet_mobilefacenet')} | {s['colour_delta_e_median']} | "
                 f"{s['background_identical']} | {s['faces_per_s']} | {s.get('faces_per_s_per_core')} |")
+    same = [f"{name} on {set_name} {v['same']} of {v['pairs']} ({_pct(v['rate'])})"
+            for name, by_set in result["operators"].items() for set_name, s in by_set.items()
+            if (v := s.get("same_virtual_person"))]
+    if same:
+        lines += ["", "Two photos of one person that show the same virtual person: " + ", ".join(same)]
     refs = result.get("reference", {})
     if refs:
         lines += ["", "Fréchet floor (two halves of the originals): " + ", ".join(
