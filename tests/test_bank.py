@@ -322,6 +322,24 @@ def test_a_resumed_build_reads_a_candidate_again_only_where_its_move_changed(tmp
     assert sorted(rows.index) == [0, 1] and list(rows["centre"]) == ["", "dark"]
 
 
+def test_a_build_over_a_bank_of_other_people_keeps_only_those_it_chose(stylegan_bank, tmp_path):
+    """`bank build stylegan` over a finished bank with another --n: the bank is the people chosen this time
+    (faces already made are not made again), and the faces of the others leave its index and its folder."""
+    from anonymizer.cli import main
+
+    out = tmp_path / "faces"
+    shutil.copytree(stylegan_bank, out)
+    before = load_bank(out)
+    assert main(["bank", "build", "stylegan", "--out", str(out), "--n", "3", "--seed", "2"]) == 0
+    bank = load_bank(out)
+    people = set(bank.index["identity"])
+    assert 2 <= len(people) <= 3 and bank.manifest["build"]["n"] == 3
+    files = {f"{p.parent.name}/{p.stem}" for d in ("crops", "mattes") for p in (out / d).glob("*.png")}
+    assert files == {f"{d}/{f}" for d in ("crops", "mattes") for f in bank.index["face_id"]}
+    kept = before.index[before.index["identity"].isin(people)].set_index("face_id")["crop_sha256"]
+    assert (bank.index.set_index("face_id")["crop_sha256"].reindex(kept.index) == kept).all()
+
+
 def test_skin_tone_reads_the_skin_past_sunglasses_and_the_eye_whites():
     """ITA° = atan2(L* − 50, b*) of the skin's colour; two of its six discs under sunglasses do not move it;
     the eye whites are read where they show."""

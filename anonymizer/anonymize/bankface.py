@@ -616,11 +616,11 @@ class BankFace:
     def choose(self, out: np.ndarray, site: Site, ranked: Iterable[tuple[int, int, bool]], refs: tuple | None,
                blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(pixels, alpha, bank face) over the site's window of the first bank face the guard accepts, its head
-        (where the site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group, extra) triples, of which the
-        guard tries up to `candidates` that are not extra; in each group, the bank faces the pose check passes
-        come in their order, then, where none was kept (turned too far, too close to the person, or none in
-        the group), up to `more_if_turned` extra ones, then those it finds turned, least turned first. Without a
-        guard, the first."""
+        (where the site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group,
+        extra) triples, of which the guard tries up to `candidates` that are not extra; in each group, the bank
+        faces the pose check passes come in their order, then, where none was kept (turned too far, too close to
+        the person, or none in the group), up to `more_if_turned` extra ones, then those it finds turned, least
+        turned first. Without a guard, the first."""
         left = self.guard.config.candidates if self.guard else 1
         tolerance = (self.guard.config.max_pose_error_deg if self.guard else None) or np.inf
         region, window = site.region, site.window
@@ -792,7 +792,7 @@ class BankFace:
                 rejected.append(i)
                 continue
             out[y0:y1, x0:x1] = done[0]
-            virtual[i] = str(self.bank.index["identity"].iat[done[2] % len(self.bank)])
+            virtual[i] = self.bank.person(done[2])
             if region is not None:
                 around[i] = region
             masks[i] = merge(around[i], FaceMask(x0, y0, done[1])) if i in around else FaceMask(x0, y0, done[1])

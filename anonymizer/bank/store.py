@@ -26,6 +26,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -78,6 +79,7 @@ class BankWriter:
         self.parts.mkdir(parents=True, exist_ok=True)
         self._pending: list[dict] = []
         self.done: set[str] = set()
+        self._only: set[str] | None = None
         # The bank is unfinished from here until `finish`: load_bank refuses it.
         (self.root / "manifest.json").unlink(missing_ok=True)
         index = self.root / "index.parquet"
@@ -92,6 +94,11 @@ class BankWriter:
 
     def has(self, face_id: str) -> bool:
         return face_id in self.done
+
+    def only(self, identities: Iterable[str]) -> None:
+        """From now on the bank is these identities' faces: a build resumed with other people (e.g. another
+        number of them) leaves out the faces made for the rest, and `finish` removes their files."""
+        self._only = set(identities)
 
     def add(self, face_id: str, identity: str, crop: np.ndarray, pts68: np.ndarray, feats: Features,
             donors: list[str] | None = None, checks: dict | None = None) -> None:
@@ -144,6 +151,8 @@ class BankWriter:
         if not frames:
             return pd.DataFrame(columns=list(INDEX_COLUMNS))
         df = pd.concat(frames, ignore_index=True).drop_duplicates("face_id", keep="last")
+        if self._only is not None:
+            df = df[df["identity"].isin(self._only)]
         ok = [(self.root / c).is_file() and sha256_path(self.root / c) == s for c, s in zip(df["crop"], df["crop_sha256"])]
         return df[ok].sort_values("face_id").reset_index(drop=True)
 
@@ -252,6 +261,10 @@ class Bank:
     def face_id(self, i: int) -> str:
         n = len(self)
         return self.index["face_id"].iat[i % n] + (":mirrored" if i >= n else "")
+
+    def person(self, i: int) -> str:
+        """The virtual identity face i shows (its mirror image shows the same person)."""
+        return str(self.index["identity"].iat[i % len(self)])
 
     def landmarks(self, i: int) -> np.ndarray:
         n = len(self)

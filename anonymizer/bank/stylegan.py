@@ -372,6 +372,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
             tones, sexes = {**tones, **more[0]}, {**sexes, **more[1]}
         chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes, tone.DARKNESS_BANDS)
         chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
+    writer.only(person_name(i) for i in chosen)
     base = {i: person_w(i) for i in chosen}
     make_all([(f"{person_name(i)}v0", i, base[i]) for i in chosen])
     summary: dict = {"people": len(chosen), "missed_renders": 0, "views": [], "directions": None}
