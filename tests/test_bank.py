@@ -314,6 +314,10 @@ def test_a_resumed_build_reads_a_candidate_again_only_where_its_move_changed(tmp
     first, _ = candidate_tones(tmp_path, plain, lambda p: renderer.w(person_z(0, p)), *run)
     assert set(first) == {0, 1}
     assert candidate_tones(tmp_path, plain, never, *run)[0] == first  # kept: nothing rendered again
+    table = pd.read_parquet(tmp_path / CANDIDATES)
+    table.drop(columns=["centre", "move"]).to_parquet(tmp_path / CANDIDATES)  # as a build before moves wrote it
+    assert candidate_tones(tmp_path, plain, never, *run)[0] == first
+    table.to_parquet(tmp_path / CANDIDATES)
     move = renderer.w(person_z(0, 224)) - renderer.w_avg  # towards a person who reads dark
     again, _ = candidate_tones(tmp_path, {0: ("", ""), 1: ("dark", moved(move))},
                                lambda p: renderer.w(person_z(0, p)) + move if p == 1 else never(p), *run)
