@@ -53,7 +53,8 @@ def main() -> None:
         undecided = {k: v for k, v in pairs.items() if k.startswith("?")}
         row = {"replaced": sum(pairs.values()), "decided_before": decided, "other_sex_after": other,
                "same_after": same, "undecided_before": sum(undecided.values()),
-               "undecided_leaning_alike_after": sum(v for k, v in undecided.items() if k[1] == k[4:].lower()[-1]),
+               "undecided_leaning_alike_after": sum(v for k, v in undecided.items()
+                                                    if k.split("->")[0][1] == k.split("->")[1][-1].lower()),
                "pairs": dict(sorted(pairs.items()))}
         result["faces"]["match_sex" if match else "pose_and_tone_only"] = row
         print(f"match_sex={match}: {row}")
@@ -66,7 +67,7 @@ def main() -> None:
 
 def _read(probe, p: float) -> str:
     """M or F where the probe decides; else ? and the side it leans to, in lower case ("?f")."""
-    return probe.decide(p) or "?" + ("f" if p > 0.5 else "m" if p < 0.5 else "?")
+    return probe.decide(p) or "?" + (probe.lean(p) or "?").lower()
 
 
 def _save_crops(folder: Path, sample, face, after) -> None:

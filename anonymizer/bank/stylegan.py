@@ -245,10 +245,11 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
     probe, skin = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0])
     path = out / CANDIDATES
     cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "centre", "move"]
-    rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
-    def made_with(r: dict) -> tuple[str, str]:  # a table without the columns (an older build's) moved nobody
+
+    def made_with(r: dict) -> tuple[str, ...]:  # a table without the columns (an older build's) moved nobody
         return tuple(v if isinstance(v := r.get(c), str) else "" for c in ("centre", "move"))
 
+    rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
     rows = [r for r in rows if "darkness" in r  # a row without the skin probe's reading is read again
             and people.get(int(r["person"]), made_with(r)) == made_with(r)]
     todo = sorted(set(people) - {int(r["person"]) for r in rows})
