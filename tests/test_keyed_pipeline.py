@@ -207,7 +207,13 @@ def test_a_person_gets_the_nearest_pool_the_bank_has():
     assert pool_for(None, labels) == pool_for("Xd", labels) == [0, 1, 2, 3, 4]  # unlabelled, or nobody alike
     assert pool_for("-m", ["-l", "-d", "-d", None]) == [0, 1, 2]  # tone alone
     assert pool_for("-d", labels) == [1, 2]  # read as neither sex: either, of the band
-    from anonymizer.bank.tone import reads_as
+    # leaning to a sex: those of it or of neither (a bank person who reads as neither: "-"), of the nearest band
+    assert pool_for("fd", ["Ml", "Fd", "Md", "-d", "Fm"]) == [1, 3] and pool_for("ml", labels) == [0]
+    assert pool_for("fl", ["Ml", "-m", "Fd"]) == [1]
+    from anonymizer.bank.tone import in_words, reads_as
 
     assert reads_as("F", 1.7, True, True) == "Fd" and reads_as(None, 0.2, True, True) == "-l"
-    assert reads_as("M", None, True, False) == "M" and reads_as(None, 0.2, True, False) is None
+    assert reads_as(None, 1.7, True, True, lean="F") == "fd" and reads_as(None, 1.7, False, True, lean="F") == "-d"
+    assert reads_as("M", None, True, False) == "M" and reads_as(None, 0.2, True, False, lean="M") is None
+    assert in_words("Md") == "man, dark skin" and in_words("fm") == "leaning woman, medium skin"
+    assert in_words("-l") == "light skin" and in_words("F") == "woman"

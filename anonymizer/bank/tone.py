@@ -144,26 +144,30 @@ def by_descriptor(params: dict) -> bool:
 
 UNMATCHED = "-"  # a label's sex where the run does not match sex
 MARKS = "".join(name[0] for _, name in DARKNESS_BANDS[::-1])  # a label's darkness band: "lmd", light to dark
-WORDS = {"F": "woman", "M": "man", "l": "light skin", "m": "medium skin", "d": "dark skin"}
+SEX_WORDS = {"F": "woman", "M": "man", "f": "leaning woman", "m": "leaning man"}  # f, m: undecided, leaning
+TONE_WORDS = {"l": "light skin", "m": "medium skin", "d": "dark skin"}
 
 
-def reads_as(sex: str | None, darkness: float | None, by_sex: bool, by_tone: bool) -> str | None:
+def reads_as(sex: str | None, darkness: float | None, by_sex: bool, by_tone: bool,
+             lean: str | None = None) -> str | None:
     """What a keyed run matches a person's virtual identity by (anonymizer.pipeline.link): their apparent sex
-    (M or F; UNMATCHED where the run does not match sex, or matches it and reads them as neither while it
-    matches skin tone), then, where it matches skin tone, the initial of their darkness band
-    (MARKS), e.g. "F", "Md", "-l". None where nothing is matched, or where sex alone is and reads as neither:
-    a person's label is set once and kept (anonymizer.identity.Linker), and a virtual person chosen by sex
-    alone waits for a decided reading."""
+    (M or F; where it matches skin tone too and reads them as neither, the sex they lean to in lower case, f or
+    m, else UNMATCHED; UNMATCHED where the run does not match sex), then, where it matches skin tone, the
+    initial of their darkness band (MARKS), e.g. "F", "Md", "fd", "-l". None where nothing is matched, or where
+    sex alone is and reads as neither: a person's label is set once and kept (anonymizer.identity.Linker), and
+    a virtual person chosen by sex alone waits for a decided reading."""
     if by_tone:
         if darkness is None or not np.isfinite(darkness):
             return None
-        return (sex if by_sex and sex else UNMATCHED) + band(darkness, DARKNESS_BANDS)[0]
+        sex = (sex or (lean.lower() if lean else UNMATCHED)) if by_sex else UNMATCHED
+        return sex + band(darkness, DARKNESS_BANDS)[0]
     return sex if by_sex else None
 
 
 def in_words(label: str) -> str:
-    """A label for the audit report: "woman, dark skin", "light skin"."""
-    return ", ".join(WORDS[c] for c in label if c in WORDS)
+    """A label for the audit report: "woman, dark skin", "leaning man, light skin", "light skin"."""
+    sex, tone_mark = label[:1], label[1:2]  # as reads_as writes them
+    return ", ".join(w for w in (SEX_WORDS.get(sex), TONE_WORDS.get(tone_mark)) if w)
 
 
 class SkinTone(DescriptorProbe):

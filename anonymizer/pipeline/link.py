@@ -13,8 +13,9 @@ Two passes before anonymization:
 2. On the driver, `link`: shard by shard in the plan's order, the linker (anonymizer.identity.Linker)
    clusters the embeddings (its memory grows with people, not with faces), then a second read-only pass
    assigns every face to its person's final centroid. A person without a label yet takes the one their
-   faces of this run read as on average (anonymizer.bank.tone.reads_as; none where sex alone is matched
-   and undecided), kept with them from then on. A person's virtual identity is HMAC-SHA256 of the person
+   faces of this run read as on average (anonymizer.bank.tone.reads_as: with skin tone matched too, an
+   undecided reading gives the sex it leans to; none where sex alone is matched and undecided), kept with
+   them from then on. A person's virtual identity is HMAC-SHA256 of the person
    id under the identity key, reduced to the number of the operator's identities in the person's pool
    (`pool_for`: those that read alike; anonymizer.identity.keys): one person, one virtual person of their
    apparent sex and skin tone, in this run and the next. Each shard's `link.parquet` carries it per face,
@@ -168,14 +169,15 @@ def _embeddings(staging: Location, shard_id: int, key: bytes) -> tuple[np.ndarra
 
 def pool_for(label: str | None, labels: list[str | None]) -> list[int]:
     """The virtual identities a person labelled `label` may get (`labels`: each virtual identity's, from
-    the operator): those of the same sex (any, for UNMATCHED) in the nearest skin-tone band the operator has
-    for it; a label without a tone band, those of the same sex; a person without a label, or where nobody is
-    left, all of them."""
+    the operator): those of the same sex (any, for UNMATCHED; for a person leaning to one, f or m, those of
+    that sex or of neither) in the nearest skin-tone band the operator has for it; a label without a tone
+    band, those of the same sex; a person without a label, or where nobody is left, all of them."""
     sex, tone = (label[0], label[1:]) if label else (None, "")
 
     def having(tones: set[str]) -> list[int]:
+        sexes = {sex.upper(), UNMATCHED} if sex and sex.islower() else {sex}
         return [i for i, other in enumerate(labels)
-                if other and (sex == UNMATCHED or other[0] == sex) and other[1:] in tones]
+                if other and (sex == UNMATCHED or other[0] in sexes) and other[1:] in tones]
 
     if label and len(tone) == 1 and tone in MARKS:
         for distance in range(len(MARKS)):
@@ -216,13 +218,15 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                 read.setdefault(person, np.zeros(3))[:] += (*r, 1)
     by_sex, by_tone = matches_sex(policy), matches_tone(policy)
     if by_sex or by_tone:
-        decide = lambda p: None  # noqa: E731 - sex not matched: never decided
+        decide = lean = lambda p: None  # noqa: E731 - sex not matched: never decided
         if by_sex:
             from anonymizer.bank.apparent_sex import ApparentSex
 
-            decide = ApparentSex(policy.model_dir).decide
+            probe = ApparentSex(policy.model_dir)
+            decide, lean = probe.decide, probe.lean
         for person, (p_woman, darkness, count) in read.items():
-            linker.settle(person, reads_as(decide(p_woman / count), darkness / count, by_sex, by_tone))
+            p = p_woman / count
+            linker.settle(person, reads_as(decide(p), darkness / count, by_sex, by_tone, lean(p)))
     labels = virtual_identities(policy)
     n, pools = len(labels), {}
     assigned = 0
