@@ -232,7 +232,7 @@ def test_bank_on_the_face_mesh_runs_without_research_landmarks(mesh_bank, scene)
 
 # ---------------------------------------------------------------- StyleGAN
 
-def test_stylegan_bank_of_synthetic_people(tmp_path):
+def test_stylegan_bank_of_synthetic_people(tmp_path, caplog):
     try:
         import openvino  # noqa: F401
     except ImportError:
@@ -242,7 +242,10 @@ def test_stylegan_bank_of_synthetic_people(tmp_path):
 
     n, rendered = 6, 30
     # centre_min=1: a band's centre from its only candidate (the default needs 8: too many candidates for a test)
-    out = build_from_stylegan(tmp_path / "sg", n=n, seed=1, views=(), threads=1, candidates=rendered, centre_min=1)
+    with caplog.at_level("INFO", logger="anonymizer.bank.stylegan"):
+        out = build_from_stylegan(tmp_path / "sg", n=n, seed=1, views=(), threads=1, candidates=rendered,
+                                  centre_min=1)
+    assert f"stylegan bank: {rendered} of {rendered} candidates rendered" in caplog.messages  # progress, as it goes
     bank = load_bank(out)
     assert bank.licence == LICENCE == "non-commercial (StyleGAN2-FFHQ)"
     assert n - 1 <= len(bank) <= n and bank.index["identity"].nunique() == len(bank)
