@@ -13,7 +13,6 @@ POLICY sets it (e.g. one extending `realistic` with another bank), without Ray o
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import os
 from collections import defaultdict
@@ -27,7 +26,7 @@ def main() -> None:
     from anonymizer.anonymize import face_rngs
     from anonymizer.components import build_operator
     from anonymizer.detect import build_detector
-    from anonymizer.eval.generation import _read_rgb, central_face
+    from anonymizer.eval.generation import _read_rgb, central_face, same_virtual_person
     from anonymizer.eval.lfw import list_images
     from anonymizer.policy import load_policy
 
@@ -43,7 +42,7 @@ def main() -> None:
     photos = defaultdict(list)
     for identity, path in list_images(args.lfw, "eval"):
         photos[identity].append(path)
-    shown: dict[str, list[str]] = {}
+    rows = []
     for identity, paths in sorted(photos.items()):
         for path in paths[:args.per] if len(paths) >= 2 else ():
             rgb = _read_rgb(path)
@@ -52,14 +51,9 @@ def main() -> None:
                 continue
             key = f"lfw/{identity}/{path.name}"
             virtual = op.anonymize(rgb, [face], face_rngs(policy.seed, key, 1)).virtual
-            if virtual and virtual[0] is not None:
-                shown.setdefault(identity, []).append(virtual[0])
-    pairs = [(a, b) for v in shown.values() for a, b in itertools.combinations(v, 2)]
-    same = sum(a == b for a, b in pairs)
-    bank = op.bank
-    result = {"policy": args.policy, "bank": str(bank.root), "bank_people": len(bank.identities),
-              "people": sum(len(v) >= 2 for v in shown.values()), "pairs": len(pairs), "same": same,
-              "rate": round(same / len(pairs), 4) if pairs else None}
+            rows.append({"key": key, "virtual": virtual[0] if virtual else None})
+    result = {"policy": args.policy, "bank": str(op.bank.root), "bank_people": len(op.bank.identities),
+              **(same_virtual_person(rows) or {"pairs": 0, "same": 0, "rate": None})}
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -416,9 +416,10 @@ class BankFace:
                           else probe.describe(image, face))
         skin = (None if self.tone_pool <= 0 else self.skin_tone.darkness(descriptor) if self.skin_tone
                 else site.ita)
-        p = self.sex.probability(descriptor) if self.sex else np.nan
-        allowed = self.bank_people.allowed(self.sex.decide(p), self.sex.lean(p)) if self.sex else None
-        return skin, allowed
+        if self.sex is None:
+            return skin, None
+        p = self.sex.probability(descriptor)
+        return skin, self.bank_people.allowed(self.sex.decide(p), self.sex.lean(p))
 
     # ------------------------------------------------------------ per face
 

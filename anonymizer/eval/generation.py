@@ -52,6 +52,7 @@ Conventions (fixed so runs stay comparable):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -295,13 +296,14 @@ def rank1_across_images(rows: list[dict], recognizer: str, threshold: float) -> 
 
 def same_virtual_person(rows: list[dict]) -> dict | None:
     """How often two photos of one LFW person show the same virtual person (the bank operator; rows keyed
-    lfw/<identity>/<file>): then the two anonymized photos match each other however well each hides the
-    person, which is how an attacker links them. None where no face shows a virtual person."""
+    lfw/<identity>/<file>, every pair of a person's photos counted): then the two anonymized photos match
+    each other however well each hides the person, which is how an attacker links them. None where no face
+    shows a virtual person."""
     by_id: dict[str, list[str]] = {}
     for r in rows:
         if r.get("virtual") is not None:
             by_id.setdefault(r["key"].split("/")[1], []).append(r["virtual"])
-    pairs = [v[:2] for v in by_id.values() if len(v) >= 2]
+    pairs = [pair for v in by_id.values() for pair in itertools.combinations(v, 2)]
     if not pairs:
         return None
     same = sum(a == b for a, b in pairs)
