@@ -773,6 +773,43 @@ def test_more_bank_faces_are_tried_only_where_the_group_kept_none(composite_bank
     assert np.array_equal(pixels, renders[int(np.argmin(errors))])
 
 
+def test_a_bank_face_turned_past_the_pose_target_is_held_while_more_are_tried(composite_bank, scene):
+    """With `pose_target_deg`, a kept bank face whose result turns the head past the target is held while up to
+    `pose_tries` more of its group are tried; the least turned is kept. Without the target, or with no tries
+    left, the first kept bank face stays."""
+    img, faces = scene
+    face = max(faces, key=lambda f: f.w)
+
+    def operator(**guard):
+        op = ANONYMIZERS.create("bank", bank=str(composite_bank), identity_guard={"max_pose_error_deg": 1e3, **guard})
+        reason, pts, window = op.decide(img, face)
+        assert reason is None
+        x0, y0, x1, y1 = window
+        refs = op.guard.references(img, face, FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
+        return op, Site(op, img, pts, window), refs
+
+    op, site, refs = operator()
+    ks = [int(k) for k in op.order(site.pts, np.random.default_rng(0))[:3]]
+    renders = {k: op.render(img.copy(), site, k)[0] for k in ks}
+    patches = {k: op.guard.patch(refs[0], img, r, site.window) for k, r in renders.items()}
+    assert all(op.guard.accepts(refs, p) for p in patches.values())
+    errors = {k: op.guard.pose_error(refs, p, img.shape) for k, p in patches.items()}
+    ks.sort(key=lambda k: -errors[k])  # the most turned first
+    assert errors[ks[0]] > errors[ks[1]] > errors[ks[2]]
+
+    def chosen(**guard) -> int:
+        op, site, refs = operator(**guard)
+        pixels, _, k = op.choose(img.copy(), site, [(k, 0, False) for k in ks], refs, None)
+        assert np.array_equal(pixels, renders[k])
+        return k
+
+    assert chosen() == ks[0]
+    assert chosen(pose_target_deg=1e-3, pose_tries=0) == ks[0]
+    assert chosen(pose_target_deg=1e-3, pose_tries=1) == ks[1]
+    assert chosen(pose_target_deg=1e-3, pose_tries=2) == ks[2]
+    assert chosen(pose_target_deg=errors[ks[1]] + 1e-6, pose_tries=2) == ks[1]  # the first within the target
+
+
 def test_extra_bank_faces_come_in_blocks_each_after_the_nearer(composite_bank, scene):
     """`further` with blocks: the first block is what one block gives (the same faces, in the same order),
     the next ones follow by nearness, each in its own order: a cover group the first block leaves short of

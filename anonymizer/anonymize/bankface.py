@@ -135,7 +135,10 @@ class BankGuardConfig(BaseModel):
     no pose check. When a cover group keeps none of its bank faces (each turned the head past that or stayed
     too close to the person, or the group has none), up to `more_if_turned` bank faces next nearest in pose and
     expression are tried in that group before the least turned is kept (with bank heads, those of the group
-    among the EXTRA_BLOCKS × `more_if_turned` next nearest).
+    among the EXTRA_BLOCKS × `more_if_turned` next nearest). With `pose_target_deg`, a kept bank face whose
+    result turns the head by more than that (but not past `max_pose_error_deg`) is held while up to
+    `pose_tries` more of its group are tried: the first within the target is kept, else the least turned.
+    Off by default: chosen by how its result reads, one person's photos show one bank person more often.
     `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on a CPU with 8-bit dot
     products, float32 elsewhere). The release gate measures with its own float32 recognizers either way."""
 
@@ -146,6 +149,8 @@ class BankGuardConfig(BaseModel):
     margin: float = Field(0.05, ge=0)
     max_pose_error_deg: float | None = Field(8.0, gt=0)
     more_if_turned: int = Field(6, ge=0, le=32)
+    pose_target_deg: float | None = Field(None, gt=0)
+    pose_tries: int = Field(2, ge=0, le=32)
     precision: Literal["float32", "int8", "auto"] = "auto"
 
 
@@ -619,19 +624,25 @@ class BankFace:
         """(pixels, alpha, bank face) over the site's window of the first bank face the guard accepts, its head
         (where the site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group,
         extra) triples, of which the guard tries up to `candidates` that are not extra; in each group, the bank
-        faces the pose check passes come in their order, then, where none was kept (turned too far, too close to
-        the person, or none in the group), up to `more_if_turned` extra ones, then those it finds turned, least
+        faces the pose check passes come in their order (one kept but turned past `pose_target_deg` is held
+        while up to `pose_tries` more are tried), then, where none was kept (turned too far, too close to the
+        person, or none in the group), up to `more_if_turned` extra ones, then those it finds turned, least
         turned first. Without a guard, the first."""
         left = self.guard.config.candidates if self.guard else 1
         tolerance = (self.guard.config.max_pose_error_deg if self.guard else None) or np.inf
+        target = (self.guard.config.pose_target_deg if self.guard else None) or tolerance
         region, window = site.region, site.window
         if region is not None:
             rys, rxs = region.window
             before = out[rys, rxs].copy()
         for _, group in itertools.groupby(ranked, key=lambda c: c[1]):
             turned = []  # (pose change, order, head window, judged window, pixels, alpha, bank face)
+            held = None  # (pose change, head window, pixels, alpha, bank face): kept, turned past the target
             more = self.guard.config.more_if_turned if self.guard else 0
+            tries = self.guard.config.pose_tries if self.guard else 0
             for k, _, extra in group:
+                if held is not None and (extra or tries == 0):
+                    break
                 if extra:  # only where no bank face of the group was kept
                     if more == 0:
                         continue
@@ -640,6 +651,8 @@ class BankFace:
                     continue
                 else:
                     left -= 1
+                if held is not None:
+                    tries -= 1
                 head = self.head(out, site, k, blurred) if region is not None else None
                 if head is not None:
                     out[rys, rxs] = head
@@ -652,8 +665,12 @@ class BankFace:
                 error = self.guard.pose_error(refs, patch, out.shape)
                 if error > tolerance:
                     turned.append((error, len(turned), head, patch, pixels, alpha, k))
-                elif self.guard.accepts(refs, patch):
-                    return self._keep(out, region, head, pixels, alpha, k)
+                elif (held is None or error < held[0]) and self.guard.accepts(refs, patch):
+                    if error <= target:
+                        return self._keep(out, region, head, pixels, alpha, k)
+                    held = (error, head, pixels, alpha, k)
+            if held is not None:
+                return self._keep(out, region, *held[1:])
             for _, _, head, patch, pixels, alpha, k in sorted(turned, key=lambda t: t[:2]):
                 if self.guard.accepts(refs, patch):
                     return self._keep(out, region, head, pixels, alpha, k)
