@@ -19,6 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
 
 
+def _leaning_alike(pair: str) -> bool:
+    """Whether an undecided face ("?f->F", "?m->?m") leans after the way it leaned before."""
+    before, after = pair.split("->")
+    return before[1] == after[-1].lower()
+
+
 def main() -> None:
     from anonymizer.anonymize import face_rngs
     from anonymizer.bank.apparent_sex import ApparentSex
@@ -53,8 +59,7 @@ def main() -> None:
         undecided = {k: v for k, v in pairs.items() if k.startswith("?")}
         row = {"replaced": sum(pairs.values()), "decided_before": decided, "other_sex_after": other,
                "same_after": same, "undecided_before": sum(undecided.values()),
-               "undecided_leaning_alike_after": sum(v for k, v in undecided.items()
-                                                    if k.split("->")[0][1] == k.split("->")[1][-1].lower()),
+               "undecided_leaning_alike_after": sum(v for k, v in undecided.items() if _leaning_alike(k)),
                "pairs": dict(sorted(pairs.items()))}
         result["faces"]["match_sex" if match else "pose_and_tone_only"] = row
         print(f"match_sex={match}: {row}")
