@@ -168,7 +168,7 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                                   "<person>_NNNN.jpg), or the word stylegan")
     b.add_argument("--name", default="faces", help="the bank's name; a policy names it in the operator's `bank`")
     b.add_argument("--out", help="the bank directory (default: ~/.cache/anonymizer/models/banks/NAME)")
-    b.add_argument("--n", type=int, help="bank faces (folder; default 64) or virtual people (stylegan; default 128)")
+    b.add_argument("--n", type=int, help="bank faces (folder; default 64) or virtual people (stylegan; default 256)")
     b.add_argument("--candidates", type=int,
                    help="stylegan: people rendered once to choose the N from, spread over skin tones, with more "
                         "rendered around the centre of a tone short of its share (default: 10 N; 0: the first N)")

@@ -138,7 +138,8 @@ class BankGuardConfig(BaseModel):
     among the EXTRA_BLOCKS × `more_if_turned` next nearest). With `pose_target_deg`, a kept bank face whose
     result turns the head by more than that (but not past `max_pose_error_deg`) is held while up to
     `pose_tries` more of its group are tried: the first within the target is kept, else the least turned.
-    Off by default: with 128 bank people, a bank face kept by how its result reads links one person's photos.
+    None here, 4° in `realistic`: with 128 bank people a bank face kept by how its result reads links one
+    person's photos more; with 256 (the default build) it does not.
     `precision`: the recognizers' (anonymizer.int8; auto: their 8-bit copies on a CPU with 8-bit dot
     products, float32 elsewhere). The release gate measures with its own float32 recognizers either way."""
 

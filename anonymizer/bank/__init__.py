@@ -11,7 +11,7 @@ __all__ = ["Bank", "BankError", "build_from_folder", "build_from_stylegan", "def
 
 # A bank's size when the builder is not told: composites, and StyleGAN's virtual people. 128 people keep the
 # learning attackers at chance where the operator matches sex (64 a sex): docs/reid.md.
-DEFAULT_SIZES = {"folder": 64, "stylegan": 128}
+DEFAULT_SIZES = {"folder": 64, "stylegan": 256}
 
 
 def default_size(source: str) -> int:

@@ -47,7 +47,7 @@ DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
 CANDIDATES_PER_PERSON = 10  # people rendered once per bank person kept: at truncation 0.7 about 2 % read dark
 CENTRE_MIN = 8           # a short skin-tone band's centre: the mean w of at least this many of its candidates
 CENTRED_PER_MISSING = 4  # people rendered around a short band's centre per person the band lacks
-PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 2,200 in 17 min
+PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 4,200 in 31 min
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
 
