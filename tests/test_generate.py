@@ -642,8 +642,12 @@ def test_eval_generation_bank_side_by_side(stylegan_bank, tmp_path, shared):
     assert bank["yaw"]["n"] > 0 and bank["mouth_open_error"]["n"] > 0 and mask["mouth_open_error"]["n"] == 0
     assert noguard["faces_per_s_per_core"] > bank["faces_per_s_per_core"]  # the guard runs two recognizers
     assert result["reference"]["lfw_heldout"]["frechet_real_halves"] is not None
+    assert result["reference"]["lfw_heldout"]["age_error_mirrored"]["n"] == 6  # the age reader's own noise
+    kept = sum(v for k, v in bank["methods"].items() if not k.startswith("fallback:"))
+    assert bank["age_error"]["n"] == bank["age_groups_kept"]["faces"] == kept
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["bank|lfw_heldout"]
     assert len(rows) == 6 and not any(k.startswith("_") for r in rows for k in r)  # no embeddings in the JSON
+    assert all(0 < r["age"] <= 80 and r["d_age"] is not None for r in rows)
     from anonymizer.bank.store import load_bank
 
     people = {str(p) for p in load_bank(str(stylegan_bank)).index["identity"]}

@@ -30,6 +30,10 @@ Conventions (fixed so runs stay comparable):
 * Expression: the mouth opening (inner-lip gap over eye distance, `bank.shape.features`) from dlib's 68 points
   on the original and on the output (fitted in the face YuNet finds again there); median and p95 of the
   absolute difference.
+* Age: the apparent age in years (`measure.apparent_age`, dlib-models' age predictor) on the original and on
+  the output in the same box; median and p95 of the absolute difference over replaced faces, and the share
+  of them whose age group (AGE_GROUPS: under 13, 13-19, 20-59, 60 and over) stays the same, per group of the
+  original (`age_groups_kept`). The reader errs by years on one face, so the groups are coarse on purpose.
 * Detectability: the share of anonymized faces found again (IoU >= 0.3 with the original box) by YuNet, by
   SCRFD (a network no operator here uses) and by dlib HOG, each in a window around the face scaled so the
   face is ~112 px (dlib HOG needs ~80 px).
@@ -67,6 +71,7 @@ from anonymizer.regions import FaceMask, union_mask
 from anonymizer.detect import build_detector
 from anonymizer.eval.reid import _jpeg, _read_rgb, central_face
 from anonymizer.faces import Face
+from anonymizer.measure.apparent_age import AgeReader
 from anonymizer.measure.pose import PoseMeter, find_again
 from anonymizer.policy import Policy, load_policy
 
@@ -318,6 +323,26 @@ def _stats(values: Sequence[float | None], digits: int = 2) -> dict:
             "p95": round(float(np.percentile(v, 95)), digits)}
 
 
+AGE_GROUPS = (13.0, 20.0, 60.0)  # years: child, teenager, adult, 60 and over
+AGE_GROUP_NAMES = ("under 13", "13-19", "20-59", "60 and over")
+
+
+def age_group(age: float) -> int:
+    return int(np.searchsorted(AGE_GROUPS, age, side="right"))
+
+
+def age_groups_kept(rows: list[dict]) -> dict:
+    """Per age group of the original: faces, and how many read in the same group after."""
+    out: dict[str, list[int]] = {}
+    for r in rows:
+        before = age_group(r["age"])
+        cell = out.setdefault(AGE_GROUP_NAMES[before], [0, 0])
+        cell[0] += 1
+        cell[1] += age_group(r["age"] + r["d_age"]) == before
+    return {"faces": len(rows), "same_group": sum(c[1] for c in out.values()),
+            "by_group": {k: {"faces": out[k][0], "same_group": out[k][1]} for k in AGE_GROUP_NAMES if k in out}}
+
+
 def _median(values: Sequence[float | None], digits: int = 3) -> float | None:
     v = [x for x in values if x is not None]
     return round(float(np.median(v)), digits) if v else None
@@ -336,6 +361,8 @@ class _Original:
     pts68: list = field(default_factory=list)               # dlib's 68 points (None where the fit failed)
     mouth: list = field(default_factory=list)
     inner: list = field(default_factory=list)               # inner_face regions
+    ages: np.ndarray | None = None                          # apparent age in years (measure.apparent_age)
+    ages_mirrored: np.ndarray | None = None                 # the same read on the mirrored photo: its noise
 
 
 class Evaluator:
@@ -356,6 +383,7 @@ class Evaluator:
         self.hog = build_detector("dlib_hog", {"upsample": 0}, md)
         self.pose = PoseMeter(self.yunet)
         self.landmarker = Landmarker(md)
+        self.ages = AgeReader(md)
         self.weights = weights
         self.bank = None if bank is None else str(bank)
         self._originals: dict[str, _Original] = {}
@@ -382,8 +410,12 @@ class Evaluator:
             return self._originals[s.key]
         scored = [s.faces[i] for i in s.scored]
         al = self.encoder.align(s.rgb, scored)
+        w = s.rgb.shape[1]
+        mirrored = [Face(w - f.x - f.w, f.y, f.w, f.h, f.score, f.detector) for f in scored]
         o = _Original(al, self.encoder.embed(s.rgb, al),
-                      self.realigned.embed(s.rgb, self.realigned.align(s.rgb, scored)))
+                      self.realigned.embed(s.rgb, self.realigned.align(s.rgb, scored)),
+                      ages=self.ages.read(s.rgb, scored),
+                      ages_mirrored=self.ages.read(np.ascontiguousarray(s.rgb[:, ::-1]), mirrored))
         for name, enc in self.recognizers.items():
             a = al if enc is self.encoder else enc.align(s.rgb, scored)
             o.recognizers[name] = (a, o.embeddings if enc is self.encoder else enc.embed(s.rgb, a))
@@ -423,6 +455,7 @@ class Evaluator:
             r1 = self.realigned.embed(out, self.realigned.align(out, scored))
             rec = {name: enc.embed(out, o.recognizers[name][0]) for name, enc in self.recognizers.items()}
             changes = self.pose.measure(s.rgb, out, scored, 0)
+            ages = self.ages.read(out, scored)
             for j, (i, f) in enumerate(zip(s.scored, scored)):
                 ch = changes[j]
                 b, a = ch.before, ch.after
@@ -448,6 +481,8 @@ class Evaluator:
                     "d_roll": None if a is None or b is None else a.roll - b.roll,
                     "d_yaw_68": None if None in y68 else y68[0] - y68[1],
                     "d_mouth_open": None if m1 is None or o.mouth[j] is None else m1 - o.mouth[j],
+                    "age": round(float(o.ages[j]), 1), "d_age": round(float(ages[j] - o.ages[j]), 1),
+                    "d_age_mirrored": round(float(o.ages_mirrored[j] - o.ages[j]), 1),
                     "sharpness_ratio": sharpness_ratio(s.rgb, out, o.inner[j]),
                     "seam_ratio": seam_ratio(s.rgb, out, res.masks[i]),
                     "_emb": {name: (o.recognizers[name][1][j], rec[name][j]) for name in rec},
@@ -482,6 +517,8 @@ class Evaluator:
             "yaw": _stats([r["d_yaw"] for r in kept]), "pitch": _stats([r["d_pitch"] for r in kept]),
             "roll": _stats([r["d_roll"] for r in kept]), "yaw_68": _stats([r["d_yaw_68"] for r in kept]),
             "mouth_open_error": _stats([r["d_mouth_open"] for r in kept], 3),
+            "age_error": _stats([r["d_age"] for r in kept], 1),
+            "age_groups_kept": age_groups_kept(kept),
             "detectable_yunet": frac(lambda r: r["yunet_detects"]),
             "detectable_scrfd": frac(lambda r: r["scrfd_detects"]),
             "detectable_dlib": frac(lambda r: r["dlib_detects"]),
@@ -503,10 +540,12 @@ class Evaluator:
 
 def reference(rows: list[dict]) -> dict:
     """The originals against themselves: the Fréchet distance between two halves of a set's original faces
-    (alternate faces), the floor an anonymized set of half as many faces could reach."""
+    (alternate faces), the floor an anonymized set of half as many faces could reach; and the age reader's
+    difference between each original and its mirror image, the floor of the age error."""
     emb = np.stack([r["_emb"]["mobilefacenet"][0] for r in rows]) if len(rows) >= 4 else None
     fd = None if emb is None else frechet_distance(emb[0::2], emb[1::2])
-    return {"faces": len(rows), "frechet_real_halves": None if fd is None else round(fd, 4)}
+    return {"faces": len(rows), "frechet_real_halves": None if fd is None else round(fd, 4),
+            "age_error_mirrored": _stats([r["d_age_mirrored"] for r in rows], 1)}
 
 
 def sample_grid(ev: Evaluator, samples: Sequence[Sample], operators: Sequence[tuple[str, float]], path: Path,
@@ -615,17 +654,21 @@ def markdown_table(result: dict) -> str:
                 f"{s['diversity_new_identity']} |")
     lines += ["", "| operator | set | replaced | median \\|Δyaw\\| | p95 \\|Δyaw\\| | median \\|Δpitch\\| | "
               "p95 \\|Δpitch\\| | median \\|Δroll\\| | p95 \\|Δroll\\| | \\|Δyaw\\| median / p95 (dlib's points) | "
-              "mouth-opening error median | sharpness ratio | seam ratio | "
-              "Fréchet (MobileFaceNet) | colour ΔE | background identical | faces/s | faces/s per core |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "mouth-opening error median | age error median / p95 (years) | same age group | "
+              "sharpness ratio | seam ratio | Fréchet (MobileFaceNet) | colour ΔE | background identical | faces/s | "
+              "faces/s per core |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_set in result["operators"].items():
         for set_name, s in by_set.items():
             y, p, ro = s["yaw"], s["pitch"], s["roll"]
             mo, y68 = s.get("mouth_open_error", {}), s.get("yaw_68", {})
+            ae, ag = s.get("age_error", {}), s.get("age_groups_kept") or {}
+            same_age = f"{ag['same_group']} of {ag['faces']}" if ag.get("faces") else "–"
             lines.append(
                 f"| {name} | {set_name} | {_pct(s.get('replaced'))} | {y['median']} | {y['p95']} | {p['median']} | "
                 f"{p['p95']} | {ro['median']} | {ro['p95']} | {y68.get('median')} / {y68.get('p95')} | "
-                f"{mo.get('median')} | {s.get('sharpness_ratio_median')} | "
+                f"{mo.get('median')} | {ae.get('median')} / {ae.get('p95')} | {same_age} | "
+                f"{s.get('sharpness_ratio_median')} | "
                 f"{s.get('seam_ratio_median')} | {s.get('frechet_mobilefacenet')} | {s['colour_delta_e_median']} | "
                 f"{s['background_identical']} | {s['faces_per_s']} | {s.get('faces_per_s_per_core')} |")
     same = [f"{name} on {set_name} {v['same']} of {v['pairs']} ({_pct(v['rate'])})"
@@ -633,10 +676,18 @@ def markdown_table(result: dict) -> str:
             if (v := s.get("same_virtual_person"))]
     if same:
         lines += ["", "Two photos of one person that show the same virtual person: " + ", ".join(same)]
+    groups = [f"{name} on {set_name}: " + ", ".join(f"{g} {c['same_group']} of {c['faces']}"
+                                                    for g, c in ag["by_group"].items())
+              for name, by_set in result["operators"].items() for set_name, s in by_set.items()
+              if (ag := s.get("age_groups_kept")) and ag.get("faces")]
+    if groups:
+        lines += ["", "Replaced faces read in their original's age group after, by that group: " + "; ".join(groups)]
     refs = result.get("reference", {})
     if refs:
         lines += ["", "Fréchet floor (two halves of the originals): " + ", ".join(
             f"{k} {v['frechet_real_halves']} ({v['faces']} faces)" for k, v in refs.items())]
+        lines += ["", "Age error floor (each original against its mirror image), median / p95 years: " + ", ".join(
+            f"{k} {v['age_error_mirrored']['median']} / {v['age_error_mirrored']['p95']}" for k, v in refs.items())]
     return "\n".join(lines) + "\n"
 
 
