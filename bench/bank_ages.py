@@ -56,15 +56,15 @@ def main() -> None:
         return None if found is None else round(read_age(ages, *found), 1)
 
     around = {}
-    for name, members in (("60 and over", people[people >= 60]), ("under 13", people[people < 13])):
-        plain = [int(s[1:]) for s in members.index if int(s[1:]) < first]
+    for name in ("60 and over", "under 13"):
+        g = AGE_GROUP_NAMES.index(name)
+        plain = [int(s[1:]) for s, a in people.items() if age_group(a) == g and int(s[1:]) < first]
         if not plain:
             continue
         move = np.mean([renderer.w(person_z(seed, p)) for p in plain], 0) - renderer.w_avg
         zs = [person_z(seed + 1, k) for k in range(args.renders)]
         moved = [rendered_age(renderer.w(z) + move) for z in zs]
         unmoved = [rendered_age(renderer.w(z)) for z in zs]
-        g = AGE_GROUP_NAMES.index(name)
         around[name] = {"centre_of": len(plain), "moved": moved, "unmoved": unmoved,
                         "moved_in_group": sum(a is not None and age_group(a) == g for a in moved),
                         "unmoved_in_group": sum(a is not None and age_group(a) == g for a in unmoved)}

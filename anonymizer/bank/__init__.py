@@ -9,8 +9,9 @@ from anonymizer.bank.store import Bank, BankError, load_bank
 
 __all__ = ["Bank", "BankError", "build_from_folder", "build_from_stylegan", "default_size", "load_bank"]
 
-# A bank's size when the builder is not told: composites, and StyleGAN's virtual people. 128 people keep the
-# learning attackers at chance where the operator matches sex (64 a sex): docs/reid.md.
+# A bank's size when the builder is not told: composites, and StyleGAN's virtual people. 256 people (about 85 a
+# skin-tone band) halve how often two photos of one person show one bank person against 128, and let the
+# guard's pose target keep pose without linking more (docs/benchmarks.md, "As `realistic` runs it").
 DEFAULT_SIZES = {"folder": 64, "stylegan": 256}
 
 
