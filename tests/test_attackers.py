@@ -86,6 +86,27 @@ def test_command_line_writes_the_json_and_the_table(shared, tmp_path, capsys):
     assert "| mask | 1 |" in capsys.readouterr().out
 
 
+def test_seeds_run_the_operator_once_each_and_pool_the_hits(shared, tmp_path, capsys):
+    """Noise draws from the per-face RNG, so each seed gives other outputs; the pooled row sums the seeds."""
+    ap = argparse.ArgumentParser()
+    A.add_arguments(ap)
+    args = ap.parse_args(["--lfw", str(LFW.parent), "--out", str(tmp_path), "--attackers", "naive",
+                          "--attack-config", "tiny", "--sweep", "noise:0.5", "--seeds", "0,1"])
+    assert A.run(args) == 0
+    result = json.loads((tmp_path / "attackers.json").read_text())
+    assert [c["seed"] for c in result["configs"]] == [0, 1] and result["policy"]["seeds"] == [0, 1]
+    per_seed = [c["attackers"]["naive"] for c in result["configs"]]
+    assert per_seed[0]["orig->anon"]["genuine_median"] != per_seed[1]["orig->anon"]["genuine_median"]
+    (row,) = result["pooled"]
+    for protocol in A.PROTOCOLS:
+        cell = row["attackers"]["naive"][protocol]
+        assert cell["hits"] == sum(r[protocol]["hits"] for r in per_seed)
+        assert cell["probes"] == 2 * per_seed[0][protocol]["probes"]
+        assert cell["p_chance"] == pytest.approx(A.p_chance(cell["hits"], cell["probes"], cell["gallery"]))
+    out = capsys.readouterr().out
+    assert "| noise | 0.5 (seed 1) |" in out and "| noise | 0.5 (seeds 0, 1 pooled) |" in out
+
+
 def test_bad_names_are_refused_clearly():
     with pytest.raises(ValueError, match="unknown attacker.*'oracle'.*known: naive, parrot-trained, restoration"):
         A.parse_attackers("naive,oracle")

@@ -38,6 +38,10 @@ Conventions (fixed, so numbers stay comparable):
 * Metrics (anonymizer.eval.reid.identification): rank-1; TAR at FAR `far` with the threshold set on the
   protocol's own impostor scores (an attacker who re-calibrates); EER; the rates at the clean threshold
   (FAR `far` on the held-out originals); rank-1 hits and their binomial p-value under guessing (p_chance).
+* Seeds: with several policy seeds (`seeds`), every operator runs once per seed (its draws change, the faces
+  and attackers' data do not), and `pooled` sums each attacker's hits and probes over the seeds, with the
+  binomial p-value of the sum. The same probes recur under each seed, so the pooled test is an approximation;
+  it answers what one seed's 175 probes cannot, whether an attacker's 2 or 3 hits are a pattern.
 """
 
 from __future__ import annotations
@@ -637,16 +641,43 @@ def attack_operator(prep: Prepared, operator_name: str, strength: float, policy,
     return out
 
 
+def pooled(configs: list[dict]) -> list[dict]:
+    """Per (operator, strength) run under several seeds: each attacker's hits and probes summed over them, per
+    protocol, with the binomial p-value of the sum (p_chance)."""
+    out: dict[tuple, dict] = {}
+    for c in configs:
+        row = out.setdefault((c["operator"], c["strength"]), {"operator": c["operator"], "strength": c["strength"],
+                                                              "seeds": [], "attackers": {}})
+        row["seeds"].append(c["seed"])
+        for name, res in c["attackers"].items():
+            for protocol in PROTOCOLS:
+                m = res[protocol]
+                cell = row["attackers"].setdefault(name, {}).setdefault(
+                    protocol, {"hits": 0, "probes": 0, "gallery": m["gallery"]})
+                cell["hits"] += m["hits"]
+                cell["probes"] += m["probes"]
+    for row in out.values():
+        for cells in row["attackers"].values():
+            for cell in cells.values():
+                cell["p_chance"] = p_chance(cell["hits"], cell["probes"], cell["gallery"])
+    return list(out.values())
+
+
 def run_attacks(policy, lfw: Path, sweep: Sequence[tuple[str, float]], attackers: Sequence[str], cfg: AttackConfig,
-                far: float = 1e-3, cache: Path | None = None, log: Callable | None = print) -> dict:
-    """Every (operator, strength) of `sweep` against every attacker. Returns the JSON-able result."""
+                far: float = 1e-3, cache: Path | None = None, log: Callable | None = print,
+                seeds: Sequence[int] | None = None) -> dict:
+    """Every (operator, strength) of `sweep` against every attacker, once per seed of `seeds` (default: the
+    policy's). Returns the JSON-able result."""
     from anonymizer.measure.mobilefacenet import MobileFaceNetEncoder
 
     t0 = time.perf_counter()
     encoder = MobileFaceNetEncoder(policy.model_dir)
     prep = prepare(policy, lfw, cfg, encoder, far, cache, log)
     split = SplitMobileFaceNet(policy.model_dir, cfg.parrot.cut_after) if "parrot-trained" in attackers else None
-    configs = [attack_operator(prep, op, s, policy, attackers, cfg, encoder, split, far, log) for op, s in sweep]
+    seeds = list(seeds or [policy.seed])
+    configs = [dict(attack_operator(prep, op, s, policy.model_copy(update={"seed": seed}), attackers, cfg, encoder,
+                                    split, far, log), seed=seed)
+               for seed in seeds for op, s in sweep]
     ev = prep.eval
     return {
         "recognizer": "mobilefacenet",
@@ -656,24 +687,28 @@ def run_attacks(policy, lfw: Path, sweep: Sequence[tuple[str, float]], attackers
                     "eval_identities": int(len(np.unique(ev.ids[~ev.gallery]))),
                     "gallery": int(ev.gallery.sum()), "probes": int((~ev.gallery).sum()),
                     "without_face": prep.train.not_acquired + ev.not_acquired},
-        "policy": {"name": policy.name, "sha256": policy.sha256, "seed": policy.seed,
+        "policy": {"name": policy.name, "sha256": policy.sha256, "seed": policy.seed, "seeds": seeds,
                    "region": policy.anonymization.region.model_dump(), "jpeg_quality": policy.output.jpeg_quality},
         "far": far, "clean_threshold": prep.clean_threshold, "clean": prep.clean,
-        "configs": configs, "seconds": time.perf_counter() - t0,
+        "configs": configs, "pooled": pooled(configs) if len(seeds) > 1 else None,
+        "seconds": time.perf_counter() - t0,
     }
 
 
 def markdown_table(result: dict, protocol: str = "orig->anon") -> str:
     """operator x attacker for one protocol: rank-1 (hits in brackets), TAR@FAR and EER; the last column
-    names the attackers whose rank-1 is above chance (binomial p < 0.01)."""
+    names the attackers whose rank-1 is above chance (binomial p < 0.01). Under several seeds, a row per seed and
+    one per operator pooled over them (hits of all probes)."""
     attackers = [a for a in ATTACKERS if any(a in c["attackers"] for c in result["configs"])]
     head = ["operator", "strength"] + [f"{a} {m}" for a in attackers for m in ("rank-1", "TAR@FAR", "EER")] + ["above chance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     c = result["clean"]
     lines.append("| none (clean) | - | " + " | ".join(f"{c['rank1']:.3f} | {c['tar_at_far']:.3f} | {c['eer']:.3f}" for _ in attackers)
                  + " | - |")
+    several = len(result["policy"].get("seeds") or [0]) > 1
     for cfgr in result["configs"]:
         s = "-" if cfgr["strength"] is None else f"{cfgr['strength']:g}"
+        s += f" (seed {cfgr['seed']})" if several else ""
         cells, above = [], []
         for a in attackers:
             r = cfgr["attackers"].get(a)
@@ -686,6 +721,18 @@ def markdown_table(result: dict, protocol: str = "orig->anon") -> str:
             if p_chance(hits, m["probes"], m["gallery"]) < 0.01:
                 above.append(a)
         lines.append(f"| {cfgr['operator']} | {s} | " + " | ".join(cells) + f" | {', '.join(above) or 'none'} |")
+    for row in result.get("pooled") or []:
+        s = "-" if row["strength"] is None else f"{row['strength']:g}"
+        cells, above = [], []
+        for a in attackers:
+            m = row["attackers"].get(a, {}).get(protocol)
+            cells.append("n/a | n/a | n/a" if m is None else
+                         f"{m['hits'] / max(1, m['probes']):.3f} ({m['hits']} of {m['probes']}) | – | –")
+            if m is not None and m["p_chance"] < 0.01:
+                above.append(a)
+        seeds = ", ".join(map(str, row["seeds"]))
+        lines.append(f"| {row['operator']} | {s} (seeds {seeds} pooled) | " + " | ".join(cells)
+                     + f" | {', '.join(above) or 'none'} |")
     return "\n".join(lines)
 
 
@@ -700,6 +747,9 @@ def add_arguments(p) -> None:
                         "anonymizer/eval/attackers.py; writes attackers.json)")
     p.add_argument("--attack-config", choices=("tiny", "full"), default="full",
                    help="data and training budget of the attackers that learn (tiny: seconds, for tests)")
+    p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
+                   help="policy seeds to run each operator under, e.g. 0,1,2, with each attacker's hits pooled over "
+                        "them (default: the policy's seed)")
 
 
 def run(args) -> int:
@@ -714,7 +764,8 @@ def run_cli(args, policy, sweep: Sequence[tuple[str, float]]) -> int:
     attackers = parse_attackers(args.attackers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    result = run_attacks(policy, Path(args.lfw), sweep, attackers, cfg, args.far, cache=out / "attack_faces.json")
+    result = run_attacks(policy, Path(args.lfw), sweep, attackers, cfg, args.far, cache=out / "attack_faces.json",
+                         seeds=args.seeds)
     path = out / "attackers.json"
     path.write_text(json.dumps(result, indent=2, default=str))
     for protocol in PROTOCOLS:
