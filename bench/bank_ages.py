@@ -38,7 +38,7 @@ def main() -> None:
 
     from anonymizer.bank import load_bank
     from anonymizer.bank.stylegan import FaceReader, Renderer, person_z
-    from anonymizer.eval.generation import AGE_GROUP_NAMES, age_group
+    from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, age_group
     from anonymizer.measure.apparent_age import AgeReader
 
     bank, ages = load_bank(args.bank), AgeReader()

@@ -54,7 +54,8 @@ def test_reads_faces_not_a_constant(reader, shared):
 
 
 def test_age_groups_kept_counts_by_the_originals_group():
-    from anonymizer.eval.generation import age_group, age_groups_kept
+    from anonymizer.eval.generation import age_groups_kept
+    from anonymizer.measure.apparent_age import age_group
 
     assert [age_group(a) for a in (0.25, 12.9, 13.0, 19.9, 20.0, 59.9, 60.0, 80.0)] == [0, 0, 1, 1, 2, 2, 3, 3]
     rows = [{"age": 8.0, "d_age": 25.0}, {"age": 10.0, "d_age": 1.0}, {"age": 30.0, "d_age": -5.0},

@@ -289,14 +289,15 @@ def test_people_rendered_around_a_skin_tone_bands_centre_mostly_read_in_that_ban
     renderer = Renderer(None, threads=1, backend="openvino")
     plain_w = {p: renderer.w(person_z(0, p)) for p in dark + plain}
     run = ((None, 0.7, 1, "dlib_shape68", "openvino"), "local", None, None)
-    tones, _ = candidate_tones(tmp_path, dict.fromkeys(dark + plain, ("", "")), plain_w.__getitem__, *run)
+    tones, _, ages = candidate_tones(tmp_path, dict.fromkeys(dark + plain, ("", "")), plain_w.__getitem__, *run)
     bands = {p: tone.band(tones[p], tone.DARKNESS_BANDS) for p in tones}
     assert [bands.get(p) for p in dark].count("dark") >= 6
     assert [bands.get(p) for p in plain].count("dark") <= 1
+    assert set(ages) == set(tones) and 15 < np.median(list(ages.values())) < 60  # their apparent ages, in years
     n_dark = list(bands.values()).count("dark")
     around = around_short_bands(tones, 3 * (n_dark + 2), plain_w.__getitem__, renderer.w_avg, first=10_000)
     assert {name for name, _ in around.values()} == {"dark"} and len(around) == 8  # 4 per person it lacks
-    more, sexes = candidate_tones(tmp_path, {p: ("dark", moved(m)) for p, (_, m) in around.items()},
+    more, sexes, _ = candidate_tones(tmp_path, {p: ("dark", moved(m)) for p, (_, m) in around.items()},
                                   lambda p: renderer.w(person_z(0, p)) + around[p][1], *run)
     assert len(more) >= 6
     assert sum(tone.band(v, tone.DARKNESS_BANDS) == "dark" for v in more.values()) >= len(more) / 2
@@ -314,15 +315,15 @@ def test_a_resumed_build_reads_a_candidate_again_only_where_its_move_changed(tmp
         raise AssertionError(f"candidate {p} rendered again")
 
     plain = {0: ("", ""), 1: ("", "")}
-    first, _ = candidate_tones(tmp_path, plain, lambda p: renderer.w(person_z(0, p)), *run)
+    first, _, first_ages = candidate_tones(tmp_path, plain, lambda p: renderer.w(person_z(0, p)), *run)
     assert set(first) == {0, 1}
-    assert candidate_tones(tmp_path, plain, never, *run)[0] == first  # kept: nothing rendered again
+    assert candidate_tones(tmp_path, plain, never, *run)[::2] == (first, first_ages)  # kept: nothing rendered again
     table = pd.read_parquet(tmp_path / CANDIDATES)
     table.drop(columns=["centre", "move"]).to_parquet(tmp_path / CANDIDATES)  # as a build before moves wrote it
     assert candidate_tones(tmp_path, plain, never, *run)[0] == first
     table.to_parquet(tmp_path / CANDIDATES)
-    move = renderer.w(person_z(0, 224)) - renderer.w_avg  # towards a person who reads dark
-    again, _ = candidate_tones(tmp_path, {0: ("", ""), 1: ("dark", moved(move))},
+    move = 0.7 * (renderer.w(person_z(0, 212)) - renderer.w_avg)  # towards a person who reads dark
+    again, _, _ = candidate_tones(tmp_path, {0: ("", ""), 1: ("dark", moved(move))},
                                lambda p: renderer.w(person_z(0, p)) + move if p == 1 else never(p), *run)
     assert again[0] == first[0] and again[1] > first[1] + 0.3
     rows = pd.read_parquet(tmp_path / CANDIDATES).set_index("person")
@@ -405,6 +406,33 @@ def test_spread_gives_each_skin_tone_band_its_share():
     darkness = {0: 0.0, 1: 0.1, 2: 0.2, 3: 0.3, 4: 0.9, 5: 1.9}  # the skin probe's bands: one of each
     chosen = tone.spread(darkness, 3, np.random.default_rng(0), bands=tone.DARKNESS_BANDS)
     assert {tone.band(darkness[p], tone.DARKNESS_BANDS) for p in chosen} == {"light", "medium", "dark"}
+    # people taken already count towards their band's share
+    taken = [p for p in tones if tone.band(tones[p]) == "tan"][:4]
+    chosen = tone.spread(tones, 10, np.random.default_rng(0), taken=taken)
+    assert set(taken) <= set(chosen) and len(chosen) == 10
+    assert Counter(tone.band(tones[p]) for p in chosen) == {"very light": 2, "light": 2, "tan": 4, "dark": 2}
+
+
+def test_a_stylegan_bank_keeps_each_age_groups_share_where_its_candidates_allow():
+    from collections import Counter
+
+    from anonymizer.bank import tone
+    from anonymizer.bank.stylegan import AGE_SHARES, choose_people
+    from anonymizer.measure.apparent_age import age_group
+
+    rng = np.random.default_rng(5)
+    people = range(400)
+    ages = {p: float(rng.choice([8.0, 16.0, 35.0, 70.0], p=[0.04, 0.02, 0.9, 0.04])) for p in people}
+    tones = {p: float(rng.choice([0.0, 1.0, 2.0], p=[0.8, 0.15, 0.05])) for p in people}
+    sexes = {p: "MF"[p % 2] for p in people}
+    chosen = choose_people(tones, sexes, ages, 64, np.random.default_rng(0))
+    assert len(set(chosen)) == 64 and chosen == choose_people(tones, sexes, ages, 64, np.random.default_rng(0))
+    groups = Counter(age_group(ages[p]) for p in chosen)
+    for group, share in AGE_SHARES.items():
+        have = sum(age_group(a) == group for a in ages.values())
+        assert groups[group] == min(have, round(share * 64)), (group, groups)
+    assert Counter(tone.band(tones[p], tone.DARKNESS_BANDS) for p in chosen)["dark"] == min(
+        20, sum(tone.band(t, tone.DARKNESS_BANDS) == "dark" for t in tones.values()))
 
 
 def test_stylegan_graphs_run_by_torch_give_openvinos_images(shared):
@@ -947,6 +975,45 @@ def test_match_sex_gives_each_face_bank_people_who_read_alike(stylegan_bank):
         assert op.sex.label(op.sex.describe(res.image, face)) in (label, None)
         seen[label] += 1
     assert seen == {MAN: 2, WOMAN: 2}
+
+
+def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypatch):
+    """A bank built with its age groups' shares holds people who are not adults; with `match_age` a face
+    gets only bank people read in its age group, unless the bank has fewer than AGE_MIN_PEOPLE of them."""
+    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
+    from anonymizer.anonymize import bankface
+    from anonymizer.anonymize.bankface import BankFace
+    from anonymizer.bank.stylegan import build_from_stylegan
+    from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, age_group
+
+    out = build_from_stylegan(tmp_path / "sg", n=8, seed=1, views=(), threads=1, candidates=40)
+    chosen = load_bank(out).manifest["summary"]["candidates"]["age_groups_chosen"]
+    assert sum(chosen.values()) == 8 and chosen["20-59"] < 8  # the shares took in children, teens or elders
+    op = ANONYMIZERS.create("bank", bank=str(out), match_age=True)
+    ids = op.bank.index["identity"].to_numpy()
+    groups = {p: age_group(a) for p, a in op.age.of_people(op.bank).items()}
+    assert {AGE_GROUP_NAMES[g] for g in groups.values()} == {k for k, v in chosen.items() if v}  # as the build read
+
+    def faces():  # each bank person's own photo: it reads in the person's group
+        for k in range(len(op.bank)):
+            yield k, op.bank.crop(k), sh.face_for(op.bank.landmarks(k))
+
+    adults = [p for p, g in groups.items() if AGE_GROUP_NAMES[g] == "20-59"]
+    for k, crop, face in faces():
+        mine = [p for p in groups if groups[p] == groups[ids[k]]]
+        allowed = op.of_age(crop, face, None)
+        if len(mine) >= bankface.AGE_MIN_PEOPLE:
+            assert set(ids[allowed]) == set(mine)
+        else:  # too few of the face's age group to choose among: any bank person
+            assert allowed is None
+        others = ids != ids[k]  # narrowing keeps what an earlier choice (sex) allowed
+        assert op.of_age(crop, face, others) is others or set(ids[op.of_age(crop, face, others)]) == set(mine) - {ids[k]}
+    assert len(adults) >= bankface.AGE_MIN_PEOPLE
+    monkeypatch.setattr(bankface, "AGE_MIN_PEOPLE", 1)
+    for k, crop, face in faces():
+        assert set(ids[op.of_age(crop, face, None)]) == {p for p in groups if groups[p] == groups[ids[k]]}
+    rows = BankFace.weight_files({"bank": str(out), "match_age": True}, None)
+    assert {r["name"] for r in rows if r["component"] == "apparent_age"} == {"apparent_age", "dlib_shape5"}
 
 
 def test_a_face_the_sex_probe_leaves_undecided_gets_people_of_the_sex_it_leans_to(stylegan_bank):

@@ -17,9 +17,12 @@ synthetic people. Per face:
    person's most frontal face, which a photo's light and white balance barely move; those within
    TONE_CLOSE of the face's are tried first. A light-skinned face made dark (or the reverse) looks
    recoloured. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
-   read alike (anonymizer.bank.apparent_sex). A face that carries a virtual identity (`Face.identity`, set
-   by a keyed run's linking, which matches the person's apparent sex where `match_sex` asks) tries only that
-   identity's faces, nearest first: one person, one face.
+   read alike (anonymizer.bank.apparent_sex). With `match_age`, a face looks only at bank people of its
+   apparent age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over, on the person's
+   most frontal bank face) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed. A face
+   that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the person's
+   apparent sex where `match_sex` asks, not their age) tries only that identity's faces, nearest first: one
+   person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -86,6 +89,7 @@ CONTRAST = 1.3       # the most harmonisation may scale the bank face's lightnes
 SKIN_NEAR, SKIN_FAR = 2.5, 4.0  # outside the inner face, bank pixels this far from its skin (in spreads) fade out
 MATTE_FEATHER = 0.03  # the head matte's edge, blurred over this many eye distances
 TONE_READINGS = ("ita", "descriptor")  # BankFace's tone_reading (the module doc, step 2)
+AGE_MIN_PEOPLE = 4  # `match_age` keeps to a face's age group only where the bank allows this many people of it
 TONE_CLOSE = 0.5  # darkness (anonymizer.bank.tone.SkinTone) within which a bank person's skin counts as alike
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
@@ -327,6 +331,8 @@ class BankFace:
             rows += [{"component": "apparent_sex", **describe(m, model_dir)} for m in ("apparent_sex", "dlib_resnet")]
         if tone.by_descriptor(params):
             rows += [{"component": "skin_tone", **describe(m, model_dir)} for m in ("skin_tone", "dlib_resnet")]
+        if params.get("match_age"):
+            rows += [{"component": "apparent_age", **describe(m, model_dir)} for m in ("apparent_age", "dlib_shape5")]
         return rows
 
     @staticmethod
@@ -354,7 +360,7 @@ class BankFace:
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
                  landmarks: str | None = None, tone_pool: int = 36, tone_reading: str = "ita",
-                 match_sex: bool = False) -> None:
+                 match_sex: bool = False, match_age: bool = False) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
@@ -393,6 +399,13 @@ class BankFace:
         self.skin_tone = (tone.SkinTone(model_dir, self._guard_encoder("dlib_resnet"))
                           if tone_reading == "descriptor" and self.tone_pool > 0 else None)
         self.tones = self._bank_tones() if self.tone_pool > 0 else None
+        self.age = self.age_groups = None
+        if match_age:
+            from anonymizer.measure.apparent_age import AgeReader, age_group
+
+            self.age = AgeReader(model_dir)
+            ages = self.age.of_people(self.bank)
+            self.age_groups = np.array([age_group(ages[str(p)]) for p in self.bank.index["identity"]])
 
     def _bank_tones(self) -> np.ndarray:
         """Each bank face's skin tone, read as the faces' are (`tone_reading`): its person's, by the probe."""
@@ -422,10 +435,24 @@ class BankFace:
                           else probe.describe(image, face))
         skin = (None if self.tone_pool <= 0 else self.skin_tone.darkness(descriptor) if self.skin_tone
                 else site.ita)
-        if self.sex is None:
-            return skin, None
-        p = self.sex.probability(descriptor)
-        return skin, self.bank_people.allowed(self.sex.decide(p), self.sex.lean(p))
+        allowed = None
+        if self.sex is not None:
+            p = self.sex.probability(descriptor)
+            allowed = self.bank_people.allowed(self.sex.decide(p), self.sex.lean(p))
+        return skin, self.of_age(image, face, allowed)
+
+    def of_age(self, image: np.ndarray, face: Face, allowed: np.ndarray | None) -> np.ndarray | None:
+        """`allowed` narrowed to the bank people of the face's apparent age group (`match_age`), where at least
+        AGE_MIN_PEOPLE of them remain; else `allowed` as it was."""
+        if self.age is None:
+            return allowed
+        from anonymizer.measure.apparent_age import age_group
+
+        mine = self.age_groups == age_group(float(self.age.read(image, [face])[0]))
+        if allowed is not None:
+            mine &= allowed
+        people = np.unique(self.bank.index["identity"].to_numpy()[mine])
+        return mine if len(people) >= AGE_MIN_PEOPLE else allowed
 
     # ------------------------------------------------------------ per face
 

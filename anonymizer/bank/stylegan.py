@@ -32,6 +32,7 @@ from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
 from anonymizer.bank.store import BankWriter
 from anonymizer.faces import Face
+from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, age_group
 from anonymizer.models import ModelNotFoundError, describe, search_dirs, sha256_file
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ DIRECTION_FEATURES = ("yaw", "pitch", "mouth_open", "smile")
 CANDIDATES_PER_PERSON = 10  # people rendered once per bank person kept: at truncation 0.7 about 2 % read dark
 CENTRE_MIN = 8           # a short skin-tone band's centre: the mean w of at least this many of its candidates
 CENTRED_PER_MISSING = 4  # people rendered around a short band's centre per person the band lacks
+AGE_SHARES = {0: 1 / 8, 1: 1 / 8, 3: 1 / 8}  # age group (AGE_GROUP_NAMES) → its least share of the people kept
 PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 4,200 in 31 min
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
@@ -241,25 +243,27 @@ def fit_directions(ws: np.ndarray, feats: dict[str, np.ndarray], ridge: float = 
 
 def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callable[[int], np.ndarray], maker_args: tuple,
                     engine: str, workers: int | None, ray_address: str | None, chunk: int = 32
-                    ) -> tuple[dict[int, float], dict[int, str | None]]:
+                    ) -> tuple[dict[int, float], dict[int, str | None], dict[int, float]]:
     """(person → how dark their skin reads (anonymizer.bank.tone.SkinTone), person → their apparent sex
-    (anonymizer.bank.apparent_sex; None: undecided)), both probes on the descriptor of their first render
+    (anonymizer.bank.apparent_sex; None: undecided), person → their apparent age in years
+    (anonymizer.measure.apparent_age)), the probes on the descriptor of their first render
     (w: `w_of(person)`), for `people` (person → (the band whose centre their w was moved to, a fingerprint of
     that move: `moved`), ("", "") for none). Left out: those without one clear face, and those whose eyes show no
     white (sunglasses, a squint: a bank face should carry open eyes). Readings are kept in `out`/CANDIDATES as
     they come, so an interrupted build does not render them again; a reading made with another move (a build
     resumed with other candidates) is made again."""
     from anonymizer.bank.apparent_sex import ApparentSex
+    from anonymizer.measure.apparent_age import AgeReader
 
-    probe, skin = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0])
+    probe, skin, ager = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0]), AgeReader(maker_args[0])
     path = out / CANDIDATES
-    cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "centre", "move"]
+    cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "age", "centre", "move"]
 
     def made_with(r: dict) -> tuple[str, ...]:  # a table without the columns (an older build's) moved nobody
         return tuple(v if isinstance(v := r.get(c), str) else "" for c in ("centre", "move"))
 
     rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
-    rows = [r for r in rows if "darkness" in r  # a row without the skin probe's reading is read again
+    rows = [r for r in rows if "age" in r  # a row without the probes' readings is read again
             and people.get(int(r["person"]), made_with(r)) == made_with(r)]
     todo = sorted(set(people) - {int(r["person"]) for r in rows})
     jobs = [(f"c{p:06d}", p, w_of(p)) for p in todo]
@@ -273,17 +277,33 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
     for j, (_, person, crop, pts) in enumerate(progress(renders, len(jobs), "candidates"), start=1):
         r = tone.read(crop, pts) if crop is not None else None
         d = probe.describe(crop, sh.face_for(pts)) if crop is not None else None
+        age = float(ager.read(crop, [sh.face_for(pts)])[0]) if crop is not None else np.nan
         rows.append({"person": person, "lightness": np.nan if r is None else r.lightness,
                      "b": np.nan if r is None else r.b,
                      "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
                      "female": np.nan if d is None else probe.probability(d),
-                     "darkness": np.nan if d is None else skin.darkness(d), "centre": people[person][0],
+                     "darkness": np.nan if d is None else skin.darkness(d), "age": age, "centre": people[person][0],
                      "move": people[person][1]})
         if j % chunk == 0 or j == len(jobs):
             keep()
     seen = [r for r in rows if int(r["person"]) in people and np.isfinite(r["eye_white"])]
     return ({int(r["person"]): float(r["darkness"]) for r in seen},
-            {int(r["person"]): probe.decide(float(r.get("female", np.nan))) for r in seen})
+            {int(r["person"]): probe.decide(float(r.get("female", np.nan))) for r in seen},
+            {int(r["person"]): float(r["age"]) for r in seen})
+
+
+def choose_people(tones: dict[int, float], sexes: dict[int, str | None], ages: dict[int, float], n: int,
+                  rng: np.random.Generator) -> list[int]:
+    """The n people a bank keeps: first each age group's AGE_SHARES (as many as its candidates allow), then
+    the rest, all spread over the skin-tone bands (anonymizer.bank.tone.spread over DARKNESS_BANDS) with men
+    and women in turn. FFHQ's people, truncated toward the mean w, are mostly adults in their twenties to
+    forties: without the shares a 256-person bank held 7 people over 60 and 12 children, too few for an
+    operator matching age (`match_age`) to choose from by pose."""
+    chosen: list[int] = []
+    for group, share in AGE_SHARES.items():
+        members = {p: t for p, t in tones.items() if age_group(ages[p]) == group or p in chosen}
+        chosen = tone.spread(members, len(chosen) + round(share * n), rng, sexes, tone.DARKNESS_BANDS, chosen)
+    return tone.spread(tones, n, rng, sexes, tone.DARKNESS_BANDS, chosen)
 
 
 def around_short_bands(tones: dict[int, float], n: int, w_of: Callable[[int], np.ndarray], w_avg: np.ndarray,
@@ -307,6 +327,11 @@ def around_short_bands(tones: dict[int, float], n: int, w_of: Callable[[int], np
         for _ in range(CENTRED_PER_MISSING * missing):
             around[first + len(around)] = (name, move)
     return around
+
+
+def age_counts(ages) -> dict[str, int]:
+    counts = Counter(AGE_GROUP_NAMES[age_group(a)] for a in ages)
+    return {name: counts[name] for name in AGE_GROUP_NAMES}
 
 
 def moved(move: np.ndarray) -> str:
@@ -379,12 +404,12 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
 
     if candidates > n:
         run = (maker_args, engine, workers, ray_address)
-        tones, sexes = candidate_tones(out, dict.fromkeys(range(candidates), ("", "")), person_w, *run)
+        tones, sexes, ages = candidate_tones(out, dict.fromkeys(range(candidates), ("", "")), person_w, *run)
         around = around_short_bands(tones, n, person_w, renderer.w_avg, candidates, centre_min)
         if around:
             more = candidate_tones(out, {p: (name, moved(m)) for p, (name, m) in around.items()}, person_w, *run)
-            tones, sexes = {**tones, **more[0]}, {**sexes, **more[1]}
-        chosen = tone.spread(tones, n, np.random.default_rng([seed, 1]), sexes, tone.DARKNESS_BANDS)
+            tones, sexes, ages = {**tones, **more[0]}, {**sexes, **more[1]}, {**ages, **more[2]}
+        chosen = choose_people(tones, sexes, ages, n, np.random.default_rng([seed, 1]))
         chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
     writer.only(person_name(i) for i in chosen)
     base = {i: person_w(i) for i in chosen}
@@ -402,8 +427,11 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
                                  "bands_of_candidates": tone.band_counts(tones.values(), tone.DARKNESS_BANDS),
                                  "bands_chosen": tone.band_counts((tones[i] for i in chosen), tone.DARKNESS_BANDS),
                                  "apparent_sex_chosen": dict(Counter(sexes.get(i) or "undecided" for i in chosen)),
+                                 "age_groups_of_candidates": age_counts(ages.values()),
+                                 "age_groups_chosen": age_counts(ages[i] for i in chosen if i in ages),
                                  "apparent_sex_probe": describe("apparent_sex", model_dir)["sha256"],
-                                 "skin_tone_probe": describe("skin_tone", model_dir)["sha256"]}
+                                 "skin_tone_probe": describe("skin_tone", model_dir)["sha256"],
+                                 "apparent_age_reader": describe("apparent_age", model_dir)["sha256"]}
     extra: tuple[str, ...] = ()
     rows = writer.rows()
     v0 = rows[rows["face_id"].str.endswith("v0")]

@@ -19,7 +19,9 @@ spreads its people over its DARKNESS_BANDS.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -107,32 +109,33 @@ def shortfall(values, n: int, bands=BANDS) -> dict[str, int]:
 
 
 def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
-           sexes: dict[int, str | None] | None = None, bands=BANDS) -> list[int]:
-    """`n` of the keys of `tones` (person → ITA° with Del Bino's bands, or darkness with DARKNESS_BANDS), spread
-    over the bands: one person from each band in turn, so each gets an equal share of `n` and a band with too
-    few people passes its remainder to the others; each band's people are drawn by `rng`. With `sexes` (person
+           sexes: dict[int, str | None] | None = None, bands=BANDS, taken: Sequence[int] = ()) -> list[int]:
+    """`n` people, the `taken` ones (keys of `tones`) and more of the keys of `tones` (person → ITA° with Del
+    Bino's bands, or darkness with DARKNESS_BANDS), spread over the bands: the next person always from the band
+    that has the fewest so far (the first in `bands` of those tied), so each gets an equal share of `n` and a band
+    with too few people passes its remainder to the others; each band's people are drawn by `rng`. With `sexes` (person
     → "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw takes men and women in turn, the sex
     the bank holds fewer of first where the band has as many of each, and people who read as neither last:
     a bank operator matching sex then has as many people for either, in each band. Sorted."""
+    chosen = [int(p) for p in taken]
     pools: dict[str, list[int]] = {}
-    for person in sorted(tones):
+    for person in sorted(set(tones) - set(chosen)):
         pools.setdefault(band(tones[person], bands), []).append(person)
     pools = {name: [int(p) for p in np.asarray(people)[rng.permutation(len(people))]] for name, people in pools.items()}
     sex = (lambda p: None) if sexes is None else sexes.get
-    chosen: list[int] = []
+    order = [name for _, name in bands]
     while len(chosen) < n and any(pools.values()):
-        for name in [name for _, name in bands if pools.get(name)]:
-            if len(chosen) == n:
-                break
-            mine = [sex(p) for p in chosen if band(tones[p], bands) == name]
-            everyone = [sex(p) for p in chosen]
-            want = min(("M", "F"), key=lambda x: (mine.count(x), everyone.count(x)))
-            people = pools[name]
-            pick = next((p for p in people if sex(p) == want), None)
-            if pick is None:
-                pick = next((p for p in people if sex(p) is not None), people[0])
-            people.remove(pick)
-            chosen.append(pick)
+        held = Counter(band(tones[p], bands) for p in chosen)
+        name = min((name for name in order if pools.get(name)), key=lambda b: held[b])
+        mine = [sex(p) for p in chosen if band(tones[p], bands) == name]
+        everyone = [sex(p) for p in chosen]
+        want = min(("M", "F"), key=lambda x: (mine.count(x), everyone.count(x)))
+        people = pools[name]
+        pick = next((p for p in people if sex(p) == want), None)
+        if pick is None:
+            pick = next((p for p in people if sex(p) is not None), people[0])
+        people.remove(pick)
+        chosen.append(pick)
     return sorted(chosen)
 
 

