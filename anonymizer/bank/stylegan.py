@@ -371,10 +371,12 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
 
     Who is in it: `candidates` people (default CANDIDATES_PER_PERSON × n; 0 or n: people 0 … n−1) are
     rendered once, then more around the centre of each skin-tone band short of its share (`around_short_bands`),
-    and the n kept are spread over the bands (anonymizer.bank.tone.spread over DARKNESS_BANDS, as the skin
-    probe reads their descriptors), men and women in turn within each band. FFHQ's people, truncated toward
+    and the n kept (`choose_people`) hold each age group's AGE_SHARES where the candidates allow and are spread
+    over the bands (anonymizer.bank.tone.spread over DARKNESS_BANDS, as the skin probe reads their
+    descriptors), men and women in turn within each band. FFHQ's people, truncated toward
     the mean w, are mostly light-skinned, and a dark-skinned person given a light-skinned bank face looks
-    recoloured, not real; an operator that matches sex (`match_sex`) draws from one sex's people."""
+    recoloured, not real; an operator that matches sex (`match_sex`) or age (`match_age`) draws from one sex's
+    or one age group's people."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size)
@@ -470,6 +472,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         extra = (*extra, CANDIDATES)
     build = {"kind": "stylegan", "n": n, "seed": seed, "candidates": candidates, "centre_min": centre_min,
              "centred_per_missing": CENTRED_PER_MISSING, "truncation": truncation,
+             "age_shares": {AGE_GROUP_NAMES[g]: share for g, share in AGE_SHARES.items()},
              "views": list(views), "fit_min": fit_min, "max_step": max_step, "model_files": FILES, "landmarks": landmarks,
              "crop_size": sh.CROP_SIZE}
     return writer.finish(None, build, extra_files=extra, summary=summary)
