@@ -1009,6 +1009,15 @@ def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypat
         others = ids != ids[k]  # narrowing keeps what an earlier choice (sex) allowed
         assert op.of_age(crop, face, others) is others or set(ids[op.of_age(crop, face, others)]) == set(mine) - {ids[k]}
     assert len(adults) >= bankface.AGE_MIN_PEOPLE
+    # with skin tone read by the descriptor probe, a group narrows the choice only where enough of its people
+    # are near the face's tone: skin tone first
+    toned = ANONYMIZERS.create("bank", bank=str(out), match_age=True, tone_reading="descriptor")
+    k = next(k for k in range(len(ids)) if ids[k] in adults)
+    crop, face = op.bank.crop(k), sh.face_for(op.bank.landmarks(k))
+    near = np.abs(toned.tones - toned.tones[k]) <= TONE_CLOSE
+    narrowed = toned.of_age(crop, face, None, skin=float(toned.tones[k]))
+    assert (narrowed is not None) == (len(set(ids[near]) & set(adults)) >= bankface.AGE_MIN_PEOPLE)
+    assert toned.of_age(crop, face, None, skin=float(toned.tones.max()) + 2 * TONE_CLOSE) is None
     monkeypatch.setattr(bankface, "AGE_MIN_PEOPLE", 1)
     for k, crop, face in faces():
         assert set(ids[op.of_age(crop, face, None)]) == {p for p in groups if groups[p] == groups[ids[k]]}

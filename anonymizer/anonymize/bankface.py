@@ -19,7 +19,8 @@ synthetic people. Per face:
    recoloured. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
    read alike (anonymizer.bank.apparent_sex). With `match_age`, a face looks only at bank people of its
    apparent age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over, on the person's
-   most frontal bank face) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed. A face
+   most frontal bank face) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and,
+   with the `descriptor` tone reading, near the face's tone: skin tone comes first). A face
    that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the person's
    apparent sex where `match_sex` asks, not their age) tries only that identity's faces, nearest first: one
    person, one face.
@@ -439,11 +440,14 @@ class BankFace:
         if self.sex is not None:
             p = self.sex.probability(descriptor)
             allowed = self.bank_people.allowed(self.sex.decide(p), self.sex.lean(p))
-        return skin, self.of_age(image, face, allowed)
+        return skin, self.of_age(image, face, allowed, skin)
 
-    def of_age(self, image: np.ndarray, face: Face, allowed: np.ndarray | None) -> np.ndarray | None:
+    def of_age(self, image: np.ndarray, face: Face, allowed: np.ndarray | None,
+               skin: float | None = None) -> np.ndarray | None:
         """`allowed` narrowed to the bank people of the face's apparent age group (`match_age`), where at least
-        AGE_MIN_PEOPLE of them remain; else `allowed` as it was."""
+        AGE_MIN_PEOPLE of them remain (with the `descriptor` tone reading, of them within TONE_CLOSE of the
+        face's `skin`: the StyleGAN bank's people over 60 are nearly all light-skinned, and a face made another
+        skin tone looks recoloured, where one made younger still looks like a photograph); else `allowed`."""
         if self.age is None:
             return allowed
         from anonymizer.measure.apparent_age import age_group
@@ -451,7 +455,8 @@ class BankFace:
         mine = self.age_groups == age_group(float(self.age.read(image, [face])[0]))
         if allowed is not None:
             mine &= allowed
-        people = np.unique(self.bank.index["identity"].to_numpy()[mine])
+        alike = mine & ~self.unlike(np.arange(len(mine)), skin)
+        people = np.unique(self.bank.index["identity"].to_numpy()[alike])
         return mine if len(people) >= AGE_MIN_PEOPLE else allowed
 
     # ------------------------------------------------------------ per face
