@@ -8,7 +8,9 @@ the share of a person's bank faces that show the person's most frequent virtual 
 people linked against the number labelled, pairs of labelled people that show one virtual identity, and,
 for people whose apparent sex or skin tone is labelled (training/data/lfw_apparent_sex.tsv and
 lfw_skin_tone.tsv, held-out rows; `--labelled` takes only those), how many show a virtual person who reads as
-they do: of their sex, of their skin-tone band (light, medium, dark), and of a band next to theirs.
+they do: of their sex, of their skin-tone band (light, medium, dark), and of a band next to theirs; and for
+every person, whether their virtual person reads in the age group their photos read in on average
+(anonymizer.measure.apparent_age, as the linking pass reads them).
 
     python bench/keyed_run.py [--people 20] [--images 3] [--labelled] [--bank DIR] [--out bench/results/keyed_run.json]
 """
@@ -40,14 +42,20 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("ANONYMIZER_MODEL_DIR", str(SHARED / "models"))
 
+    import cv2
+    import numpy as np
     import pandas as pd
 
     from anonymizer.anonymize.bankface import BankFace
+    from anonymizer.bank.tone import AGE_MARKS
+    from anonymizer.faces import Face
+    from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, AgeReader, age_group
     from anonymizer.bank import build_from_stylegan
     from anonymizer.eval.lfw import split_of
     from anonymizer.pipeline import run_pipeline
 
     lfw = SHARED / "data" / "lfw" / "images"
+    ager = AgeReader()
     def held_out(name: str) -> dict[str, str]:
         rows = (REPO / "training" / "data" / name).read_text().splitlines()[1:]
         return {person: label for person, label, use in (row.split("\t") for row in rows) if use == "heldout"}
@@ -99,7 +107,7 @@ def main() -> int:
                 shown = per_person.agg(lambda s: set(s.dropna().astype(int)))
                 sharing = sum(bool(a & b) for a, b in itertools.combinations(shown.tolist(), 2))
                 pairs = len(shown) * (len(shown) - 1) // 2
-                bank_reads = BankFace.virtual_identities({"bank": str(bank), "match_sex": True,
+                bank_reads = BankFace.virtual_identities({"bank": str(bank), "match_sex": True, "match_age": True,
                                                           "tone_reading": "descriptor"}, None)
                 shows = {p: int(per_person.get_group(p).value_counts().index[0]) for p in per_person.groups}
                 sexed = [p for p in shows if p in read_as]
@@ -109,11 +117,19 @@ def main() -> int:
                 want = {p: "lmd".find(tone_of[p][0]) for p in toned}
                 tone_alike = {t: f"{sum(band[p] == want[p] for p in toned if tone_of[p] == t)}/"
                                  f"{sum(tone_of[p] == t for p in toned)}" for t in ("light", "medium", "dark")}
+                read = {p: [] for p in shows}
+                for r in bank_faces.itertuples():
+                    rgb = cv2.cvtColor(cv2.imread(str(src / r.key)), cv2.COLOR_BGR2RGB)
+                    read[r.person].append(float(ager.read(rgb, [Face(r.x, r.y, r.w, r.h, 1.0, "bench")])[0]))
+                groups = {p: AGE_MARKS[age_group(float(np.mean(a)))] for p, a in read.items()}
+                age_alike = {g: f"{sum((bank_reads[shows[p]] or '?')[-1] == g for p in shows if groups[p] == g)}/"
+                                f"{sum(groups[p] == g for p in shows)}" for g in sorted(set(groups.values()))}
                 runs[name].update(people_labelled=len(people), same_vi_share=round(float(top / len(bank_faces)), 3),
                                   pairs_sharing_vi=f"{sharing}/{pairs}",
                                   virtual_identities=linking.get("virtual_identities"),
                                   reads_alike=f"{alike}/{len(sexed)}", tone_alike=tone_alike,
                                   tone_next_band=f"{sum(abs(band[p] - want[p]) == 1 for p in toned)}/{len(toned)}",
+                                  age_alike={AGE_GROUP_NAMES[AGE_MARKS.index(g)]: v for g, v in age_alike.items()},
                                   people_read_as=linking.get("read_as"))
             print(name, json.dumps(runs[name]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

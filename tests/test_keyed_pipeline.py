@@ -100,17 +100,19 @@ def test_one_person_one_virtual_identity_within_a_run(keyed):
     from anonymizer.anonymize.bankface import BankFace
     from anonymizer.pipeline.link import pool_for
 
-    bank_reads = BankFace.virtual_identities({"bank": str(keyed["bank"]), "match_sex": True,
+    bank_reads = BankFace.virtual_identities({"bank": str(keyed["bank"]), "match_sex": True, "match_age": True,
                                               "tone_reading": "descriptor"}, None)
-    assert sorted(bank_reads) == ["Fd", "Fm", "Md", "Ml"]
-    assert linking["read_as"] == {"woman, light skin": 2, "man, light skin": 1}
+    # its medium-skinned woman reads under 13: with one person of each band and sex, too few to keep to an age group
+    assert sorted(bank_reads) == ["Fd2", "Fm0", "Md2", "Ml2"]
+    assert linking["read_as"] == {"woman, light skin, aged 20-59": 2, "man, light skin, aged 20-59": 1}
     shown = _identity_per_person(faces)
-    assert {p: bank_reads[v] for p, v in shown.items()} == {p: {"F": "Fm", "M": "Ml"}[READ_AS[p][0]] for p in shown}
-    assert all([v] == pool_for(READ_AS[p], bank_reads) for p, v in shown.items())
+    assert {p: bank_reads[v] for p, v in shown.items()} == {p: {"F": "Fm0", "M": "Ml2"}[READ_AS[p][0]] for p in shown}
+    assert all([v] == pool_for(READ_AS[p] + "2", bank_reads) for p, v in shown.items())
     assert linking["persisted"].endswith("/vault/identities")
     html = (keyed["root"] / "rel" / "r1" / "report.html").read_text()
     assert "Keyed virtual identities</strong> — 3 people (3 new this run)" in html
-    assert "as near as the bank allows (people read as: 1 man, light skin; 2 woman, light skin)" in html
+    assert ("as near as the bank allows (people read as: 1 man, light skin, aged 20-59; 2 woman, light skin, "
+            "aged 20-59)") in html
 
 
 def test_an_incremental_run_shows_known_people_the_same_way(keyed):
@@ -217,3 +219,14 @@ def test_a_person_gets_the_nearest_pool_the_bank_has():
     assert reads_as("M", None, True, False) == "M" and reads_as(None, 0.2, True, False, lean="M") is None
     assert in_words("Md") == "man, dark skin" and in_words("fm") == "leaning woman, medium skin"
     assert in_words("-l") == "light skin" and in_words("F") == "woman"
+    # with age matched: the age group's digit last; pools keep to it where at least AGE_MIN_PEOPLE are of it
+    assert reads_as("F", 1.7, True, True, age=70.0, by_age=True) == "Fd3" and in_words("Fd3") == (
+        "woman, dark skin, 60 and over")
+    assert reads_as(None, None, False, False, age=8.0, by_age=True) == "-0" and in_words("-0") == "under 13"
+    assert reads_as("F", None, True, True, age=70.0, by_age=True) is None  # tone unread: waits, as before
+    assert reads_as("M", 0.1, True, True, age=float("nan"), by_age=True) == "Ml"
+    aged = ["Fd2", "Fd3", "Fd3", "Fd3", "Fd3", "Md3", "Fl3", "Fd0"]
+    assert pool_for("Fd3", aged) == [1, 2, 3, 4]
+    assert pool_for("Fd2", aged) == [0, 1, 2, 3, 4, 7]  # one woman aged 20-59 of her band: too few, any age
+    assert pool_for("Fd", aged) == pool_for("Fd0", aged) == [0, 1, 2, 3, 4, 7]  # no age read; too few children
+    assert pool_for("Fl3", aged) == [6]  # skin tone first: the band's, whatever their age

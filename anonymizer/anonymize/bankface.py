@@ -22,8 +22,8 @@ synthetic people. Per face:
    most frontal bank face) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and,
    with the `descriptor` tone reading, near the face's tone: skin tone comes first). A face
    that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the person's
-   apparent sex where `match_sex` asks, not their age) tries only that identity's faces, nearest first: one
-   person, one face.
+   apparent sex, skin tone and age group as the operator does) tries only that identity's faces, nearest first:
+   one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -339,20 +339,25 @@ class BankFace:
     @staticmethod
     def virtual_identities(params: dict, model_dir: str | None) -> list[str | None]:
         """The bank's virtual identities, in order, each as the label a keyed run matches a person to: their
-        apparent sex (with `match_sex`) and skin tone (with `tone_reading: descriptor`), as
+        apparent sex (with `match_sex`), skin tone (with `tone_reading: descriptor`) and age group (`match_age`), as
         anonymizer.bank.tone.reads_as writes it (None each where neither is matched). A keyed run
         gives each person one of them (anonymizer.pipeline.link)."""
         bank = load_bank(locate_bank(params["bank"], model_dir))
-        by_sex = bool(params.get("match_sex"))
+        by_sex, by_age = bool(params.get("match_sex")), bool(params.get("match_age"))
         by_tone = tone.by_descriptor(params)
-        sexes, darkness = {}, {}
+        sexes, darkness, ages = {}, {}, {}
         if by_sex:
             from anonymizer.bank.apparent_sex import ApparentSex
 
             sexes = _bank_people(bank, ApparentSex(model_dir)).of_person
         if by_tone:
             darkness = tone.SkinTone(model_dir).of_people(bank)
-        return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone) for name in bank.identities]
+        if by_age:
+            from anonymizer.measure.apparent_age import AgeReader
+
+            ages = AgeReader(model_dir).of_people(bank)
+        return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone, age=ages.get(name), by_age=by_age)
+                for name in bank.identities]
 
     def __init__(self, bank: str, fallback: str = "blur", fallback_strength: float = 0.35, min_face_px: float = 40,
                  max_yaw: float = 45.0, max_pitch: float = 35.0, max_landmark_error: float = 0.3, choices: int = 6,

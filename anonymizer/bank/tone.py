@@ -149,28 +149,48 @@ UNMATCHED = "-"  # a label's sex where the run does not match sex
 MARKS = "".join(name[0] for _, name in DARKNESS_BANDS[::-1])  # a label's darkness band: "lmd", light to dark
 SEX_WORDS = {"F": "woman", "M": "man", "f": "leaning woman", "m": "leaning man"}  # f, m: undecided, leaning
 TONE_WORDS = {"l": "light skin", "m": "medium skin", "d": "dark skin"}
+AGE_MARKS = "0123"  # a label's age group: its index in anonymizer.measure.apparent_age.AGE_GROUP_NAMES
+AGE_WORDS = ("under 13", "aged 13-19", "aged 20-59", "60 and over")
 
 
 def reads_as(sex: str | None, darkness: float | None, by_sex: bool, by_tone: bool,
-             lean: str | None = None) -> str | None:
+             lean: str | None = None, age: float | None = None, by_age: bool = False) -> str | None:
     """What a keyed run matches a person's virtual identity by (anonymizer.pipeline.link): their apparent sex
     (M or F; where it matches skin tone too and reads them as neither, the sex they lean to in lower case, f or
     m, else UNMATCHED; UNMATCHED where the run does not match sex), then, where it matches skin tone, the
-    initial of their darkness band (MARKS), e.g. "F", "Md", "fd", "-l". None where nothing is matched, or where
-    sex alone is and reads as neither: a person's label is set once and kept (anonymizer.identity.Linker), and
-    a virtual person chosen by sex alone waits for a decided reading."""
+    initial of their darkness band (MARKS), then, where it matches age, their age group's digit (AGE_MARKS),
+    e.g. "F", "Md", "fd", "-l", "Fd3". None where nothing is matched, or where sex alone is and reads as
+    neither: a person's label is set once and kept (anonymizer.identity.Linker), and a virtual person chosen
+    by sex alone waits for a decided reading."""
+    label = None
     if by_tone:
         if darkness is None or not np.isfinite(darkness):
             return None
         sex = (sex or (lean.lower() if lean else UNMATCHED)) if by_sex else UNMATCHED
-        return sex + band(darkness, DARKNESS_BANDS)[0]
-    return sex if by_sex else None
+        label = sex + band(darkness, DARKNESS_BANDS)[0]
+    elif by_sex:
+        label = sex
+    if not by_age or age is None or not np.isfinite(age) or (label is None and (by_sex or by_tone)):
+        return label
+    from anonymizer.measure.apparent_age import age_group
+
+    return (label or UNMATCHED) + AGE_MARKS[age_group(age)]
+
+
+def split_age(label: str | None) -> tuple[str | None, str | None]:
+    """A label (`reads_as`) as (its sex and tone, its age group's digit or None)."""
+    if label and label[-1] in AGE_MARKS:
+        return label[:-1], label[-1]
+    return label, None
 
 
 def in_words(label: str) -> str:
-    """A label for the audit report: "woman, dark skin", "leaning man, light skin", "light skin"."""
+    """A label for the audit report: "woman, dark skin", "leaning man, light skin", "light skin",
+    "woman, dark skin, 60 and over"."""
+    label, age = split_age(label)
     sex, tone_mark = label[:1], label[1:2]  # as reads_as writes them
-    return ", ".join(w for w in (SEX_WORDS.get(sex), TONE_WORDS.get(tone_mark)) if w)
+    return ", ".join(w for w in (SEX_WORDS.get(sex), TONE_WORDS.get(tone_mark),
+                                 AGE_WORDS[AGE_MARKS.index(age)] if age else None) if w)
 
 
 class SkinTone(DescriptorProbe):

@@ -4,8 +4,9 @@ Two passes before anonymization:
 
 1. Per shard, on the executors (Ray actors or local threads), `LinkWorker`: read, decode, detect, and embed
    every face of at least `anonymization.linking.min_face_px` with the linking recognizer, and, where the
-   operator matches apparent sex (`match_sex`) or skin tone (`tone_reading: descriptor`), read each such
-   face's (anonymizer.bank.apparent_sex, anonymizer.bank.tone.SkinTone). The
+   operator matches apparent sex (`match_sex`), skin tone (`tone_reading: descriptor`) or age (`match_age`),
+   read each such face's (anonymizer.bank.apparent_sex, anonymizer.bank.tone.SkinTone,
+   anonymizer.measure.apparent_age). The
    detections go to the shard's staging folder (boxes, as faces.parquet holds them); the embeddings and
    readings are sealed under the identity key (AES-256-GCM, anonymizer.identity.state): real people's
    biometric data never rests in plaintext. The anonymization pass reuses the detections: nothing is
@@ -18,7 +19,7 @@ Two passes before anonymization:
    them from then on. A person's virtual identity is HMAC-SHA256 of the person
    id under the identity key, reduced to the number of the operator's identities in the person's pool
    (`pool_for`: those that read alike; anonymizer.identity.keys): one person, one virtual person of their
-   apparent sex and skin tone, in this run and the next. Each shard's `link.parquet` carries it per face,
+   apparent sex, skin tone and age group, in this run and the next. Each shard's `link.parquet` carries it per face,
    for the anonymization pass.
 
 The linker's state (the people known so far) is staged sealed, and goes to `<vault>/identities` when the run
@@ -37,7 +38,8 @@ import numpy as np
 import pyarrow as pa
 
 from anonymizer import imageio
-from anonymizer.bank.tone import MARKS, UNMATCHED, by_descriptor, in_words, reads_as
+from anonymizer.anonymize.bankface import AGE_MIN_PEOPLE
+from anonymizer.bank.tone import MARKS, UNMATCHED, by_descriptor, in_words, reads_as, split_age
 from anonymizer.components import virtual_identities
 from anonymizer.detect import build_ensemble
 from anonymizer.identity import MEASURED_THRESHOLDS, STATE_NAME, Linker, identity_key_from, virtual_identity
@@ -50,7 +52,7 @@ from anonymizer.storage import Location
 from anonymizer.vault.vault import IDENTITIES
 
 DETECTIONS = "detections.parquet"  # LINK_SCHEMA without virtual identities: the pass's own output
-EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors and readings (sex, tone), in DETECTIONS' row order
+EMBEDDINGS = "embeddings.sealed"   # the embedded faces' vectors and readings (sex, tone, age), in DETECTIONS' row order
 PERSONS = "persons.parquet"        # the person each embedded face joined in the linker's first pass, then its final one
 DONE = "_DONE"                     # in staging/link: the driver's linking finished (a resumed run skips it)
 
@@ -76,6 +78,11 @@ def matches_sex(policy: Policy) -> bool:
     return bool(policy.anonymization.operator.params.get("match_sex"))
 
 
+def matches_age(policy: Policy) -> bool:
+    """Whether the operator gives bank people of the face's apparent age group (the `bank` operator's `match_age`)."""
+    return bool(policy.anonymization.operator.params.get("match_age"))
+
+
 def matches_tone(policy: Policy) -> bool:
     """Whether the operator gives bank people of the person's skin tone, as the descriptor reads it (the `bank`
     operator's `tone_reading: descriptor`; a photo's ITA reading is not the person's, so a keyed run ignores it)."""
@@ -95,7 +102,11 @@ class LinkWorker:
         self.min_face_px, self.max_pixels = linking.min_face_px, policy.output.max_pixels
         self.source, self.staging, self.worker = source, staging, worker
         self.key = identity_key_from(identity_key)
-        self.sex = self.tone = None
+        self.sex = self.tone = self.age = None
+        if matches_age(policy):
+            from anonymizer.measure.apparent_age import AgeReader
+
+            self.age = AgeReader(policy.model_dir)
         if matches_sex(policy):
             from anonymizer.bank.apparent_sex import ApparentSex
 
@@ -105,17 +116,18 @@ class LinkWorker:
 
             self.tone = SkinTone(policy.model_dir)
 
-    def readings(self, rgb: np.ndarray, faces: list) -> list[tuple[float, float]]:
-        """(P(reads as a woman's), darkness) per face, NaN where the run does not match it: both probes read
-        dlib's descriptor, computed once."""
+    def readings(self, rgb: np.ndarray, faces: list) -> list[tuple[float, float, float]]:
+        """(P(reads as a woman's), darkness, apparent age) per face, NaN where the run does not match it: both
+        probes read dlib's descriptor, computed once."""
+        ages = self.age.read(rgb, faces) if self.age is not None and faces else [np.nan] * len(faces)
         reader = self.sex or self.tone
         if reader is None:
-            return [(np.nan, np.nan)] * len(faces)
+            return [(np.nan, np.nan, float(a)) for a in ages]
         out = []
-        for f in faces:
+        for f, age in zip(faces, ages):
             d = reader.describe(rgb, f)
             out.append((self.sex.probability(d) if self.sex else np.nan,
-                        self.tone.darkness(d) if self.tone else np.nan))
+                        self.tone.darkness(d) if self.tone else np.nan, float(age)))
         return out
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
@@ -149,8 +161,8 @@ class LinkWorker:
         out.write_table(DETECTIONS, table)
         emb = np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32)
         buf = io.BytesIO()
-        reads = np.asarray(reads, np.float64).reshape(-1, 2)
-        np.savez(buf, embeddings=emb, p_woman=reads[:, 0], darkness=reads[:, 1])
+        reads = np.asarray(reads, np.float64).reshape(-1, 3)
+        np.savez(buf, embeddings=emb, p_woman=reads[:, 0], darkness=reads[:, 1], age=reads[:, 2])
         out.write_bytes(EMBEDDINGS, seal(buf.getvalue(), self.key))
         summary = {"shard": shard_id, "images": len(keys), "unreadable": unreadable, "faces": sum(
             r["face"] is not None for r in rows), "embedded": int(len(emb)), "seconds": time.perf_counter() - t0,
@@ -160,18 +172,30 @@ class LinkWorker:
 
 
 def _embeddings(staging: Location, shard_id: int, key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(embeddings, readings: per embedded face P(reads as a woman's) and darkness, NaN where not read)."""
+    """(embeddings, readings: per embedded face P(reads as a woman's), darkness and apparent age, NaN where not
+    read)."""
     where = shard_dir(staging, shard_id)
     with np.load(io.BytesIO(unseal(where.read_bytes(EMBEDDINGS), key, f"{where.uri}/{EMBEDDINGS}")),
                  allow_pickle=False) as z:
-        return z["embeddings"], np.stack([z["p_woman"], z["darkness"]], axis=1)
+        age = z["age"] if "age" in z.files else np.full(len(z["p_woman"]), np.nan)
+        return z["embeddings"], np.stack([z["p_woman"], z["darkness"], age], axis=1)
 
 
 def pool_for(label: str | None, labels: list[str | None]) -> list[int]:
     """The virtual identities a person labelled `label` may get (`labels`: each virtual identity's, from
     the operator): those of the same sex (any, for UNMATCHED; for a person leaning to one, f or m, those of
     that sex or of neither) in the nearest skin-tone band the operator has for it; a label without a tone
-    band, those of the same sex; a person without a label, or where nobody is left, all of them."""
+    band, those of the same sex; a person without a label, or where nobody is left, all of them. Of those,
+    with an age group (`split_age`), the ones of that group where at least AGE_MIN_PEOPLE are (skin tone
+    first, as the operator's `match_age`)."""
+    label, age = split_age(label)
+    ages = [split_age(other)[1] for other in labels]
+    pool = _alike(label, [split_age(other)[0] for other in labels])
+    mine = [i for i in pool if ages[i] == age]
+    return mine if age is not None and len(mine) >= AGE_MIN_PEOPLE else pool
+
+
+def _alike(label: str | None, labels: list[str | None]) -> list[int]:
     sex, tone = (label[0], label[1:]) if label else (None, "")
 
     def having(tones: set[str]) -> list[int]:
@@ -207,7 +231,7 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
         emb, _ = _embeddings(staging, i, key)
         shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(linker.add(emb) if len(emb) else [],
                                                                                 pa.string())}))
-    read: dict[str, np.ndarray] = {}  # person -> [sum of P(woman), sum of darkness, faces read]: grows with people
+    read: dict[str, np.ndarray] = {}  # person -> [sums of P(woman), darkness, age; faces read]: grows with people
     for i in range(shards):  # second pass: each face to its person's final centroid (or its first person)
         emb, readings = _embeddings(staging, i, key)
         first = shard_dir(staging, i).read_table(PERSONS).column("person").to_pylist()
@@ -215,18 +239,18 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
         shard_dir(staging, i).write_table(PERSONS, pa.table({"person": pa.array(persons, pa.string())}))
         for person, r in zip(persons, readings):
             if not np.isnan(r).all():
-                read.setdefault(person, np.zeros(3))[:] += (*r, 1)
-    by_sex, by_tone = matches_sex(policy), matches_tone(policy)
-    if by_sex or by_tone:
+                read.setdefault(person, np.zeros(4))[:] += (*r, 1)
+    by_sex, by_tone, by_age = matches_sex(policy), matches_tone(policy), matches_age(policy)
+    if by_sex or by_tone or by_age:
         decide = lean = lambda p: None  # noqa: E731 - sex not matched: never decided
         if by_sex:
             from anonymizer.bank.apparent_sex import ApparentSex
 
             probe = ApparentSex(policy.model_dir)
             decide, lean = probe.decide, probe.lean
-        for person, (p_woman, darkness, count) in read.items():
+        for person, (p_woman, darkness, age, count) in read.items():
             p = p_woman / count
-            linker.settle(person, reads_as(decide(p), darkness / count, by_sex, by_tone, lean(p)))
+            linker.settle(person, reads_as(decide(p), darkness / count, by_sex, by_tone, lean(p), age / count, by_age))
     labels = virtual_identities(policy)
     n, pools = len(labels), {}
     assigned = 0
@@ -239,7 +263,7 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                 ids.append(None)
                 continue
             person = next(persons)
-            label = linker.label(person) if by_sex or by_tone else None
+            label = linker.label(person) if by_sex or by_tone or by_age else None
             if label not in pools:
                 pools[label] = pool_for(label, labels)
             mine = pools[label]
@@ -252,7 +276,7 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
                "people": linker.persons, "people_new": linker.persons - known, "people_known_before": known,
                "virtual_identities": n, "persisted": where.uri if where is not None else None,
                "started_from": started_from,
-               "read_as": _read_as(linker, read) if by_sex or by_tone else None,
+               "read_as": _read_as(linker, read) if by_sex or by_tone or by_age else None,
                "seconds": round(time.perf_counter() - t0, 3)}
     done.write_bytes(DONE, json.dumps(summary).encode())
     event("link", **summary)
@@ -260,8 +284,8 @@ def link(policy: Policy, staging: Location, shards: int, identity_key: str, vaul
 
 
 def _read_as(linker: Linker, read: dict[str, np.ndarray]) -> dict[str, int]:
-    """How many of this run's people read as each apparent sex and skin tone (counts only: the labels stay
-    sealed)."""
+    """How many of this run's people read as each apparent sex, skin tone and age group (counts only: the labels
+    stay sealed)."""
     labels = [in_words(label) if (label := linker.label(person)) else "undecided" for person in read]
     return {label: labels.count(label) for label in sorted(set(labels))}
 
