@@ -44,6 +44,17 @@ class DescriptorProbe:
         return self._encoder.embed(image, self._encoder.align(image, [face]))[0]
 
 
+def frontal_faces(bank) -> dict[str, int]:
+    """Each bank person's most frontal face (|yaw| + |pitch| least): the one a person is read on."""
+    ids = bank.index["identity"].to_numpy()
+    frontal = np.abs(bank.features[:, :2]).sum(1)
+    out = {}
+    for person in np.unique(ids):
+        mine = np.flatnonzero(ids == person)
+        out[str(person)] = int(mine[np.argmin(frontal[mine])])
+    return out
+
+
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
     """Each bank person's descriptor, from their most frontal face: about 20 ms a person, so kept with the
     derived models by the bank's manifest and the recognizer, and read from there by later operators."""
@@ -51,14 +62,10 @@ def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
 
     def read() -> bytes:  # in float32 whatever the guard runs: the same readings on every machine
         encoder = ENCODERS.create(probe.recognizer, model_dir=probe.model_dir)
-        ids = bank.index["identity"].to_numpy()
-        frontal = np.abs(bank.features[:, :2]).sum(1)
         out = {}
-        for person in np.unique(ids):
-            mine = np.flatnonzero(ids == person)
-            k = int(mine[np.argmin(frontal[mine])])
+        for person, k in frontal_faces(bank).items():
             crop = bank.crop(k)
-            out[str(person)] = encoder.embed(crop, encoder.align(crop, [face_for(bank.landmarks(k))]))[0]
+            out[person] = encoder.embed(crop, encoder.align(crop, [face_for(bank.landmarks(k))]))[0]
         buf = io.BytesIO()
         np.savez(buf, **out)
         return buf.getvalue()

@@ -61,11 +61,7 @@ class AgeReader:
 
     def of_people(self, bank) -> dict[str, float]:
         """Each bank person's apparent age, read on their most frontal face."""
-        ids = bank.index["identity"].to_numpy()
-        frontal = np.abs(bank.features[:, :2]).sum(1)
-        out = {}
-        for person in np.unique(ids):
-            mine = np.flatnonzero(ids == person)
-            k = int(mine[np.argmin(frontal[mine])])
-            out[str(person)] = float(self.read(bank.crop(k), [face_for(bank.landmarks(k))])[0])
-        return out
+        from anonymizer.bank.descriptor_probe import frontal_faces
+
+        return {person: float(self.read(bank.crop(k), [face_for(bank.landmarks(k))])[0])
+                for person, k in frontal_faces(bank).items()}
