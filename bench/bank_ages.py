@@ -38,8 +38,7 @@ def main() -> None:
 
     from anonymizer.bank import load_bank
     from anonymizer.bank.stylegan import FaceReader, Renderer, person_z
-    from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, age_group
-    from anonymizer.measure.apparent_age import AgeReader
+    from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, AgeReader, age_group
 
     bank, ages = load_bank(args.bank), AgeReader()
     build = bank.manifest.get("build", {})

@@ -1007,7 +1007,8 @@ def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypat
         else:  # too few of the face's age group to choose among: any bank person
             assert allowed is None
         others = ids != ids[k]  # narrowing keeps what an earlier choice (sex) allowed
-        assert op.of_age(crop, face, others) is others or set(ids[op.of_age(crop, face, others)]) == set(mine) - {ids[k]}
+        narrowed = op.of_age(crop, face, others)
+        assert narrowed is others or set(ids[narrowed]) == set(mine) - {ids[k]}
     assert len(adults) >= bankface.AGE_MIN_PEOPLE
     # with skin tone read by the descriptor probe, a group narrows the choice only where enough of its people
     # are near the face's tone: skin tone first
