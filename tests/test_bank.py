@@ -983,6 +983,7 @@ def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypat
     pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
     from anonymizer.anonymize import bankface
     from anonymizer.anonymize.bankface import BankFace
+    from anonymizer.bank.descriptor_probe import frontal_ages
     from anonymizer.bank.stylegan import build_from_stylegan
     from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, age_group
 
@@ -991,7 +992,7 @@ def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypat
     assert sum(chosen.values()) == 8 and chosen["20-59"] < 8  # the shares took in children, teens or elders
     op = ANONYMIZERS.create("bank", bank=str(out), match_age=True)
     ids = op.bank.index["identity"].to_numpy()
-    groups = {p: age_group(a) for p, a in op.age.of_people(op.bank).items()}
+    groups = {p: age_group(a) for p, a in frontal_ages(op.bank, op.age).items()}
     assert {AGE_GROUP_NAMES[g] for g in groups.values()} == {k for k, v in chosen.items() if v}  # as the build read
 
     def faces():  # each bank person's own photo: it reads in the person's group

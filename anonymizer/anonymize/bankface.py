@@ -353,9 +353,10 @@ class BankFace:
         if by_tone:
             darkness = tone.SkinTone(model_dir).of_people(bank)
         if by_age:
+            from anonymizer.bank.descriptor_probe import frontal_ages
             from anonymizer.measure.apparent_age import AgeReader
 
-            ages = AgeReader(model_dir).of_people(bank)
+            ages = frontal_ages(bank, AgeReader(model_dir))
         return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone, age=ages.get(name), by_age=by_age)
                 for name in bank.identities]
 
@@ -407,10 +408,11 @@ class BankFace:
         self.tones = self._bank_tones() if self.tone_pool > 0 else None
         self.age = self.age_groups = None
         if match_age:
+            from anonymizer.bank.descriptor_probe import frontal_ages
             from anonymizer.measure.apparent_age import AgeReader, age_group
 
             self.age = AgeReader(model_dir)
-            ages = self.age.of_people(self.bank)
+            ages = frontal_ages(self.bank, self.age)
             self.age_groups = np.array([age_group(ages[str(p)]) for p in self.bank.index["identity"]])
 
     def _bank_tones(self) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Linear probes on dlib's face descriptor (what a face reads as: apparent sex, skin tone), and each bank
-person's descriptor for them.
+person's descriptor for them (and apparent age, which a network of its own reads).
 
 Why the descriptor: the identity guard computes the original's anyway, so reading a face costs nothing more,
 and a recognizer's descriptor is made to stay put under the light a photo was taken in, which moves a reading
@@ -53,6 +53,13 @@ def frontal_faces(bank) -> dict[str, int]:
         mine = np.flatnonzero(ids == person)
         out[str(person)] = int(mine[np.argmin(frontal[mine])])
     return out
+
+
+def frontal_ages(bank, reader) -> dict[str, float]:
+    """Each bank person's apparent age (anonymizer.measure.apparent_age.AgeReader `reader`), read on their most
+    frontal face."""
+    return {person: float(reader.read(bank.crop(k), [face_for(bank.landmarks(k))])[0])
+            for person, k in frontal_faces(bank).items()}
 
 
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:

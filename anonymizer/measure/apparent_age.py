@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 
-from anonymizer.bank.shape import face_for
 from anonymizer.faces import Face
 from anonymizer.models import describe, locate
 from anonymizer.onnx_runtime import ort_session
@@ -58,10 +57,3 @@ class AgeReader:
         x = (self.chips(image, faces).astype(np.float32) - MEANS) / np.float32(256.0)
         probs = self._session.run(None, {"images": np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
         return probs @ AGES
-
-    def of_people(self, bank) -> dict[str, float]:
-        """Each bank person's apparent age, read on their most frontal face."""
-        from anonymizer.bank.descriptor_probe import frontal_faces
-
-        return {person: float(self.read(bank.crop(k), [face_for(bank.landmarks(k))])[0])
-                for person, k in frontal_faces(bank).items()}
