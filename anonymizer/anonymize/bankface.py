@@ -75,10 +75,12 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
+from anonymizer.bank.descriptor_probe import frontal_ages
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
 from anonymizer.headpose import Pose
+from anonymizer.measure.apparent_age import AgeReader, age_group
 from anonymizer.measure.pose import PoseChange, PoseMeter
 from anonymizer.regions import FaceMask, blend, face_region, merge
 
@@ -353,9 +355,6 @@ class BankFace:
         if by_tone:
             darkness = tone.SkinTone(model_dir).of_people(bank)
         if by_age:
-            from anonymizer.bank.descriptor_probe import frontal_ages
-            from anonymizer.measure.apparent_age import AgeReader
-
             ages = frontal_ages(bank, AgeReader(model_dir))
         return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone, age=ages.get(name), by_age=by_age)
                 for name in bank.identities]
@@ -408,9 +407,6 @@ class BankFace:
         self.tones = self._bank_tones() if self.tone_pool > 0 else None
         self.age = self.age_groups = None
         if match_age:
-            from anonymizer.bank.descriptor_probe import frontal_ages
-            from anonymizer.measure.apparent_age import AgeReader, age_group
-
             self.age = AgeReader(model_dir)
             ages = frontal_ages(self.bank, self.age)
             self.age_groups = np.array([age_group(ages[str(p)]) for p in self.bank.index["identity"]])
@@ -457,8 +453,6 @@ class BankFace:
         skin tone looks recoloured, where one made younger still looks like a photograph); else `allowed`."""
         if self.age is None:
             return allowed
-        from anonymizer.measure.apparent_age import age_group
-
         mine = self.age_groups == age_group(float(self.age.read(image, [face])[0]))
         if allowed is not None:
             mine &= allowed

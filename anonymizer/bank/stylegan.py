@@ -32,7 +32,7 @@ from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
 from anonymizer.bank.store import BankWriter
 from anonymizer.faces import Face
-from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, age_group
+from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, AgeReader, age_group
 from anonymizer.models import ModelNotFoundError, describe, search_dirs, sha256_file
 
 log = logging.getLogger(__name__)
@@ -253,7 +253,6 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
     they come, so an interrupted build does not render them again; a reading made with another move (a build
     resumed with other candidates) is made again."""
     from anonymizer.bank.apparent_sex import ApparentSex
-    from anonymizer.measure.apparent_age import AgeReader
 
     probe, skin, ager = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0]), AgeReader(maker_args[0])
     path = out / CANDIDATES
@@ -276,8 +275,9 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
     renders = render_chunks(jobs, maker_args, engine, workers, ray_address=ray_address)
     for j, (_, person, crop, pts) in enumerate(progress(renders, len(jobs), "candidates"), start=1):
         r = tone.read(crop, pts) if crop is not None else None
-        d = probe.describe(crop, sh.face_for(pts)) if crop is not None else None
-        age = float(ager.read(crop, [sh.face_for(pts)])[0]) if crop is not None else np.nan
+        face = sh.face_for(pts) if crop is not None else None
+        d = probe.describe(crop, face) if face is not None else None
+        age = float(ager.read(crop, [face])[0]) if face is not None else np.nan
         rows.append({"person": person, "lightness": np.nan if r is None else r.lightness,
                      "b": np.nan if r is None else r.b,
                      "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,

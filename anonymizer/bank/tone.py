@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from anonymizer.bank.descriptor_probe import DescriptorProbe, frontal_descriptors
+from anonymizer.measure.apparent_age import age_group
 
 DISCS = ((41, 31, 2), (46, 35, 14), (48, 3, 4), (54, 13, 12), (29, 30), (57, 8))  # each disc: its points' mean
 DISC_RADIUS = 0.15  # eye distances
@@ -172,8 +173,6 @@ def reads_as(sex: str | None, darkness: float | None, by_sex: bool, by_tone: boo
         label = sex
     if not by_age or age is None or not np.isfinite(age) or (label is None and (by_sex or by_tone)):
         return label
-    from anonymizer.measure.apparent_age import age_group
-
     return (label or UNMATCHED) + AGE_MARKS[age_group(age)]
 
 
