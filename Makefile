@@ -44,7 +44,7 @@ demo: setup
 # ../shared/models; non-commercial weights, so the profile is for research and evaluation), then used by name.
 demo-realistic: setup
 	test -f $(HOME)/.cache/anonymizer/models/banks/faces/manifest.json || \
-	  $(VENV)/bin/anonymizer bank build stylegan --name faces --threads 2  # 256 people spread over skin tones (31 min on 2 cores), as measured in docs/reid.md
+	  $(VENV)/bin/anonymizer bank build stylegan --name faces --threads 2  # 256 people spread over skin tones and age groups (34 min on 2 cores), as measured in docs/reid.md
 	rm -rf out/realistic out/realistic.staging out/realistic.quarantine
 	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/realistic --policy policies/realistic.yaml --engine local; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]  # 3: quarantined by the gate, the report says why

@@ -49,7 +49,7 @@ CANDIDATES_PER_PERSON = 10  # people rendered once per bank person kept: at trun
 CENTRE_MIN = 8           # a short skin-tone band's centre: the mean w of at least this many of its candidates
 CENTRED_PER_MISSING = 4  # people rendered around a short band's centre per person the band lacks
 AGE_SHARES = {0: 1 / 8, 1: 1 / 8, 3: 1 / 8}  # age group (AGE_GROUP_NAMES) → its least share of the people kept
-PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 4,200 in 31 min
+PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 4,500 in 34 min
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
 DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
 
