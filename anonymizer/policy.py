@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 MAX_POLICY_BYTES = 256 * 1024  # the largest profile is ~8 KiB
 MAX_NESTING = 24  # mapping/sequence depth; a policy needs about 6
@@ -104,7 +104,7 @@ class Measurement(_Strict):
     change_tolerance: int = Field(16, ge=0, le=255)
     mask_margin_px: int = Field(8, ge=0)
     # The landmark detector that re-finds each face before and after (pose kept, still detectable); null: off.
-    pose_landmarks: Component | None = Component(name="yunet", params={"scales": [1.0], "score_threshold": 0.5})
+    pose_landmarks: Component | None = None
 
 
 class Thresholds(_Strict):
@@ -115,8 +115,8 @@ class Thresholds(_Strict):
     max_metadata_fields_left: int = Field(ge=0)
     max_failed_fraction: float = Field(ge=0, le=1)
     min_images: int = Field(1, ge=0)
-    max_median_pose_error_deg: float | None = Field(None, gt=0)  # null: pose is measured, not gated
-    min_redetected_fraction: float | None = Field(None, ge=0, le=1)  # null: detectability is measured, not gated
+    max_median_pose_error_deg: float | None = Field(None, gt=0)  # null: not gated
+    min_redetected_fraction: float | None = Field(None, ge=0, le=1)  # null: not gated
 
 
 class Output(_Strict):
@@ -158,6 +158,16 @@ class Policy(_Strict):
     output: Output = Output()
     execution: Execution = Execution()
     _sources: tuple[PolicySource, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _pose_gates_are_measured(self) -> "Policy":
+        """A pose gate without the measurement it reads would fail every run, for a reason no run can fix."""
+        gates = [k for k in ("max_median_pose_error_deg", "min_redetected_fraction")
+                 if getattr(self.thresholds, k) is not None]
+        if gates and self.measurement.pose_landmarks is None:
+            raise ValueError(f"thresholds.{gates[0]} gates what measurement.pose_landmarks measures, and that is "
+                             "null: set it (e.g. {name: yunet, params: {scales: [1.0], score_threshold: 0.5}})")
+        return self
 
     def __eq__(self, other: object) -> bool:  # the settings decide; which files said them does not
         return isinstance(other, Policy) and self.__dict__ == other.__dict__
@@ -365,7 +375,8 @@ def _policy(text: str, origin: _Origin) -> Policy:
     try:
         policy = Policy.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"key '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" for e in exc.errors())
+        problems = "; ".join(f"key '{'.'.join(str(p) for p in e['loc'])}': {e['msg']}" if e["loc"] else e["msg"]
+                             for e in exc.errors())
         merged = f" (merged with {', '.join(s.source for s in layers[1:])})" if len(layers) > 1 else ""
         raise PolicyError(f"policy {origin.source}{merged}: {problems}") from None
     policy._sources = tuple(layers)

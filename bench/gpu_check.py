@@ -8,7 +8,7 @@ RetinaFace's scales and tiles of every frame share forward passes), the blur ope
 then the measurements on the released pixels: the policy's auditor (skipped where its library is
 missing), outside change and coverage, re-identification with MobileFaceNet
 over every scored face of the batch in one call (`embed_chips`), and the head pose before and after (YuNet
-windows). Where each network ran is printed:
+windows, as the profiles that keep a face measure and gate it). Where each network ran is printed:
 every network runs on onnxruntime, on the GPU only when onnxruntime-gpu is installed (else on the CPU);
 torch writes RetinaFace's and MTCNN's graphs from their weights once.
 
@@ -68,7 +68,8 @@ def mosaics(photo_dir: Path, n: int) -> list[np.ndarray]:
 
 
 def build(model_dir: str, device: str) -> dict:
-    """The default policy's detection, operator and measurement parts, from policies/default.yaml."""
+    """The default policy's detection, operator and measurement parts (policies/default.yaml), and the pose
+    measurement of policies/realistic.yaml."""
     from anonymizer.anonymize import ANONYMIZERS
     from anonymizer.detect import Ensemble, build_detector
     from anonymizer.measure.mobilefacenet import MobileFaceNetEncoder
@@ -76,6 +77,8 @@ def build(model_dir: str, device: str) -> dict:
 
     policy = yaml.safe_load((REPO / "policies" / "default.yaml").read_text())
     d, m, a = policy["detection"], policy["measurement"], policy["anonymization"]
+    # The default does not measure pose (blur keeps none); the profiles that keep a face do, and gate it.
+    pose = yaml.safe_load((REPO / "policies" / "realistic.yaml").read_text())["measurement"]["pose_landmarks"]
     ort_device = {"device": "auto" if device == "cuda" else "cpu"}
     on_device = {"retinaface": ort_device, "centerface": ort_device, "yunet": ort_device}
     detectors = [build_detector(c["name"], {**c.get("params", {}), **on_device.get(c["name"], {})}, model_dir)
@@ -85,8 +88,7 @@ def build(model_dir: str, device: str) -> dict:
                              d["min_score"], d["vote_per_scale"]),
         "operator": ANONYMIZERS.create(a["operator"]["name"], **a["operator"].get("params", {}), **a["region"]),
         "encoder": MobileFaceNetEncoder(model_dir, device="auto" if device == "cuda" else "cpu"),
-        "pose": PoseMeter(build_detector(m["pose_landmarks"]["name"], {**m["pose_landmarks"]["params"], **ort_device},
-                                         model_dir)),
+        "pose": PoseMeter(build_detector(pose["name"], {**pose["params"], **ort_device}, model_dir)),
         "auditor": None,
         "settings": {k: m[k] for k in ("min_reid_face_px", "covered_fraction", "change_tolerance", "mask_margin_px")},
     }

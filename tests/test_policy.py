@@ -88,7 +88,7 @@ detection:
 anonymization:
   operator: {name: pixelate, params: {strength: 0.2}}   # another component: the blur's params do not leak
 measurement:
-  pose_landmarks: null            # null replaces: pose measurement off
+  pose_landmarks: {name: yunet, params: {scales: [1.0]}}   # a component where the default has null
 thresholds:
   max_reid_rate: 0.05
 """))
@@ -96,7 +96,8 @@ thresholds:
     assert p.detection.detectors == base.detection.detectors and p.detection.merge == base.detection.merge
     assert p.detection.auditor.params == {"min_face_size": 40, "thresholds": [0.6, 0.7, 0.8]}
     assert p.anonymization.operator.model_dump() == {"name": "pixelate", "params": {"strength": 0.2}}
-    assert p.anonymization.region == base.anonymization.region and p.measurement.pose_landmarks is None
+    assert p.anonymization.region == base.anonymization.region and base.measurement.pose_landmarks is None
+    assert p.measurement.pose_landmarks.model_dump() == {"name": "yunet", "params": {"scales": [1.0]}}
     assert p.thresholds.max_reid_rate == 0.05
     assert p.thresholds.same_person_distance == base.thresholds.same_person_distance
     assert [s.source for s in p.sources] == [str(tmp_path / "mine.yaml"), "default"]
@@ -128,6 +129,13 @@ def test_extends_chain_of_files_and_profiles(tmp_path):
     # parse_policy resolves a relative path against base_dir
     q = parse_policy("extends: shared/team.yaml\nname: q\n", "q", base_dir=tmp_path)
     assert q.seed == 7
+
+
+def test_a_pose_gate_without_its_measurement_is_refused_at_load(tmp_path):
+    mine = _write(tmp_path / "mine.yaml", "extends: realistic\nname: mine\nmeasurement:\n  pose_landmarks: null\n")
+    with pytest.raises(PolicyError, match=r"mine.yaml .*thresholds.max_median_pose_error_deg gates what "
+                                          r"measurement.pose_landmarks measures, and that is null"):
+        load_policy(mine)
 
 
 def test_extends_cycles_and_unknown_parents_are_refused(tmp_path):

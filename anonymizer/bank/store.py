@@ -197,10 +197,7 @@ def matte_name(face_id: str) -> str:
 
 def plot_coverage(df: pd.DataFrame, path: Path, title: str) -> None:
     """Yaw against pitch, mouth opening and smile width: where the bank has faces to match a photo's."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anonymizer.pyplot import plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, col, label in zip(axes, ("pitch", "mouth_open", "smile"),

@@ -421,10 +421,7 @@ def build_named_detector(name: str, policy_path: str | Path | None = None, model
 
 def plot(results: dict[str, dict], path: str | Path) -> None:
     """Recall by size bucket per detector (left) and precision-recall curves (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anonymizer.pyplot import plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
     buckets = [b[0] for b in SIZE_BUCKETS] + ["all"]

@@ -444,10 +444,7 @@ def run_sweep(policy: Policy, lfw: Path, sweep: Sequence[tuple[str, float]] = DE
 
 def figures(result: dict, scores: dict) -> dict[str, str]:
     """DET curves per protocol and genuine/impostor histograms, as base64 PNG (numbers only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anonymizer.pyplot import plt
 
     out = {}
     names = [k for k in scores if "@" in k]

@@ -72,20 +72,21 @@ def _collector(total: int) -> tuple[list[dict], Callable[[dict], None], tqdm]:
 LIBRARY_IMPORTS = threading.Lock()
 
 
-def import_in_background(module: str) -> threading.Thread:
-    """Import `module` in a daemon thread while the shards run (an executor's `on_started`: after the workers'
-    own imports). The driver needs it after them (the gate's great_expectations takes about 3 s of CPU to
-    import), when the workers have stopped and cores idle. An import that fails here fails again, with its
-    error, where the module is used."""
+def import_in_background(*modules: str) -> threading.Thread:
+    """Import `modules` in a daemon thread while the shards run (an executor's `on_started`: after the workers'
+    own imports). The driver needs them after them (the gate's great_expectations takes about 3 s of CPU to
+    import, the report's pyplot 0.3 s), when the workers have stopped and cores idle. An import that fails here
+    fails again, with its error, where the module is used."""
 
     def load() -> None:
-        with LIBRARY_IMPORTS:
-            try:
-                __import__(module)
-            except Exception:  # noqa: BLE001 - reported by the import where it is used
-                pass
+        for module in modules:
+            with LIBRARY_IMPORTS:
+                try:
+                    __import__(module)
+                except Exception:  # noqa: BLE001 - reported by the import where it is used
+                    pass
 
-    t = threading.Thread(target=load, name=f"import {module}", daemon=True)
+    t = threading.Thread(target=load, name=f"import {', '.join(modules)}", daemon=True)
     t.start()
     return t
 

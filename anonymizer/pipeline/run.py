@@ -280,7 +280,7 @@ def anonymize_shards(ctx: RunContext, p: listing.Plan, workers: int | None = Non
         return []
     return EXECUTORS[ctx.engine](ctx.policy, ctx.source, ctx.staging, listing.iter_shards(ctx.plan_dir), p.shards,
                                  workers=workers, ray_address=ctx.ray_address, vault=ctx.vault_writer(),
-                                 on_started=lambda: import_in_background("great_expectations"))  # for `check`
+                                 on_started=lambda: import_in_background("great_expectations", "anonymizer.pyplot"))  # `check`, the report
 
 
 def collect(ctx: RunContext, p: listing.Plan) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -61,10 +61,7 @@ def summary_metrics(images: pd.DataFrame, faces: pd.DataFrame, same_person: floa
 
 def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict[str, str]:
     """Figures as base64 PNG: charts of numbers only."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anonymizer.pyplot import plt
 
     out = {}
     primary = faces[faces["source"] == "primary"] if len(faces) else faces
@@ -99,8 +96,9 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
 def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str, str]:
     """A few released (anonymized) outputs, downscaled: what the dataset now looks like. Never originals, and
     never the outputs of a run that failed its checks (they are what the checks refused)."""
-    import matplotlib.pyplot as plt
     from PIL import Image
+
+    from anonymizer.pyplot import plt
 
     if not outputs:
         return {}
@@ -122,10 +120,7 @@ def sample_grid(outputs: list[tuple[str, bytes]], width: int = 320) -> dict[str,
 
 def attack_figures(attack: dict) -> dict[str, str]:
     """DET curves of the naive and parrot protocols from an `anonymizer eval reid` result (its JSON)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anonymizer.pyplot import plt
 
     cmap = plt.get_cmap("tab10")
     out = {}

@@ -53,10 +53,7 @@ def probit(xs: Sequence[float]) -> list[float]:
 def det_chart(curves: Sequence[tuple[str, Sequence[float], Sequence[float], object]], title: str,
               far: float | None = None) -> str:
     """A DET chart (probit axes) of (label, false match rates, false non-match rates, colour) curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from anonymizer.pyplot import plt
 
     fig, ax = plt.subplots(figsize=(6.5, 5))
     for label, fmr, fnmr, colour in curves:
