@@ -10,8 +10,8 @@ from prefect import flow, get_client
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from anonymizer.pipeline import RunContext
-from anonymizer.pipeline.executors import choose, ensure_ray
-from anonymizer.pipeline.run import with_executor
+from anonymizer.pipeline.executors import choose, ensure_ray, import_in_background
+from anonymizer.pipeline.run import DRIVER_IMPORTS, with_executor
 from tasks import steps
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ def run_from_cli(api=None, **kwargs) -> dict:
     a local Ray each take seconds, which one after the other the flow would wait for in turn. `api` waits for
     the API (default: reach it, which starts Prefect's own temporary server where none is configured) in a
     thread, while Ray starts in this (the main) thread, as ray.init requires; the flow then finds both
-    running. Where `auto` waits for the plan's size, a Ray it needs starts in the flow."""
+    running. Where `auto` waits for the plan's size, a Ray it needs starts in the flow. Meanwhile a core idles
+    (the server boots on one): the driver's validation and report imports happen there, not beside the shards."""
     def reach() -> None:
         try:
             (api or _reach_api)()
@@ -54,6 +55,7 @@ def run_from_cli(api=None, **kwargs) -> dict:
 
     waiter = threading.Thread(target=reach, name="prefect-api", daemon=True)
     waiter.start()
+    import_in_background(*DRIVER_IMPORTS)
     if choose(kwargs.get("executor", "auto"), 0, kwargs.get("ray_address"))[0] == "ray":
         ensure_ray(kwargs.get("ray_address"))
     waiter.join()

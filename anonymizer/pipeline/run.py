@@ -42,6 +42,9 @@ from anonymizer.validate import Verdict, validate
 from anonymizer.vault import KeySpecError, VaultWriter, check_vault_location, key_provider_from, vault_status
 
 _SAMPLE = 6  # anonymized outputs shown in the report's sample grid
+# What the driver imports after the shards, for `check` (great_expectations: about 3 s of CPU) and the report:
+# imported in the background while the shards run, or earlier where a core idles (flows.anonymize_dataset).
+DRIVER_IMPORTS = ("great_expectations", "anonymizer.pyplot")
 
 
 def _now() -> str:
@@ -280,7 +283,7 @@ def anonymize_shards(ctx: RunContext, p: listing.Plan, workers: int | None = Non
         return []
     return EXECUTORS[ctx.engine](ctx.policy, ctx.source, ctx.staging, listing.iter_shards(ctx.plan_dir), p.shards,
                                  workers=workers, ray_address=ctx.ray_address, vault=ctx.vault_writer(),
-                                 on_started=lambda: import_in_background("great_expectations", "anonymizer.pyplot"))  # `check`, the report
+                                 on_started=lambda: import_in_background(*DRIVER_IMPORTS))
 
 
 def collect(ctx: RunContext, p: listing.Plan) -> tuple[pd.DataFrame, pd.DataFrame]:
