@@ -18,8 +18,8 @@ synthetic people. Per face:
    TONE_CLOSE of the face's are tried first. A light-skinned face made dark (or the reverse) looks
    recoloured. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
    read alike (anonymizer.bank.apparent_sex). With `match_age`, a face looks only at bank people of its
-   apparent age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over, on the person's
-   most frontal bank face) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and,
+   apparent age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over; a bank person's, the
+   median over their faces) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and,
    with the `descriptor` tone reading, near the face's tone: skin tone comes first). A face
    that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the person's
    apparent sex, skin tone and age group as the operator does) tries only that identity's faces, nearest first:
@@ -75,7 +75,7 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
-from anonymizer.bank.descriptor_probe import frontal_ages
+from anonymizer.bank.descriptor_probe import person_ages
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -355,7 +355,7 @@ class BankFace:
         if by_tone:
             darkness = tone.SkinTone(model_dir).of_people(bank)
         if by_age:
-            ages = frontal_ages(bank, AgeReader(model_dir))
+            ages = person_ages(bank, AgeReader(model_dir))
         return [tone.reads_as(sexes.get(name), darkness.get(name), by_sex, by_tone, age=ages.get(name), by_age=by_age)
                 for name in bank.identities]
 
@@ -408,7 +408,7 @@ class BankFace:
         self.age = self.age_groups = None
         if match_age:
             self.age = AgeReader(model_dir)
-            ages = frontal_ages(self.bank, self.age)
+            ages = person_ages(self.bank, self.age)
             self.age_groups = np.array([age_group(ages[str(p)]) for p in self.bank.index["identity"]])
 
     def _bank_tones(self) -> np.ndarray:

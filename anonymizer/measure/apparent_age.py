@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from anonymizer.faces import Face
-from anonymizer.models import describe, locate
+from anonymizer.models import describe, locate, sha256_file
 from anonymizer.onnx_runtime import ort_session
 
 CHIP_SIZE = 64
@@ -39,6 +39,7 @@ class AgeReader:
         self._shape = dlib.shape_predictor(str(locate("dlib_shape5", model_dir)))
         path = locate("apparent_age", model_dir)
         describe("apparent_age", model_dir)  # refuses a file whose sha256 is not the pinned one
+        self.sha256 = sha256_file(str(path))
         self._session = ort_session(path.read_bytes(), "cpu", "apparent_age")
 
     def chips(self, image: np.ndarray, faces: Sequence[Face]) -> np.ndarray:
