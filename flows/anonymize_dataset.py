@@ -45,8 +45,9 @@ def run_from_cli(api=None, **kwargs) -> dict:
     a local Ray each take seconds, which one after the other the flow would wait for in turn. `api` waits for
     the API (default: reach it, which starts Prefect's own temporary server where none is configured) in a
     thread, while Ray starts in this (the main) thread, as ray.init requires; the flow then finds both
-    running. Where `auto` waits for the plan's size, a Ray it needs starts in the flow. Meanwhile a core idles
-    (the server boots on one): the driver's validation and report imports happen there, not beside the shards."""
+    running. Where `auto` waits for the plan's size, a Ray it needs starts in the flow. While a server that is
+    starting (`api` given) boots on one core, another idles: the driver's validation and report imports happen
+    there, not beside the shards."""
     def reach() -> None:
         try:
             (api or _reach_api)()
@@ -55,7 +56,8 @@ def run_from_cli(api=None, **kwargs) -> dict:
 
     waiter = threading.Thread(target=reach, name="prefect-api", daemon=True)
     waiter.start()
-    import_in_background(*DRIVER_IMPORTS)
+    if api is not None:
+        import_in_background(*DRIVER_IMPORTS)
     if choose(kwargs.get("executor", "auto"), 0, kwargs.get("ray_address"))[0] == "ray":
         ensure_ray(kwargs.get("ray_address"))
     waiter.join()
