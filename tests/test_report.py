@@ -125,6 +125,8 @@ def test_verdict_first_and_every_check_with_threshold_observed_and_evidence(run)
     assert "not an image file (.txt)" in page and report["policy"]["sha256"] in page and "8f" * 32 in page
     assert "calibrated at FAR 0.001" in page and "rank-1 parrot" in page
     assert 'href="data_docs/index.html"' in page
+    assert report["metrics"]["median_pose_error_deg"] is None  # the default does not measure pose: said so
+    assert "<td>median_pose_error_deg</td><td>not measured</td>" in page
     json.loads(reporting.to_json(report))  # the JSON twin is valid
 
 

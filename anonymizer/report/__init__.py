@@ -332,7 +332,7 @@ and validation completed (a crash or a missing metric fails the run).</p>
 {auditor_note}
 <h2 id="reid">Re-identification risk</h2>{_attack_section(report, figures)}
 <h2 id="counts">Counts and metrics</h2>{html_table([report.get('counts', {})], list(report.get('counts', {})))}
-{html_table([{"metric": k, "value": _fmt(x)} for k, x in report.get('metrics', {}).items()], ['metric', 'value'])}
+{html_table([{"metric": k, "value": "not measured" if x is None else _fmt(x)} for k, x in report.get('metrics', {}).items()], ['metric', 'value'])}
 {run_figs}
 <h2 id="quarantine">Quarantined objects ({len(quarantined)})</h2>{html_table(quarantined, ['key', 'reason'])}
 <h2 id="objects">Every input object ({len(objects)})</h2>{html_table(objects, ['key', 'status', 'reason'])}
