@@ -1,6 +1,6 @@
 """Which group the face bank operator's kept bank faces come from, as `realistic` runs it: bank heads that
 cover the ring around the face outline (at least COVER_MIN of it) or leave part of it blurred (a soft patch
-beside the person's hair), of the face's skin tone or another. Counts over the photos' and held-out LFW
+beside the person's hair). Counts over the photos' and held-out LFW
 faces the operator replaces; prints a table, writes JSON. Runs without Ray or Prefect.
 
     python bench/bank_cover.py [--bank DIR] [--lfw 100] [--out bench/results/bank_cover.json]
@@ -17,8 +17,7 @@ import cv2
 
 from generation_throughput import REPO, load_sets
 
-GROUPS = {0: "covers, skin tone alike", 1: "soft patch, skin tone alike", 2: "covers, other tone",
-          3: "soft patch, other tone"}
+GROUPS = {0: "covers", 1: "soft patch"}
 
 
 def counted(op, samples) -> Counter:

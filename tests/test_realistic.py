@@ -36,7 +36,8 @@ def test_realistic_profile_replaces_faces_from_the_bank(bank, tmp_path):
                            run_id="r")
     faces = pd.read_parquet(tmp_path / "rel.staging" / "r" / "metrics" / "faces.parquet")
     methods = faces[faces["source"] == "primary"]["method"].tolist()
-    assert methods.count("bank") >= 3, methods
+    # the four bank people leave gaps in skin tone: a face in one is blurred, not given another skin
+    assert methods.count("bank") >= 2 and set(methods) <= {"bank", "fallback:blur:skin_tone"}, methods
     report = json.loads((tmp_path / "rel.staging" / "r" / "report.json").read_text())
     rows = [m for m in report["models"] if m["component"] == "bank" and m["name"] == "face bank"]
     assert rows and rows[0]["licence"] == "non-commercial (StyleGAN2-FFHQ)" and len(rows[0]["sha256"]) == 64

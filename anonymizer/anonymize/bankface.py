@@ -8,22 +8,22 @@ synthetic people. Per face:
    disagrees with the detector's 5 landmarks by more than `max_landmark_error` eye distances
    ("unreliable_landmarks"), turned past `max_yaw` / `max_pitch` ("extreme_pose") or whose region the
    image border cuts ("border") get the classical `fallback`, recorded as "fallback:<name>:<reason>".
-2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also
-   counts flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image
-   key, face index), so the result is deterministic. Those `choices` are the nearest in skin tone among the
-   `tone_pool` nearest in pose and expression (anonymizer.bank.tone), read as `tone_reading` says: "ita",
-   the skin's pixels as the photo shows them, alike on the bank faces (colour photos and banks only);
-   "descriptor", the person's skin as a probe on dlib's descriptor reads it, on the face and on each bank
-   person's most frontal face, which a photo's light and white balance barely move; those within
-   TONE_CLOSE of the face's are tried first. A light-skinned face made dark (or the reverse) looks
-   recoloured. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
-   read alike (anonymizer.bank.apparent_sex). With `match_age`, a face looks only at bank people of its
-   apparent age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over; a bank person's, the
-   median over their faces) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and,
-   with the `descriptor` tone reading, near the face's tone: skin tone comes first). A face
-   that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the person's
-   apparent sex, skin tone and age group as the operator does) tries only that identity's faces, nearest first:
-   one person, one face.
+2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also counts
+   flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image key, face index),
+   so the result is deterministic. Those `choices` are the nearest in skin tone among the `tone_pool` nearest in
+   pose and expression (anonymizer.bank.tone), read as `tone_reading` says: "ita", the skin's pixels as the photo
+   shows them, alike on the bank faces (colour photos and banks only); "descriptor", the person's skin as a probe
+   on dlib's descriptor reads it, on the face and on each bank person's most frontal face, which a photo's light
+   and white balance barely move; only those within TONE_CLOSE of the face's are tried (where none is among them,
+   the alike bank faces nearest in pose; where the bank holds none, the face gets the fallback: "skin_tone"). A
+   light-skinned face made dark (or the reverse) looks recoloured, and a dataset whose people change skin
+   misrepresents them. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
+   read alike (anonymizer.bank.apparent_sex). With `match_age`, a face looks only at bank people of its apparent
+   age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over; a bank person's, the median
+   over their faces) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and, with the
+   `descriptor` tone reading, near the face's tone: skin tone comes first). A face that carries a virtual identity
+   (`Face.identity`, set by a keyed run's linking, which matches the person's apparent sex, skin tone and age group
+   as the operator does) tries only that identity's faces, nearest first: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -510,15 +510,33 @@ class BankFace:
 
     def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None,
               skin: float | None = None, allowed: np.ndarray | None = None) -> list[int]:
-        """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG (with the
-        `descriptor` reading, those within TONE_CLOSE of the face's tone before the rest); for a face assigned a
-        virtual identity (a keyed run), that identity's faces, nearest in pose first."""
+        """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG, less those of
+        another skin tone (`alike`); for a face assigned a virtual identity (a keyed run), that identity's faces,
+        nearest in pose first."""
         if identity is not None:
             return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
         near = self.nearest(pts, self.choices, skin, allowed)
-        order = rng.permutation(len(near))
-        order = order[np.argsort(self.unlike(near, skin)[order], kind="stable")]
-        return [int(near[i]) for i in order]
+        return self.alike([int(near[i]) for i in rng.permutation(len(near))], skin)
+
+    def candidates(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None, skin: float | None,
+                   allowed: np.ndarray | None, blocks: int) -> tuple[list[int], list[int]]:
+        """The bank faces `choose` tries: `order`'s, and with the guard `further`'s. Where none of them is alike
+        in skin tone, the alike bank faces nearest in pose instead: a face a little further in pose looks
+        better than a blur."""
+        more = self.guard.config.more_if_turned if identity is None and self.guard is not None else 0
+        order = self.order(pts, rng, identity, skin, allowed)
+        extras = self.further(pts, more, rng, skin, allowed, blocks)
+        if order or extras or identity is not None or self.skin_tone is None or skin is None:
+            return order, extras
+        alike = ~self.unlike(np.arange(len(self.bank)), skin)
+        alike = alike if allowed is None else alike & allowed
+        return self.order(pts, rng, None, skin, alike), self.further(pts, more, rng, skin, alike, blocks)
+
+    def alike(self, faces: list[int], skin: float | None) -> list[int]:
+        """`faces` less those whose person's tone lies further than TONE_CLOSE from the face's `skin`. Where the
+        guard turns away every bank face of the person's tone, the face falls back rather than change skin: a
+        dark-skinned child made light-skinned misrepresents the dataset's people."""
+        return [k for k, far in zip(faces, self.unlike(faces, skin)) if not far]
 
     def unlike(self, faces: Sequence[int], skin: float | None) -> np.ndarray:
         """Per bank face, whether its person's tone lies further than TONE_CLOSE from the face's `skin`; none
@@ -537,7 +555,8 @@ class BankFace:
         if n <= 0:
             return []
         more = self.nearest(pts, self.choices + blocks * n, skin, allowed)[self.choices:]
-        return [int(more[j + i]) for j in range(0, len(more), n) for i in rng.permutation(min(n, len(more) - j))]
+        return self.alike([int(more[j + i]) for j in range(0, len(more), n)
+                           for i in rng.permutation(min(n, len(more) - j))], skin)
 
     def target_shape(self, pts: np.ndarray, bank_pts: np.ndarray) -> np.ndarray:
         """The bank face's 68 points placed on the face (similarity on the stable points), with the face's
@@ -625,33 +644,28 @@ class BankFace:
                                borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
-    def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = (), skin: float | None = None
+    def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = ()
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
         covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
         each group in its own order: what a bank head leaves uncovered is blurred, and a smooth patch beside
         sharp hair gives the replacement away. Only a cut, not a ranking: ranked, the head that fits a
-        person's hair best would be picked in every photo of them, linking them. With the `descriptor`
-        reading of the face's tone (`skin`), those within TONE_CLOSE of it come first, both groups of them
-        (groups 0 and 1), before the others (2 and 3): a face of another skin shows more than a soft patch.
-        Lazily: only the candidates looked at are placed (most faces keep their first good one)."""
+        person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates
+        looked at are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
-        far = self.unlike([k for k, _ in tagged], skin)
         region = site.region
         outside = sh.outline_mask(sh.extend(site.pts), region.alpha.shape, (region.x0, region.y0)) == 0
         ring = (region.alpha >= 0.5) & outside
-        for tier in (0, 1):
-            tier_tagged = [t for t, f in zip(tagged, far) if f == tier]
-            if ring.sum() < 16:
-                yield from ((k, 2 * tier, extra) for k, extra in tier_tagged)
-                continue
-            short = []
-            for k, extra in tier_tagged:
-                if float(site.placed_matte(k)[1][ring].mean()) >= COVER_MIN:
-                    yield k, 2 * tier, extra
-                else:
-                    short.append((k, extra))
-            yield from ((k, 2 * tier + 1, extra) for k, extra in short)
+        if ring.sum() < 16:
+            yield from ((k, 0, extra) for k, extra in tagged)
+            return
+        short = []
+        for k, extra in tagged:
+            if float(site.placed_matte(k)[1][ring].mean()) >= COVER_MIN:
+                yield k, 0, extra
+            else:
+                short.append((k, extra))
+        yield from ((k, 1, extra) for k, extra in short)
 
     def choose(self, out: np.ndarray, site: Site, ranked: Iterable[tuple[int, int, bool]], refs: tuple | None,
                blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -816,7 +830,7 @@ class BankFace:
                 if reason is None:
                     res = self.around.anonymize(out, [faces[i]], [rngs[i]])
                     out, around[i] = res.image, res.masks[0]
-        rejected = []
+        rejected, unmatched = [], []
         for i, (reason, pts, window) in enumerate(decided):
             if reason is not None:
                 continue
@@ -832,13 +846,15 @@ class BankFace:
                 blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
             site = Site(self, image, pts, window, region)
             skin, allowed = self.readings(image, faces[i], refs, site) if faces[i].identity is None else (None, None)
-            order = self.order(pts, rngs[i], faces[i].identity, skin, allowed)
-            ranked: Iterable[tuple[int, int, bool]] = ((k, 0, False) for k in order)
-            if faces[i].identity is None and self.guard is not None:
-                extras = self.further(pts, self.guard.config.more_if_turned, rngs[i], skin, allowed,
-                                      EXTRA_BLOCKS if region is not None else 1)
-                ranked = (self.by_cover(order, site, extras, skin) if region is not None
-                          else itertools.chain(ranked, ((k, 0, True) for k in extras)))
+            guarded = faces[i].identity is None and self.guard is not None
+            order, extras = self.candidates(pts, rngs[i], faces[i].identity, skin, allowed,
+                                            EXTRA_BLOCKS if region is not None else 1)
+            if not order and not extras:
+                unmatched.append(i)  # the bank holds nobody of the person's skin tone (among those allowed)
+                continue
+            ranked: Iterable[tuple[int, int, bool]] = (
+                self.by_cover(order, site, extras) if guarded and region is not None
+                else [(k, 0, False) for k in order] + [(k, 0, True) for k in extras])
             done = self.choose(out, site, ranked, refs, blurred)
             if done is None:
                 rejected.append(i)
@@ -850,4 +866,6 @@ class BankFace:
             masks[i] = merge(around[i], FaceMask(x0, y0, done[1])) if i in around else FaceMask(x0, y0, done[1])
         for i in rejected:
             fall_back(i, "reidentifiable")
+        for i in unmatched:
+            fall_back(i, "skin_tone")
         return Anonymized(out, masks, methods, virtual)
