@@ -1072,6 +1072,28 @@ def test_a_face_the_sex_probe_leaves_undecided_gets_people_of_the_sex_it_leans_t
     assert {MAN, WOMAN} <= set(leaned)  # 9 of the 96: 4 lean to a woman's, 5 to a man's
 
 
+def test_bank_people_alike_in_tone_are_drawn_not_ranked_by_closeness(stylegan_bank):
+    """With a draw from the face's RNG the choice falls on any bank person alike in tone, not always on the
+    closest: ranked by closeness, two photos of one person drew the same few bank people."""
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), tone_reading="descriptor", choices=1)
+    people = op.bank.index["identity"].to_numpy()
+    for _, img, face in _held_out_faces("lfw_skin_tone.tsv"):
+        reason, pts, window = op.decide(img, face)
+        if reason is not None:
+            continue
+        refs = op.guard.references(img, face, FaceMask(0, 0, np.ones(img.shape[:2], np.float32)))
+        skin, _ = op.readings(img, face, refs, Site(op, img, pts, window))
+        alike = set(people[np.abs(op.tones - skin) <= TONE_CLOSE])
+        if len(alike) < 2:
+            continue
+        closest = {people[op.nearest(pts, 1, skin)[0] % len(op.bank)] for _ in range(2)}
+        drawn = {people[op.nearest(pts, 1, skin, draw=np.random.default_rng(seed).random(op.tone_pool))[0]
+                        % len(op.bank)] for seed in range(16)}
+        assert len(closest) == 1 and drawn <= alike and len(drawn) >= 2, (closest, drawn, alike)
+        return
+    pytest.fail("no held-out face has two bank people alike in tone")
+
+
 def test_where_the_bank_faces_nearest_in_pose_are_all_of_another_tone_the_alike_ones_are_tried(stylegan_bank):
     """With one choice from a pool of one and no extra bank faces, a face whose nearest bank face in pose is of
     another skin tone tries the alike bank faces nearest in pose instead, and keeps one of them."""

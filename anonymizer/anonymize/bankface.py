@@ -489,13 +489,16 @@ class BankFace:
         return None, pts, (int(x0), int(y0), int(x1), int(y1))
 
     def nearest(self, pts: np.ndarray, n: int, skin: float | None = None,
-                allowed: np.ndarray | None = None) -> np.ndarray:
+                allowed: np.ndarray | None = None, draw: np.ndarray | None = None) -> np.ndarray:
         """The n bank faces that fit the face best, best first: nearest in pose and expression; with `skin`
-        (the face's tone, `readings`) and a `tone_pool`, the nearest in skin tone among the `tone_pool` (at least n)
-        nearest in pose and expression, one face per virtual identity (its nearest in pose) before any second,
-        ties in pose order. A person's views (and their mirror images) share a tone: without that rule they
-        would fill the choices and leave the identity guard fewer people to try. With `allowed` (a bool per
-        bank face: `match_sex`), among those only."""
+        (the face's tone, `readings`) and a `tone_pool`, among the `tone_pool` (at least n) nearest in pose and
+        expression, one face per virtual identity (its nearest in pose) before any second, the nearest in skin
+        tone first, ties in pose order. A person's views (and their mirror images) share a tone: without that
+        rule they would fill the choices and leave the identity guard fewer people to try. With the
+        `descriptor` reading and `draw` (a random number per pool face, from the face's RNG), those alike in
+        tone (`unlike`) come first in the draw's order, not by closeness: ranked by tone, two photos of one
+        person drew the same few bank people, and a recognizer linked the two through them. With `allowed` (a
+        bool per bank face: `match_sex`, `match_age`), among those only."""
         vector = sh.features(pts).vector()
         if skin is None or self.tone_pool <= 0:
             return self.bank.nearest(vector, n, allowed=allowed)
@@ -506,31 +509,37 @@ class BankFace:
         for j, person in enumerate(people):
             repeat[j] = seen[person] = seen.get(person, -1) + 1
         gap = np.nan_to_num(np.abs(self.tones[pool % len(self.bank)] - skin), nan=np.inf)
-        return pool[np.lexsort((np.arange(len(pool)), gap, repeat))][:n]
+        if draw is None or self.skin_tone is None:
+            return pool[np.lexsort((np.arange(len(pool)), gap, repeat))][:n]
+        return pool[np.lexsort((draw[:len(pool)], gap > TONE_CLOSE, repeat))][:n]
 
     def order(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None = None,
-              skin: float | None = None, allowed: np.ndarray | None = None) -> list[int]:
+              skin: float | None = None, allowed: np.ndarray | None = None,
+              draw: np.ndarray | None = None) -> list[int]:
         """The bank faces to try: the `choices` that fit best (`nearest`), in an order from the RNG, less those of
         another skin tone (`alike`); for a face assigned a virtual identity (a keyed run), that identity's faces,
         nearest in pose first."""
         if identity is not None:
             return [int(k) for k in self.bank.nearest(sh.features(pts).vector(), self.bank.choices, identity)]
-        near = self.nearest(pts, self.choices, skin, allowed)
+        near = self.nearest(pts, self.choices, skin, allowed, draw)
         return self.alike([int(near[i]) for i in rng.permutation(len(near))], skin)
 
     def candidates(self, pts: np.ndarray, rng: np.random.Generator, identity: int | None, skin: float | None,
                    allowed: np.ndarray | None, blocks: int) -> tuple[list[int], list[int]]:
-        """The bank faces `choose` tries: `order`'s, and with the guard `further`'s. Where none of them is alike
-        in skin tone, the alike bank faces nearest in pose instead: a face a little further in pose looks
-        better than a blur."""
+        """The bank faces `choose` tries: `order`'s, and with the guard `further`'s, drawn from one `nearest`
+        ranking. Where none of them is alike in skin tone, the alike bank faces nearest in pose instead: a face
+        a little further in pose looks better than a blur."""
         more = self.guard.config.more_if_turned if identity is None and self.guard is not None else 0
-        order = self.order(pts, rng, identity, skin, allowed)
-        extras = self.further(pts, more, rng, skin, allowed, blocks)
-        if order or extras or identity is not None or self.skin_tone is None or skin is None:
+        draw = (rng.random(max(self.tone_pool, self.choices + blocks * more))
+                if identity is None and skin is not None and self.skin_tone is not None else None)
+        order = self.order(pts, rng, identity, skin, allowed, draw)
+        extras = self.further(pts, more, rng, skin, allowed, blocks, draw)
+        if order or extras or draw is None:
             return order, extras
         alike = ~self.unlike(np.arange(len(self.bank)), skin)
         alike = alike if allowed is None else alike & allowed
-        return self.order(pts, rng, None, skin, alike), self.further(pts, more, rng, skin, alike, blocks)
+        return (self.order(pts, rng, None, skin, alike, draw),
+                self.further(pts, more, rng, skin, alike, blocks, draw))
 
     def alike(self, faces: list[int], skin: float | None) -> list[int]:
         """`faces` less those whose person's tone lies further than TONE_CLOSE from the face's `skin`. Where the
@@ -547,14 +556,14 @@ class BankFace:
         return np.abs(self.tones[faces % len(self.bank)] - skin) > TONE_CLOSE
 
     def further(self, pts: np.ndarray, n: int, rng: np.random.Generator, skin: float | None = None,
-                allowed: np.ndarray | None = None, blocks: int = 1) -> list[int]:
+                allowed: np.ndarray | None = None, blocks: int = 1, draw: np.ndarray | None = None) -> list[int]:
         """The n bank faces that fit next best after `order`'s, in an order from the RNG: tried only where a
         cover group keeps none of those (BankGuardConfig.more_if_turned). With `blocks`, as many blocks
         of n, each after the nearer one, each in its own order: `by_cover` sorts them into cover groups, and
         a group that the first n leave short of good-cover faces finds some further on."""
         if n <= 0:
             return []
-        more = self.nearest(pts, self.choices + blocks * n, skin, allowed)[self.choices:]
+        more = self.nearest(pts, self.choices + blocks * n, skin, allowed, draw)[self.choices:]
         return self.alike([int(more[j + i]) for j in range(0, len(more), n)
                            for i in rng.permutation(min(n, len(more) - j))], skin)
 
