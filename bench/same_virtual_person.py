@@ -2,7 +2,7 @@
 
 Two anonymized photos that show one bank person match each other for any recognizer, however well each
 hides the person: the plainest way to link them. A face's bank person is drawn among the few nearest in pose
-that read as its sex and nearest in skin tone, so two photos of one person draw from overlapping pools; the
+that read as its sex and age and alike in skin tone, so two photos of one person draw from overlapping pools; the
 rate falls as the bank holds more people of each sex and tone. Held-out LFW identities with at least two
 photos, up to `--per` photos each (every pair counted), the face nearest the centre of each; the operator as
 POLICY sets it (e.g. one extending `realistic` with another bank), without Ray or Prefect.

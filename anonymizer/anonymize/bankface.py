@@ -14,16 +14,18 @@ synthetic people. Per face:
    pose and expression (anonymizer.bank.tone), read as `tone_reading` says: "ita", the skin's pixels as the photo
    shows them, alike on the bank faces (colour photos and banks only); "descriptor", the person's skin as a probe
    on dlib's descriptor reads it, on the face and on each bank person's most frontal face, which a photo's light
-   and white balance barely move; only those within TONE_CLOSE of the face's are tried (where none is among them,
-   the alike bank faces nearest in pose; where the bank holds none, the face gets the fallback: "skin_tone"). A
-   light-skinned face made dark (or the reverse) looks recoloured, and a dataset whose people change skin
-   misrepresents them. With `match_sex`, a face that reads as a man's or a woman's looks only at bank people who
-   read alike (anonymizer.bank.apparent_sex). With `match_age`, a face looks only at bank people of its apparent
-   age group (anonymizer.measure.apparent_age: under 13, 13-19, 20-59, 60 and over; a bank person's, the median
-   over their faces) where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and, with the
-   `descriptor` tone reading, near the face's tone: skin tone comes first). A face that carries a virtual identity
-   (`Face.identity`, set by a keyed run's linking, which matches the person's apparent sex, skin tone and age group
-   as the operator does) tries only that identity's faces, nearest first: one person, one face.
+   and white balance barely move; there, the choices are drawn from the face's RNG among the people within
+   TONE_CLOSE of the face's tone, not ranked by closeness (two photos of one person would draw the same few), and
+   only those are tried (where none is in the pool, the alike bank faces nearest in pose; where the bank holds
+   none, the face gets the fallback: "skin_tone"). A light-skinned face made dark (or the reverse) looks
+   recoloured, and a dataset whose people change skin misrepresents them. With `match_sex`, a face that reads as a
+   man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). With `match_age`, a
+   face looks only at bank people of its apparent age group (anonymizer.measure.apparent_age: under 13, 13-19,
+   20-59, 60 and over; a bank person's, the median over their faces) where the bank holds at least AGE_MIN_PEOPLE
+   of them among those allowed (and, with the `descriptor` tone reading, near the face's tone: skin tone comes
+   first). A face that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the
+   person's apparent sex, skin tone and age group as the operator does) tries only that identity's faces, nearest
+   first: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
