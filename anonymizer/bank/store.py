@@ -196,16 +196,19 @@ def matte_name(face_id: str) -> str:
 
 
 def plot_coverage(df: pd.DataFrame, path: Path, title: str) -> None:
-    """Yaw against pitch, mouth opening and smile width: where the bank has faces to match a photo's."""
+    """Yaw against pitch, mouth opening and smile width: where the bank has faces to match a photo's, its faces'
+    mirror images (which the bank operator also matches, `mirror`) in grey."""
     from anonymizer.pyplot import plt
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 4))
     for ax, col, label in zip(axes, ("pitch", "mouth_open", "smile"),
                               ("pitch (°)", "mouth opening / eye distance", "mouth width / eye distance")):
-        ax.scatter(df["yaw"], df[col], s=8, alpha=0.6)
+        ax.scatter(-df["yaw"], df[col], s=6, color="0.82", label="mirror images")
+        ax.scatter(df["yaw"], df[col], s=8, alpha=0.6, label="bank faces")
         ax.set_xlabel("yaw (°)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
+    axes[0].legend(loc="lower left", fontsize=7)
     people = df.groupby("identity")[TONE].median().dropna() if TONE in df else pd.Series(dtype=float)
     counts = tone.band_counts(people)
     names = list(counts)[::-1]

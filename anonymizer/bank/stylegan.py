@@ -49,9 +49,13 @@ CANDIDATES_PER_PERSON = 10  # people rendered once per bank person kept: at trun
 CENTRE_MIN = 8           # a short skin-tone band's centre: the mean w of at least this many of its candidates
 CENTRED_PER_MISSING = 4  # people rendered around a short band's centre per person the band lacks
 AGE_SHARES = {0: 1 / 8, 1: 1 / 8, 3: 1 / 8}  # age group (AGE_GROUP_NAMES) → its least share of the people kept
-PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 4,500 in 34 min
+PROGRESS_EVERY = 128     # renders between progress lines: a default build renders about 5,000 in 38 min
 CANDIDATES = "candidates.parquet"  # with `candidates`: each rendered candidate's skin reading, listed in the manifest
-DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05})
+# The yaw direction turns heads further one way than the other (targets -30 / +30 reach medians -17° / +24°), and
+# far along its short side people change (a girl turns into a woman): the wide views (+45, +60: medians +35°,
+# +44°, up to 58°) go the long way only, and the operator's mirror images turn them the other way.
+DEFAULT_VIEWS = ({"yaw": -30.0}, {"yaw": -15.0}, {"yaw": 15.0}, {"yaw": 30.0}, {"mouth_open": 0.35}, {"smile": 1.05},
+                 {"yaw": 45.0}, {"yaw": 60.0})
 
 
 def locate_stylegan(model_dir: str | None = None) -> Path:
