@@ -21,7 +21,8 @@ synthetic people. Per face:
    recoloured, and a dataset whose people change skin misrepresents them. With `match_sex`, a face that reads as a
    man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). With `match_age`, a
    face looks only at bank people of its apparent age group (anonymizer.measure.apparent_age: under 13, 13-19,
-   20-59, 60 and over; a bank person's, the median over their faces) where the bank holds at least AGE_MIN_PEOPLE
+   20-59, 60 and over; a bank person's, the median over their faces turned 30° at most), at those of their faces that
+   read in it too, where the bank holds at least AGE_MIN_PEOPLE
    of them among those allowed (and, with the `descriptor` tone reading, near the face's tone: skin tone comes
    first). A face that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the
    person's apparent sex, skin tone and age group as the operator does) tries only that identity's faces, nearest
@@ -77,7 +78,7 @@ from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
-from anonymizer.bank.descriptor_probe import person_ages
+from anonymizer.bank.descriptor_probe import face_ages, person_ages
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -411,7 +412,9 @@ class BankFace:
         if match_age:
             self.age = AgeReader(model_dir)
             ages = person_ages(self.bank, self.age)
-            self.age_groups = np.array([age_group(ages[str(p)]) for p in self.bank.index["identity"]])
+            people = np.array([age_group(ages[str(p)]) for p in self.bank.index["identity"]])
+            own = np.array([age_group(a) for a in face_ages(self.bank, self.age)])
+            self.age_groups = np.where(own == people, people, -1)
 
     def _bank_tones(self) -> np.ndarray:
         """Each bank face's skin tone, read as the faces' are (`tone_reading`): its person's, by the probe."""
@@ -449,7 +452,9 @@ class BankFace:
 
     def of_age(self, image: np.ndarray, face: Face, allowed: np.ndarray | None,
                skin: float | None = None) -> np.ndarray | None:
-        """`allowed` narrowed to the bank people of the face's apparent age group (`match_age`), where at least
+        """`allowed` narrowed to the bank faces of the face's apparent age group (`match_age`: faces whose person
+        reads in it and which read in it themselves; a person's faces turned one way can read a decade younger, and
+        the result reads as the bank face does), where at least
         AGE_MIN_PEOPLE of them remain (with the `descriptor` tone reading, of them within TONE_CLOSE of the
         face's `skin`: the StyleGAN bank's people over 60 are nearly all light-skinned, and a face made another
         skin tone looks recoloured, where one made younger still looks like a photograph); else `allowed`."""

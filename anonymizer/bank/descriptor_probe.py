@@ -57,23 +57,27 @@ def frontal_faces(bank) -> dict[str, int]:
     return out
 
 
-def person_ages(bank, reader) -> dict[str, float]:
-    """Each bank person's apparent age (anonymizer.measure.apparent_age.AgeReader `reader`): the median of its
-    readings on the person's faces turned at most AGE_MAX_YAW (all of them where none is). One face is not enough:
-    in the default bank one person read 12 years on their most frontal face and 21-36 on four of their other six,
-    and looks it. Faces turned further read younger and scatter (at 44°, median −2.4 years and mean |shift| 7.5
-    against the person's first face, 3.1 at 2°). About 5 ms a face, so kept with the derived models by the bank's
-    manifest and the reader."""
+def face_ages(bank, reader) -> np.ndarray:
+    """Each bank face's apparent age in years (anonymizer.measure.apparent_age.AgeReader `reader`). About 5 ms a
+    face, so kept with the derived models by the bank's manifest and the reader."""
     def read() -> bytes:
-        ids = bank.index["identity"].to_numpy()
-        near = np.abs(bank.index["yaw"].to_numpy()) <= AGE_MAX_YAW
-        ages = np.array([reader.read(bank.crop(k), [face_for(bank.landmarks(k))])[0] for k in range(len(bank))])
-        return json.dumps({str(p): float(np.median(ages[(ids == p) & near] if ((ids == p) & near).any()
-                                                   else ages[ids == p])) for p in np.unique(ids)}).encode()
+        ages = [reader.read(bank.crop(k), [face_for(bank.landmarks(k))])[0] for k in range(len(bank))]
+        return json.dumps([float(a) for a in ages]).encode()
 
     manifest = (bank.root / "manifest.json").read_bytes()
-    key = manifest + reader.sha256.encode() + f"yaw<={AGE_MAX_YAW}".encode()
-    return json.loads(derived("bank-people-ages", key, read, suffix=".json"))
+    return np.array(json.loads(derived("bank-face-ages", manifest + reader.sha256.encode(), read, suffix=".json")))
+
+
+def person_ages(bank, reader) -> dict[str, float]:
+    """Each bank person's apparent age: the median of `face_ages` over the person's faces turned at most
+    AGE_MAX_YAW (all of them where none is). One face is not enough: in the default bank one person read 12 years on
+    their most frontal face and 21-36 on four of their other six, and looks it. Faces turned further read younger
+    and scatter (at 44°, median −2.4 years and mean |shift| 7.5 against the person's first face, 3.1 at 2°)."""
+    ids = bank.index["identity"].to_numpy()
+    near = np.abs(bank.index["yaw"].to_numpy()) <= AGE_MAX_YAW
+    ages = face_ages(bank, reader)
+    return {str(p): float(np.median(ages[(ids == p) & near] if ((ids == p) & near).any() else ages[ids == p]))
+            for p in np.unique(ids)}
 
 
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:
