@@ -1031,7 +1031,8 @@ def test_a_bank_persons_age_is_the_median_over_their_faces_turned_at_most_30_deg
 
 def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypatch):
     """A bank built with its age groups' shares holds people who are not adults; with `match_age` a face
-    gets only bank people read in its age group, unless the bank has fewer than AGE_MIN_PEOPLE of them."""
+    gets only bank people read in its age group, unless the bank has fewer than AGE_MIN_PEOPLE of them, and of
+    their faces those that read in it too."""
     pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
     from anonymizer.anonymize import bankface
     from anonymizer.anonymize.bankface import BankFace
@@ -1077,6 +1078,25 @@ def test_match_age_gives_a_face_bank_people_of_its_age_group(tmp_path, monkeypat
         assert set(ids[op.of_age(crop, face, None)]) == {p for p in groups if groups[p] == groups[ids[k]]}
     rows = BankFace.weight_files({"bank": str(out), "match_age": True}, None)
     assert {r["name"] for r in rows if r["component"] == "apparent_age"} == {"apparent_age", "dlib_shape5"}
+
+    # A person's face that reads in another group (here: another person's, filed under them) is not chosen for
+    # their group: the result would read as that face does
+    import dataclasses
+
+    from anonymizer.bank.store import BankWriter
+
+    adult = [k for k in range(len(ids)) if ids[k] in adults][:2]
+    other = next(k for k in range(len(ids)) if AGE_GROUP_NAMES[groups[ids[k]]] != "20-59")
+    w = BankWriter(tmp_path / "mixed", "the test's", "user-supplied")
+    for k in range(len(ids)):
+        feats = dataclasses.replace(sh.features(op.bank.landmarks(k)), yaw=0.0)
+        w.add(f"f{k}", "x" if k in (*adult, other) else str(ids[k]), op.bank.crop(k), op.bank.landmarks(k), feats)
+    mixed = ANONYMIZERS.create("bank", bank=str(w.finish(None, {})), match_age=True)
+    at = {int(f[1:]): i for i, f in enumerate(mixed.bank.index["face_id"])}
+    assert [AGE_GROUP_NAMES[mixed.age_groups[at[k]]] for k in adult] == ["20-59", "20-59"]
+    assert mixed.age_groups[at[other]] == -1
+    allowed = mixed.of_age(op.bank.crop(adult[0]), sh.face_for(op.bank.landmarks(adult[0])), None)
+    assert allowed[[at[k] for k in adult]].all() and not allowed[at[other]]
 
 
 def test_a_face_the_sex_probe_leaves_undecided_gets_people_of_the_sex_it_leans_to(stylegan_bank):

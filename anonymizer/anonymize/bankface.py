@@ -22,11 +22,10 @@ synthetic people. Per face:
    man's or a woman's looks only at bank people who read alike (anonymizer.bank.apparent_sex). With `match_age`, a
    face looks only at bank people of its apparent age group (anonymizer.measure.apparent_age: under 13, 13-19,
    20-59, 60 and over; a bank person's, the median over their faces turned 30° at most), at those of their faces that
-   read in it too, where the bank holds at least AGE_MIN_PEOPLE
-   of them among those allowed (and, with the `descriptor` tone reading, near the face's tone: skin tone comes
-   first). A face that carries a virtual identity (`Face.identity`, set by a keyed run's linking, which matches the
-   person's apparent sex, skin tone and age group as the operator does) tries only that identity's faces, nearest
-   first: one person, one face.
+   read in it too, where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and, with the
+   `descriptor` tone reading, near the face's tone: skin tone comes first). A face that carries a virtual identity
+   (`Face.identity`, set by a keyed run's linking, which matches the person's apparent sex, skin tone and age group
+   as the operator does) tries only that identity's faces, nearest first: one person, one face.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
