@@ -56,24 +56,56 @@ def _keep(cached: Path, data: bytes) -> bytes:
     return data
 
 
-def on_cuda(device: str) -> bool:
-    """Whether ort_session puts a model on CUDA for this `device` setting."""
+def cuda_runtime(device: str) -> str | None:
+    """Which runtime puts a model on a CUDA GPU for this `device` setting: onnxruntime (onnxruntime-gpu), else
+    torch with CUDA (`anonymizer.onnx_torch`), else None (the CPU)."""
+    if device == "cpu":
+        return None
     import onnxruntime as ort
 
-    return device != "cpu" and "CUDAExecutionProvider" in ort.get_available_providers()
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "onnxruntime"
+    return "torch" if _torch_cuda() else None
+
+
+def _torch_cuda() -> bool:
+    """Whether torch sees a CUDA GPU. torch is imported only where an NVIDIA driver is: the import takes a
+    second of a CPU worker's start, which needs no torch."""
+    if not any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia")):
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def on_cuda(device: str) -> bool:
+    """Whether ort_session puts a model on a CUDA GPU for this `device` setting."""
+    return cuda_runtime(device) is not None
 
 
 def ort_session(model: bytes, device: str, owner: str):
     """An onnxruntime session on CUDA when asked for (`cuda`) or found (`auto`), else on the CPU with as many
-    threads as OpenCV was given (a Ray actor's share). `model` is the (possibly edited) serialized graph."""
+    threads as OpenCV was given (a Ray actor's share). Where onnxruntime has no CUDA provider but torch has a
+    GPU, the graph runs on torch there instead (same calls). `model` is the (possibly edited) serialized
+    graph."""
     import onnxruntime as ort
 
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"{owner}: device must be auto, cpu or cuda, got {device!r}")
-    cuda = on_cuda(device)
-    if device == "cuda" and not cuda:
-        raise RuntimeError(f"{owner}: device cuda asked for, but onnxruntime has no CUDA provider "
-                           "(pip install onnxruntime-gpu)")
+    # ANONYMIZER_ONNX_RUNTIME=torch: on torch even without a GPU (to compare the two runtimes)
+    runtime = "torch" if os.environ.get("ANONYMIZER_ONNX_RUNTIME") == "torch" else cuda_runtime(device)
+    if device == "cuda" and runtime is None:
+        raise RuntimeError(f"{owner}: device cuda asked for, but neither onnxruntime (pip install onnxruntime-gpu) "
+                           "nor torch sees a CUDA GPU")
+    if runtime == "torch":
+        import torch
+
+        from anonymizer.onnx_torch import TorchSession
+
+        return TorchSession(model, "cuda" if device != "cpu" and torch.cuda.is_available() else "cpu", owner)
+    cuda = runtime == "onnxruntime"
     providers = (["CUDAExecutionProvider"] if cuda else []) + ["CPUExecutionProvider"]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = max(1, cv2.getNumThreads())

@@ -9,17 +9,17 @@ then the measurements on the released pixels: the policy's auditor (skipped wher
 missing), outside change and coverage, re-identification with MobileFaceNet
 over every scored face of the batch in one call (`embed_chips`), and the head pose before and after (YuNet
 windows, as the profiles that keep a face measure and gate it). Where each network ran is printed:
-every network runs on onnxruntime, on the GPU only when onnxruntime-gpu is installed (else on the CPU);
-torch writes RetinaFace's and MTCNN's graphs from their weights once.
+every network is an ONNX graph, run by onnxruntime-gpu where it is installed, else by torch on the GPU
+(`anonymizer.onnx_torch`); torch writes RetinaFace's and MTCNN's graphs from their weights once.
 
 Frames: 2x2 mosaics of the photos, each tile resized to cover 960x540 and centre-cropped.
 
 `--stylegan N` then renders N MobileStyleGAN faces (1024²) for a face bank through torch
-(`anonymizer.bank.ir_torch`, `--stylegan-batch` per pass) and prints faces/s; it needs `openvino` (its IR
-reader) and `<model dir>/mobilestylegan/`.
+(`anonymizer.bank.ir_torch`, `--stylegan-batch` per pass) and prints faces/s; it needs `<model dir>/mobilestylegan/`
+and `openvino` (its IR reader), or the torch modules `--save-stylegan` writes where openvino is.
 
-    python bench/gpu_check.py [--model-dir DIR] [--device cuda|cpu] [--frames 64] [--batch 8]
-                              [--budget-s 240] [--stylegan 64 [--stylegan-batch 16]]
+    python bench/gpu_check.py [--model-dir DIR] [--device cuda|cpu] [--frames 64] [--batch 8] [--threads 1]
+                              [--budget-s 240] [--stylegan 64 [--stylegan-batch 16]] [--save-stylegan DIR]
                               [--out bench/results/gpu_check.json]
 """
 
@@ -30,8 +30,10 @@ import json
 import os
 import platform
 import sys
+import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -162,22 +164,37 @@ def run_batch(parts: dict, frames: list[np.ndarray], t: dict, counts: dict) -> N
         t[k] += v
 
 
-def stylegan_rate(model_dir: str, device: str, n: int, batch: int) -> dict | None:
-    """Faces/s of the bank's StyleGAN renders through torch on `device` (mapping and synthesis), or None
-    where openvino, whose reader the IR needs, is missing."""
+def stylegan_modules(model_dir: str) -> tuple | None:
+    """MobileStyleGAN's mapping and synthesis networks as torch modules: read from the IR (openvino, its
+    reader), else from the modules `--save-stylegan` wrote into `<model dir>/mobilestylegan/` (the GPU
+    machine has no openvino); None where neither is there."""
+    import torch
+
     try:
         import openvino  # noqa: F401
     except ImportError:
-        print("stylegan: skipped (pip install openvino: the IR's reader)")
-        return None
+        saved = [Path(model_dir) / "mobilestylegan" / f"{n}.pt" for n in ("MappingNetwork", "SynthesisNetwork")]
+        if all(p.is_file() for p in saved):
+            return tuple(torch.load(p, weights_only=False) for p in saved)
+    else:
+        from anonymizer.bank.ir_torch import IRModule
+        from anonymizer.bank.stylegan import locate_stylegan
+
+        d = locate_stylegan(model_dir)
+        return IRModule(d / "MappingNetwork.xml"), IRModule(d / "SynthesisNetwork.xml")
+    print("stylegan: skipped (pip install openvino, the IR's reader, or bring modules written by --save-stylegan)")
+    return None
+
+
+def stylegan_rate(model_dir: str, device: str, n: int, batch: int) -> dict | None:
+    """Faces/s of the bank's StyleGAN renders through torch on `device` (mapping and synthesis, float32 as
+    `anonymizer.bank.stylegan.Renderer` runs them), or None where the networks cannot be read."""
     import torch
 
-    from anonymizer.bank.ir_torch import IRModule
-    from anonymizer.bank.stylegan import locate_stylegan
-
-    d = locate_stylegan(model_dir)
-    mapping = IRModule(d / "MappingNetwork.xml").to(device).eval()
-    synthesis = IRModule(d / "SynthesisNetwork.xml").to(device).eval()
+    nets = stylegan_modules(model_dir)
+    if nets is None:
+        return None
+    mapping, synthesis = (m.to(device).eval() for m in nets)
     z = torch.randn(n, 512, generator=torch.Generator().manual_seed(0)).to(device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     with torch.no_grad():
@@ -199,13 +216,25 @@ def main() -> None:
     ap.add_argument("--device", choices=("cuda", "cpu"), default=None, help="default: cuda when torch sees one")
     ap.add_argument("--frames", type=int, default=64)
     ap.add_argument("--batch", type=int, default=8, help="frames per detect_batch call")
+    ap.add_argument("--threads", type=int, default=1, help="batches in flight at once, each on a thread: the "
+                                                             "networks are shared, the CPU work runs in parallel")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting batches after this (the check "
                                                                    "must fit in 5 minutes with the model loading)")
     ap.add_argument("--stylegan", type=int, default=0, help="then render this many StyleGAN bank faces")
     ap.add_argument("--stylegan-batch", type=int, default=16)
+    ap.add_argument("--save-stylegan", type=Path, metavar="DIR",
+                    help="only write MobileStyleGAN's networks as torch modules into DIR (read with openvino here, "
+                         "for a machine without it: copy them beside the IR there)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_check.json")
     args = ap.parse_args()
     import torch
+
+    if args.save_stylegan:
+        args.save_stylegan.mkdir(parents=True, exist_ok=True)
+        for net, name in zip(stylegan_modules(args.model_dir) or (), ("MappingNetwork", "SynthesisNetwork")):
+            torch.save(net, args.save_stylegan / f"{name}.pt")
+            print(f"wrote {args.save_stylegan / name}.pt")
+        return
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -218,28 +247,40 @@ def main() -> None:
     run_batch(parts, frames[:1], defaultdict(float), defaultdict(float))  # warm-up: cuDNN, per-size buffers
     t: dict = defaultdict(float)
     counts: dict = defaultdict(float)
-    done, t0 = 0, time.perf_counter()
-    for i in range(0, len(frames), args.batch):
+    merging = threading.Lock()
+
+    def one(batch: list[np.ndarray]) -> int:
         if time.perf_counter() - start > args.budget_s:
-            print(f"budget of {args.budget_s:.0f} s reached after {done} frames")
-            break
-        batch = frames[i:i + args.batch]
-        run_batch(parts, batch, t, counts)
-        done += len(batch)
-        if device == "cuda":
-            torch.cuda.synchronize()
+            return 0
+        bt: dict = defaultdict(float)
+        bc: dict = defaultdict(float)
+        run_batch(parts, batch, bt, bc)
+        with merging:
+            for acc, part in ((t, bt), (counts, bc)):
+                for k, v in part.items():
+                    acc[k] += v
+        return len(batch)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(args.threads) as pool:  # the CPU's share (decoding, warping, glue) in parallel
+        done = sum(pool.map(one, [frames[i:i + args.batch] for i in range(0, len(frames), args.batch)]))
+    if device == "cuda":
+        torch.cuda.synchronize()
+    if done < len(frames):
+        print(f"budget of {args.budget_s:.0f} s reached after {done} frames")
     wall = time.perf_counter() - t0
     result = {
         "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "cpus": os.cpu_count(), "machine": platform.platform(), "frame": list(FRAME), "frames": done,
-        "batch": args.batch, "wall_s": wall, "images_per_s": done / wall if wall else None, "stage_s": dict(t),
+        "batch": args.batch, "threads": args.threads, "wall_s": wall, "images_per_s": done / wall if wall else None,
+        "stage_s": dict(t),
         "faces": int(counts["faces"]), "reid_scored": int(counts["reid_scored"]),
         "pose_measured": int(counts["pose_measured"]), "auditor_faces": int(counts["auditor_faces"]),
         "networks": placement, "command": " ".join(sys.argv),
     }
     print(f"{done} frames of {FRAME[0]}x{FRAME[1]} in {wall:.1f} s: {result['images_per_s']:.2f} images/s on {device}"
           f" ({result['faces']} faces, {result['reid_scored']} re-identification scored, {result['pose_measured']} poses)")
-    print("stage s: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"stage s (summed over {args.threads} threads): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     if args.stylegan:
         result["stylegan"] = stylegan_rate(args.model_dir, device, args.stylegan, args.stylegan_batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
