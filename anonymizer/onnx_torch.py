@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _ints(t) -> list[int]:
+def ints(t) -> list[int]:
+    """A shape tensor (or list) as Python ints."""
     return [int(v) for v in (t.reshape(-1).tolist() if isinstance(t, torch.Tensor) else t)]
 
 
@@ -52,14 +53,15 @@ def _resize(i, a):
         raise ValueError(f"Resize {a} not supported (nearest, asymmetric, floor only)")
     x = i[0]
     if len(i) > 3 and i[3] is not None and i[3].numel():
-        size = _ints(i[3])[2:]
+        size = ints(i[3])[2:]
     else:
         scales = i[2].reshape(-1).tolist()[2:]
         size = [int(d * s) for d, s in zip(x.shape[2:], scales)]
     return F.interpolate(x, size=size, mode="nearest")
 
 
-def _gather(data, indices, axis):
+def gather(data, indices, axis: int):
+    """ONNX's and OpenVINO's Gather: `indices` (any shape, negative from the end) along `axis`."""
     axis = axis + data.dim() if axis < 0 else axis
     idx = indices.long().to(data.device)
     idx = torch.where(idx < 0, idx + data.shape[axis], idx)
@@ -68,16 +70,16 @@ def _gather(data, indices, axis):
 
 
 def _reshape(data, shape, allowzero):
-    dims = _ints(shape)
+    dims = ints(shape)
     if not allowzero:
         dims = [data.shape[k] if d == 0 else d for k, d in enumerate(dims)]
     return data.reshape(dims)
 
 
 def _slice(i):
-    data, starts, ends = i[0], _ints(i[1]), _ints(i[2])
-    axes = _ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
-    steps = _ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
+    data, starts, ends = i[0], ints(i[1]), ints(i[2])
+    axes = ints(i[3]) if len(i) > 3 and i[3] is not None else list(range(len(starts)))
+    steps = ints(i[4]) if len(i) > 4 and i[4] is not None else [1] * len(starts)
     index = [slice(None)] * data.dim()
     for s, e, ax, st in zip(starts, ends, axes, steps):
         index[ax] = slice(s, min(e, data.shape[ax]), st)
@@ -129,8 +131,8 @@ OPS = {
     "Transpose": lambda i, a: i[0].permute(*a["perm"]),
     "Reshape": lambda i, a: _reshape(i[0], i[1], a.get("allowzero", 0)),
     "Shape": lambda i, a: torch.tensor(list(i[0].shape)[a.get("start", 0):a.get("end")], dtype=torch.int64),
-    "Gather": lambda i, a: _gather(i[0], i[1], a.get("axis", 0)),
-    "Unsqueeze": lambda i, a: _unsqueeze(i[0], _ints(i[1]) if len(i) > 1 else a["axes"]),
+    "Gather": lambda i, a: gather(i[0], i[1], a.get("axis", 0)),
+    "Unsqueeze": lambda i, a: _unsqueeze(i[0], ints(i[1]) if len(i) > 1 else a["axes"]),
     "Slice": lambda i, a: _slice(i),
     "Cast": lambda i, a: i[0].to(_DTYPES[a["to"]]),
 }

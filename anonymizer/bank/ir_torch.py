@@ -16,13 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anonymizer.onnx_torch import gather, ints
+
 
 def _axis(a: int, rank: int) -> int:
     return a + rank if a < 0 else a
-
-
-def _ints(t: torch.Tensor) -> list[int]:
-    return [int(v) for v in t.reshape(-1).tolist()]
 
 
 def _prelu(x, slope):
@@ -31,23 +29,15 @@ def _prelu(x, slope):
     return torch.where(x >= 0, x, x * slope)
 
 
-def _gather(data, indices, axis):
-    axis = _axis(int(axis), data.dim())
-    idx = indices.long().to(data.device)
-    idx = torch.where(idx < 0, idx + data.shape[axis], idx)
-    out = torch.index_select(data, axis, idx.reshape(-1))
-    return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))
-
-
 def _reshape(data, shape, special_zero):
-    dims = _ints(shape)
+    dims = ints(shape)
     if special_zero:
         dims = [data.shape[i] if d == 0 else d for i, d in enumerate(dims)]
     return data.reshape(dims)
 
 
 def _broadcast(data, shape, mode):
-    target = _ints(shape)
+    target = ints(shape)
     if mode == "bidirectional":
         target = list(torch.broadcast_shapes(tuple(data.shape), tuple(target)))
     elif mode != "numpy":
@@ -56,15 +46,15 @@ def _broadcast(data, shape, mode):
 
 
 def _unsqueeze(data, axes):
-    rank = data.dim() + len(_ints(axes))
-    for a in sorted(_axis(a, rank) for a in _ints(axes)):
+    rank = data.dim() + len(ints(axes))
+    for a in sorted(_axis(a, rank) for a in ints(axes)):
         data = data.unsqueeze(a)
     return data
 
 
 def _split(data, axis, lengths):
     axis = _axis(int(axis), data.dim())
-    sizes = _ints(lengths)
+    sizes = ints(lengths)
     if -1 in sizes:
         sizes[sizes.index(-1)] = data.shape[axis] - sum(s for s in sizes if s != -1)
     return list(torch.split(data, sizes, dim=axis))
@@ -108,16 +98,16 @@ OPS = {
     "Add": lambda i, a: i[0] + i[1],
     "Multiply": lambda i, a: i[0] * i[1],
     "Power": lambda i, a: torch.pow(i[0], i[1]),
-    "ReduceMean": lambda i, a: i[0].mean(dim=[_axis(x, i[0].dim()) for x in _ints(i[1])], keepdim=a["keep_dims"]),
+    "ReduceMean": lambda i, a: i[0].mean(dim=[_axis(x, i[0].dim()) for x in ints(i[1])], keepdim=a["keep_dims"]),
     "PRelu": lambda i, a: _prelu(i[0], i[1]),
     "ShapeOf": lambda i, a: torch.tensor(list(i[0].shape), dtype=torch.int64),
-    "Gather": lambda i, a: _gather(i[0], i[1], i[2]),
+    "Gather": lambda i, a: gather(i[0], i[1], int(i[2])),
     "Unsqueeze": lambda i, a: _unsqueeze(i[0], i[1]),
-    "Squeeze": lambda i, a: i[0].squeeze([_axis(x, i[0].dim()) for x in _ints(i[1])]),
+    "Squeeze": lambda i, a: i[0].squeeze([_axis(x, i[0].dim()) for x in ints(i[1])]),
     "Concat": lambda i, a: torch.cat([t.reshape(1) if t.dim() == 0 else t for t in i], dim=a["axis"]),
     "Reshape": lambda i, a: _reshape(i[0], i[1], a["special_zero"]),
     "Broadcast": lambda i, a: _broadcast(i[0], i[1], a["mode"]),
-    "Tile": lambda i, a: i[0].repeat(*_ints(i[1])),
+    "Tile": lambda i, a: i[0].repeat(*ints(i[1])),
     "VariadicSplit": lambda i, a: _split(i[0], i[1], i[2]),
     "Convolution": lambda i, a: _conv(i[0], i[1], a),
     "GroupConvolution": lambda i, a: _group_conv(i[0], i[1], a),
