@@ -95,7 +95,7 @@ def build(model_dir: str, device: str) -> dict:
         "settings": {k: m[k] for k in ("min_reid_face_px", "covered_fraction", "change_tolerance", "mask_margin_px")},
     }
     try:
-        parts["auditor"] = build_detector(d["auditor"]["name"], d["auditor"]["params"], model_dir)
+        parts["auditor"] = build_detector(d["auditor"]["name"], {**d["auditor"]["params"], **ort_device}, model_dir)
     except ImportError as exc:  # its library is missing there
         print(f"auditor {d['auditor']['name']}: skipped ({exc})")
     return parts
