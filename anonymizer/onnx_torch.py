@@ -2,11 +2,12 @@
 CUDA provider.
 
 Why: onnxruntime's GPU wheel is a separate 255 MB package tied to one CUDA major version; torch with CUDA is
-what a GPU machine usually has. The graph is read with `onnx` (initializers become buffers) and each node is
+what a GPU machine usually has. onnx2torch (the attackers' converter) refuses MTCNN's export (a Clip with one
+bound) and imports torchvision. The graph is read with `onnx` (initializers become buffers) and each node is
 evaluated in order with its torch equivalent. Only the op types of our networks (YuNet, RetinaFace's and
-MTCNN's exports, CenterFace, MobileFaceNet) are implemented; any other is refused when the graph is read, naming
-it. Integer tensors are shape arithmetic and stay on the CPU. `TorchSession` answers the calls the networks make of an
-onnxruntime session, so a detector does not know which runtime it has.
+MTCNN's exports, CenterFace, MobileFaceNet) are implemented; any other is refused when the graph is read,
+naming it. Integer tensors are shape arithmetic and stay on the CPU. `TorchSession` answers the calls the
+networks make of an onnxruntime session, so a detector does not know which runtime it has.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ def _pads(a: dict, rank: int) -> list[int]:
 
 
 def _conv(i, a):
-    w = i[1]
-    return F.conv2d(i[0], w, i[2] if len(i) > 2 else None, a.get("strides", 1), _pads(a, 2),
+    return F.conv2d(i[0], i[1], i[2] if len(i) > 2 else None, a.get("strides", 1), _pads(a, 2),
                     a.get("dilations", 1), a.get("group", 1))
 
 

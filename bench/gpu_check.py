@@ -223,8 +223,8 @@ def main() -> None:
     ap.add_argument("--stylegan", type=int, default=0, help="then render this many StyleGAN bank faces")
     ap.add_argument("--stylegan-batch", type=int, default=16)
     ap.add_argument("--save-stylegan", type=Path, metavar="DIR",
-                    help="only write MobileStyleGAN's networks as torch modules into DIR (read with openvino here, "
-                         "for a machine without it: copy them beside the IR there)")
+                    help="only write MobileStyleGAN's networks as torch modules into DIR (read with openvino here; "
+                         "on a machine without it, put them in <model dir>/mobilestylegan/)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "gpu_check.json")
     args = ap.parse_args()
     import torch
