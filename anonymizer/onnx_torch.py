@@ -12,6 +12,8 @@ networks make of an onnxruntime session, so a detector does not know which runti
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -69,9 +71,11 @@ def gather(data, indices, axis: int):
     return out.reshape((*data.shape[:axis], *idx.shape, *data.shape[axis + 1:]))
 
 
-def _reshape(data, shape, allowzero):
+def reshape(data, shape, copy_zero: bool):
+    """Reshape to a shape tensor; with `copy_zero` a 0 keeps that dimension (ONNX without allowzero, OpenVINO's
+    special_zero)."""
     dims = ints(shape)
-    if not allowzero:
+    if copy_zero:
         dims = [data.shape[k] if d == 0 else d for k, d in enumerate(dims)]
     return data.reshape(dims)
 
@@ -86,7 +90,9 @@ def _slice(i):
     return data[tuple(index)]
 
 
-def _unsqueeze(data, axes):
+def unsqueeze(data, axes):
+    """Insert dimensions at `axes` (a shape tensor or list; negative ones count in the output's rank)."""
+    axes = ints(axes)
     rank = data.dim() + len(axes)
     for ax in sorted(a + rank if a < 0 else a for a in axes):
         data = data.unsqueeze(ax)
@@ -129,10 +135,10 @@ OPS = {
     "Gemm": _gemm,
     "Concat": lambda i, a: torch.cat(i, a["axis"]),
     "Transpose": lambda i, a: i[0].permute(*a["perm"]),
-    "Reshape": lambda i, a: _reshape(i[0], i[1], a.get("allowzero", 0)),
+    "Reshape": lambda i, a: reshape(i[0], i[1], not a.get("allowzero", 0)),
     "Shape": lambda i, a: torch.tensor(list(i[0].shape)[a.get("start", 0):a.get("end")], dtype=torch.int64),
     "Gather": lambda i, a: gather(i[0], i[1], a.get("axis", 0)),
-    "Unsqueeze": lambda i, a: _unsqueeze(i[0], ints(i[1]) if len(i) > 1 else a["axes"]),
+    "Unsqueeze": lambda i, a: unsqueeze(i[0], i[1] if len(i) > 1 else a["axes"]),
     "Slice": lambda i, a: _slice(i),
     "Cast": lambda i, a: i[0].to(_DTYPES[a["to"]]),
 }
@@ -183,11 +189,6 @@ class OnnxModule(nn.Module):
         return [values[n] for n in self.outputs]
 
 
-class _Arg:
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-
 class TorchSession:
     """The part of an onnxruntime InferenceSession our networks call (run, get_inputs, get_outputs,
     get_providers), over an `OnnxModule` on a torch device."""
@@ -196,11 +197,11 @@ class TorchSession:
         self.device = torch.device(device)
         self._module = OnnxModule(model, owner).eval().to(self.device)
 
-    def get_inputs(self) -> list[_Arg]:
-        return [_Arg(n) for n in self._module.inputs]
+    def get_inputs(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=n) for n in self._module.inputs]
 
-    def get_outputs(self) -> list[_Arg]:
-        return [_Arg(n) for n in self._module.outputs]
+    def get_outputs(self) -> list[SimpleNamespace]:
+        return [SimpleNamespace(name=n) for n in self._module.outputs]
 
     def get_providers(self) -> list[str]:
         return [f"torch ({self.device})"]

@@ -453,10 +453,10 @@ class BankFace:
                skin: float | None = None) -> np.ndarray | None:
         """`allowed` narrowed to the bank faces of the face's apparent age group (`match_age`: faces whose person
         reads in it and which read in it themselves; a person's faces turned one way can read a decade younger, and
-        the result reads as the bank face does), where at least
-        AGE_MIN_PEOPLE of them remain (with the `descriptor` tone reading, of them within TONE_CLOSE of the
-        face's `skin`: the StyleGAN bank's people over 60 are nearly all light-skinned, and a face made another
-        skin tone looks recoloured, where one made younger still looks like a photograph); else `allowed`."""
+        the result reads as the bank face does), where at least AGE_MIN_PEOPLE of them remain (with the
+        `descriptor` tone reading, of them within TONE_CLOSE of the face's `skin`: the StyleGAN bank's people over
+        60 are nearly all light-skinned, and a face made another skin tone looks recoloured, where one made younger
+        still looks like a photograph); else `allowed`."""
         if self.age is None:
             return allowed
         mine = self.age_groups == age_group(float(self.age.read(image, [face])[0]))

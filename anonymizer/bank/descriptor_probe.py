@@ -76,8 +76,11 @@ def person_ages(bank, reader) -> dict[str, float]:
     ids = bank.index["identity"].to_numpy()
     near = np.abs(bank.index["yaw"].to_numpy()) <= AGE_MAX_YAW
     ages = face_ages(bank, reader)
-    return {str(p): float(np.median(ages[(ids == p) & near] if ((ids == p) & near).any() else ages[ids == p]))
-            for p in np.unique(ids)}
+    out = {}
+    for p in np.unique(ids):
+        own = ids == p
+        out[str(p)] = float(np.median(ages[own & near] if (own & near).any() else ages[own]))
+    return out
 
 
 def frontal_descriptors(bank, probe: DescriptorProbe) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anonymizer.onnx_torch import gather, ints
+from anonymizer.onnx_torch import gather, ints, reshape, unsqueeze
 
 
 def _axis(a: int, rank: int) -> int:
@@ -29,13 +29,6 @@ def _prelu(x, slope):
     return torch.where(x >= 0, x, x * slope)
 
 
-def _reshape(data, shape, special_zero):
-    dims = ints(shape)
-    if special_zero:
-        dims = [data.shape[i] if d == 0 else d for i, d in enumerate(dims)]
-    return data.reshape(dims)
-
-
 def _broadcast(data, shape, mode):
     target = ints(shape)
     if mode == "bidirectional":
@@ -43,13 +36,6 @@ def _broadcast(data, shape, mode):
     elif mode != "numpy":
         raise ValueError(f"Broadcast mode {mode!r} not supported")
     return data.expand(*target)
-
-
-def _unsqueeze(data, axes):
-    rank = data.dim() + len(ints(axes))
-    for a in sorted(_axis(a, rank) for a in ints(axes)):
-        data = data.unsqueeze(a)
-    return data
 
 
 def _split(data, axis, lengths):
@@ -102,10 +88,10 @@ OPS = {
     "PRelu": lambda i, a: _prelu(i[0], i[1]),
     "ShapeOf": lambda i, a: torch.tensor(list(i[0].shape), dtype=torch.int64),
     "Gather": lambda i, a: gather(i[0], i[1], int(i[2])),
-    "Unsqueeze": lambda i, a: _unsqueeze(i[0], i[1]),
+    "Unsqueeze": lambda i, a: unsqueeze(i[0], i[1]),
     "Squeeze": lambda i, a: i[0].squeeze([_axis(x, i[0].dim()) for x in ints(i[1])]),
     "Concat": lambda i, a: torch.cat([t.reshape(1) if t.dim() == 0 else t for t in i], dim=a["axis"]),
-    "Reshape": lambda i, a: _reshape(i[0], i[1], a["special_zero"]),
+    "Reshape": lambda i, a: reshape(i[0], i[1], a["special_zero"]),
     "Broadcast": lambda i, a: _broadcast(i[0], i[1], a["mode"]),
     "Tile": lambda i, a: i[0].repeat(*ints(i[1])),
     "VariadicSplit": lambda i, a: _split(i[0], i[1], i[2]),
