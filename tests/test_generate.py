@@ -553,6 +553,32 @@ def test_pose_meter_keeps_and_loses_faces(yunet):
     assert meter.measure(image, image, [small], 32) == [None]
 
 
+def test_pose_windows_run_together_find_what_each_finds_alone(yunet):
+    """The pose check sends every window of an image to YuNet in batches of one padded size: the same
+    detections as one window per call, in fewer calls."""
+    from anonymizer.detect import build_detector
+    from anonymizer.measure.pose import find_again, find_all_again
+
+    detector = build_detector("yunet", {"scales": [1.0], "score_threshold": 0.5})
+    calls = []
+    run = detector._session.run
+    detector._session.run = lambda *a, **k: calls.append(a[1]["input"].shape[0]) or run(*a, **k)
+    shots = []
+    for path in sorted(PHOTOS.glob("*.jpg"))[:3]:
+        image = _rgb(path)
+        blurred = cv2.GaussianBlur(image, (0, 0), 3)
+        shots += [(im, f) for f in yunet.detect(image) for im in (image, blurred)]
+    together = find_all_again(detector, shots, need_landmarks=True)
+    assert len(calls) < len(shots) / 3 and sum(calls) == len(shots)
+    alone = [find_again(detector, im, f, need_landmarks=True) for im, f in shots]
+    assert 0 < sum(a is None for a in alone) < len(shots) / 2  # mostly found, and not all: both kinds compared
+    assert [a is None for a in alone] == [t is None for t in together]
+    for a, t in zip(alone, together):
+        if a is not None:
+            assert (a.x, a.y, a.w, a.h, a.score) == (t.x, t.y, t.w, t.h, t.score)
+            assert np.array_equal(a.landmarks, t.landmarks)
+
+
 # ---------------------------------------------------------------- evaluation command
 
 def test_eval_generation_command(tiny_model, tmp_path, shared):

@@ -57,7 +57,7 @@ def test_graphs_are_made_once_then_read_without_importing_onnx_or_torch(tmp_path
     kept = sorted(p.name.rsplit("-", 1)[0] for p in tmp_path.glob("*.onnx"))
     assert kept == ["centerface-free-sized", "dlib_resnet-torch-export", "mobilefacenet-free-batch",
                     "mtcnn_onet-torch-export", "mtcnn_pnet-torch-export", "mtcnn_rnet-torch-export",
-                    "retinaface-torch-export", "scrfd-dynamic", "yunet-free-sized"]
+                    "retinaface-torch-export", "scrfd-dynamic", "yunet-free-batch"]
 
 
 def test_threads_loading_models_together_write_each_graph_once(tmp_path, monkeypatch, shared):

@@ -44,26 +44,66 @@ class PoseChange:
                 "pose_error": self.error, "redetected": a is not None}
 
 
-def find_again(detector: Detector, image: np.ndarray, face: Face, target_px: float = 112.0, min_iou: float = 0.3,
-               need_landmarks: bool = False) -> Face | None:
-    """The detection at `face`'s box in `image` (image coordinates), or None: the detector runs on a window
-    of one box side of context each way, scaled so the face is `target_px` wide."""
+@dataclass(frozen=True)
+class _Window:
+    """A face's window, scaled so the face is `target_px` wide: where the detector looks for it again."""
+    pixels: np.ndarray
+    origin: tuple[int, int]
+    scale: float
+    target: Face  # the face's box in the window's pixels
+
+
+def _window(image: np.ndarray, face: Face, target_px: float) -> _Window | None:
     side = max(face.w, face.h)
     x0, y0, x1, y1 = context_window(face, image.shape[:2])
     if x1 - x0 < 2 or y1 - y0 < 2 or side <= 0:
         return None
     scale = target_px / side
-    window = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), None, fx=scale, fy=scale,
+    pixels = cv2.resize(np.ascontiguousarray(image[y0:y1, x0:x1]), None, fx=scale, fy=scale,
                         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
     target = Face((face.x - x0) * scale, (face.y - y0) * scale, face.w * scale, face.h * scale, 1.0, "box")
-    found = [(iou(target, f), f) for f in detector.detect(window) if f.landmarks is not None or not need_landmarks]
-    if not found:
+    return _Window(pixels, (x0, y0), scale, target)
+
+
+def _pick(window: _Window, found: list[Face], min_iou: float, need_landmarks: bool) -> Face | None:
+    """The detection in `window` that best overlaps its face, in the image's coordinates (None below min_iou)."""
+    scored = [(iou(window.target, f), f) for f in found if f.landmarks is not None or not need_landmarks]
+    if not scored:
         return None
-    best_iou, f = max(found, key=lambda t: t[0])
+    best_iou, f = max(scored, key=lambda t: t[0])
     if best_iou < min_iou:
         return None
+    (x0, y0), scale = window.origin, window.scale
     lm = None if f.landmarks is None else np.asarray(f.landmarks, np.float64) / scale + (x0, y0)
     return Face(f.x / scale + x0, f.y / scale + y0, f.w / scale, f.h / scale, f.score, f.detector, lm)
+
+
+def find_again(detector: Detector, image: np.ndarray, face: Face, target_px: float = 112.0, min_iou: float = 0.3,
+               need_landmarks: bool = False) -> Face | None:
+    """The detection at `face`'s box in `image` (image coordinates), or None: the detector runs on a window
+    of one box side of context each way, scaled so the face is `target_px` wide."""
+    window = _window(image, face, target_px)
+    return None if window is None else _pick(window, detector.detect(window.pixels), min_iou, need_landmarks)
+
+
+def find_all_again(detector: Detector, shots: list[tuple[np.ndarray, Face]], target_px: float = 112.0,
+                   min_iou: float = 0.3, need_landmarks: bool = False) -> list[Face | None]:
+    """`find_again` of each (image, face), the windows run together where the detector takes many images
+    in one call (`detect_many`: YuNet)."""
+    windows = [_window(image, face, target_px) for image, face in shots]
+    kept = [w for w in windows if w is not None]
+    many = getattr(detector, "detect_many", None)
+    found = iter(many([w.pixels for w in kept]) if many else [detector.detect(w.pixels) for w in kept])
+    return [None if w is None else _pick(w, next(found), min_iou, need_landmarks) for w in windows]
+
+
+def _solved(lm: np.ndarray | None, offset: tuple[int, int], shape: tuple[int, int]) -> Pose | None:
+    if lm is None:
+        return None
+    try:
+        return estimate_pose(np.asarray(lm, np.float64) + offset, shape)
+    except ValueError:
+        return None
 
 
 class PoseMeter:
@@ -81,23 +121,19 @@ class PoseMeter:
         pose is solved in that image's camera, as on the whole image (the angles depend on where in the
         frame the face is)."""
         lm = self.landmarks(image, face)
-        lm = fallback if lm is None else lm
-        if lm is None:
-            return None
         offset, shape = frame if frame is not None else ((0, 0), image.shape[:2])
-        try:
-            return estimate_pose(np.asarray(lm, np.float64) + offset, shape)
-        except ValueError:
-            return None
+        return _solved(fallback if lm is None else lm, offset, shape)
 
     def measure(self, original: np.ndarray, released: np.ndarray, faces: list[Face], min_face_px: float
                 ) -> list[PoseChange | None]:
-        """Per face (None below `min_face_px`, where landmarks are too unreliable to compare)."""
-        out: list[PoseChange | None] = []
-        for f in faces:
-            if f.size < min_face_px:
-                out.append(None)
-                continue
+        """Per face (None below `min_face_px`, where landmarks are too unreliable to compare). Every window,
+        before and after, goes to the detector in one `find_all_again`."""
+        scored = [f for f in faces if f.size >= min_face_px]
+        found = find_all_again(self.detector, [(im, f) for im in (original, released) for f in scored],
+                               self.target_px, self.min_iou, need_landmarks=True)
+        changes = iter([
             # Before: re-found like the after side; the detector's own landmarks when the window misses it.
-            out.append(PoseChange(self.pose(original, f, f.landmarks), self.pose(released, f)))
-        return out
+            PoseChange(_solved(f.landmarks if b is None else b.landmarks, (0, 0), original.shape[:2]),
+                       _solved(None if a is None else a.landmarks, (0, 0), released.shape[:2]))
+            for f, b, a in zip(scored, found[:len(scored)], found[len(scored):])])
+        return [next(changes) if f.size >= min_face_px else None for f in faces]
