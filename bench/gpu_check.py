@@ -14,11 +14,14 @@ every network is an ONNX graph, run by onnxruntime-gpu where it is installed, el
 
 Frames: 2x2 mosaics of the photos, each tile resized to cover 960x540 and centre-cropped.
 
+`--processes P` runs P processes, each with its own networks on the device and --threads threads, the frames
+shared between them: Ray's actors sharing one GPU, each with its own interpreter.
+
 `--stylegan N` then renders N MobileStyleGAN faces (1024²) for a face bank through torch
 (`anonymizer.bank.ir_torch`, `--stylegan-batch` per pass) and prints faces/s; it needs `<model dir>/mobilestylegan/`
 and `openvino` (its IR reader), or the torch modules `--save-stylegan` writes where openvino is.
 
-    python bench/gpu_check.py [--model-dir DIR] [--device cuda|cpu] [--frames 64] [--batch 8] [--threads 1]
+    python bench/gpu_check.py [--model-dir DIR] [--device cuda|cpu] [--frames 64] [--batch 8] [--processes 1] [--threads 1]
                               [--budget-s 240] [--stylegan 64 [--stylegan-batch 16]] [--save-stylegan DIR]
                               [--out bench/results/gpu_check.json]
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import sys
@@ -209,6 +213,56 @@ def stylegan_rate(model_dir: str, device: str, n: int, batch: int) -> dict | Non
     return {"faces": n, "batch": batch, "wall_s": wall, "faces_per_s": n / wall}
 
 
+def measure(args: argparse.Namespace, device: str, begun: float, rank: int, barrier) -> dict:
+    """One process's share of the frames (every `args.processes`-th batch from `rank`), its batches
+    `args.threads` at a time on threads sharing its networks; timed from when every process has loaded
+    and warmed up its networks (`barrier`)."""
+    if args.processes > 1:  # the machine's cores shared between the processes (ONNX Runtime takes OpenCV's count)
+        cv2.setNumThreads(max(1, (os.cpu_count() or 1) // args.processes))
+    frames = mosaics(args.photos, args.frames)
+    parts = build(args.model_dir, device)
+    placement = where(parts)
+    if rank == 0:
+        print("networks:", ", ".join(f"{k}: {v}" for k, v in placement.items()), flush=True)
+    run_batch(parts, frames[:1], defaultdict(float), defaultdict(float))  # warm-up: cuDNN, per-size buffers
+    t: dict = defaultdict(float)
+    counts: dict = defaultdict(float)
+    merging = threading.Lock()
+
+    def one(batch: list[np.ndarray]) -> int:
+        if time.time() - begun > args.budget_s:
+            return 0
+        bt: dict = defaultdict(float)
+        bc: dict = defaultdict(float)
+        run_batch(parts, batch, bt, bc)
+        with merging:
+            for acc, part in ((t, bt), (counts, bc)):
+                for k, v in part.items():
+                    acc[k] += v
+        return len(batch)
+
+    batches = [frames[i:i + args.batch] for i in range(0, len(frames), args.batch)][rank::args.processes]
+    if barrier is not None:
+        barrier.wait()
+    start = time.time()
+    with ThreadPoolExecutor(args.threads) as pool:  # the CPU's share (decoding, warping, glue) in parallel
+        done = sum(pool.map(one, batches))
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+    return {"frames": done, "start": start, "end": time.time(), "stage_s": dict(t), "counts": dict(counts),
+            "networks": placement}
+
+
+def _measured(results, *args) -> None:
+    try:
+        results.put(measure(*args))
+    except BaseException as exc:  # the parent waits for every process's result
+        results.put({"error": repr(exc)})
+        raise
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--photos", type=Path, default=SHARED / "data" / "photos")
@@ -218,6 +272,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="frames per detect_batch call")
     ap.add_argument("--threads", type=int, default=1, help="batches in flight at once, each on a thread: the "
                                                              "networks are shared, the CPU work runs in parallel")
+    ap.add_argument("--processes", type=int, default=1, help="processes sharing the device, each with its own "
+                                                               "networks and --threads threads (Ray actors sharing a GPU)")
     ap.add_argument("--budget-s", type=float, default=240.0, help="stop starting batches after this (the check "
                                                                    "must fit in 5 minutes with the model loading)")
     ap.add_argument("--stylegan", type=int, default=0, help="then render this many StyleGAN bank faces")
@@ -239,48 +295,44 @@ def main() -> None:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: torch sees no GPU")
-    start = time.perf_counter()
-    frames = mosaics(args.photos, args.frames)
-    parts = build(args.model_dir, device)
-    placement = where(parts)
-    print("networks:", ", ".join(f"{k}: {v}" for k, v in placement.items()), flush=True)
-    run_batch(parts, frames[:1], defaultdict(float), defaultdict(float))  # warm-up: cuDNN, per-size buffers
+    begun = time.time()
+    if args.processes == 1:
+        parts = [measure(args, device, begun, 0, None)]
+    else:  # each process loads its own networks onto the device, as Ray actors sharing a GPU would
+        ctx = mp.get_context("spawn")
+        barrier, results = ctx.Barrier(args.processes), ctx.Queue()
+        procs = [ctx.Process(target=_measured, args=(results, args, device, begun, r, barrier))
+                 for r in range(args.processes)]
+        for p in procs:
+            p.start()
+        parts = [results.get() for _ in procs]
+        for p in procs:
+            p.join()
+        if any("error" in p for p in parts):
+            raise SystemExit(f"a process failed: {[p['error'] for p in parts if 'error' in p]}")
     t: dict = defaultdict(float)
     counts: dict = defaultdict(float)
-    merging = threading.Lock()
-
-    def one(batch: list[np.ndarray]) -> int:
-        if time.perf_counter() - start > args.budget_s:
-            return 0
-        bt: dict = defaultdict(float)
-        bc: dict = defaultdict(float)
-        run_batch(parts, batch, bt, bc)
-        with merging:
-            for acc, part in ((t, bt), (counts, bc)):
-                for k, v in part.items():
-                    acc[k] += v
-        return len(batch)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(args.threads) as pool:  # the CPU's share (decoding, warping, glue) in parallel
-        done = sum(pool.map(one, [frames[i:i + args.batch] for i in range(0, len(frames), args.batch)]))
-    if device == "cuda":
-        torch.cuda.synchronize()
-    if done < len(frames):
+    for part in parts:
+        for acc, got in ((t, part["stage_s"]), (counts, part["counts"])):
+            for k, v in got.items():
+                acc[k] += v
+    done = sum(p["frames"] for p in parts)
+    wall = max(p["end"] for p in parts) - min(p["start"] for p in parts)
+    if done < args.frames:
         print(f"budget of {args.budget_s:.0f} s reached after {done} frames")
-    wall = time.perf_counter() - t0
     result = {
         "device": device, "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
         "cpus": os.cpu_count(), "machine": platform.platform(), "frame": list(FRAME), "frames": done,
-        "batch": args.batch, "threads": args.threads, "wall_s": wall, "images_per_s": done / wall if wall else None,
-        "stage_s": dict(t),
+        "batch": args.batch, "processes": args.processes, "threads": args.threads, "wall_s": wall,
+        "images_per_s": done / wall if wall else None, "stage_s": dict(t),
         "faces": int(counts["faces"]), "reid_scored": int(counts["reid_scored"]),
         "pose_measured": int(counts["pose_measured"]), "auditor_faces": int(counts["auditor_faces"]),
-        "networks": placement, "command": " ".join(sys.argv),
+        "networks": parts[0]["networks"], "command": " ".join(sys.argv),
     }
     print(f"{done} frames of {FRAME[0]}x{FRAME[1]} in {wall:.1f} s: {result['images_per_s']:.2f} images/s on {device}"
           f" ({result['faces']} faces, {result['reid_scored']} re-identification scored, {result['pose_measured']} poses)")
-    print(f"stage s (summed over {args.threads} threads): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
+    print(f"stage s (summed over {args.processes} x {args.threads} threads): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in t.items()))
     if args.stylegan:
         result["stylegan"] = stylegan_rate(args.model_dir, device, args.stylegan, args.stylegan_batch)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,12 +90,15 @@ def test_batched_detection_finds_what_one_image_at_a_time_finds(shared, componen
 
 @pytest.mark.slow
 def test_gpu_check_runs_on_the_cpu(tmp_path, shared):
+    """Two processes sharing the device, as on a GPU machine: every frame is counted once."""
     out = tmp_path / "gpu_check.json"
     r = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu", "--frames", "4",
-                        "--batch", "4", "--out", str(out)], capture_output=True, text=True, cwd=tmp_path)
+                        "--batch", "2", "--processes", "2", "--out", str(out)], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["frames"] == 4 and result["images_per_s"] > 0 and result["device"] == "cpu"
+    assert result["processes"] == 2
     assert result["faces"] > 0 and result["reid_scored"] > 0 and result["pose_measured"] > 0
     assert set(result["stage_s"]) == {"detect", "anonymize+jpeg", "auditor+coverage", "reid", "pose"}
     assert "images/s on cpu" in r.stdout
