@@ -73,6 +73,40 @@ def test_auto_executor_keeps_small_plans_in_process_and_sends_large_ones_or_a_cl
     assert f"more than {limit} images" in " ".join(_cli("run", "--help").stdout.split())  # the help says it
 
 
+def test_actors_share_gpus_in_whole_fractions_and_never_outnumber_the_cpus():
+    from anonymizer.pipeline.executors import actor_shape
+    from anonymizer.policy import Execution
+
+    four = Execution(actors_per_gpu=4)
+    assert actor_shape({"CPU": 16, "GPU": 1}, four, 100) == (4, 0.25, 4)
+    assert actor_shape({"CPU": 32, "GPU": 2}, four, 100) == (8, 0.25, 4)
+    assert actor_shape({"CPU": 16, "GPU": 2}, four, 100, workers=3) == (3, 0.5, 5)  # 2 and 1 on the GPUs
+    assert actor_shape({"CPU": 2, "GPU": 1}, four, 100) == (2, 0.5, 1)  # 0.8 CPU each: 2 fit
+    assert actor_shape({"CPU": 16, "GPU": 1}, four, 2) == (2, 0.5, 8)  # no more than the shards
+    assert actor_shape({"CPU": 8}, four, 100) == (4, 0, 2)
+    assert actor_shape({"CPU": 8}, Execution(), 100, workers=20) == (10, 0, 1)
+
+
+def test_actors_sharing_a_gpu_run_the_shards(tmp_path, shared):
+    """In a fresh Ray that declares one GPU (none is there: the networks fall back to the CPU), two actors
+    share it, each runs shards, and the run is released."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ["multiface.jpg", "group_5.jpg", "group_2.jpg", "group_8.jpg"]:
+        shutil.copy(PHOTOS / name, src / name)
+    policy = tmp_path / "p.yaml"
+    policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("shard_size: 4 ", "shard_size: 1 ")
+                      .replace("actors_per_gpu: 1 ", "actors_per_gpu: 2 "))
+    code = ("import json, ray; from anonymizer.pipeline import run_pipeline; "
+            "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level='WARNING'); "
+            f"o = run_pipeline({str(src)!r}, {str(tmp_path / 'rel')!r}, policy={str(policy)!r}, engine='ray'); "
+            "print(json.dumps([o.released, [s['worker'] for s in o.report['shards']]]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    released, workers = json.loads(r.stdout.strip().splitlines()[-1])
+    assert released and len(workers) == 4 and len(set(workers)) == 2
+
+
 def test_release_holds_only_anonymized_clean_outputs(flow_run, dataset):
     _, out = flow_run
     run_dir = next(p for p in (out / "release").iterdir() if p.is_dir())

@@ -5,7 +5,8 @@
   CPU share of library threads: most of an image's time is in native code that lets go of the GIL
   (ONNX Runtime, OpenCV, torch, dlib's HOG), and single-threaded networks side by side waste less than
   one network spread over every core.
-- `ray`: a pool of actors that each load the models once; GPU actors when Ray has GPUs. Shards are
+- `ray`: a pool of actors that each load the models once; several actors share each GPU when Ray has GPUs
+  (`execution.actors_per_gpu`, `actor_shape`). Shards are
   handed out as actors free up (a bounded number in flight), so the driver's memory does not grow with
   the dataset. An actor that dies is restarted and its shard retried (max_restarts / max_task_retries);
   the shard's attempt count goes into the report. An actor's library threads are its share of the
@@ -38,7 +39,7 @@ from tqdm import tqdm
 
 from anonymizer.logs import event
 from anonymizer.pipeline.shard import ShardWorker, is_done, shard_dir
-from anonymizer.policy import Policy
+from anonymizer.policy import Execution, Policy
 from anonymizer.storage import Location
 from anonymizer.vault import VaultWriter
 
@@ -238,13 +239,20 @@ def _forwarded_env(vault: VaultWriter | None, worker_kwargs: dict[str, Any]) -> 
     return {k: os.environ[k] for k in names if k in os.environ}
 
 
-def default_workers() -> int:
-    import ray
-
-    resources = ray.cluster_resources()
-    if resources.get("GPU", 0) >= 1:
-        return int(resources["GPU"])
-    return max(1, int(resources.get("CPU", 1) // 2))
+def actor_shape(resources: dict[str, float], execution: Execution, total: int, workers: int | None = None
+                ) -> tuple[int, float, int]:
+    """(actors, GPUs per actor, library threads per actor) on a cluster with `resources`. By default
+    `execution.actors_per_gpu` actors share each GPU (Ray's fractional GPUs): one actor's Python glue,
+    decoding and cropping between network calls leave its GPU idle, and actors in processes of their own
+    are not bound by one interpreter lock; without a GPU, one actor per 2 CPUs. Never more actors than the
+    CPUs hold (an actor Ray cannot place would hold its shard forever), nor than shards; shares of a GPU
+    are whole fractions, so that Ray can pack them."""
+    gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 1)
+    wanted = workers or execution.workers or (gpus * execution.actors_per_gpu if gpus else int(cpus // 2))
+    n = max(1, min(total, wanted, int(cpus / execution.cpus_per_worker + 1e-6)))  # 8 // 0.8 is 9.0
+    share = 1 / -(-n // gpus) if gpus else 0
+    # library threads: the actor's share of the cluster's CPUs, so that fewer actors than cores use them all
+    return n, share, max(1, round(execution.cpus_per_worker), int(cpus // n))
 
 
 def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shards, total: int,
@@ -255,13 +263,8 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
     from ray.util import ActorPool
 
     ensure_ray(ray_address)
-    n = min(total, workers or policy.execution.workers or default_workers()) or 1
-    resources = ray.cluster_resources()
-    gpus = 1 if resources.get("GPU", 0) >= 1 else 0
-    cpus = policy.execution.cpus_per_worker
-    # library threads: the actor's share of the cluster's CPUs, so that fewer actors than cores use them all
-    threads = max(1, round(cpus), int(resources.get("CPU", 1) // n))
-    actor_cls = ray.remote(num_cpus=cpus, num_gpus=gpus, max_restarts=3, max_task_retries=3,
+    n, gpus, threads = actor_shape(ray.cluster_resources(), policy.execution, total, workers)
+    actor_cls = ray.remote(num_cpus=policy.execution.cpus_per_worker, num_gpus=gpus, max_restarts=3, max_task_retries=3,
                            runtime_env={"env_vars": _forwarded_env(vault, worker_kwargs or {})})(_ShardActor)
     actors: list = []
     pool: ActorPool | None = None  # started at the first shard to do: a fully resumed run starts none
