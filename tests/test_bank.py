@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -486,17 +488,45 @@ def test_stylegan_graphs_run_by_torch_give_openvinos_images(shared):
     assert got.shape == (2, 3, 1024, 1024) and got[0].std() > 0.1 and np.abs(got[0] - got[1]).mean() > 0.05
 
 
-def test_stylegan_bank_flow_fans_out_on_ray_and_builds_the_same_bank(tmp_path, ray_cluster, prefect_server):
+@pytest.fixture(scope="module")
+def stylegan_here(tmp_path_factory):
+    """Three StyleGAN people (seed 1), built in this process: what every engine must build."""
     pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
     from anonymizer.bank.stylegan import build_from_stylegan
+
+    out = tmp_path_factory.mktemp("here") / "bank"
+    return load_bank(build_from_stylegan(out, n=3, seed=1))
+
+
+def _same_bank(a, b) -> bool:
+    """The same faces, crops and candidates (whose readings may differ in float rounding between processes)."""
+    cols = ["face_id", "identity", "crop_sha256"]
+    ca, cb = (pd.read_parquet(x.root / "candidates.parquet") for x in (a, b))
+    return (a.index[cols].equals(b.index[cols]) and ca["person"].equals(cb["person"])
+            and np.allclose(ca.select_dtypes("number"), cb.select_dtypes("number"), rtol=1e-4, equal_nan=True))
+
+
+def test_stylegan_bank_flow_fans_out_on_ray_and_builds_the_same_bank(tmp_path, ray_cluster, prefect_server,
+                                                                     stylegan_here):
     from flows.build_bank import build_face_bank
 
     summary = build_face_bank(str(tmp_path / "on_ray"), n=3, seed=1, workers=2)
-    here = load_bank(build_from_stylegan(tmp_path / "here", n=3, seed=1))
     there = load_bank(summary["bank"])
     assert summary["faces"] == len(there) >= 2 and summary["licence_class"] == "non-commercial"
-    cols = ["face_id", "identity", "crop_sha256"]
-    assert there.index[cols].equals(here.index[cols])
+    assert _same_bank(there, stylegan_here)
+
+
+def test_on_a_gpu_cluster_one_actor_renders_and_others_read_the_same_bank(tmp_path, stylegan_here):
+    """In a fresh Ray that declares one GPU (none is there: the render actor falls back to OpenVINO), the
+    GPU actor renders and CPU actors read the faces and the candidates' readings."""
+    code = ("import logging, ray; from anonymizer.bank.stylegan import build_from_stylegan; "
+            "logging.basicConfig(level=logging.INFO); "
+            "ray.init(num_cpus=3, num_gpus=1, include_dashboard=False, logging_level='WARNING'); "
+            f"build_from_stylegan({str(tmp_path / 'gpu')!r}, n=3, seed=1, engine='ray')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 GPU actor renders, 2 CPU actors read" in r.stderr
+    assert _same_bank(load_bank(tmp_path / "gpu"), stylegan_here)
 
 
 # ---------------------------------------------------------------- the operator

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -146,12 +146,14 @@ class FaceReader:
 
     def __call__(self, img: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """(crop, its 68 points) or None when no single clear face is found."""
-        small = cv2.resize(img, (256, 256), interpolation=cv2.INTER_AREA)
+        return self.read(*reading_sizes(img))
+
+    def read(self, small: np.ndarray, mid: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """`__call__` on the render's `reading_sizes`."""
         rects = self._hog(small, 0)
         if len(rects) != 1:
             return None
         r = rects[0]
-        mid = cv2.resize(img, (512, 512), interpolation=cv2.INTER_AREA)
         pts = self._landmarker(mid, Face(2 * r.left(), 2 * r.top(), 2 * r.width(), 2 * r.height(), 1.0, "dlib_hog"))
         if not np.all(np.isfinite(pts)):
             return None
@@ -162,21 +164,55 @@ class FaceReader:
         return crop, sh.apply(m, pts256)
 
 
+def reading_sizes(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 1024² render at the two sizes `FaceReader` reads (256², 512²): what a GPU actor ships to the readers."""
+    return tuple(cv2.resize(img, (n, n), interpolation=cv2.INTER_AREA) for n in (256, 512))
+
+
+class CandidateProbes:
+    """A candidate's readings (columns of CANDIDATES): skin lightness, b and eye white (anonymizer.bank.tone),
+    apparent sex and skin darkness from its descriptor, apparent age."""
+
+    def __init__(self, model_dir: str | None = None) -> None:
+        from anonymizer.bank.apparent_sex import ApparentSex
+
+        self.probe, self.skin, self.ager = ApparentSex(model_dir), tone.SkinTone(model_dir), AgeReader(model_dir)
+
+    def __call__(self, crop: np.ndarray | None, pts: np.ndarray | None) -> dict[str, float]:
+        r = tone.read(crop, pts) if crop is not None else None
+        face = sh.face_for(pts) if crop is not None else None
+        d = self.probe.describe(crop, face) if face is not None else None
+        return {"lightness": np.nan if r is None else r.lightness, "b": np.nan if r is None else r.b,
+                "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
+                "female": np.nan if d is None else self.probe.probability(d),
+                "darkness": np.nan if d is None else self.skin.darkness(d),
+                "age": float(self.ager.read(crop, [face])[0]) if face is not None else np.nan}
+
+
 class FaceMaker:
     """Renders bank faces in chunks: [(face id, person, w)] → [(face id, person, crop or None, 68 points or
-    None)]. One per process (the local engine) or per Ray actor (`render_chunks`)."""
+    None, the candidate's readings (`CandidateProbes`) or None)]; readings only with `readings`. One per
+    process (the local engine) or per Ray actor (`render_chunks`); on a GPU cluster its two halves run apart:
+    `render` on the GPU actors, `read` on CPU actors."""
 
     def __init__(self, model_dir: str | None = None, truncation: float = 0.7, threads: int = 1,
-                 landmarks: str = "dlib_shape68", backend: str = "auto") -> None:
-        self.renderer = Renderer(model_dir, truncation, threads, mean_samples=0, backend=backend)
-        self.reader = FaceReader(model_dir, landmarks)
+                 landmarks: str = "dlib_shape68", backend: str = "auto", readings: bool = False,
+                 renders: bool = True, reads: bool = True) -> None:
+        self.renderer = Renderer(model_dir, truncation, threads, mean_samples=0, backend=backend) if renders else None
+        self.reader = FaceReader(model_dir, landmarks) if reads else None
+        self.probes = CandidateProbes(model_dir) if reads and readings else None
 
     def __call__(self, jobs: Sequence[tuple[str, int, np.ndarray]]) -> list[tuple]:
+        return self.read([(face_id, person) for face_id, person, _ in jobs], self.render([w for *_, w in jobs]))
+
+    def render(self, ws: Sequence[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        return [reading_sizes(img) for img in self.renderer.render(np.stack(ws))] if len(ws) else []
+
+    def read(self, faces: Sequence[tuple[str, int]], sized: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[tuple]:
         out = []
-        images = self.renderer.render(np.stack([w for _, _, w in jobs])) if jobs else []
-        for (face_id, person, _), img in zip(jobs, images):
-            got = self.reader(img)
-            out.append((face_id, person, *(got if got is not None else (None, None))))
+        for (face_id, person), (small, mid) in zip(faces, sized):
+            crop, pts = self.reader.read(small, mid) or (None, None)
+            out.append((face_id, person, crop, pts, self.probes(crop, pts) if self.probes else None))
         return out
 
 
@@ -190,18 +226,20 @@ def progress(renders: Iterator[tuple], total: int, what: str) -> Iterator[tuple]
 
 def render_chunks(jobs: Sequence[tuple[str, int, np.ndarray]], maker_args: tuple, engine: str = "local",
                   workers: int | None = None, chunk: int = 4, ray_address: str | None = None,
-                  gpu_chunk: int = 16) -> Iterator[tuple]:
-    """Every job rendered, in the jobs' order. `local`: one FaceMaker in this process; `ray`: a pool of
-    FaceMaker actors, chunks handed out as actors free up, results taken back in order (memory: the chunks
-    in flight). Where the cluster has GPUs (and the backend, the 5th of `maker_args`, is not `openvino`),
-    one actor per GPU renders `gpu_chunk` faces per pass through torch; else one actor per CPU, through
-    OpenVINO (Ray hides the GPUs from an actor that asked for none)."""
+                  gpu_chunk: int = 16, readings: bool = False) -> Iterator[tuple]:
+    """Every job rendered and read (`FaceMaker`), in the jobs' order. `local`: one FaceMaker in this process;
+    `ray`: where the cluster has GPUs (and the backend, the 5th of `maker_args`, is not `openvino`), one actor
+    per GPU renders `gpu_chunk` faces per pass through torch and `workers` CPU actors (default: one per CPU
+    the GPU actors leave) read them: reading takes several times a GPU's render time per face. Else a pool of
+    `workers` FaceMaker actors (default one per CPU), rendering through OpenVINO (Ray hides the GPUs from an
+    actor that asked for none). Chunks are handed out as actors free up, results taken back in order
+    (memory: the chunks in flight)."""
     if engine not in ("local", "ray"):
         raise ValueError(f"stylegan bank: unknown engine {engine!r}; known: local, ray")
     if not jobs:
         return
     if engine == "local":
-        maker = FaceMaker(*maker_args)
+        maker = FaceMaker(*maker_args, readings=readings)
         size = gpu_chunk if maker.renderer.backend == "torch" else chunk
         for i in range(0, len(jobs), size):
             yield from maker(list(jobs[i:i + size]))
@@ -212,19 +250,39 @@ def render_chunks(jobs: Sequence[tuple[str, int, np.ndarray]], maker_args: tuple
     if not ray.is_initialized():
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  logging_level="WARNING", ignore_reinit_error=True)
-    gpus = int(ray.cluster_resources().get("GPU", 0)) if maker_args[4:5] != ("openvino",) else 0
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if maker_args[4:5] != ("openvino",) else 0
+    cpus = int(resources.get("CPU", 1))
     size = gpu_chunk if gpus else chunk
     chunks = [list(jobs[i:i + size]) for i in range(0, len(jobs), size)]
-    n = max(1, min(len(chunks), workers or gpus or int(ray.cluster_resources().get("CPU", 1))))
     env = {k: os.environ[k] for k in ("ANONYMIZER_MODEL_DIR",) if k in os.environ}
-    actor = ray.remote(num_cpus=1, num_gpus=1 if gpus else 0, max_restarts=2, max_task_retries=2,
-                       runtime_env={"env_vars": env})(FaceMaker)
-    actors = [actor.remote(*maker_args) for _ in range(n)]
+    actor = ray.remote(max_restarts=2, max_task_retries=2, runtime_env={"env_vars": env})(FaceMaker)
+    if not gpus:
+        n = max(1, min(len(chunks), workers or cpus))
+        actors = [actor.options(num_cpus=1).remote(*maker_args, readings=readings) for _ in range(n)]
+        try:
+            for rendered in ActorPool(actors).map(lambda a, c: a.__call__.remote(c), chunks):
+                yield from rendered
+        finally:
+            for a in actors:
+                ray.kill(a)
+        return
+    renderers = [actor.options(num_cpus=1, num_gpus=1).remote(*maker_args, reads=False) for _ in range(gpus)]
+    readers = [actor.options(num_cpus=1).remote(*maker_args, readings=readings, renders=False)
+               for _ in range(max(1, min(len(chunks), workers or cpus - gpus)))]
+    log.info("stylegan bank: %d GPU actor%s render%s, %d CPU actors read", gpus, "s" * (gpus > 1),
+             "" if gpus > 1 else "s", len(readers))
+    in_flight: deque = deque()
     try:
-        for rendered in ActorPool(actors).map(lambda a, c: a.__call__.remote(c), chunks):
-            yield from rendered
+        for i, c in enumerate(chunks):
+            sized = renderers[i % gpus].render.remote([w for *_, w in c])
+            in_flight.append(readers[i % len(readers)].read.remote([(f, p) for f, p, _ in c], sized))
+            while len(in_flight) > 2 * (gpus + len(readers)):
+                yield from ray.get(in_flight.popleft())
+        while in_flight:
+            yield from ray.get(in_flight.popleft())
     finally:
-        for a in actors:
+        for a in renderers + readers:
             ray.kill(a)
 
 
@@ -258,7 +316,7 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
     resumed with other candidates) is made again."""
     from anonymizer.bank.apparent_sex import ApparentSex
 
-    probe, skin, ager = ApparentSex(maker_args[0]), tone.SkinTone(maker_args[0]), AgeReader(maker_args[0])
+    probe = ApparentSex(maker_args[0])
     path = out / CANDIDATES
     cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "age", "centre", "move"]
 
@@ -276,18 +334,9 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
         pd.DataFrame(rows, columns=cols).to_parquet(tmp, index=False)
         os.replace(tmp, path)
 
-    renders = render_chunks(jobs, maker_args, engine, workers, ray_address=ray_address)
-    for j, (_, person, crop, pts) in enumerate(progress(renders, len(jobs), "candidates"), start=1):
-        r = tone.read(crop, pts) if crop is not None else None
-        face = sh.face_for(pts) if crop is not None else None
-        d = probe.describe(crop, face) if face is not None else None
-        age = float(ager.read(crop, [face])[0]) if face is not None else np.nan
-        rows.append({"person": person, "lightness": np.nan if r is None else r.lightness,
-                     "b": np.nan if r is None else r.b,
-                     "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
-                     "female": np.nan if d is None else probe.probability(d),
-                     "darkness": np.nan if d is None else skin.darkness(d), "age": age, "centre": people[person][0],
-                     "move": people[person][1]})
+    renders = render_chunks(jobs, maker_args, engine, workers, ray_address=ray_address, readings=True)
+    for j, (_, person, _, _, read) in enumerate(progress(renders, len(jobs), "candidates"), start=1):
+        rows.append({"person": person, **read, "centre": people[person][0], "move": people[person][1]})
         if j % chunk == 0 or j == len(jobs):
             keep()
     seen = [r for r in rows if int(r["person"]) in people and np.isfinite(r["eye_white"])]
@@ -392,7 +441,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         nonlocal missed
         todo = [j for j in jobs if not writer.has(j[0])]
         renders = render_chunks(todo, maker_args, engine, workers, ray_address=ray_address)
-        for face_id, person, crop, pts in progress(renders, len(todo), "bank faces"):
+        for face_id, person, crop, pts, _ in progress(renders, len(todo), "bank faces"):
             if crop is None:
                 log.info("stylegan %s: no single clear face, skipped", face_id)
                 missed += 1
