@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -100,11 +102,13 @@ def test_actors_sharing_a_gpu_run_the_shards(tmp_path, shared):
     code = ("import json, ray; from anonymizer.pipeline import run_pipeline; "
             "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level='WARNING'); "
             f"o = run_pipeline({str(src)!r}, {str(tmp_path / 'rel')!r}, policy={str(policy)!r}, engine='ray'); "
-            "print(json.dumps([o.released, [s['worker'] for s in o.report['shards']]]))")
+            "print(json.dumps([o.released, o.location, [(s['worker'], s['gpu_share']) for s in o.report['shards']]]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    released, workers = json.loads(r.stdout.strip().splitlines()[-1])
-    assert released and len(workers) == 4 and len(set(workers)) == 2
+    released, location, shards = json.loads(r.stdout.strip().splitlines()[-1])
+    assert released and len(shards) == 4 and len({w for w, _ in shards}) == 2 and {g for _, g in shards} == {0.5}
+    page = " ".join((Path(location) / "report.html").read_text().split())
+    assert "Run on Ray actors (asked for): 2 of them, each holding 0.5 of a GPU." in page
 
 
 def test_release_holds_only_anonymized_clean_outputs(flow_run, dataset):
@@ -227,7 +231,8 @@ def test_cli_releases_all_sample_photos(tmp_path, shared):
     assert report["counts"]["released"] == 21 == len(list((run_dir / "images").iterdir()))
     assert report["execution"]["executor"] == "local" and report["execution"]["why"].startswith("auto: 21 images")
     assert "naive_reidentification_rate" in report["metrics"] and "uncovered_faces" in report["metrics"]
-    assert (run_dir / "report.html").is_file()
+    page = html.unescape(" ".join((run_dir / "report.html").read_text().split()))
+    assert "Run on threads in the run's own process (auto: 21 images" in page and "): 2 of them." in page
 
 
 def test_killed_actor_is_replaced_and_its_shard_retried(tmp_path, ray_cluster, shared):

@@ -131,8 +131,9 @@ def run_local(policy: Policy, source: Location, staging: Location, shards: Shard
             # One thread loads at a time: the libraries' first imports happen there.
             with LIBRARY_IMPORTS:
                 own_vault = copy.copy(vault) if vault is not None else None
-                local.worker = worker_cls(policy, source, staging, vault=own_vault, **kwargs)
-                if next(loaded) == n and on_started:  # every thread has its models
+                k = next(loaded)
+                local.worker = worker_cls(policy, source, staging, worker=f"local-{k}", vault=own_vault, **kwargs)
+                if k == n and on_started:  # every thread has its models
                     on_started()
         return local.worker.run_shard(*job)
 
@@ -218,10 +219,13 @@ class _ShardActor:
 
         cv2.setNumThreads(threads)
         _torch_threads(threads)
-        self.worker = worker_cls(*args, worker=ray.get_runtime_context().get_actor_id()[:12], **kwargs)
+        context = ray.get_runtime_context()
+        self.worker = worker_cls(*args, worker=context.get_actor_id()[:12], **kwargs)
+        self.gpu_share = context.get_assigned_resources().get("GPU", 0.0)
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
-        return self.worker.run_shard(shard_id, keys)
+        """The worker's summary, with the share of a GPU the actor holds (for the report)."""
+        return {**self.worker.run_shard(shard_id, keys), "gpu_share": self.gpu_share}
 
 
 # Storage settings the driver was given reach the workers too. On a cluster, prefer IAM roles for the

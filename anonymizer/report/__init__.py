@@ -274,13 +274,18 @@ def _linking_html(linking: dict | None) -> str:
             f'{html.escape(linking.get("note", ""))}</p>')
 
 
-def _execution_html(execution: dict | None) -> str:
-    """Where the shards ran and why: Ray's actors, or threads in the run's own process."""
+def _execution_html(execution: dict | None, shards: list[dict]) -> str:
+    """Where the shards ran and why: Ray's actors, or threads in the run's own process; how many, and each
+    actor's share of a GPU."""
     if not execution:
         return ""
     where = {"ray": "Ray actors", "local": "threads in the run's own process"}.get(execution["executor"],
                                                                                 execution["executor"])
-    return f"<p>Run on {html.escape(where)} ({html.escape(execution['why'])}).</p>"
+    workers = len({s["worker"] for s in shards if s.get("worker") and not s.get("resumed")})
+    shares = [s["gpu_share"] for s in shards if s.get("gpu_share")]
+    held = f", each holding {max(shares):g} of a GPU" if shares else ""
+    ran = f": {workers} of them{held}" if workers else ""
+    return f"<p>Run on {html.escape(where)} ({html.escape(execution['why'])}){ran}.</p>"
 
 
 def render_html(report: dict, figures: dict[str, str]) -> str:
@@ -336,7 +341,7 @@ and validation completed (a crash or a missing metric fails the run).</p>
 {run_figs}
 <h2 id="quarantine">Quarantined objects ({len(quarantined)})</h2>{html_table(quarantined, ['key', 'reason'])}
 <h2 id="objects">Every input object ({len(objects)})</h2>{html_table(objects, ['key', 'status', 'reason'])}
-<h2 id="shards">Shards ({len(report.get('shards', []))})</h2>{_execution_html(report.get('execution'))}{html_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report.get('shards', [])], shard_cols)}
+<h2 id="shards">Shards ({len(report.get('shards', []))})</h2>{_execution_html(report.get('execution'), report.get('shards', []))}{html_table([{**s, "seconds": _fmt(s.get("seconds"))} for s in report.get('shards', [])], shard_cols)}
 {f'<h2 id="lineage">Lineage</h2>{html_table([{"item": k, "value": x} for k, x in lineage.items()], ["item", "value"])}' if lineage else ''}
 <h2 id="models">Models</h2>{html_table(report.get('models', []), ['component', 'name', 'file', 'sha256', 'licence_class', 'licence'])}
 <h2 id="software">Software</h2>{html_table([{"package": k, "version": x} for k, x in report.get('software', {}).items()], ['package', 'version'])}
