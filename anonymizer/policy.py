@@ -133,7 +133,7 @@ class Execution(_Strict):
     workers: int | None = Field(None, ge=1)
     cpus_per_worker: float = Field(0.8, gt=0)
     # Ray actors that share one GPU, each in a process of its own (anonymizer.pipeline.executors.actor_shape).
-    actors_per_gpu: int = Field(1, ge=1)
+    actors_per_gpu: int = Field(4, ge=1)
     # At the end of a run, other runs' staging and quarantine folders untouched this long are removed
     # (anonymizer/release/retention.py); null: kept until `anonymizer staging clean`.
     staging_retention_days: float | None = Field(None, gt=0)

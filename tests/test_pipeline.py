@@ -79,7 +79,7 @@ def test_actors_share_gpus_in_whole_fractions_and_never_outnumber_the_cpus():
     from anonymizer.pipeline.executors import actor_shape
     from anonymizer.policy import Execution
 
-    four = Execution(actors_per_gpu=4)
+    four = Execution()  # 4 actors a GPU
     assert actor_shape({"CPU": 16, "GPU": 1}, four, 100) == (4, 0.25, 4)
     assert actor_shape({"CPU": 32, "GPU": 2}, four, 100) == (8, 0.25, 4)
     assert actor_shape({"CPU": 16, "GPU": 2}, four, 100, workers=3) == (3, 0.5, 5)  # 2 and 1 on the GPUs
@@ -98,7 +98,7 @@ def test_actors_sharing_a_gpu_run_the_shards(tmp_path, shared):
         shutil.copy(PHOTOS / name, src / name)
     policy = tmp_path / "p.yaml"
     policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("shard_size: 4 ", "shard_size: 1 ")
-                      .replace("actors_per_gpu: 1 ", "actors_per_gpu: 2 "))
+                      .replace("actors_per_gpu: 4 ", "actors_per_gpu: 2 "))
     code = ("import json, ray; from anonymizer.pipeline import run_pipeline; "
             "ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, logging_level='WARNING'); "
             f"o = run_pipeline({str(src)!r}, {str(tmp_path / 'rel')!r}, policy={str(policy)!r}, engine='ray'); "
