@@ -13,6 +13,7 @@ from anonymizer.detect import DETECTORS, Detector, Ensemble, build_detector, bui
 from anonymizer.measure.encoder import ENCODERS, FaceEncoder, build_encoder
 from anonymizer.measure.pose import PoseMeter
 from anonymizer.models import MODELS, describe
+from anonymizer.onnx_runtime import on_cuda
 from anonymizer.policy import Policy, PolicyError
 from anonymizer.registry import Registry
 
@@ -27,13 +28,16 @@ class Components:
     encoder: FaceEncoder
     second_encoder: FaceEncoder | None = None
     pose_meter: PoseMeter | None = None
+    batch_detection: bool = False  # a shard's images detected together (policy execution.batch_detection)
 
     @classmethod
     def from_policy(cls, policy: Policy) -> "Components":
         d = policy.detection
         pose = policy.measurement.pose_landmarks
         second = policy.measurement.second_encoder
+        batch = policy.execution.batch_detection
         return cls(
+            batch_detection=batch == "always" or (batch == "auto" and on_cuda("auto")),
             detector=build_ensemble(d, policy.model_dir),
             auditor=build_detector(d.auditor.name, d.auditor.params, policy.model_dir),
             anonymizer=build_operator(policy),

@@ -134,6 +134,9 @@ class Execution(_Strict):
     cpus_per_worker: float = Field(0.8, gt=0)
     # Ray actors that share one GPU, each in a process of its own (anonymizer.pipeline.executors.actor_shape).
     actors_per_gpu: int = Field(4, ge=1)
+    # A shard's images detected together (anonymizer.pipeline.shard, Ensemble.detect_batch): auto, where the
+    # networks run on a CUDA GPU, for a few large calls instead of many small ones.
+    batch_detection: Literal["auto", "always", "never"] = "auto"
     # At the end of a run, other runs' staging and quarantine folders untouched this long are removed
     # (anonymizer/release/retention.py); null: kept until `anonymizer staging clean`.
     staging_retention_days: float | None = Field(None, gt=0)

@@ -111,6 +111,39 @@ def test_actors_sharing_a_gpu_run_the_shards(tmp_path, shared):
     assert "Run on Ray actors (asked for): 2 of them, each holding 0.5 of a GPU." in page
 
 
+def test_a_shard_detected_together_finds_what_each_image_alone_finds(tmp_path, shared, components):
+    """`batch_detection: always` (a GPU's default) on the CPU: the shard's images go to `detect_batch` together,
+    a broken object is still quarantined with its reason, and the faces are those `detect` finds one by one."""
+    from anonymizer.faces import Face, iou
+    from anonymizer.pipeline import run_pipeline
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = ["group_1.jpg", "group_5.jpg", "group_26.jpg"]  # group_5: a 30 px face only a focus window shows
+    for name in names:
+        shutil.copy(PHOTOS / name, src / name)
+    (src / "truncated.jpg").write_bytes((PHOTOS / "group_8.jpg").read_bytes()[:5000])
+    policy = tmp_path / "p.yaml"
+    policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("shard_size: 4 ", "shard_size: 8 ")
+                      .replace("  actors_per_gpu: 4 ", "  batch_detection: always\n  actors_per_gpu: 4 "))
+    o = run_pipeline(str(src), str(tmp_path / "rel"), policy=str(policy), engine="local", workers=1)
+    objects = {x["key"]: x for x in o.report["objects"]}
+    assert "truncated" in objects["truncated.jpg"]["reason"]
+    # one broken object of four is more than the policy's 10 %: the only check that fails
+    assert [c.name for c in o.verdict.checks if not c.success] == ["failed_images"]
+    staged = tmp_path / "rel.staging" / o.run_id / "metrics"
+    images = pq.read_table(staged / "images.parquet").to_pandas().set_index("key")
+    assert images.loc[names, "detect_s"].nunique() == 1  # each image's share of the one batch
+    faces = pq.read_table(staged / "faces.parquet").to_pandas()
+    for name in names:
+        rgb = imageio.decode((src / name).read_bytes(), 10 ** 8).rgb
+        together = [Face(f.x, f.y, f.w, f.h, f.score, f.detector)
+                    for f in faces[(faces["key"] == name) & (faces["source"] == "primary")].itertuples()]
+        alone = components.detector.detect(rgb)
+        assert len(together) == len(alone) > 2, name
+        assert all(max(iou(f, g) for g in together) >= 0.5 for f in alone), name
+
+
 def test_release_holds_only_anonymized_clean_outputs(flow_run, dataset):
     _, out = flow_run
     run_dir = next(p for p in (out / "release").iterdir() if p.is_dir())

@@ -169,14 +169,16 @@ class Ensemble:
             return self._fuse(image.shape, self._focused_votes(image))
         return self._fuse(image.shape, [self._votes(d, image) for d in self.detectors])
 
-    def _focused_votes(self, image: np.ndarray) -> list[list[list[Face]]]:
-        """`_votes` of every detector, the upscaled passes run on `focus_windows` of what the others saw."""
+    def _focused_votes(self, image: np.ndarray, given: dict[int, list[list[Face]]] | None = None
+                       ) -> list[list[list[Face]]]:
+        """`_votes` of every detector, the upscaled passes run on `focus_windows` of what the others saw.
+        `given`: the votes of detectors that run on the whole image (by index), found already."""
         votes: list = []
         seen: list[Face] = []
         later: list[tuple[int, MultiScale, np.ndarray, dict]] = []
         for i, d in enumerate(self.detectors):
             if not (isinstance(d, MultiScale) and d.any_size):
-                votes.append(self._votes(d, image))
+                votes.append(given[i] if given and i in given else self._votes(d, image))
                 seen += [f for voter in votes[-1] for f in voter]
                 continue
             prepared = d.prepared(image)
@@ -205,13 +207,17 @@ class Ensemble:
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Face]]:
         """Each image's faces; a detector that takes batches (RetinaFace's `detect_per_scale_batch`) runs
-        every image in shared forward passes: on a GPU, few large calls. What it finds is what `detect` finds
-        up to float rounding, except that a crop smaller than others in its batch is padded to the largest,
-        which can move the score of a face at its border slightly, and that every scale runs on whole images
-        (fixed sizes batch; `focus` saves CPU), so it may keep a face outside `focus`'s windows that `detect`
-        does not. The pipeline calls `detect`."""
-        per_detector = [self._votes_batch(d, images) for d in self.detectors]
-        return [self._fuse(im.shape, [votes[i] for votes in per_detector]) for i, im in enumerate(images)]
+        every image in shared forward passes: on a GPU, few large calls. With `focus`, the upscaled passes
+        then run on each image's windows as `detect` runs them. What it finds is what `detect` finds up to
+        float rounding, except that an image or tile smaller than others in its batch is padded to the
+        largest, which can move the score of a face at its border slightly."""
+        if self.focus is None:
+            per_detector = [self._votes_batch(d, images) for d in self.detectors]
+            return [self._fuse(im.shape, [votes[k] for votes in per_detector]) for k, im in enumerate(images)]
+        whole = {i: self._votes_batch(d, images) for i, d in enumerate(self.detectors)
+                 if not (isinstance(d, MultiScale) and d.any_size)}
+        return [self._fuse(im.shape, self._focused_votes(im, {i: v[k] for i, v in whole.items()}))
+                for k, im in enumerate(images)]
 
     def _votes(self, d: Detector, image: np.ndarray) -> list[list[Face]]:
         """One detector's voters on one image: each scale's faces on its own (vote_per_scale), else all."""

@@ -116,7 +116,7 @@ def run_local(policy: Policy, source: Location, staging: Location, shards: Shard
             for shard_id, keys in _pending(staging, shards, finished, worker_cls.MARKER):
                 if worker is None:
                     with LIBRARY_IMPORTS:
-                        worker = worker_cls(policy, source, staging, vault=vault, **kwargs)
+                        worker = worker_cls(policy, source, staging, worker="local-1", vault=vault, **kwargs)
                     if on_started:
                         on_started()
                 finished(worker.run_shard(shard_id, keys))

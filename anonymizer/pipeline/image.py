@@ -52,12 +52,13 @@ def _sha(data: bytes) -> str:
 
 
 def anonymize_image(key: str, data: bytes, settings: ImageSettings, components: Components,
-                    faces: list[Face] | None = None) -> ImageResult:
+                    faces: list[Face] | None = None, image: imageio.Decoded | None = None) -> ImageResult:
     """Never raises for a bad object: the failure is recorded as the image's error and the run goes on.
-    `faces`: detected already (a keyed run's linking pass), so not detected again."""
+    `faces`: detected already (a keyed run's linking pass, or the shard's images detected together), so not
+    detected again; `image`: `data` decoded already."""
     row: dict = {"key": key, "size": len(data), "sha256": _sha(data), "error": None}
     try:
-        return _anonymize_and_measure(key, data, settings, components, row, faces)
+        return _anonymize_and_measure(key, data, settings, components, row, faces, image)
     except imageio.ImageError as exc:
         row["error"] = str(exc)
     except Exception as exc:  # noqa: BLE001 - one image must not stop the run
@@ -67,9 +68,9 @@ def anonymize_image(key: str, data: bytes, settings: ImageSettings, components: 
 
 
 def _anonymize_and_measure(key: str, data: bytes, s: ImageSettings, c: Components, row: dict,
-                           faces: list[Face] | None) -> ImageResult:
+                           faces: list[Face] | None, image: imageio.Decoded | None) -> ImageResult:
     t0 = time.perf_counter()
-    img = imageio.decode(data, s.max_pixels)
+    img = image or imageio.decode(data, s.max_pixels)
     row.update(format=img.format, width=img.size[0], height=img.size[1], mode=img.mode,
                metadata_fields_in=sum(imageio.metadata_fields(data).values()))
     t1 = time.perf_counter()

@@ -2,7 +2,9 @@
 
 The marker is written last, so a shard with a marker is complete; a re-run with the same run id skips it.
 In a keyed run the linking pass (anonymizer.pipeline.link) has already detected the shard's faces and
-assigned their virtual identities (`link.parquet`): they are reused here, not detected again.
+assigned their virtual identities (`link.parquet`): they are reused here, not detected again. Otherwise,
+with `batch_detection` (a CUDA GPU's default), the shard's images are read, decoded and detected together
+first (`ShardWorker.detect_together`): few large network calls instead of many small ones.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pyarrow as pa
 from anonymizer import imageio
 from anonymizer.components import Components
 from anonymizer.faces import Face
+from anonymizer.logs import event
 from anonymizer.pipeline.image import ImageResult, ImageSettings, anonymize_image
 from anonymizer.policy import Policy
 from anonymizer.storage import Location, ObjectTooLargeError, UnsafeKeyError
@@ -107,6 +110,18 @@ def is_done(staging: Location, shard_id: int, marker: str = "_SUCCESS") -> bool:
     return shard_dir(staging, shard_id).exists(marker)
 
 
+@dataclass
+class Fetched:
+    """An object as read; with `detect_together`, also decoded and its faces found."""
+    data: bytes
+    version: str | None
+    read_s: float
+    image: imageio.Decoded | None = None
+    faces: list[Face] | None = None
+    decode_s: float = 0.0
+    detect_s: float = 0.0
+
+
 class ShardWorker:
     """Loads the policy's models once and runs shards with them; Ray wraps it as an actor, the local
     executor calls it directly."""
@@ -119,13 +134,46 @@ class ShardWorker:
         self.components = Components.from_policy(policy)
         self.source, self.staging, self.worker, self.vault = source, staging, worker, vault
 
-    def read_and_anonymize(self, key: str, linked: Linked | None = None) -> ImageResult:
+    def fetch(self, key: str) -> Fetched | str:
+        """The object's bytes, or why they could not be read."""
         t0 = time.perf_counter()
-        max_pixels = self.settings.max_pixels
-        data, version, refused = read_source(self.source, key, max_pixels)
-        if refused:
-            return ImageResult(None, {"key": key, "error": refused})
-        read_s = time.perf_counter() - t0
+        data, version, refused = read_source(self.source, key, self.settings.max_pixels)
+        return refused or Fetched(data, version, time.perf_counter() - t0)
+
+    def detect_together(self, keys: list[str]) -> dict[str, Fetched | str]:
+        """Every object of the shard read, decoded and detected in one `detect_batch` (on a GPU: few large
+        calls). An object that cannot be decoded is left to `read_and_anonymize`, which records why; should
+        the batch fail, each image is detected alone."""
+        fetched = {key: self.fetch(key) for key in keys}
+        ready = []
+        for key, f in fetched.items():
+            if isinstance(f, Fetched):
+                t0 = time.perf_counter()
+                try:
+                    imageio.check_extension(key, f.data, self.settings.max_pixels)
+                    f.image = imageio.decode(f.data, self.settings.max_pixels)
+                except Exception:  # noqa: BLE001 - recorded when the image is anonymized
+                    continue
+                f.decode_s = time.perf_counter() - t0
+                ready.append(f)
+        if ready:
+            t0 = time.perf_counter()
+            try:
+                found = self.components.detector.detect_batch([f.image.rgb for f in ready])
+            except Exception as exc:  # noqa: BLE001 - detected one by one instead
+                event("shard.batch_detection_failed", worker=self.worker, error=f"{type(exc).__name__}: {exc}")
+                return fetched
+            share = (time.perf_counter() - t0) / len(ready)
+            for f, faces in zip(ready, found):
+                f.faces, f.detect_s = faces, share
+        return fetched
+
+    def read_and_anonymize(self, key: str, linked: Linked | None = None, fetched: Fetched | str | None = None
+                           ) -> ImageResult:
+        fetched = self.fetch(key) if fetched is None else fetched
+        if isinstance(fetched, str):
+            return ImageResult(None, {"key": key, "error": fetched})
+        data, max_pixels = fetched.data, self.settings.max_pixels
         sha = hashlib.sha256(data).hexdigest()
         try:
             imageio.check_extension(key, data, max_pixels)
@@ -136,7 +184,9 @@ class ShardWorker:
             result = ImageResult(None, {"key": key, "size": len(data), "sha256": sha, "error": str(exc)})
         else:
             result = anonymize_image(key, data, self.settings, self.components,
-                                     faces=linked.faces if linked is not None else None)
+                                     faces=linked.faces if linked is not None else fetched.faces, image=fetched.image)
+            if fetched.faces is not None:
+                result.image.update(decode_s=fetched.decode_s, detect_s=fetched.detect_s)
         t1 = time.perf_counter()
         if result.output is not None:
             outputs = self.staging.child("outputs")
@@ -144,7 +194,8 @@ class ShardWorker:
             # Integrity: read the object back; a mismatch quarantines the image instead of releasing it.
             if hashlib.sha256(outputs.read_bytes(key)).hexdigest() != result.image["output_sha256"]:
                 result.image["error"] = "integrity: the staged output does not match what was written"
-        result.image.update(read_s=read_s, write_s=time.perf_counter() - t1, worker=self.worker, version=version)
+        result.image.update(read_s=fetched.read_s, write_s=time.perf_counter() - t1, worker=self.worker,
+                            version=fetched.version)
         return result
 
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
@@ -155,8 +206,9 @@ class ShardWorker:
         out.write_bytes("_ATTEMPTS", str(attempts).encode())
         images, faces = [], []
         linked = read_links(self.staging, shard_id)
+        together = self.detect_together(keys) if self.components.batch_detection and not linked else {}
         for key in keys:
-            r = self.read_and_anonymize(key, linked.get(key))
+            r = self.read_and_anonymize(key, linked.get(key), together.get(key))
             if self.vault is not None and r.output is not None:
                 for face, box, pixels in r.originals:
                     self.vault.add(key, face, box, pixels, r.image["output_sha256"])
