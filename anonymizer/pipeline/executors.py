@@ -268,8 +268,9 @@ def run_on_ray(policy: Policy, source: Location, staging: Location, shards: Shar
 
     ensure_ray(ray_address)
     n, gpus, threads = actor_shape(ray.cluster_resources(), policy.execution, total, workers)
-    actor_cls = ray.remote(num_cpus=policy.execution.cpus_per_worker, num_gpus=gpus, max_restarts=3, max_task_retries=3,
-                           runtime_env={"env_vars": _forwarded_env(vault, worker_kwargs or {})})(_ShardActor)
+    env = {"env_vars": _forwarded_env(vault, worker_kwargs or {})}
+    actor_cls = ray.remote(num_cpus=policy.execution.cpus_per_worker, num_gpus=gpus, max_restarts=3,
+                           max_task_retries=3, runtime_env=env)(_ShardActor)
     actors: list = []
     pool: ActorPool | None = None  # started at the first shard to do: a fully resumed run starts none
     summaries, finished, bar = _collector(total)

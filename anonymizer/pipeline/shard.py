@@ -26,6 +26,7 @@ from anonymizer.policy import Policy
 from anonymizer.storage import Location, ObjectTooLargeError, UnsafeKeyError
 from anonymizer.vault import VaultWriter
 
+DETECT_TOGETHER = 8  # images of a shard decoded and detected together at most (memory: decoded images)
 # Bytes read for one object at most: 8 per allowed pixel (an uncompressed 16-bit RGBA image) plus headers,
 # so that memory stays bounded even before the header is parsed.
 BYTES_PER_PIXEL = 8
@@ -206,9 +207,11 @@ class ShardWorker:
         out.write_bytes("_ATTEMPTS", str(attempts).encode())
         images, faces = [], []
         linked = read_links(self.staging, shard_id)
-        together = self.detect_together(keys) if self.components.batch_detection and not linked else {}
-        for key in keys:
-            r = self.read_and_anonymize(key, linked.get(key), together.get(key))
+        together: dict[str, Fetched | str] = {}
+        for i, key in enumerate(keys):
+            if self.components.batch_detection and not linked and i % DETECT_TOGETHER == 0:
+                together = self.detect_together(keys[i:i + DETECT_TOGETHER])
+            r = self.read_and_anonymize(key, linked.get(key), together.pop(key, None))
             if self.vault is not None and r.output is not None:
                 for face, box, pixels in r.originals:
                     self.vault.add(key, face, box, pixels, r.image["output_sha256"])
