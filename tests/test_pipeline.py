@@ -125,7 +125,7 @@ def test_a_shard_detected_together_finds_what_each_image_alone_finds(tmp_path, s
     (src / "truncated.jpg").write_bytes((PHOTOS / "group_8.jpg").read_bytes()[:5000])
     policy = tmp_path / "p.yaml"
     policy.write_text((REPO / "policies" / "default.yaml").read_text().replace("shard_size: 4 ", "shard_size: 8 ")
-                      .replace("  actors_per_gpu: 4 ", "  batch_detection: always\n  actors_per_gpu: 4 "))
+                      .replace("batch_detection: auto ", "batch_detection: always "))
     o = run_pipeline(str(src), str(tmp_path / "rel"), policy=str(policy), engine="local", workers=1)
     objects = {x["key"]: x for x in o.report["objects"]}
     assert "truncated" in objects["truncated.jpg"]["reason"]
