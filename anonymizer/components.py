@@ -35,9 +35,8 @@ class Components:
         d = policy.detection
         pose = policy.measurement.pose_landmarks
         second = policy.measurement.second_encoder
-        batch = policy.execution.batch_detection
         return cls(
-            batch_detection=batch == "always" or (batch == "auto" and on_cuda("auto")),
+            batch_detection=batch_detection(policy),
             detector=build_ensemble(d, policy.model_dir),
             auditor=build_detector(d.auditor.name, d.auditor.params, policy.model_dir),
             anonymizer=build_operator(policy),
@@ -45,6 +44,12 @@ class Components:
             second_encoder=(build_encoder(second.name, second.params, policy.model_dir) if second else None),
             pose_meter=PoseMeter(build_detector(pose.name, pose.params, policy.model_dir)) if pose else None,
         )
+
+
+def batch_detection(policy: Policy) -> bool:
+    """Whether a worker detects a shard's images together (execution.batch_detection; auto: on a CUDA GPU)."""
+    batch = policy.execution.batch_detection
+    return batch == "always" or (batch == "auto" and on_cuda("auto"))
 
 
 _LOADS_WEIGHTS = ("generated", "bank")  # operators that find files in the model directories; no strength

@@ -186,6 +186,26 @@ def test_linking_on_ray_links_as_the_local_engine_does(keyed, ray_cluster):
     assert _identity_per_person(_bank_faces(root, "on_ray", "r1")) == _identity_per_person(keyed["first"][1])
 
 
+def test_linking_a_shard_detected_together_links_as_one_by_one(keyed, monkeypatch):
+    """`batch_detection: always` (a GPU's default): the linking pass detects each shard's images together (the
+    anonymization pass reuses its faces), and the same people get the same virtual people."""
+    from anonymizer.detect import Ensemble
+
+    batches, detect_batch = [], Ensemble.detect_batch
+    monkeypatch.setattr(Ensemble, "detect_batch", lambda self, images: batches.append(len(images))
+                        or detect_batch(self, images))
+    root = keyed["root"]
+    src = root / "src_together"
+    _copy(FIRST, src)
+    (root / "together.yaml").write_text((root / "keyed.yaml").read_text().replace("name: realistic-keyed", (
+        "name: realistic-together\nexecution: {batch_detection: always}")))
+    code, faces, _ = _run(root, src, "together", "r1", keyed["key"], policy="together")
+    assert code == 0
+    images = pd.read_parquet(root / "together.staging" / "r1" / "metrics" / "images.parquet")
+    assert sum(batches) == len(images) and len(batches) == images["shard"].nunique()
+    assert _identity_per_person(faces) == _identity_per_person(keyed["first"][1])
+
+
 def test_a_broken_image_in_a_keyed_run_is_recorded_not_fatal(keyed, tmp_path):
     src = tmp_path / "src"
     _copy({"Al_Gore": ["0001"]}, src)

@@ -40,14 +40,14 @@ import pyarrow as pa
 from anonymizer import imageio
 from anonymizer.anonymize.bankface import AGE_MIN_PEOPLE
 from anonymizer.bank.tone import MARKS, UNMATCHED, by_descriptor, in_words, reads_as, split_age
-from anonymizer.components import virtual_identities
+from anonymizer.components import batch_detection, virtual_identities
 from anonymizer.detect import build_ensemble
 from anonymizer.identity import MEASURED_THRESHOLDS, STATE_NAME, Linker, identity_key_from, virtual_identity
 from anonymizer.identity.state import seal, unseal
 from anonymizer.logs import event
 from anonymizer.measure.encoder import build_encoder
 from anonymizer.policy import Policy, PolicyError
-from anonymizer.pipeline.shard import LINK_SCHEMA, LINKS, read_source, shard_dir
+from anonymizer.pipeline.shard import DETECT_TOGETHER, LINK_SCHEMA, LINKS, Fetched, detect_together, fetch, shard_dir
 from anonymizer.storage import Location
 from anonymizer.vault.vault import IDENTITIES
 
@@ -98,6 +98,7 @@ class LinkWorker:
                  vault=None, identity_key: str = "") -> None:
         linking = policy.anonymization.linking
         self.detector = build_ensemble(policy.detection, policy.model_dir)
+        self.batch_detection = batch_detection(policy)
         self.encoder = build_encoder(linking.encoder.name, linking.encoder.params, policy.model_dir)
         self.min_face_px, self.max_pixels = linking.min_face_px, policy.output.max_pixels
         self.source, self.staging, self.worker = source, staging, worker
@@ -133,14 +134,19 @@ class LinkWorker:
     def run_shard(self, shard_id: int, keys: list[str]) -> dict:
         t0 = time.perf_counter()
         rows, vectors, reads, unreadable = [], [], [], 0
-        for key in keys:
-            data, _, refused = read_source(self.source, key, self.max_pixels)
+        together: dict[str, Fetched | str] = {}
+        for n, key in enumerate(keys):
+            if self.batch_detection and n % DETECT_TOGETHER == 0:
+                together = detect_together(self.source, keys[n:n + DETECT_TOGETHER], self.max_pixels, self.detector,
+                                           self.worker)
+            fetched = together.pop(key, None) or fetch(self.source, key, self.max_pixels)
             try:
-                if refused:
-                    raise imageio.ImageError(refused)
+                if isinstance(fetched, str):
+                    raise imageio.ImageError(fetched)
+                data = fetched.data
                 imageio.check_extension(key, data, self.max_pixels)
-                rgb = imageio.decode(data, self.max_pixels).rgb
-                faces = self.detector.detect(rgb)
+                rgb = (fetched.image or imageio.decode(data, self.max_pixels)).rgb
+                faces = self.detector.detect(rgb) if fetched.faces is None else fetched.faces
                 big = [f for f in faces if f.size >= self.min_face_px]
                 found = self.encoder.embed(rgb, self.encoder.align(rgb, big)) if big else None
                 read = self.readings(rgb, big)

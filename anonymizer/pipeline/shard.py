@@ -4,7 +4,7 @@ The marker is written last, so a shard with a marker is complete; a re-run with 
 In a keyed run the linking pass (anonymizer.pipeline.link) has already detected the shard's faces and
 assigned their virtual identities (`link.parquet`): they are reused here, not detected again. Otherwise,
 with `batch_detection` (a CUDA GPU's default), the shard's images are read, decoded and detected together
-first (`ShardWorker.detect_together`): few large network calls instead of many small ones.
+first (`detect_together`, up to DETECT_TOGETHER at a time): few large network calls instead of many small ones.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from anonymizer import imageio
 from anonymizer.components import Components
+from anonymizer.detect import Ensemble
 from anonymizer.faces import Face
 from anonymizer.logs import event
 from anonymizer.pipeline.image import ImageResult, ImageSettings, anonymize_image
@@ -103,14 +104,6 @@ def read_source(source: Location, key: str, max_pixels: int) -> tuple[bytes | No
     return data, version, None
 
 
-def shard_dir(staging: Location, shard_id: int) -> Location:
-    return staging.child("shards", f"{shard_id:06d}")
-
-
-def is_done(staging: Location, shard_id: int, marker: str = "_SUCCESS") -> bool:
-    return shard_dir(staging, shard_id).exists(marker)
-
-
 @dataclass
 class Fetched:
     """An object as read; with `detect_together`, also decoded and its faces found."""
@@ -121,6 +114,51 @@ class Fetched:
     faces: list[Face] | None = None
     decode_s: float = 0.0
     detect_s: float = 0.0
+
+
+def fetch(source: Location, key: str, max_pixels: int) -> Fetched | str:
+    """The object's bytes, or why they could not be read."""
+    t0 = time.perf_counter()
+    data, version, refused = read_source(source, key, max_pixels)
+    return refused or Fetched(data, version, time.perf_counter() - t0)
+
+
+def detect_together(source: Location, keys: list[str], max_pixels: int, detector: Ensemble, worker: str
+                    ) -> dict[str, Fetched | str]:
+    """Every object read, decoded and detected in one `detect_batch` (on a GPU: few large calls). An object
+    that cannot be decoded is left to the caller, which records why; should the batch fail, each image is
+    left to be detected alone."""
+    fetched = {key: fetch(source, key, max_pixels) for key in keys}
+    ready = []
+    for key, f in fetched.items():
+        if isinstance(f, Fetched):
+            t0 = time.perf_counter()
+            try:
+                imageio.check_extension(key, f.data, max_pixels)
+                f.image = imageio.decode(f.data, max_pixels)
+            except Exception:  # noqa: BLE001 - recorded where the image is used
+                continue
+            f.decode_s = time.perf_counter() - t0
+            ready.append(f)
+    if ready:
+        t0 = time.perf_counter()
+        try:
+            found = detector.detect_batch([f.image.rgb for f in ready])
+        except Exception as exc:  # noqa: BLE001 - detected one by one instead
+            event("shard.batch_detection_failed", worker=worker, error=f"{type(exc).__name__}: {exc}")
+            return fetched
+        share = (time.perf_counter() - t0) / len(ready)
+        for f, faces in zip(ready, found):
+            f.faces, f.detect_s = faces, share
+    return fetched
+
+
+def shard_dir(staging: Location, shard_id: int) -> Location:
+    return staging.child("shards", f"{shard_id:06d}")
+
+
+def is_done(staging: Location, shard_id: int, marker: str = "_SUCCESS") -> bool:
+    return shard_dir(staging, shard_id).exists(marker)
 
 
 class ShardWorker:
@@ -135,43 +173,9 @@ class ShardWorker:
         self.components = Components.from_policy(policy)
         self.source, self.staging, self.worker, self.vault = source, staging, worker, vault
 
-    def fetch(self, key: str) -> Fetched | str:
-        """The object's bytes, or why they could not be read."""
-        t0 = time.perf_counter()
-        data, version, refused = read_source(self.source, key, self.settings.max_pixels)
-        return refused or Fetched(data, version, time.perf_counter() - t0)
-
-    def detect_together(self, keys: list[str]) -> dict[str, Fetched | str]:
-        """Every object of the shard read, decoded and detected in one `detect_batch` (on a GPU: few large
-        calls). An object that cannot be decoded is left to `read_and_anonymize`, which records why; should
-        the batch fail, each image is detected alone."""
-        fetched = {key: self.fetch(key) for key in keys}
-        ready = []
-        for key, f in fetched.items():
-            if isinstance(f, Fetched):
-                t0 = time.perf_counter()
-                try:
-                    imageio.check_extension(key, f.data, self.settings.max_pixels)
-                    f.image = imageio.decode(f.data, self.settings.max_pixels)
-                except Exception:  # noqa: BLE001 - recorded when the image is anonymized
-                    continue
-                f.decode_s = time.perf_counter() - t0
-                ready.append(f)
-        if ready:
-            t0 = time.perf_counter()
-            try:
-                found = self.components.detector.detect_batch([f.image.rgb for f in ready])
-            except Exception as exc:  # noqa: BLE001 - detected one by one instead
-                event("shard.batch_detection_failed", worker=self.worker, error=f"{type(exc).__name__}: {exc}")
-                return fetched
-            share = (time.perf_counter() - t0) / len(ready)
-            for f, faces in zip(ready, found):
-                f.faces, f.detect_s = faces, share
-        return fetched
-
     def read_and_anonymize(self, key: str, linked: Linked | None = None, fetched: Fetched | str | None = None
                            ) -> ImageResult:
-        fetched = self.fetch(key) if fetched is None else fetched
+        fetched = fetch(self.source, key, self.settings.max_pixels) if fetched is None else fetched
         if isinstance(fetched, str):
             return ImageResult(None, {"key": key, "error": fetched})
         data, max_pixels = fetched.data, self.settings.max_pixels
@@ -210,7 +214,8 @@ class ShardWorker:
         together: dict[str, Fetched | str] = {}
         for i, key in enumerate(keys):
             if self.components.batch_detection and not linked and i % DETECT_TOGETHER == 0:
-                together = self.detect_together(keys[i:i + DETECT_TOGETHER])
+                together = detect_together(self.source, keys[i:i + DETECT_TOGETHER], self.settings.max_pixels,
+                                           self.components.detector, self.worker)
             r = self.read_and_anonymize(key, linked.get(key), together.pop(key, None))
             if self.vault is not None and r.output is not None:
                 for face, box, pixels in r.originals:
