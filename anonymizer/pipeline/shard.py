@@ -133,8 +133,7 @@ def detect_together(source: Location, keys: list[str], max_pixels: int, detector
     for key, f in fetched.items():
         if isinstance(f, Fetched):
             t0 = time.perf_counter()
-            try:
-                imageio.check_extension(key, f.data, max_pixels)
+            try:  # the caller checks the extension, as for an image detected alone
                 f.image = imageio.decode(f.data, max_pixels)
             except Exception:  # noqa: BLE001 - recorded where the image is used
                 continue
@@ -190,8 +189,9 @@ class ShardWorker:
         else:
             result = anonymize_image(key, data, self.settings, self.components,
                                      faces=linked.faces if linked is not None else fetched.faces, image=fetched.image)
-            if fetched.faces is not None:
-                result.image.update(decode_s=fetched.decode_s, detect_s=fetched.detect_s)
+            if fetched.image is not None:  # decoded, and detected unless the batch failed, beforehand
+                result.image.update(decode_s=fetched.decode_s, **({} if fetched.faces is None else
+                                                                    {"detect_s": fetched.detect_s}))
         t1 = time.perf_counter()
         if result.output is not None:
             outputs = self.staging.child("outputs")
