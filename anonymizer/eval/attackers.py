@@ -32,7 +32,12 @@ Conventions (fixed, so numbers stay comparable):
     a CosFace margin, on its own identity's mean embedding rather than another's. Originals keep the frozen
     recognizer: the attacker knows which faces are anonymized, they are visibly so;
   - restoration: a small U-Net trained with L1 to map anonymized chips to original chips at `size` px; its
-    correction, upsampled, is added to the 112 px anonymized chip, which the frozen recognizer then embeds.
+    correction, upsampled, is added to the 112 px anonymized chip, which the frozen recognizer then embeds;
+  - attributes: no recognizer at all. It reads what a face reads as, by the probes the bank operator matches
+    on (P(woman) and skin darkness from dlib's descriptor, apparent age in years), on the anonymized face and
+    on each gallery face, and names the gallery face nearest in those three (each scaled by its spread over
+    the gallery's originals). An operator that keeps sex, skin tone and age keeps this much identity on
+    purpose: this attacker's rank-1 is the chance level given what the operator keeps, beside 1/gallery.
 * Protocols per attacker: `orig->anon` (gallery of originals, anonymized probes: the threat to a released
   face) and `anon->anon` (gallery anonymized the same way: the attacker anonymizes his own photos).
 * Metrics (anonymizer.eval.reid.identification): rank-1; TAR at FAR `far` with the threshold set on the
@@ -61,7 +66,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anonymizer.faces import Face
 
-ATTACKERS = ("naive", "parrot-trained", "restoration")
+ATTACKERS = ("naive", "parrot-trained", "restoration", "attributes")
+LEARNING = ("parrot-trained", "restoration")  # attackers that train on anonymized training faces
 PROTOCOLS = ("orig->anon", "anon->anon")
 
 
@@ -243,8 +249,8 @@ def load_faces(rows: Sequence[tuple[str, str, Path, bool]], detector, cache: Pat
                    np.array(gallery, bool), missing)
 
 
-def anonymize(faces: FaceSet, operator, policy) -> np.ndarray:
-    """The operator on every original (per-face RNG, JPEG round trip), as 112 px chips."""
+def anonymize(faces: FaceSet, operator, policy) -> list[np.ndarray]:
+    """The operator on every original (per-face RNG, JPEG round trip): the released images."""
     from anonymizer.anonymize import face_rngs
     from anonymizer.eval.reid import _jpeg
 
@@ -252,7 +258,38 @@ def anonymize(faces: FaceSet, operator, policy) -> np.ndarray:
     for key, rgb, face in zip(faces.keys, faces.images, faces.faces):
         img = operator.anonymize(rgb, [face], face_rngs(policy.seed, key, 1)).image
         out.append(_jpeg(img, policy.output.jpeg_quality))
-    return faces.chips(out)
+    return out
+
+
+# --- attributes: what a face reads as -----------------------------------------------------------------
+
+
+class AttributeReader:
+    """P(woman), skin darkness and apparent age of a face, read by the probes and the age reader the bank operator
+    matches on (anonymizer.bank.apparent_sex, anonymizer.bank.tone, anonymizer.measure.apparent_age)."""
+
+    NAMES = ("p_woman", "darkness", "age")
+
+    def __init__(self, model_dir: str | None) -> None:
+        from anonymizer.bank.apparent_sex import ApparentSex
+        from anonymizer.bank.tone import SkinTone
+        from anonymizer.measure.apparent_age import AgeReader
+        from anonymizer.measure.encoder import ENCODERS
+
+        encoder = ENCODERS.create("dlib_resnet", model_dir=model_dir)  # one descriptor a face for both probes
+        self.sex, self.tone = ApparentSex(model_dir, encoder), SkinTone(model_dir, encoder)
+        for probe in (self.sex, self.tone):
+            if probe.recognizer != "dlib_resnet":
+                raise ValueError(f"attributes: the {probe.MODEL} probe reads {probe.recognizer!r}, not dlib_resnet")
+        self.age = AgeReader(model_dir)
+
+    def read(self, images: Sequence[np.ndarray], faces: Sequence[Face]) -> np.ndarray:
+        """N x 3: each image's face, read."""
+        out = np.zeros((len(images), len(self.NAMES)), np.float64)
+        for i, (img, face) in enumerate(zip(images, faces)):
+            d = self.sex.describe(img, face)
+            out[i] = (self.sex.probability(d), self.tone.darkness(d), self.age.read(img, [face])[0])
+        return out
 
 
 # --- the recognizer in two parts ----------------------------------------------------------------------
@@ -570,6 +607,12 @@ class Prepared:
     eval_emb: np.ndarray
     clean: dict
     clean_threshold: float
+    readings: np.ndarray | None = None  # the eval originals' attributes (AttributeReader), once an attacker asks
+
+    def eval_readings(self, reader: AttributeReader) -> np.ndarray:
+        if self.readings is None:
+            self.readings = reader.read(self.eval.images, self.eval.faces)
+        return self.readings
 
 
 def prepare(policy, lfw: Path, cfg: AttackConfig, encoder=None, far: float = 1e-3, cache: Path | None = None,
@@ -605,14 +648,16 @@ def attack_operator(prep: Prepared, operator_name: str, strength: float, policy,
 
     t0 = time.perf_counter()
     op = build_operator(policy, operator_name, strength)
-    anon_train = anonymize(prep.train, op, policy)
-    anon_eval = anonymize(prep.eval, op, policy)
+    anon_train = prep.train.chips(anonymize(prep.train, op, policy)) if set(attackers) & set(LEARNING) else None
+    released = anonymize(prep.eval, op, policy)
+    anon_eval = prep.eval.chips(released)
     seconds_anonymize = time.perf_counter() - t0
-    t, ev = prep.clean_threshold, prep.eval
+    t, ev, reader = prep.clean_threshold, prep.eval, None
     out: dict = {"operator": operator_name, "strength": strength if operator_name != "generated" else None,
                  "seconds_anonymize": seconds_anonymize, "attackers": {}}
     for name in attackers:
         t1 = time.perf_counter()
+        gallery, threshold = prep.eval_emb, t
         if name == "naive":
             e = encoder.embed_chips(anon_eval)
             res: dict = {"training": None}
@@ -629,9 +674,20 @@ def attack_operator(prep: Prepared, operator_name: str, strength: float, policy,
             info["l1_eval_after"] = float(np.abs(restored.astype(np.float32) - prep.eval_chips).mean() / 255)
             e = encoder.embed_chips(restored)
             res = {"training": info}
+        elif name == "attributes":
+            reader = reader or AttributeReader(policy.model_dir)
+            originals = prep.eval_readings(reader)
+            spread = np.maximum(originals[ev.gallery].std(0), 1e-6)
+            e = reader.read(released, ev.faces) / spread
+            gallery, threshold = originals / spread, float("nan")  # no recognizer: no calibrated threshold
+            res = {"training": None, "read": list(AttributeReader.NAMES), "spread": spread.tolist(),
+                   "clean": score(gallery, gallery, ev, far, threshold)}  # the unaltered photos' attributes
         else:
             raise ValueError(f"unknown attacker {name!r}; known: {', '.join(ATTACKERS)}")
-        res.update(_protocols(prep.eval_emb, e, e, ev, far, t))
+        res.update(_protocols(gallery, e, e, ev, far, threshold))
+        if name == "attributes":
+            for protocol in PROTOCOLS:
+                res[protocol].update(tar_at_calibrated=None, fmr_at_calibrated=None)
         res["seconds"] = time.perf_counter() - t1
         out["attackers"][name] = res
         if log:
@@ -702,9 +758,10 @@ def markdown_table(result: dict, protocol: str = "orig->anon") -> str:
     attackers = [a for a in ATTACKERS if any(a in c["attackers"] for c in result["configs"])]
     head = ["operator", "strength"] + [f"{a} {m}" for a in attackers for m in ("rank-1", "TAR@FAR", "EER")] + ["above chance"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    c = result["clean"]
-    lines.append("| none (clean) | - | " + " | ".join(f"{c['rank1']:.3f} | {c['tar_at_far']:.3f} | {c['eer']:.3f}" for _ in attackers)
-                 + " | - |")
+    clean = {a: next((c["attackers"][a].get("clean") for c in result["configs"] if a in c["attackers"]), None)
+             or result["clean"] for a in attackers}  # the recognizer's on the originals; attributes' their own
+    lines.append("| none (clean) | - | " + " | ".join(
+        f"{clean[a]['rank1']:.3f} | {clean[a]['tar_at_far']:.3f} | {clean[a]['eer']:.3f}" for a in attackers) + " | - |")
     several = len(result["policy"].get("seeds") or [0]) > 1
     for cfgr in result["configs"]:
         s = "-" if cfgr["strength"] is None else f"{cfgr['strength']:g}"
@@ -742,9 +799,9 @@ def add_arguments(p) -> None:
 
     reid.add_arguments(p)
     p.add_argument("--attackers", default="naive,parrot-trained,restoration",
-                   help="the attackers, from 'naive,parrot-trained,restoration' "
-                        "(MobileFaceNet; trained on LFW training identities, scored on held-out ones; "
-                        "anonymizer/eval/attackers.py; writes attackers.json)")
+                   help="the attackers, from 'naive,parrot-trained,restoration,attributes' "
+                        "(MobileFaceNet; trained on LFW training identities, scored on held-out ones; attributes: "
+                        "apparent sex, skin tone and age alone; anonymizer/eval/attackers.py; writes attackers.json)")
     p.add_argument("--attack-config", choices=("tiny", "full"), default="full",
                    help="data and training budget of the attackers that learn (tiny: seconds, for tests)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=None,
