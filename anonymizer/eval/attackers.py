@@ -572,7 +572,7 @@ def p_chance(hits: int, probes: int, gallery: int) -> float:
     return float(min(1.0, max(0.0, 1.0 - below)))
 
 
-def score(gallery: np.ndarray, probes: np.ndarray, ev: FaceSet, far: float, clean_threshold: float) -> dict:
+def score(gallery: np.ndarray, probes: np.ndarray, ev: FaceSet, far: float, clean_threshold: float | None) -> dict:
     """Rank-1, TAR at FAR (own impostors), EER; gallery = ev.gallery rows of `gallery`, probes = the rest."""
     from anonymizer.eval.reid import identification
 
@@ -587,7 +587,7 @@ def score(gallery: np.ndarray, probes: np.ndarray, ev: FaceSet, far: float, clea
     return out
 
 
-def _protocols(gal_orig: np.ndarray, anon_g: np.ndarray, anon_p: np.ndarray, ev: FaceSet, far: float, t: float) -> dict:
+def _protocols(gal_orig: np.ndarray, anon_g: np.ndarray, anon_p: np.ndarray, ev: FaceSet, far: float, t: float | None) -> dict:
     """orig->anon: gallery originals vs anonymized probes; anon->anon: both anonymized."""
     return {"orig->anon": score(gal_orig, anon_p, ev, far, t), "anon->anon": score(anon_g, anon_p, ev, far, t)}
 
@@ -607,12 +607,14 @@ class Prepared:
     eval_emb: np.ndarray
     clean: dict
     clean_threshold: float
-    readings: np.ndarray | None = None  # the eval originals' attributes (AttributeReader), once an attacker asks
+    reader: AttributeReader | None = None  # loaded, and the eval originals read, once an attacker asks
+    readings: np.ndarray | None = None
 
-    def eval_readings(self, reader: AttributeReader) -> np.ndarray:
-        if self.readings is None:
-            self.readings = reader.read(self.eval.images, self.eval.faces)
-        return self.readings
+    def attribute_reader(self, model_dir: str | None) -> AttributeReader:
+        if self.reader is None:
+            self.reader = AttributeReader(model_dir)
+            self.readings = self.reader.read(self.eval.images, self.eval.faces)
+        return self.reader
 
 
 def prepare(policy, lfw: Path, cfg: AttackConfig, encoder=None, far: float = 1e-3, cache: Path | None = None,
@@ -652,7 +654,7 @@ def attack_operator(prep: Prepared, operator_name: str, strength: float, policy,
     released = anonymize(prep.eval, op, policy)
     anon_eval = prep.eval.chips(released)
     seconds_anonymize = time.perf_counter() - t0
-    t, ev, reader = prep.clean_threshold, prep.eval, None
+    t, ev = prep.clean_threshold, prep.eval
     out: dict = {"operator": operator_name, "strength": strength if operator_name != "generated" else None,
                  "seconds_anonymize": seconds_anonymize, "attackers": {}}
     for name in attackers:
@@ -675,19 +677,15 @@ def attack_operator(prep: Prepared, operator_name: str, strength: float, policy,
             e = encoder.embed_chips(restored)
             res = {"training": info}
         elif name == "attributes":
-            reader = reader or AttributeReader(policy.model_dir)
-            originals = prep.eval_readings(reader)
-            spread = np.maximum(originals[ev.gallery].std(0), 1e-6)
+            reader = prep.attribute_reader(policy.model_dir)
+            spread = np.maximum(prep.readings[ev.gallery].std(0), 1e-6)
             e = reader.read(released, ev.faces) / spread
-            gallery, threshold = originals / spread, float("nan")  # no recognizer: no calibrated threshold
+            gallery, threshold = prep.readings / spread, None  # no recognizer: no calibrated threshold
             res = {"training": None, "read": list(AttributeReader.NAMES), "spread": spread.tolist(),
                    "clean": score(gallery, gallery, ev, far, threshold)}  # the unaltered photos' attributes
         else:
             raise ValueError(f"unknown attacker {name!r}; known: {', '.join(ATTACKERS)}")
         res.update(_protocols(gallery, e, e, ev, far, threshold))
-        if name == "attributes":
-            for protocol in PROTOCOLS:
-                res[protocol].update(tar_at_calibrated=None, fmr_at_calibrated=None)
         res["seconds"] = time.perf_counter() - t1
         out["attackers"][name] = res
         if log:

@@ -191,21 +191,22 @@ def eer(genuine: np.ndarray, impostor: np.ndarray) -> float:
     return float((fmr[k] + fnmr[k]) / 2)
 
 
-def verification(genuine: np.ndarray, impostor: np.ndarray, far: float, calibrated: float) -> dict:
+def verification(genuine: np.ndarray, impostor: np.ndarray, far: float, calibrated: float | None) -> dict:
+    """`calibrated`: the recognizer's threshold on clean faces (None where the scores are no recognizer's)."""
     t_own = threshold_at_far(impostor, far)
     _, fnmr_own = rates_at(genuine, impostor, t_own)
-    fmr_cal, fnmr_cal = rates_at(genuine, impostor, calibrated)
+    fmr_cal, fnmr_cal = (None, None) if calibrated is None else rates_at(genuine, impostor, calibrated)
     return {
         "genuine": int(len(genuine)), "impostor": int(len(impostor)),
         "eer": eer(genuine, impostor),
         "threshold_at_far": t_own, "tar_at_far": 1.0 - fnmr_own,
-        "fmr_at_calibrated": fmr_cal, "tar_at_calibrated": 1.0 - fnmr_cal,
+        "fmr_at_calibrated": fmr_cal, "tar_at_calibrated": None if fnmr_cal is None else 1.0 - fnmr_cal,
         "genuine_median": float(np.median(genuine)), "impostor_median": float(np.median(impostor)),
     }
 
 
 def identification(gallery: np.ndarray, gallery_ids: np.ndarray, probes: np.ndarray, probe_ids: np.ndarray,
-                   far: float, calibrated: float, acquired: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+                   far: float, calibrated: float | None, acquired: np.ndarray | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
     d = distances(probes, gallery)
     same = probe_ids[:, None] == gallery_ids[None, :]
     genuine = d[same]
