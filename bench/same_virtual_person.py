@@ -3,7 +3,9 @@
 Two anonymized photos that show one bank person match each other for any recognizer, however well each
 hides the person: the plainest way to link them. A face's bank person is drawn among the few nearest in pose
 that read as its sex and age and alike in skin tone, so two photos of one person draw from overlapping pools; the
-rate falls as the bank holds more people of each sex and tone. Held-out LFW identities with at least two
+rate falls as the bank holds more people of each sex and tone. Beside it, how many bank people each face may be
+given (`people_open_to`: median, p10) and the rate that drawing uniformly among them predicts (the mean of 1/n):
+where the two agree, only more people of each kind lower it. Held-out LFW identities with at least two
 photos, up to `--per` photos each (every pair counted), the face nearest the centre of each; the operator as
 POLICY sets it (e.g. one extending `realistic` with another bank), without Ray or Prefect.
 
@@ -17,6 +19,8 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("ANONYMIZER_SHARED", REPO.parent / "shared"))
@@ -51,9 +55,13 @@ def main() -> None:
                 continue
             key = f"lfw/{identity}/{path.name}"
             virtual = op.anonymize(rgb, [face], face_rngs(policy.seed, key, 1)).virtual
-            rows.append({"key": key, "virtual": virtual[0] if virtual else None})
+            rows.append({"key": key, "virtual": virtual[0] if virtual else None,
+                         "open_to": op.people_open_to(rgb, face)})
+    open_to = np.array([r["open_to"] for r in rows if r["open_to"]], np.float64)
     result = {"policy": args.policy, "bank": str(op.bank.root), "bank_people": len(op.bank.identities),
-              **(same_virtual_person(rows) or {"pairs": 0, "same": 0, "rate": None})}
+              **(same_virtual_person(rows) or {"pairs": 0, "same": 0, "rate": None}),
+              "people_open_to": {"median": float(np.median(open_to)), "p10": float(np.percentile(open_to, 10)),
+                                 "expected_rate": round(float(np.mean(1 / open_to)), 4)} if open_to.size else None}
     print(json.dumps(result, indent=1))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")

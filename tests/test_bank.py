@@ -1033,6 +1033,22 @@ def test_match_sex_gives_each_face_bank_people_who_read_alike(stylegan_bank):
     assert seen == {MAN: 2, WOMAN: 2}
 
 
+def test_people_open_to_a_face_are_the_bank_people_the_policy_lets_it_be_given(stylegan_bank):
+    """The floor on linking two photos of one person through the bank: with `match_sex`, the bank people who
+    read as the face does; without, all of them; none for a face that falls back."""
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), match_sex=True, identity_guard=None)
+    everyone = ANONYMIZERS.create("bank", bank=str(stylegan_bank), identity_guard=None)
+    ids = op.bank.index["identity"].to_numpy()
+    _, img, face = next(f for f in _held_out_faces() if op.sex.label(op.sex.describe(f[1], f[2])) is not None)
+    reason, pts, window = op.decide(img, face)
+    allowed = op.readings(img, face, None, Site(op, img, pts, window))[1]
+    assert reason is None and allowed is not None
+    assert op.people_open_to(img, face) == len(set(ids[allowed])) < len(set(ids))
+    assert everyone.people_open_to(img, face) == len(set(ids))
+    small = ANONYMIZERS.create("bank", bank=str(stylegan_bank), min_face_px=10_000, identity_guard=None)
+    assert small.people_open_to(img, face) is None
+
+
 def test_a_bank_persons_age_is_the_median_over_their_faces_turned_at_most_30_degrees(stylegan_bank, tmp_path):
     """One face's reading can put an adult among the children (the default bank's most frontal face of one
     person read 12 years, four of their six others 21-36); the median over their faces does not follow one.

@@ -466,6 +466,20 @@ class BankFace:
         people = np.unique(self.bank.index["identity"].to_numpy()[alike])
         return mine if len(people) >= AGE_MIN_PEOPLE else allowed
 
+    def people_open_to(self, image: np.ndarray, face: Face) -> int | None:
+        """How many bank people `face` may be given: those alike in skin tone, sex and age group as the policy
+        matches them (None: the face falls back). Two photos of one person show one bank person about once in
+        this many pairs, whatever else varies: the floor on linking them through the bank, which only a bank
+        with more people of each kind lowers."""
+        reason, pts, window = self.decide(image, face)
+        if reason is not None:
+            return None
+        skin, allowed = self.readings(image, face, None, Site(self, image, pts, window))
+        open_to = ~self.unlike(np.arange(len(self.bank)), skin)
+        if allowed is not None:
+            open_to &= allowed
+        return int(len(np.unique(self.bank.index["identity"].to_numpy()[open_to])))
+
     # ------------------------------------------------------------ per face
 
     def decide(self, image: np.ndarray, face: Face) -> tuple[str | None, np.ndarray | None, tuple | None]:
