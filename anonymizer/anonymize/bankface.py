@@ -462,9 +462,7 @@ class BankFace:
         mine = self.age_groups == age_group(float(self.age.read(image, [face])[0]))
         if allowed is not None:
             mine &= allowed
-        alike = mine & ~self.unlike(np.arange(len(mine)), skin)
-        people = np.unique(self.bank.index["identity"].to_numpy()[alike])
-        return mine if len(people) >= AGE_MIN_PEOPLE else allowed
+        return mine if len(self.people(self.open_faces(skin, mine))) >= AGE_MIN_PEOPLE else allowed
 
     def people_open_to(self, image: np.ndarray, face: Face) -> int | None:
         """How many bank people `face` may be given: those alike in skin tone, sex and age group as the policy
@@ -475,10 +473,16 @@ class BankFace:
         if reason is not None:
             return None
         skin, allowed = self.readings(image, face, None, Site(self, image, pts, window))
-        open_to = ~self.unlike(np.arange(len(self.bank)), skin)
-        if allowed is not None:
-            open_to &= allowed
-        return int(len(np.unique(self.bank.index["identity"].to_numpy()[open_to])))
+        return len(self.people(self.open_faces(skin, allowed)))
+
+    def open_faces(self, skin: float | None, allowed: np.ndarray | None) -> np.ndarray:
+        """Per bank face, whether a face of tone `skin` may be given it: alike in tone, and `allowed`."""
+        alike = ~self.unlike(np.arange(len(self.bank)), skin)
+        return alike if allowed is None else alike & allowed
+
+    def people(self, faces: np.ndarray) -> np.ndarray:
+        """The bank people whose faces `faces` (a bool per bank face) marks."""
+        return np.unique(self.bank.index["identity"].to_numpy()[faces])
 
     # ------------------------------------------------------------ per face
 
@@ -556,8 +560,7 @@ class BankFace:
         extras = self.further(pts, more, rng, skin, allowed, blocks, draw)
         if order or extras or draw is None:
             return order, extras
-        alike = ~self.unlike(np.arange(len(self.bank)), skin)
-        alike = alike if allowed is None else alike & allowed
+        alike = self.open_faces(skin, allowed)
         return (self.order(pts, rng, None, skin, alike, draw),
                 self.further(pts, more, rng, skin, alike, blocks, draw))
 
