@@ -106,7 +106,7 @@ def main() -> None:
                     help="our engines to time, comma-separated: prefect (the CLI's default: the flow, its shards where "
                          "`--executor auto` puts them), prefect-ray (the flow, shards on Ray), local, ray")
     ap.add_argument("--workers", type=int, default=None,
-                    help="Ray actors for the prefect and ray sides (default: the CLI's, one per 2 CPUs)")
+                    help="Ray actors for the prefect and ray sides (default: the CLI's, one per CPU)")
     ap.add_argument("--realistic", action="store_true", help="also time policies/realistic.yaml (local engine)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "peer_throughput.json")
     args = ap.parse_args()

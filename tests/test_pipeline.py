@@ -85,7 +85,8 @@ def test_actors_share_gpus_in_whole_fractions_and_never_outnumber_the_cpus():
     assert actor_shape({"CPU": 16, "GPU": 2}, four, 100, workers=3) == (3, 0.5, 5)  # 2 and 1 on the GPUs
     assert actor_shape({"CPU": 2, "GPU": 1}, four, 100) == (2, 0.5, 1)  # 0.8 CPU each: 2 fit
     assert actor_shape({"CPU": 16, "GPU": 1}, four, 2) == (2, 0.5, 8)  # no more than the shards
-    assert actor_shape({"CPU": 8}, four, 100) == (4, 0, 2)
+    assert actor_shape({"CPU": 8}, four, 100) == (8, 0, 1)  # without a GPU, one actor per CPU
+    assert actor_shape({"CPU": 2}, four, 100) == (2, 0, 1)
     assert actor_shape({"CPU": 8}, Execution(), 100, workers=20) == (10, 0, 1)
 
 
