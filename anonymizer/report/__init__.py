@@ -10,6 +10,7 @@ import json
 import platform
 from importlib import metadata
 
+import numpy as np
 import pandas as pd
 
 from anonymizer.report.charts import SAMPLE_FIGURE, cell, det_chart, figure_html, html_table, png
@@ -80,11 +81,12 @@ def plots(images: pd.DataFrame, faces: pd.DataFrame, same_person: float) -> dict
         # One bar per image up to _MAX_BARS; beyond that the images with the most faces (memory stays flat).
         ok = ok.nlargest(_MAX_BARS, "auditor_faces") if len(ok) > _MAX_BARS else ok
         fig, ax = plt.subplots(figsize=(7, 0.25 * len(ok) + 1.2))
-        y = range(len(ok))
-        ax.barh(y, ok["faces_anonymized"], color="#4a7bb7", label="anonymized (primary detector)")
-        ax.barh(y, ok["auditor_faces"], color="#f0ad4e", alpha=0.6, label="found by auditor")
-        ax.barh(y, ok["uncovered_faces"], color="#c0392b", label="auditor faces not covered")
-        ax.set_yticks(list(y), ok["key"], fontsize=7, parse_math=False)  # keys are text: a '$' is not math
+        # Side by side, not overlaid: each count readable on its own; the uncovered ones are part of the auditor's.
+        y = np.arange(len(ok))
+        ax.barh(y - 0.2, ok["faces_anonymized"], height=0.4, color="#4a7bb7", label="anonymized (primary detector)")
+        ax.barh(y + 0.2, ok["auditor_faces"], height=0.4, color="#f0ad4e", label="found by auditor")
+        ax.barh(y + 0.2, ok["uncovered_faces"], height=0.4, color="#c0392b", label="auditor faces not covered")
+        ax.set_yticks(y, ok["key"], fontsize=7, parse_math=False)  # keys are text: a '$' is not math
         ax.set_xlabel("faces")
         ax.legend(fontsize=7)
         ax.set_title("Faces per image" + (f" (the {_MAX_BARS} with most auditor faces)" if len(images) > _MAX_BARS else ""))
