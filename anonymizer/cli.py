@@ -121,8 +121,8 @@ def parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     run.add_argument("source", help="folder or s3://bucket/prefix holding the images")
     run.add_argument("dest", help="release location; a release goes to DEST/<run id>/, pointed to by DEST/LATEST")
     run.add_argument("--policy", help="policy YAML (default: the embedded policies/default.yaml)")
-    run.add_argument("--workers", type=int, help="Ray actors (default: execution.actors_per_gpu per GPU, else one per CPU); "
-                     "engine local: threads, each with its own models (default: one per CPU, at most 8)")
+    run.add_argument("--workers", type=int, help="Ray actors (default: execution.actors_per_gpu per GPU, else one "
+                     "per CPU); engine local: threads, each with its own models (default: one per CPU, at most 8)")
     run.add_argument("--run-id", help="re-use a run id to resume it (completed shards are skipped)")
     run.add_argument("--staging", help="staging root (default: DEST.staging)")
     run.add_argument("--quarantine", help="quarantine root (default: DEST.quarantine)")

@@ -13,8 +13,8 @@
   cluster's CPUs.
 
 - `auto` (the Prefect flow's default): `ray` where Ray adds something, else `local` (`choose`). On one
-  machine the local threads run the same shards as fast, without Ray's start (its processes and the
-  actor's own imports: the 21 photos through the Prefect flow on 2 cores take 33.6 s on Ray against 27.1 s,
+  machine the local threads run the same shards faster, without Ray's start (its processes and the
+  actor's own imports: the 21 photos through the Prefect flow on 2 cores take 56.4 s on Ray against 47.9 s,
   docs/benchmarks.md); Ray adds a cluster, and actors that are restarted when they die, where a crash would
   otherwise end the run (a re-run with its run id resumes the completed shards).
 
