@@ -249,10 +249,10 @@ def actor_shape(resources: dict[str, float], execution: Execution, total: int, w
     `execution.actors_per_gpu` actors share each GPU (Ray's fractional GPUs): one actor's Python glue,
     decoding and cropping between network calls leave its GPU idle, and actors in processes of their own
     are not bound by one interpreter lock; without a GPU, one actor per CPU, as the local engine runs a
-    thread per CPU (on 2 cores, 2 actors of one thread take the photos through `anonymizer run --executor
-    ray` in 60.0 s against 69.3 s for one of two threads: docs/benchmarks.md "Throughput"). Never more
-    actors than the CPUs hold (an actor Ray cannot place would hold its shard forever), nor than shards;
-    shares of a GPU are whole fractions, so that Ray can pack them."""
+    thread per CPU: much of an image's work is serial, so a second image in flight uses a core better than
+    a second thread in each network (docs/benchmarks.md "Throughput"). Never more actors than the CPUs hold
+    (an actor Ray cannot place would hold its shard forever), nor than shards; shares of a GPU are whole
+    fractions, so that Ray can pack them."""
     gpus, cpus = int(resources.get("GPU", 0)), resources.get("CPU", 1)
     wanted = workers or execution.workers or (gpus * execution.actors_per_gpu if gpus else int(cpus))
     n = max(1, min(total, wanted, int(cpus / execution.cpus_per_worker + 1e-6)))  # 8 // 0.8 is 9.0
