@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from anonymizer.faces import Face
@@ -60,6 +61,39 @@ def face_region(face: Face, image_shape: tuple[int, int], expand: float, shape: 
     r = np.sqrt(dx * dx + dy * dy) if shape == "ellipse" else np.maximum(np.abs(dx), np.abs(dy))
     alpha = np.clip((1.0 - r) / feather, 0.0, 1.0) if feather > 0 else (r <= 1.0).astype(np.float32)
     return FaceMask(x0, y0, alpha.astype(np.float32))
+
+
+def mirrored(image: np.ndarray, region: FaceMask) -> np.ndarray:
+    """The region's window of `image`, each pixel inside the region (alpha > 0) taken from its mirror image
+    across the region's nearest edge: the photo's own surroundings continued inward, with their texture, and
+    equal to them at the edge. A bank head leaves part of the region uncovered; a blur there showed a smooth
+    oval of the person's own hair and background, which no photograph has. No pixel of the region is ever a
+    source: a mirror image that leaves the photo is clamped to its edge, and one that lands in the region
+    takes the nearest pixel outside it instead."""
+    x0, y0, x1, y1 = region.box
+    height, width = image.shape[:2]
+    inside = region.alpha > 0
+    # One pixel of "outside" around the window, except where the window meets the photo's edge
+    frame = np.pad(inside.astype(np.uint8), 1)
+    for cut, edge in ((y0 == 0, np.s_[0, :]), (y1 == height, np.s_[-1, :]), (x0 == 0, np.s_[:, 0]),
+                      (x1 == width, np.s_[:, -1])):
+        if cut:
+            frame[edge] = 1
+    if frame.all():  # the region fills the whole photo: nothing outside it to show
+        return np.broadcast_to(image[region.window].mean((0, 1)).astype(image.dtype), image[region.window].shape).copy()
+    _, labels = cv2.distanceTransformWithLabels(frame, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    zy, zx = np.nonzero(frame == 0)
+    nearest = np.zeros((labels.max() + 1, 2), np.int64)
+    nearest[labels[zy, zx]] = np.stack([zx, zy], 1) - 1
+    bx, by = np.moveaxis(nearest[labels[1:-1, 1:-1]], -1, 0)
+    py, px = np.mgrid[0:y1 - y0, 0:x1 - x0]
+    tx = np.clip(2 * bx - px + x0, 0, width - 1) - x0
+    ty = np.clip(2 * by - py + y0, 0, height - 1) - y0
+    within = (tx >= 0) & (tx < x1 - x0) & (ty >= 0) & (ty < y1 - y0)
+    hit = within & inside[ty.clip(0, y1 - y0 - 1), tx.clip(0, x1 - x0 - 1)]
+    tx, ty = np.where(hit, bx, tx), np.where(hit, by, ty)
+    tx, ty = np.where(inside, tx, px), np.where(inside, ty, py)
+    return image[ty + y0, tx + x0]
 
 
 def blend(crop: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -4,6 +4,7 @@ masks, every fallback, the identity guard, refusal of a missing or altered bank)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -608,6 +609,68 @@ def test_surround_bank_puts_the_bank_persons_head_around_the_face(composite_bank
     assert replaced >= 3
     with pytest.raises(ValueError, match="surround must be one of"):
         ANONYMIZERS.create("bank", bank=str(composite_bank), surround="hair")
+
+
+def test_what_a_bank_head_leaves_uncovered_shows_the_surroundings_and_nothing_of_the_region(scene):
+    """regions.mirrored: inside the region, each pixel comes from outside it (the region's own pixels, the
+    person's hair and outline, never), with the surroundings' texture; outside, the window as it was."""
+    from anonymizer.regions import mirrored
+
+    img, faces = scene
+    for face in faces:
+        region = face_region(face, img.shape[:2], 1.35, "ellipse", 0.15)
+        ys, xs = region.window
+        inside = region.alpha > 0
+        marked = img.copy()
+        marked[ys, xs][inside] = (255, 0, 255)
+        fill = mirrored(marked, region)
+        assert fill.shape == (*region.alpha.shape, 3)
+        assert np.array_equal(fill[~inside], marked[ys, xs][~inside])
+        assert not (fill[inside] == (255, 0, 255)).all(-1).any()
+        # As much fine detail inside as in the surroundings it mirrors (a blur keeps a fraction of it)
+        lap = np.abs(cv2.Laplacian(cv2.cvtColor(fill, cv2.COLOR_RGB2GRAY), cv2.CV_64F))
+        assert lap[inside].mean() > 0.5 * lap[~inside].mean()
+
+
+def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
+    """The bank person's skin around their face (forehead, temples, neck) is moved to the photo's skin, as their
+    face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the
+    bank faces lack; read on the nose, far from the region's Poisson seam."""
+    from anonymizer.anonymize.bankface import CHEEKS
+    from anonymizer.anonymize.generated import harmonize as hz
+    from anonymizer.regions import mirrored
+
+    img, faces = scene
+    warm = np.clip(img * np.array([1.0, 0.9, 0.75]), 0, 255).astype(np.uint8)
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
+    assert op.bank.in_colour
+    face = max(faces, key=lambda f: f.w)
+    _, pts, window = op.decide(warm, face)
+    region = face_region(face, warm.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    site = Site(op, warm, pts, window, region)
+    backdrop = mirrored(warm, region)
+    shape = region.alpha.shape
+    for k in range(len(op.bank)):
+        m, _ = site.placed_matte(k)
+        placed_pts = sh.apply(m, op.bank.landmarks(k))
+        cheeks, nose = (sh.hull_mask(placed_pts[idx], shape) > 0 for idx in (CHEEKS, np.arange(27, 36)))
+        placed = hz.to_lab(cv2.warpAffine(op.bank.crop(k), m, shape[::-1], flags=cv2.INTER_LINEAR))
+        wanted = site.head_skin - np.median(placed[cheeks], 0)
+        moved = np.median(hz.to_lab(op.head(warm.copy(), site, k, backdrop))[nose] - placed[nose], 0)
+        assert np.abs(wanted).max() > 8 and np.abs(moved - wanted).max() < 2
+
+
+def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(composite_bank, scene):
+    """Two faces that would draw the same bank faces in the same order: the second gets another bank person
+    (two of one bank person in a photo look like twins); a keyed run's virtual identity is kept regardless."""
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(composite_bank), identity_guard=False)
+    face = max(faces, key=lambda f: f.w)
+    alone = op.anonymize(img, [face], [np.random.default_rng(0)]).virtual[0]
+    both = op.anonymize(img, [face, face], [np.random.default_rng(0), np.random.default_rng(0)]).virtual
+    assert both[0] == alone and both[1] not in (None, alone)
+    keyed = dataclasses.replace(face, identity=op.bank.identities.index(alone))
+    assert op.anonymize(img, [face, keyed], [np.random.default_rng(0)] * 2).virtual == [alone, alone]
 
 
 def test_head_matte_holds_the_face_and_not_the_crop_sides(composite_bank):

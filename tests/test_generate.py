@@ -693,6 +693,30 @@ def test_eval_generation_bank_side_by_side(stylegan_bank, tmp_path, shared):
     assert grid is not None and grid.shape[1] == 128 * (3 + 1 + 1 + 1)  # bank's three seeds, then one each
 
 
+def test_eval_generation_on_a_group_photo_counts_twins_and_draws_the_replaced_faces(stylegan_bank, tmp_path, shared):
+    """On photos: how many measured faces show the same bank person as another face of their photo (a bank of
+    four people must repeat on a photo of six), and the grid of replaced faces, eight a row."""
+    import os
+    from collections import Counter
+
+    from anonymizer.cli import main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    os.symlink(PHOTOS / "multiface.jpg", photos / "multiface.jpg")
+    assert main(["eval", "generation", "--lfw", "none", "--photos", str(photos), "--bank", str(stylegan_bank),
+                 "--operators", "bank-noguard", "--out", str(tmp_path / "out")]) == 0
+    s = json.loads((tmp_path / "out" / "generation.json").read_text())["operators"]["bank-noguard"]["photos"]
+    rows = json.loads((tmp_path / "out" / "generation_faces.json").read_text())["bank-noguard|photos"]
+    shown = Counter(r["virtual"] for r in rows if r["virtual"])
+    assert sum(shown.values()) >= 5 and len(shown) <= 4
+    assert s["twins_in_image"] == {"faces": sum(shown.values()), "images": 1, "images_with_twins": 1,
+                                   "twins": sum(n for n in shown.values() if n > 1)}
+    assert "show the same virtual person as another face of their photo" in (tmp_path / "out" / "generation.md").read_text()
+    grid = cv2.imread(str(tmp_path / "out" / "generation_faces_photos_bank-noguard.png"))
+    assert grid.shape == (128 * -(-sum(shown.values()) // 8), 128 * 8, 3)
+
+
 # ---------------------------------------------------------------- the committed generator
 
 def test_committed_weights_load_by_name_and_match_their_card(tmp_path, monkeypatch):

@@ -25,7 +25,9 @@ synthetic people. Per face:
    read in it too, where the bank holds at least AGE_MIN_PEOPLE of them among those allowed (and, with the
    `descriptor` tone reading, near the face's tone: skin tone comes first). A face that carries a virtual identity
    (`Face.identity`, set by a keyed run's linking, which matches the person's apparent sex, skin tone and age group
-   as the operator does) tries only that identity's faces, nearest first: one person, one face.
+   as the operator does) tries only that identity's faces, nearest first: one person, one face. Otherwise
+   the bank people the image already shows on another face are tried after the rest: two faces of one bank
+   person in one photo look like twins.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -46,12 +48,12 @@ synthetic people. Per face:
    bank face too: hair, ears and the face's outline, which a learning attacker reads identity from
    (docs/reid.md). `blur` (or True): the fallback's blur (`surround_strength`: that blur's own strength;
    default the fallback's), a smooth oval around a sharp face. `bank`: the bank person's own head (their
-   crop, warped by the similarity that places their eyes and nose on the face's, lightness moved to the
-   photo's; a grey bank's also takes the photo's low-passed colour, as its face does), cut from its
-   background by a matte (anonymizer.bank.matte, stored in the bank); where the bank photo shows
-   background the region is blurred; the whole Poisson-blended into the photo at the region's edge. Each
-   bank face the guard tries brings its own head, and those whose head covers more of the region are tried
-   first.
+   crop, warped by the similarity that places their eyes and nose on the face's; their skin's light and
+   colour moved to the photo's skin, as their face's are; a grey bank's takes the photo's light and
+   low-passed colour), cut from its background by a matte (anonymizer.bank.matte, stored in the bank);
+   where the bank photo shows background, the region shows the photo's surroundings mirrored inward across
+   its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank
+   face the guard tries brings its own head, and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -84,7 +86,7 @@ from anonymizer.faces import Face
 from anonymizer.headpose import Pose
 from anonymizer.measure.apparent_age import AgeReader, age_group
 from anonymizer.measure.pose import PoseChange, PoseMeter
-from anonymizer.regions import FaceMask, blend, face_region, merge
+from anonymizer.regions import FaceMask, blend, face_region, merge, mirrored
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
 MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
@@ -97,7 +99,7 @@ TONE_READINGS = ("ita", "descriptor")  # BankFace's tone_reading (the module doc
 AGE_MIN_PEOPLE = 4  # `match_age` keeps to a face's age group only where the bank allows this many people of it
 TONE_CLOSE = 0.5  # darkness (anonymizer.bank.tone.SkinTone) within which a bank person's skin counts as alike
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
-INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose lightness the head layer takes
+INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose light a grey bank's head layer takes
 COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
 EXTRA_BLOCKS = 4  # with bank heads, the extra bank faces (`further`) come from 4 × more_if_turned next nearest
 NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # points 27-35: bridge top to tip
@@ -283,8 +285,12 @@ class Site:
         return hz.target(self.head_win)
 
     @cached_property
-    def head_lightness(self) -> float:
-        return cv2.cvtColor(self.head_win.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)[self.head_inner, 0].mean()
+    def head_skin(self) -> np.ndarray | None:
+        """The photo's skin (Lab, the median over its cheeks) in the region's window: where a bank head's light and
+        colour go, as its face's do (render); None where the cheeks are too small to read."""
+        x0, y0, x1, y1 = self.region.box
+        cheeks = sh.hull_mask(self.pts[CHEEKS], (y1 - y0, x1 - x0), (x0, y0)) > 0
+        return np.median(hz.to_lab(self.head_win)[cheeks], 0) if cheeks.sum() >= 16 else None
 
     @cached_property
     def head_grey(self) -> bool:
@@ -680,8 +686,8 @@ class BankFace:
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
         covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
-        each group in its own order: what a bank head leaves uncovered is blurred, and a smooth patch beside
-        sharp hair gives the replacement away. Only a cut, not a ranking: ranked, the head that fits a
+        each group in its own order: what a bank head leaves uncovered shows the mirrored surroundings, which beside
+        hair give the replacement away. Only a cut, not a ranking: ranked, the head that fits a
         person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates
         looked at are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
@@ -700,7 +706,7 @@ class BankFace:
         yield from ((k, 1, extra) for k, extra in short)
 
     def choose(self, out: np.ndarray, site: Site, ranked: Iterable[tuple[int, int, bool]], refs: tuple | None,
-               blurred: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int] | None:
+               backdrop: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int] | None:
         """(pixels, alpha, bank face) over the site's window of the first bank face the guard accepts, its head
         (where the site has a region) left in `out`; None when it accepts none. `ranked`: (bank face, group,
         extra) triples, of which the guard tries up to `candidates` that are not extra; in each group, the bank
@@ -733,7 +739,7 @@ class BankFace:
                     left -= 1
                 if held is not None:
                     tries -= 1
-                head = self.head(out, site, k, blurred) if region is not None else None
+                head = self.head(out, site, k, backdrop) if region is not None else None
                 if head is not None:
                     out[rys, rxs] = head
                 pixels, alpha = self.render(out, site, k)
@@ -765,9 +771,10 @@ class BankFace:
             out[rys, rxs] = head
         return pixels, alpha, k
 
-    def head(self, out: np.ndarray, site: Site, k: int, blurred: np.ndarray) -> np.ndarray:
+    def head(self, out: np.ndarray, site: Site, k: int, backdrop: np.ndarray) -> np.ndarray:
         """The site region's window of `out` with bank face k's head in place (`surround: bank`, module doc 5);
-        `blurred`: the region's window of `out` blurred, shown where the bank photo is background."""
+        `backdrop`: the region's window of `out` filled from its surroundings, shown where the bank photo is
+        background."""
         region = site.region
         x0, y0, x1, y1 = region.box
         size = (x1 - x0, y1 - y0)
@@ -780,14 +787,19 @@ class BankFace:
             # as its face gets them (render)
             layer = hz.harmonize(layer, site.head_target, ours).astype(np.float32)
         else:
-            lab = cv2.cvtColor(layer.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-            theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[INNER]), size[::-1]) > 0
-            if theirs.sum() >= 16 and ours.sum() >= 16:
-                lab[..., 0] += site.head_lightness - lab[theirs, 0].mean()
+            # The bank person's skin moved to the photo's: their face gets the photo's light and colour (render),
+            # and a forehead that kept the bank photo's would show above the face's forehead cut. The light moves
+            # everywhere; the colour only as far as a pixel is skin (BankFace.skin), or hair would turn teal.
+            lab = hz.to_lab(layer)
+            theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[CHEEKS]), size[::-1]) > 0
+            if theirs.sum() >= 16 and site.head_skin is not None:
+                shift = site.head_skin - np.median(lab[theirs], 0)
+                lab[..., 0] += shift[0]
+                lab[..., 1:] += self.skin(lab, theirs, site.iod)[..., None] * shift[1:]
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
         if site.head_grey:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
-        layer = np.rint(layer * matte + blurred.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
+        layer = np.rint(layer * matte + backdrop.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
         base = out[y0:y1, x0:x1]
         if self.poisson:
             mask = (region.alpha > 0).astype(np.uint8) * 255
@@ -862,7 +874,7 @@ class BankFace:
                 if reason is None:
                     res = self.around.anonymize(out, [faces[i]], [rngs[i]])
                     out, around[i] = res.image, res.masks[0]
-        rejected, unmatched = [], []
+        rejected, unmatched, shown = [], [], set()
         for i, (reason, pts, window) in enumerate(decided):
             if reason is not None:
                 continue
@@ -870,12 +882,11 @@ class BankFace:
             refs = None
             if self.guard is not None:
                 refs = self.guard.references(image, faces[i], FaceMask(x0, y0, np.ones((y1 - y0, x1 - x0), np.float32)))
-            region = blurred = None
+            region = backdrop = None
             if self.surround == "bank":
                 region = face_region(faces[i], image.shape[:2], self.around.expand, self.around.shape,
                                      self.around.feather)
-                rys, rxs = region.window
-                blurred = self.around.transform(out[rys, rxs], faces[i], rngs[i])
+                backdrop = mirrored(out, region)
             site = Site(self, image, pts, window, region)
             skin, allowed = self.readings(image, faces[i], refs, site) if faces[i].identity is None else (None, None)
             guarded = faces[i].identity is None and self.guard is not None
@@ -884,15 +895,18 @@ class BankFace:
             if not order and not extras:
                 unmatched.append(i)  # the bank holds nobody of the person's skin tone (among those allowed)
                 continue
+            if faces[i].identity is None:  # people the image already shows go last: no twins in one photo
+                order, extras = (sorted(ks, key=lambda k: self.bank.person(k) in shown) for ks in (order, extras))
             ranked: Iterable[tuple[int, int, bool]] = (
                 self.by_cover(order, site, extras) if guarded and region is not None
                 else [(k, 0, False) for k in order] + [(k, 0, True) for k in extras])
-            done = self.choose(out, site, ranked, refs, blurred)
+            done = self.choose(out, site, ranked, refs, backdrop)
             if done is None:
                 rejected.append(i)
                 continue
             out[y0:y1, x0:x1] = done[0]
             virtual[i] = self.bank.person(done[2])
+            shown.add(virtual[i])
             if region is not None:
                 around[i] = region
             masks[i] = merge(around[i], FaceMask(x0, y0, done[1])) if i in around else FaceMask(x0, y0, done[1])

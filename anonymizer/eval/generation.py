@@ -21,7 +21,8 @@ Conventions (fixed so runs stay comparable):
 * Re-identification across images (LFW only): the naive attacker holds another original photo of the person;
   closed-set rank-1 (`across_images`), with chance (1 / gallery) and the same attack on the originals
   (`rank1_clean`, the attacker's ceiling). And how often two photos of one person show the same virtual
-  person (`same_virtual_person`, the bank operator): two anonymized photos then match each other.
+  person (`same_virtual_person`, the bank operator): two anonymized photos then match each other. On the
+  photos, how many faces show the same virtual person as another face of their photo (`twins_in_image`).
 * Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in a window around the face, solvePnP) on the
   original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again,
   the operator's fallbacks left out (the angles read on a blurred face are noise; `replaced` counts them).
@@ -59,6 +60,7 @@ import argparse
 import itertools
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -315,6 +317,22 @@ def same_virtual_person(rows: list[dict]) -> dict | None:
     return {"pairs": len(pairs), "same": same, "rate": round(same / len(pairs), 4)}
 
 
+def twins_in_image(rows: list[dict]) -> dict | None:
+    """Faces that show the same virtual person as another measured face of their image (the bank operator):
+    a group photo with two faces of one bank person shows twins, which gives the replacement away. None where
+    no face shows a virtual person."""
+    by_image: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("virtual") is not None:
+            by_image.setdefault(r["key"], []).append(r["virtual"])
+    if not by_image:
+        return None
+    counts = [Counter(v) for v in by_image.values()]
+    return {"faces": sum(len(v) for v in by_image.values()), "images": len(by_image),
+            "twins": sum(n for c in counts for n in c.values() if n > 1),
+            "images_with_twins": sum(any(n > 1 for n in c.values()) for c in counts)}
+
+
 def _stats(values: Sequence[float | None], digits: int = 2) -> dict:
     v = np.abs(np.asarray([x for x in values if x is not None], np.float64))
     if not v.size:
@@ -506,6 +524,7 @@ class Evaluator:
             "reid_far1e-3": {"thresholds": dict(self.thresholds), **reid},
             "across_images": across,
             "same_virtual_person": same_virtual_person(rows) if set_name == "lfw_heldout" else None,
+            "twins_in_image": twins_in_image(rows) if set_name == "photos" else None,
             "yaw": _stats([r["d_yaw"] for r in kept]), "pitch": _stats([r["d_pitch"] for r in kept]),
             "roll": _stats([r["d_roll"] for r in kept]), "yaw_68": _stats([r["d_yaw_68"] for r in kept]),
             "mouth_open_error": _stats([r["d_mouth_open"] for r in kept], 3),
@@ -573,6 +592,33 @@ def sample_grid(ev: Evaluator, samples: Sequence[Sample], operators: Sequence[tu
     cv2.imwrite(str(path), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR))
 
 
+def face_grid(ev: Evaluator, samples: Sequence[Sample], name: str, strength: float, path: Path, n: int = 40,
+              per_row: int = 8, cell: int = 128) -> None:
+    """Up to `n` measured faces of the photos that one face-replacing operator replaced (the policy's seed),
+    taken from each photo in turn so that no one group photo fills it, `per_row` a row: the grid to judge
+    whether a person sees photographs. Anonymized faces only."""
+    op = ev.operator(name, strength)
+    per_image = []
+    for s in samples:
+        res = op.anonymize(s.rgb, s.faces, face_rngs(ev.policy.seed, s.key, len(s.faces)))
+        tiles = []
+        for i in s.scored:
+            if res.methods[i] != op.name:
+                continue
+            f = s.faces[i]
+            side = max(f.w, f.h) * 1.8
+            cx, cy = f.x + f.w / 2, f.y + f.h / 2
+            m = np.array([[cell / side, 0, cell / 2 - cx * cell / side], [0, cell / side, cell / 2 - cy * cell / side]])
+            tiles.append(cv2.warpAffine(res.image, m, (cell, cell), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT))
+        per_image.append(tiles)
+    tiles = [t for turn in itertools.zip_longest(*per_image) for t in turn if t is not None][:n]
+    if not tiles:
+        return
+    tiles += [np.full_like(tiles[0], 255)] * (-len(tiles) % per_row)
+    rows = [np.concatenate(tiles[j:j + per_row], 1) for j in range(0, len(tiles), per_row)]
+    cv2.imwrite(str(path), cv2.cvtColor(np.concatenate(rows, 0), cv2.COLOR_RGB2BGR))
+
+
 def evaluate(policy: Policy, lfw_images: Path | None, photos: Path | None, out: Path, limit: int = 300,
              operators: Sequence[tuple[str, float]] = DEFAULT_OPERATORS, weights: str | None = None,
              bank: str | Path | None = None, log=print) -> dict:
@@ -612,6 +658,9 @@ def evaluate(policy: Policy, lfw_images: Path | None, photos: Path | None, out: 
         sample_grid(ev, sets["lfw_heldout"], operators, out / "generation_grid.png")
     if "photos" in sets:  # in colour, several faces per image: what the harmonisation is for
         sample_grid(ev, [s for s in sets["photos"] if s.scored], operators, out / "generation_grid_photos.png")
+        for name, strength in operators:
+            if name in STOCHASTIC:
+                face_grid(ev, sets["photos"], name, strength, out / f"generation_faces_photos_{name}.png")
     (out / "generation.json").write_text(json.dumps(result, indent=2))
     (out / "generation_faces.json").write_text(json.dumps(per_face))
     (out / "generation.md").write_text(markdown_table(result))
@@ -668,6 +717,11 @@ def markdown_table(result: dict) -> str:
             if (v := s.get("same_virtual_person"))]
     if same:
         lines += ["", "Two photos of one person that show the same virtual person: " + ", ".join(same)]
+    twins = [f"{name} on {set_name} {v['twins']} of {v['faces']} faces, in {v['images_with_twins']} of {v['images']} "
+             "images" for name, by_set in result["operators"].items() for set_name, s in by_set.items()
+             if (v := s.get("twins_in_image"))]
+    if twins:
+        lines += ["", "Faces that show the same virtual person as another face of their photo: " + ", ".join(twins)]
     groups = [f"{name} on {set_name}: " + ", ".join(f"{g} {c['same_group']} of {c['faces']}"
                                                     for g, c in ag["by_group"].items())
               for name, by_set in result["operators"].items() for set_name, s in by_set.items()
