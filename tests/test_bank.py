@@ -633,7 +633,7 @@ def test_what_a_bank_head_leaves_uncovered_shows_the_surroundings_and_nothing_of
 
 
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
-    """The bank person's skin around their face (forehead, temples, neck) is moved to the photo's skin, as their
+    """The bank person's skin around their face (forehead, temples, neck) is taken to the photo's skin, as their
     face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the
     bank faces lack; read on the nose, far from the region's Poisson seam."""
     from anonymizer.anonymize.bankface import CHEEKS
@@ -655,9 +655,12 @@ def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene
         placed_pts = sh.apply(m, op.bank.landmarks(k))
         cheeks, nose = (sh.hull_mask(placed_pts[idx], shape) > 0 for idx in (CHEEKS, np.arange(27, 36)))
         placed = hz.to_lab(cv2.warpAffine(op.bank.crop(k), m, shape[::-1], flags=cv2.INTER_LINEAR))
-        wanted = site.head_skin - np.median(placed[cheeks], 0)
-        moved = np.median(hz.to_lab(op.head(warm.copy(), site, k, backdrop))[nose] - placed[nose], 0)
-        assert np.abs(wanted).max() > 8 and np.abs(moved - wanted).max() < 2
+        bank_skin = np.median(placed[cheeks], 0)
+        gain, shift = (site.head_skin[0] + 16) / (bank_skin[0] + 16), site.head_skin[1:] - bank_skin[1:]
+        head = hz.to_lab(op.head(warm.copy(), site, k, backdrop))[nose]
+        assert abs(gain - 1) > 0.1 or np.abs(shift).max() > 8  # the photo's skin is not the bank person's
+        assert abs(np.median((head[:, 0] + 16) / (placed[nose][:, 0] + 16)) - gain) < 0.03  # light: a gain
+        assert np.abs(np.median(head[:, 1:] - placed[nose][:, 1:], 0) - shift).max() < 2   # colour: a shift
 
 
 def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(composite_bank, scene):

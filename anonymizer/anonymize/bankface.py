@@ -49,11 +49,12 @@ synthetic people. Per face:
    (docs/reid.md). `blur` (or True): the fallback's blur (`surround_strength`: that blur's own strength;
    default the fallback's), a smooth oval around a sharp face. `bank`: the bank person's own head (their
    crop, warped by the similarity that places their eyes and nose on the face's; their skin's light and
-   colour moved to the photo's skin, as their face's are; a grey bank's takes the photo's light and
-   low-passed colour), cut from its background by a matte (anonymizer.bank.matte, stored in the bank);
-   where the bank photo shows background, the region shows the photo's surroundings mirrored inward across
-   its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank
-   face the guard tries brings its own head, and those whose head covers more of the region are tried first.
+   colour taken to the photo's skin, as their face's are, their hair lit alike but not tinted; a grey bank's
+   takes the photo's light and low-passed colour), cut from its background by a matte (anonymizer.bank.matte,
+   stored in the bank); where the bank photo shows background, the region shows the photo's surroundings
+   mirrored inward across its edge (regions.mirrored); the whole Poisson-blended into the photo at the
+   region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of
+   the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -105,6 +106,7 @@ EXTRA_BLOCKS = 4  # with bank heads, the extra bank faces (`further`) come from 
 NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # points 27-35: bridge top to tip
 POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
 SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
+MAX_GAIN = 1.6       # the most a bank head's L + 16 is scaled to meet the photo's skin (4x its luminance)
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -286,8 +288,8 @@ class Site:
 
     @cached_property
     def head_skin(self) -> np.ndarray | None:
-        """The photo's skin (Lab, the median over its cheeks) in the region's window: where a bank head's light and
-        colour go, as its face's do (render); None where the cheeks are too small to read."""
+        """The photo's skin (Lab, the median over its cheeks) in the region's window: where a bank head's skin
+        goes, as its face's does (render); None where the cheeks are too small to read."""
         x0, y0, x1, y1 = self.region.box
         cheeks = sh.hull_mask(self.pts[CHEEKS], (y1 - y0, x1 - x0), (x0, y0)) > 0
         return np.median(hz.to_lab(self.head_win)[cheeks], 0) if cheeks.sum() >= 16 else None
@@ -787,15 +789,18 @@ class BankFace:
             # as its face gets them (render)
             layer = hz.harmonize(layer, site.head_target, ours).astype(np.float32)
         else:
-            # The bank person's skin moved to the photo's: their face gets the photo's light and colour (render),
-            # and a forehead that kept the bank photo's would show above the face's forehead cut. The light moves
-            # everywhere; the colour only as far as a pixel is skin (BankFace.skin), or hair would turn teal.
+            # The bank person's skin taken to the photo's, as their face is (render): else a forehead in the bank
+            # photo's light shows above the face's forehead cut. Lightness as a change of exposure would move it
+            # (a gain in luminance is L + 16 scaled), so dark hair stays dark where an added lightness greyed it;
+            # colour only as far as a pixel is skin (BankFace.skin), or hair takes the skin's tint (teal, green).
             lab = hz.to_lab(layer)
             theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[CHEEKS]), size[::-1]) > 0
             if theirs.sum() >= 16 and site.head_skin is not None:
-                shift = site.head_skin - np.median(lab[theirs], 0)
-                lab[..., 0] += shift[0]
-                lab[..., 1:] += self.skin(lab, theirs, site.iod)[..., None] * shift[1:]
+                bank_skin = np.median(lab[theirs], 0)
+                gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
+                skin = self.skin(lab, theirs, site.iod)[..., None]
+                lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
+                lab[..., 1:] += skin * (site.head_skin[1:] - bank_skin[1:])
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
         if site.head_grey:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
