@@ -1,7 +1,7 @@
 """Which group the face bank operator's kept bank faces come from, as `realistic` runs it: bank heads that
 cover the ring around the face outline (at least COVER_MIN of it) or leave part of it to the photo's mirrored
-surroundings (a patch beside the person's hair). Counts over the photos' and held-out LFW faces the operator replaces; prints a
-table, writes JSON. Runs without Ray or Prefect.
+surroundings (a patch beside the person's hair). Counts over the photos' and held-out LFW faces the operator
+replaces; prints a table, writes JSON. Runs without Ray or Prefect.
 
     python bench/bank_cover.py [--bank DIR] [--lfw 100] [--out bench/results/bank_cover.json]
 """

@@ -712,7 +712,8 @@ def test_eval_generation_on_a_group_photo_counts_twins_and_draws_the_replaced_fa
     assert sum(shown.values()) >= 5 and len(shown) <= 4
     assert s["twins_in_image"] == {"faces": sum(shown.values()), "images": 1, "images_with_twins": 1,
                                    "twins": sum(n for n in shown.values() if n > 1)}
-    assert "show the same virtual person as another face of their photo" in (tmp_path / "out" / "generation.md").read_text()
+    table = (tmp_path / "out" / "generation.md").read_text()
+    assert "show the same virtual person as another face of their photo" in table
     grid = cv2.imread(str(tmp_path / "out" / "generation_faces_photos_bank-noguard.png"))
     assert grid.shape == (128 * -(-sum(shown.values()) // 8), 128 * 8, 3)
 

@@ -688,10 +688,10 @@ class BankFace:
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
         covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
-        each group in its own order: what a bank head leaves uncovered shows the mirrored surroundings, which beside
-        hair give the replacement away. Only a cut, not a ranking: ranked, the head that fits a
-        person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates
-        looked at are placed (most faces keep their first good one)."""
+        each group in its own order: what a bank head leaves uncovered shows the mirrored surroundings, which
+        beside hair give the replacement away. Only a cut, not a ranking: ranked, the head that fits a person's
+        hair best would be picked in every photo of them, linking them. Lazily: only the candidates looked at
+        are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
         region = site.region
         outside = sh.outline_mask(sh.extend(site.pts), region.alpha.shape, (region.x0, region.y0)) == 0

@@ -559,6 +559,14 @@ def reference(rows: list[dict]) -> dict:
             "age_error_mirrored": _stats([r["d_age_mirrored"] for r in rows], 1)}
 
 
+def tile(image: np.ndarray, f: Face, cell: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a cell × cell crop of `image` around face f, 1.8 times its size; the affine map that made it)."""
+    side = max(f.w, f.h) * 1.8
+    cx, cy = f.x + f.w / 2, f.y + f.h / 2
+    m = np.array([[cell / side, 0, cell / 2 - cx * cell / side], [0, cell / side, cell / 2 - cy * cell / side]])
+    return cv2.warpAffine(image, m, (cell, cell), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT), m
+
+
 def sample_grid(ev: Evaluator, samples: Sequence[Sample], operators: Sequence[tuple[str, float]], path: Path,
                 n: int = 8, cell: int = 128) -> None:
     """Anonymized faces only (never the originals): rows are faces, columns three seeds of each face-replacing
@@ -573,17 +581,14 @@ def sample_grid(ev: Evaluator, samples: Sequence[Sample], operators: Sequence[tu
     rows = []
     for s in samples[:n]:
         f = s.faces[s.scored[0]]
-        side = max(f.w, f.h) * 1.8
-        cx, cy = f.x + f.w / 2, f.y + f.h / 2
-        m = np.array([[cell / side, 0, cell / 2 - cx * cell / side], [0, cell / side, cell / 2 - cy * cell / side]])
         tiles = []
         for _, op, k in cols:
             res = op.anonymize(s.rgb, s.faces, face_rngs(ev.policy.seed + k, s.key, len(s.faces)))
-            tile = cv2.warpAffine(res.image, m, (cell, cell), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT)
+            t, m = tile(res.image, f, cell)
             if f.landmarks is not None:
                 for x, y in np.asarray(f.landmarks) @ m[:, :2].T + m[:, 2]:
-                    cv2.circle(tile, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
-            tiles.append(tile)
+                    cv2.circle(t, (int(round(x)), int(round(y))), 1, (0, 255, 0), -1)
+            tiles.append(t)
         rows.append(np.concatenate(tiles, 1))
     header = np.full((18, cell * len(cols), 3), 255, np.uint8)
     for j, (text, _, _) in enumerate(cols):
@@ -601,16 +606,7 @@ def face_grid(ev: Evaluator, samples: Sequence[Sample], name: str, strength: flo
     per_image = []
     for s in samples:
         res = op.anonymize(s.rgb, s.faces, face_rngs(ev.policy.seed, s.key, len(s.faces)))
-        tiles = []
-        for i in s.scored:
-            if res.methods[i] != op.name:
-                continue
-            f = s.faces[i]
-            side = max(f.w, f.h) * 1.8
-            cx, cy = f.x + f.w / 2, f.y + f.h / 2
-            m = np.array([[cell / side, 0, cell / 2 - cx * cell / side], [0, cell / side, cell / 2 - cy * cell / side]])
-            tiles.append(cv2.warpAffine(res.image, m, (cell, cell), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_CONSTANT))
-        per_image.append(tiles)
+        per_image.append([tile(res.image, s.faces[i], cell)[0] for i in s.scored if res.methods[i] == op.name])
     tiles = [t for turn in itertools.zip_longest(*per_image) for t in turn if t is not None][:n]
     if not tiles:
         return
