@@ -397,8 +397,15 @@ class Evaluator:
         self.weights = weights
         self.bank = None if bank is None else str(bank)
         self._originals: dict[str, _Original] = {}
+        self._operators: dict[tuple[str, float], object] = {}
 
     def operator(self, name: str, strength: float):
+        """The operator by name and strength, built once: the measures and both grids use one."""
+        if (name, strength) not in self._operators:
+            self._operators[name, strength] = self._build(name, strength)
+        return self._operators[name, strength]
+
+    def _build(self, name: str, strength: float):
         from anonymizer.components import build_operator
 
         if name in BANK_GUARD:
