@@ -80,7 +80,8 @@ def mirrored(image: np.ndarray, region: FaceMask) -> np.ndarray:
         if cut:
             frame[edge] = 1
     if frame.all():  # the region fills the whole photo: nothing outside it to show
-        return np.broadcast_to(image[region.window].mean((0, 1)).astype(image.dtype), image[region.window].shape).copy()
+        window = image[region.window]
+        return np.full_like(window, window.mean((0, 1)).astype(image.dtype))
     _, labels = cv2.distanceTransformWithLabels(frame, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
     zy, zx = np.nonzero(frame == 0)
     nearest = np.zeros((labels.max() + 1, 2), np.int64)

@@ -783,11 +783,10 @@ class BankFace:
         m, matte = site.placed_matte(k)
         layer = cv2.warpAffine(self.bank.crop(k), m, size, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * site.iod))[..., None]
-        ours = site.head_inner
-        if not self.bank.in_colour and ours.sum() >= 16:
+        if not self.bank.in_colour and site.head_inner.sum() >= 16:
             # A grey bank's head would stay grey in a colour photo: the photo's light and low-passed colour,
             # as its face gets them (render)
-            layer = hz.harmonize(layer, site.head_target, ours).astype(np.float32)
+            layer = hz.harmonize(layer, site.head_target, site.head_inner).astype(np.float32)
         else:
             # The bank person's skin taken to the photo's, as their face is (render): else a forehead in the bank
             # photo's light shows above the face's forehead cut. Lightness as a change of exposure would move it
