@@ -30,6 +30,9 @@ $(VENV)/.installed: pyproject.toml Makefile
 	# the learning attackers of `anonymizer eval attackers` convert MobileFaceNet to torch; --no-deps: its
 	# torchvision dependency would not match the CPU torch (MobileFaceNet needs none of its converters)
 	$(PY) -m pip install -q --no-deps onnx2torch==1.5.15
+	# MediaPipe's selfie segmenter (Apache-2.0), which cuts a bank face's head from its background, ships in this
+	# wheel; only the file is used. --no-deps: mediapipe requires opencv-contrib-python, which would replace ours
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.14
 	touch $@
 
 # Ray's dashboard probes cloud metadata addresses unless this file exists (no traffic leaves this machine).

@@ -93,6 +93,13 @@ MODELS: dict[str, ModelSpec] = {
         # wheels after 0.10.14 no longer ship this file
         package_hint="pip install mediapipe==0.10.14 --no-deps", in_model_dirs=True, folder="mediapipe",
     ),
+    "mediapipe_selfie": ModelSpec(
+        "mediapipe_selfie", "selfie_segmentation.tflite",
+        "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+        "https://storage.googleapis.com/mediapipe-assets/selfie_segmentation.tflite",
+        "Apache-2.0 (MediaPipe Selfie Segmentation)", "mediapipe", package_subdir="modules/selfie_segmentation",
+        package_hint="pip install mediapipe==0.10.14 --no-deps", in_model_dirs=True, folder="mediapipe",
+    ),
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
     ),

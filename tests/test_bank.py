@@ -676,28 +676,49 @@ def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(co
     assert op.anonymize(img, [face, keyed], [np.random.default_rng(0)] * 2).virtual == [alone, alone]
 
 
-def test_head_matte_holds_the_face_and_not_the_crop_sides(composite_bank):
-    from anonymizer.bank.matte import SIDE, head_matte
+@pytest.mark.parametrize("method", ["selfie_segmentation", "grabcut"])
+def test_head_matte_holds_the_face_and_not_the_crop_sides(composite_bank, method):
+    from anonymizer.bank.matte import NECK, SIDE, HeadMatter
 
+    matter = HeadMatter(method)
     bank = load_bank(composite_bank)
     for i in range(len(bank)):
         crop, pts = bank.crop(i), bank.landmarks(i)
-        m = head_matte(crop, pts)
+        m = matter(crop, pts)
         hull = sh.hull_mask(pts, m.shape) > 0
         assert m[hull].mean() > 0.95
         side = int(SIDE * m.shape[1]) - 2  # the strips, less the rounding of the matte's smaller working size
         assert m[:, :side].sum() == 0 and m[:, -side:].sum() == 0
         assert cv2.connectedComponents(m)[0] == 2  # the background and one head
+        if method == "selfie_segmentation":  # the person's clothes are not their head
+            brows, chin = pts[17:27, 1].min(), pts[8, 1]
+            assert m[int(np.ceil(chin + NECK * (chin - brows))) + 1:].sum() == 0
+
+
+def test_segmented_mattes_hold_the_top_of_each_synthetic_head(stylegan_here):
+    """Above the brows, between the eyes' outer corners, up to half a face's height: hair or scalp, never the
+    background the operator would show there (a hole in the head)."""
+    from anonymizer.bank.matte import HeadMatter
+
+    matter = HeadMatter("selfie_segmentation")
+    for i in range(len(stylegan_here)):
+        crop, pts = stylegan_here.crop(i), stylegan_here.landmarks(i)
+        m = matter(crop, pts)
+        brows, chin = pts[17:27, 1].min(), pts[8, 1]
+        top = m[max(0, int(brows - 0.5 * (chin - brows))):int(brows), int(pts[36, 0]):int(pts[45, 0])]
+        assert top.mean() > 0.95, (stylegan_here.face_id(i), top.mean())
 
 
 def test_build_stores_each_faces_matte_and_an_older_bank_without_them_still_runs(composite_bank, lfw_folder, tmp_path,
                                                                                    scene):
-    from anonymizer.bank.matte import head_matte
+    from anonymizer.bank.matte import HeadMatter, head_matte
 
     bank = load_bank(composite_bank)
+    assert bank.manifest["matte"] == "selfie_segmentation"  # the build's default where the segmenter is found
+    matter = HeadMatter("selfie_segmentation")
     for i in range(len(bank)):
         assert bank.manifest["files"][f"mattes/{bank.index['face_id'].iat[i]}.png"]
-        assert np.array_equal(bank.matte(i), head_matte(bank.crop(i), bank.landmarks(i)))
+        assert np.array_equal(bank.matte(i), matter(bank.crop(i), bank.landmarks(i)))
         assert np.array_equal(bank.matte(len(bank) + i), bank.matte(i)[:, ::-1])  # the mirrored face's
     # An edited or stray matte is refused, naming it.
     out = _copy(composite_bank, tmp_path)
@@ -706,19 +727,25 @@ def test_build_stores_each_faces_matte_and_an_older_bank_without_them_still_runs
     cv2.imwrite(str(matte), 255 - m)
     with pytest.raises(BankError, match=str(matte)):
         load_bank(out)
-    # A bank built before mattes were stored: the operator makes them, with the same result.
+    # A bank built before mattes were stored (nor their method): the operator makes them by GrabCut and runs.
     shutil.rmtree(out / "mattes")
     manifest = json.loads((out / "manifest.json").read_text())
     manifest["files"] = {f: h for f, h in manifest["files"].items() if not f.startswith("mattes/")}
+    del manifest["matte"]
     (out / "manifest.json").write_text(json.dumps(manifest))
+    old = load_bank(out)
+    assert all(np.array_equal(old.matte(i), head_matte(old.crop(i), old.landmarks(i))) for i in range(len(old)))
     img, faces = scene
-    old, new = (ANONYMIZERS.create("bank", bank=str(b), surround="bank", identity_guard=False)
-                for b in (out, composite_bank))
-    assert np.array_equal(old.anonymize(img, faces, face_rngs(0, PHOTO, len(faces))).image,
-                          new.anonymize(img, faces, face_rngs(0, PHOTO, len(faces))).image)
-    # Running its build command again adds them.
+    res = ANONYMIZERS.create("bank", bank=str(out), surround="bank", identity_guard=False).anonymize(
+        img, faces, face_rngs(0, PHOTO, len(faces)))
+    assert "bank" in res.methods
+    # Running its build command again adds them, made as this build makes them: those of the older way too.
+    (out / "mattes").mkdir()
+    grabcut = out / "mattes" / f"{bank.index['face_id'].iat[1]}.png"
+    cv2.imwrite(str(grabcut), old.matte(1) * 255)
     build_from_folder(lfw_folder, out, n=4, k=8, seed=0, licence="LFW: research data set", licence_class="research")
     again = load_bank(out)
+    assert again.manifest["matte"] == "selfie_segmentation"
     assert all(np.array_equal(again.matte(i), bank.matte(i)) for i in range(len(bank)))
 
 

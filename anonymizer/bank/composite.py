@@ -211,7 +211,7 @@ def build_from_folder(folder: str | os.PathLike, out: str | os.PathLike, n: int,
     names = available_encoders(encoders)
     enc = Encoders(names, model_dir)
     writer = BankWriter(out, source=f"composites of faces from {folder.name}", licence=licence,
-                        licence_class=licence_class, part_size=part_size)
+                        licence_class=licence_class, part_size=part_size, model_dir=model_dir)
     scan = scan_folder(folder, out / ".build" / "scan", enc, model_dir, landmarks=landmarks)
     found = scan[scan["ok"].astype(bool)]
     in_colour = found[~found["grey"].astype(bool)]

@@ -3,32 +3,55 @@
 Why: around a replaced face the photo still shows the person's hair, ears and head outline, which a learning
 attacker reads identity from. Blurring that ring hides them but leaves a smooth oval that no photograph has;
 the bank person's own hair, warped with their face, hides them with something photographic. Only the head
-may go there: the bank photo's background would paste another place into the scene.
+may go there: the bank photo's background would paste another place into the scene, and where the matte
+misses hair the operator shows the photo's surroundings there instead, a hole in the head.
 
-GrabCut (OpenCV's iterated graph cut over colour models) needs no trained model: the 68 points' hull is
-certainly head, the outline grown by HEAD_GROW is probably head, the crop's side strips are certainly
-background, and the rest (the top strip included: hair may reach it) probably background. The component
-around the nose is kept. It runs at 3/8 of the crop's size with two iterations: 18 ms of CPU a face, against
-53 ms at half size and four, for masks that agree with those at IoU 0.975 (median over 40 StyleGAN bank
-faces; the matte is feathered where it is used anyway). The bank build stores each face's matte
+`HeadMatter` picks the method a bank build records in its manifest (`matte`):
+- `selfie_segmentation`: MediaPipe's selfie segmenter (Apache-2.0; a person against the background, 256×256
+  in, 4 ms a face) where its file is found (`mediapipe_selfie` in anonymizer.models). The person less what
+  lies a little below the chin (their clothes) and the crop's side strips, with the 68 points' hull. It keeps
+  hair that GrabCut loses where the hair is lit unlike the rest of it or like the background
+  (docs/benchmarks.md, "Head mattes").
+- `grabcut`: OpenCV's iterated graph cut over colour models, no trained model (`head_matte`). The 68 points'
+  hull is certainly head, the outline grown by HEAD_GROW is probably head, the crop's side strips are
+  certainly background, and the rest (the top strip included: hair may reach it) probably background. It
+  runs at 3/8 of the crop's size with two iterations: 18 ms of CPU a face.
+
+Either way only the component around the nose is kept. The bank build stores each face's matte
 (anonymizer.bank.store), so runs only read them.
 """
 
 from __future__ import annotations
+
+import logging
 
 import cv2
 import numpy as np
 
 from anonymizer.bank import shape as sh
 
+log = logging.getLogger(__name__)
+
 HEAD_GROW = 1.25   # the outline (jaw and forehead) grown about its centre: where hair and ears may be
 SIDE = 0.06        # the crop's left and right strips, as a share of its width: certainly background
 ITERATIONS = 2
 SCALE = 0.375
+NECK = 0.25        # the segmented person is kept down to this share of the brow-to-chin height below the chin
+SEGMENTER_SIZE = 256
+METHODS = ("selfie_segmentation", "grabcut")
+
+
+def _around_nose(fg: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    """The component of `fg` (uint8 0/1) that holds the nose tip, where there is one."""
+    _, labels = cv2.connectedComponents(fg)
+    h, w = fg.shape
+    nose = np.clip(np.round(pts[30]).astype(int), 0, (w - 1, h - 1))
+    core = labels[nose[1], nose[0]]
+    return (labels == core).astype(np.uint8) if core else fg
 
 
 def head_matte(crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
-    """uint8 0/1 over `crop`: 1 where the crop shows the person's head (face, hair, ears)."""
+    """uint8 0/1 over `crop`: 1 where GrabCut finds the person's head (face, hair, ears)."""
     h, w = crop.shape[:2]
     small = cv2.resize(crop, (max(8, round(w * SCALE)), max(8, round(h * SCALE))), interpolation=cv2.INTER_AREA)
     sh_, sw = small.shape[:2]
@@ -47,9 +70,62 @@ def head_matte(crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
     cv2.setRNGSeed(0)
     cv2.grabCut(np.ascontiguousarray(small[..., ::-1]), mask, None, bgd, fgd, ITERATIONS, cv2.GC_INIT_WITH_MASK)
     fg = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
-    _, labels = cv2.connectedComponents(fg)
-    nose = np.clip(np.round(pts[30]).astype(int), 0, (sw - 1, sh_ - 1))
-    core = labels[nose[1], nose[0]]
-    if core:
-        fg = (labels == core).astype(np.uint8)
-    return cv2.resize(fg, (w, h), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(_around_nose(fg, pts), (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def segmented_matte(person: np.ndarray, pts68: np.ndarray) -> np.ndarray:
+    """uint8 0/1: the head within `person` (a segmenter's person probability over the crop)."""
+    h, w = person.shape
+    pts = np.asarray(pts68, np.float64)
+    fg = (person >= 0.5).astype(np.uint8)
+    cv2.fillConvexPoly(fg, cv2.convexHull(np.round(pts).astype(np.int32)), 1)
+    brows, chin = pts[17:27, 1].min(), pts[8, 1]
+    fg[max(0, int(np.ceil(chin + NECK * (chin - brows)))):] = 0
+    b = max(1, int(SIDE * w))
+    fg[:, :b] = 0
+    fg[:, -b:] = 0
+    return _around_nose(fg, pts)
+
+
+class PersonSegmenter:
+    """MediaPipe's selfie segmenter: a person's probability per pixel of an RGB image."""
+
+    def __init__(self, model_dir: str | None = None) -> None:
+        from anonymizer.bank.mesh import _interpreter
+        from anonymizer.models import locate
+
+        self._it = _interpreter(str(locate("mediapipe_selfie", model_dir)))
+        self._in = self._it.get_input_details()[0]["index"]
+        self._out = self._it.get_output_details()[0]["index"]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        x = cv2.resize(rgb, (SEGMENTER_SIZE, SEGMENTER_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+        self._it.set_tensor(self._in, (x / 255.0)[None])
+        self._it.invoke()
+        return cv2.resize(self._it.get_tensor(self._out)[0, ..., 0], (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+class HeadMatter:
+    """Makes head mattes by `method`: `auto` (selfie_segmentation where its model and a TFLite runtime are
+    found, else grabcut with a warning), or one of METHODS. `method` then says which one runs."""
+
+    def __init__(self, method: str = "auto", model_dir: str | None = None) -> None:
+        from anonymizer.models import ModelNotFoundError
+
+        if method not in ("auto", *METHODS):
+            raise ValueError(f"head matte: method must be auto or one of {METHODS}, got {method!r}")
+        self._segmenter = None
+        if method != "grabcut":
+            try:
+                self._segmenter = PersonSegmenter(model_dir)
+            except (ModelNotFoundError, ImportError) as exc:
+                if method != "auto":
+                    raise
+                log.warning("bank head mattes by GrabCut, which misses some hair: %s", exc)
+        self.method = "selfie_segmentation" if self._segmenter is not None else "grabcut"
+
+    def __call__(self, crop: np.ndarray, pts68: np.ndarray) -> np.ndarray:
+        if self._segmenter is None:
+            return head_matte(crop, pts68)
+        return segmented_matte(self._segmenter(crop), pts68)

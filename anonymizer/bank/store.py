@@ -13,8 +13,9 @@ Layout of a bank directory:
 While building, rows go to `.build/index/part-NNNNN.parquet` every `part_size` faces and each crop is
 written as soon as it is made, so memory stays flat with the bank's size and an interrupted build resumes:
 a face whose crop and row both exist (and agree) is not made again. `finish` merges the parts, makes any
-matte still missing, writes the manifest and the plot, and removes `.build/`. A bank finished without mattes
-(an older one) still loads: the operator then makes each matte when first needed.
+matte still missing, writes the manifest and the plot, and removes `.build/`. A build over a finished bank
+whose mattes were made another way (`matte` in its manifest) makes them all again. A bank finished without
+mattes (an older one) still loads: the operator then makes each matte (GrabCut) when first needed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from anonymizer.bank import tone
-from anonymizer.bank.matte import head_matte
+from anonymizer.bank.matte import HeadMatter, head_matte
 from anonymizer.bank.shape import CROP_SIZE, FEATURE_COLUMNS, Features, extend, mirror
 
 FORMAT = 1
@@ -64,7 +65,7 @@ class BankWriter:
     """Adds faces to a bank directory; resumable (see the module doc)."""
 
     def __init__(self, root: str | os.PathLike, source: str, licence: str, licence_class: str = "unknown",
-                 part_size: int = 64) -> None:
+                 part_size: int = 64, matte: str = "auto", model_dir: str | None = None) -> None:
         from anonymizer.models import LICENCE_CLASSES
 
         if licence_class not in (*LICENCE_CLASSES, "unknown"):
@@ -73,6 +74,7 @@ class BankWriter:
         self.root = Path(root)
         self.source, self.licence, self.part_size = source, licence, int(part_size)
         self.licence_class = licence_class
+        self.matter = HeadMatter(matte, model_dir)
         (self.root / "crops").mkdir(parents=True, exist_ok=True)
         (self.root / "mattes").mkdir(exist_ok=True)
         self.parts = self.root / ".build" / "index"
@@ -80,8 +82,15 @@ class BankWriter:
         self._pending: list[dict] = []
         self.done: set[str] = set()
         self._only: set[str] | None = None
-        # The bank is unfinished from here until `finish`: load_bank refuses it.
-        (self.root / "manifest.json").unlink(missing_ok=True)
+        # The bank is unfinished from here until `finish`: load_bank refuses it. Mattes made another way than
+        # this build makes them are made again there.
+        stale = self.root / ".build" / "mattes_stale"  # kept until `finish`: a resumed build still knows
+        manifest = self.root / "manifest.json"
+        if manifest.is_file() and _matte_method(manifest) != self.matter.method:
+            stale.parent.mkdir(exist_ok=True)
+            stale.touch()
+        self._stale_mattes = stale.is_file()
+        manifest.unlink(missing_ok=True)
         index = self.root / "index.parquet"
         if index.is_file() and not any(self.parts.glob("part-*.parquet")):  # extending a finished bank
             shutil.copyfile(index, self.parts / "part-00000.parquet")
@@ -128,7 +137,7 @@ class BankWriter:
 
     def _write_matte(self, face_id: str, crop: np.ndarray, pts68: np.ndarray) -> None:
         pts = np.asarray(pts68, np.float32).astype(np.float64).reshape(68, 2)  # as the index keeps them
-        ok, png = cv2.imencode(".png", head_matte(crop, pts) * 255)
+        ok, png = cv2.imencode(".png", self.matter(crop, pts) * 255)
         if not ok:
             raise ValueError(f"bank face {face_id}: PNG encoding of its matte failed")
         _write_atomic(self.root / matte_name(face_id), png.tobytes())
@@ -167,7 +176,7 @@ class BankWriter:
             if f"{p.parent.name}/{p.name}" not in listed:
                 p.unlink()
         for face_id, crop, pts in zip(df["face_id"], df["crop"], df["landmarks"]):
-            if not (self.root / matte_name(face_id)).is_file():  # made before mattes were, or lost
+            if self._stale_mattes or not (self.root / matte_name(face_id)).is_file():  # made otherwise, or lost
                 self._write_matte(face_id, cv2.imread(str(self.root / crop))[..., ::-1], pts)
         index = self.root / "index.parquet"
         tmp = index.with_name("index.parquet.tmp")
@@ -181,7 +190,7 @@ class BankWriter:
         for name in ("coverage.png", *extra_files):
             files[name] = sha256_path(self.root / name)
         manifest = {"format": FORMAT, "source": self.source, "licence": self.licence,
-                    "licence_class": self.licence_class, "k": k,
+                    "licence_class": self.licence_class, "k": k, "matte": self.matter.method,
                     "faces": int(len(df)), "identities": int(df["identity"].nunique()), "crop_size": CROP_SIZE,
                     "build": build, "summary": summary or {},
                     "index": {"file": "index.parquet", "sha256": sha256_path(index)},
@@ -189,6 +198,14 @@ class BankWriter:
         _write_atomic(self.root / "manifest.json", json.dumps(manifest, indent=1).encode())
         shutil.rmtree(self.root / ".build", ignore_errors=True)
         return self.root
+
+
+def _matte_method(manifest: Path) -> str | None:
+    """How a finished bank's mattes were made (banks built before the manifest said: grabcut)."""
+    try:
+        return json.loads(manifest.read_text()).get("matte", "grabcut")
+    except (ValueError, AttributeError):
+        return None
 
 
 def matte_name(face_id: str) -> str:

@@ -432,7 +432,7 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
     or one age group's people."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
-                        licence_class="non-commercial", part_size=part_size)
+                        licence_class="non-commercial", part_size=part_size, model_dir=model_dir)
     renderer = Renderer(model_dir, truncation, threads, backend="openvino")  # w only: mapping and mean w
     maker_args = (model_dir, truncation, threads, landmarks, backend)
     missed = 0
