@@ -91,10 +91,10 @@ class PersonSegmenter:
     """MediaPipe's selfie segmenter: a person's probability per pixel of an RGB image."""
 
     def __init__(self, model_dir: str | None = None) -> None:
-        from anonymizer.bank.mesh import _interpreter
+        from anonymizer.bank.mesh import tflite_interpreter
         from anonymizer.models import locate
 
-        self._it = _interpreter(str(locate("mediapipe_selfie", model_dir)))
+        self._it = tflite_interpreter(str(locate("mediapipe_selfie", model_dir)), "the head matte's segmenter")
         self._in = self._it.get_input_details()[0]["index"]
         self._out = self._it.get_output_details()[0]["index"]
 

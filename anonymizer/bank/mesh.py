@@ -34,12 +34,12 @@ EYE_OUTER = (33, 263)  # the mesh's outer eye corners, image left then right: th
 MIN_PRESENCE = 0.5     # the mesh's own face-presence score below which its fit is no face: NaN points
 
 
-def _interpreter(path: str):
+def tflite_interpreter(path: str, what: str):
+    """MediaPipe's networks are TFLite files: an interpreter for the one at `path` (`what` names it in errors)."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
-        raise ImportError("landmarks 'mediapipe_mesh' need a TFLite runtime: "
-                          "pip install 'anonymizer[mesh]' (ai-edge-litert)") from None
+        raise ImportError(f"{what} needs a TFLite runtime: pip install 'anonymizer[mesh]' (ai-edge-litert)") from None
     import cv2
 
     it = Interpreter(model_path=path, num_threads=max(1, cv2.getNumThreads()))
@@ -51,7 +51,7 @@ class MeshLandmarker:
     """The face mesh inside a face, as 68 iBUG-ordered points; `score` holds the last fit's face presence."""
 
     def __init__(self, model_dir: str | None = None) -> None:
-        self._it = _interpreter(str(locate("mediapipe_mesh", model_dir)))
+        self._it = tflite_interpreter(str(locate("mediapipe_mesh", model_dir)), "landmarks 'mediapipe_mesh'")
         self._in = self._it.get_input_details()[0]["index"]
         outs = {o["name"]: o["index"] for o in self._it.get_output_details()}
         self._points, self._flag = outs["conv2d_21"], outs["conv2d_31"]

@@ -65,7 +65,7 @@ class BankWriter:
     """Adds faces to a bank directory; resumable (see the module doc)."""
 
     def __init__(self, root: str | os.PathLike, source: str, licence: str, licence_class: str = "unknown",
-                 part_size: int = 64, matte: str = "auto", model_dir: str | None = None) -> None:
+                 part_size: int = 64, model_dir: str | None = None) -> None:
         from anonymizer.models import LICENCE_CLASSES
 
         if licence_class not in (*LICENCE_CLASSES, "unknown"):
@@ -74,7 +74,7 @@ class BankWriter:
         self.root = Path(root)
         self.source, self.licence, self.part_size = source, licence, int(part_size)
         self.licence_class = licence_class
-        self.matter = HeadMatter(matte, model_dir)
+        self.matter = HeadMatter(model_dir=model_dir)
         (self.root / "crops").mkdir(parents=True, exist_ok=True)
         (self.root / "mattes").mkdir(exist_ok=True)
         self.parts = self.root / ".build" / "index"
