@@ -84,22 +84,19 @@ MODELS: dict[str, ModelSpec] = {
         "dlib_shape68", "shape_predictor_68_face_landmarks.dat", None, None,
         "iBUG 300-W: research use (dlib models)", "face_recognition_models", licence_class="research",
     ),
-    "mediapipe_mesh": ModelSpec(
-        "mediapipe_mesh", "face_landmark.tflite",
-        "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
-        "https://storage.googleapis.com/mediapipe-assets/face_landmark.tflite",
-        "Apache-2.0 (MediaPipe Face Mesh v1)", "mediapipe", package_subdir="modules/face_landmark",
+    **{name: ModelSpec(
+        name, filename, digest, f"https://storage.googleapis.com/mediapipe-assets/{filename}", licence, "mediapipe",
+        package_subdir=f"modules/{subdir}", in_model_dirs=True, folder="mediapipe",
         # --no-deps: mediapipe requires opencv-contrib-python, which would replace our opencv-python-headless;
-        # wheels after 0.10.14 no longer ship this file
-        package_hint="pip install mediapipe==0.10.14 --no-deps", in_model_dirs=True, folder="mediapipe",
-    ),
-    "mediapipe_selfie": ModelSpec(
-        "mediapipe_selfie", "selfie_segmentation.tflite",
-        "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
-        "https://storage.googleapis.com/mediapipe-assets/selfie_segmentation.tflite",
-        "Apache-2.0 (MediaPipe Selfie Segmentation)", "mediapipe", package_subdir="modules/selfie_segmentation",
-        package_hint="pip install mediapipe==0.10.14 --no-deps", in_model_dirs=True, folder="mediapipe",
-    ),
+        # wheels after 0.10.14 no longer ship the face mesh
+        package_hint="pip install mediapipe==0.10.14 --no-deps",
+    ) for name, filename, digest, licence, subdir in (
+        ("mediapipe_mesh", "face_landmark.tflite", "1055cb9d4a9ca8b8c688902a3a5194311138ba256bcc94e336d8373a5f30c814",
+         "Apache-2.0 (MediaPipe Face Mesh v1)", "face_landmark"),
+        ("mediapipe_selfie", "selfie_segmentation.tflite",
+         "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+         "Apache-2.0 (MediaPipe Selfie Segmentation)", "selfie_segmentation"),
+    )},
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"
     ),
