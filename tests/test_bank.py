@@ -464,29 +464,24 @@ def test_a_stylegan_bank_keeps_each_age_groups_share_where_its_candidates_allow(
         20, sum(tone.band(t, tone.DARKNESS_BANDS) == "dark" for t in tones.values()))
 
 
-def test_stylegan_graphs_run_by_torch_give_openvinos_images(shared):
-    """The GPU path: the IR's two graphs evaluated op by op in torch (here on the CPU) match OpenVINO's own
-    run at f32, for a batch of two people in one pass."""
-    ov = pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
-    import torch
+def test_stylegan_renders_alike_by_openvino_and_by_torch(shared):
+    """The GPU path (the IR's graphs evaluated op by op in torch, here on the CPU, a batch of two people in one
+    pass) and OpenVINO's render the same people to within a level, on any CPU: OpenVINO's default bf16 (on
+    CPUs that have it) differed by up to 30 levels, so one build made different banks on different machines."""
+    pytest.importorskip("openvino", reason="pip install 'anonymizer[stylegan]': MobileStyleGAN cannot run")
+    from anonymizer.bank.stylegan import Renderer, person_z
 
-    from anonymizer.bank.ir_torch import IRModule
-    from anonymizer.bank.stylegan import locate_stylegan
-
-    d = locate_stylegan(str(shared / "models"))
-    core = ov.Core()
-    z = np.random.default_rng(0).standard_normal((2, 512)).astype(np.float32)
-    ws = None
-    for name in ("MappingNetwork", "SynthesisNetwork"):
-        x = z if ws is None else ws
-        ref = core.compile_model(str(d / f"{name}.xml"), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        expected = np.concatenate([ref([x[i:i + 1]])[0] for i in range(len(x))])
-        with torch.no_grad():
-            got = IRModule(d / f"{name}.xml").eval()(torch.from_numpy(x)).numpy()
-        assert got.shape == expected.shape
-        assert np.abs(got - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
-        ws = got
-    assert got.shape == (2, 3, 1024, 1024) and got[0].std() > 0.1 and np.abs(got[0] - got[1]).mean() > 0.05
+    model_dir = str(shared / "models")
+    ov_renderer, torch_renderer = Renderer(model_dir, backend="openvino"), Renderer(model_dir, backend="torch")
+    assert torch_renderer.backend == "torch"
+    zs = [person_z(0, i) for i in range(2)]
+    ws = np.stack([ov_renderer.w(z) for z in zs])
+    assert np.abs(ws - np.stack([torch_renderer.w(z) for z in zs])).max() < 1e-4
+    got, expected = torch_renderer.render(ws), ov_renderer.render(ws)
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape == (1024, 1024, 3)
+        assert np.abs(g.astype(np.int16) - e).max() <= 1
+    assert expected[0].std() > 10 and np.abs(expected[0].astype(np.int16) - expected[1]).mean() > 5
 
 
 @pytest.fixture(scope="module")
