@@ -704,6 +704,36 @@ def test_segmented_mattes_hold_the_top_of_each_synthetic_head(stylegan_here):
         assert top.mean() > 0.95, (stylegan_here.face_id(i), top.mean())
 
 
+@pytest.mark.parametrize("centre_y, radius", [(60, 90), (20, 100), (110, 120)])
+def test_a_head_the_crops_top_cuts_goes_on_as_the_rest_of_its_outline(centre_y, radius):
+    """A round head cut by the crop's top: the crown puts back the cut-off cap (not the head's lower part
+    mirrored upward, which made a knot of hair and skin above it); nothing goes up where the top row is not
+    head; the texture above comes from the crop's top rows only (never its forehead)."""
+    from anonymizer.bank.matte import CROWN_BAND, crown_rows, crowned_crop, crowned_matte
+
+    size = 256
+    pad = crown_rows(size)
+    yy, xx = np.mgrid[-pad:size, 0:size]
+    disc = ((xx - 128) ** 2 + (yy - centre_y) ** 2 <= radius ** 2).astype(np.float32)
+    matte = disc[pad:].copy()
+    matte[:, :10] = 0  # something beside the head that does not reach the top row
+    matte[200:, 5] = 1
+    got = crowned_matte(matte)
+    assert got.shape == (pad + size, size) and np.array_equal(got[pad:], matte)
+    cap, truth = got[:pad] > 0.5, disc[:pad] > 0.5
+    assert (cap & truth).sum() / (cap | truth).sum() > 0.9, ((cap & truth).sum(), (cap | truth).sum())
+    heights = cap.sum(0)
+    assert heights[:10].sum() == 0 and np.all(np.diff(heights[128:]) <= 0) and np.all(np.diff(heights[:129]) >= 0)
+    assert crowned_matte(np.zeros((size, size), np.float32))[:pad].sum() == 0
+
+    crop = np.zeros((size, size, 3), np.uint8)
+    crop[:CROWN_BAND] = (90, 60, 30)  # hair
+    crop[CROWN_BAND:] = (230, 180, 160)  # the forehead and below
+    above = crowned_crop(crop)
+    assert above.shape == (pad + size, size, 3) and np.array_equal(above[pad:], crop)
+    assert np.all(above[:pad] == (90, 60, 30))
+
+
 def test_build_stores_each_faces_matte_and_an_older_bank_without_them_still_runs(composite_bank, lfw_folder, tmp_path,
                                                                                    scene):
     from anonymizer.bank.matte import HeadMatter, head_matte
