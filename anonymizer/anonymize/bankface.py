@@ -26,8 +26,9 @@ synthetic people. Per face:
    `descriptor` tone reading, near the face's tone: skin tone comes first). A face that carries a virtual identity
    (`Face.identity`, set by a keyed run's linking, which matches the person's apparent sex, skin tone and age group
    as the operator does) tries only that identity's faces, nearest first: one person, one face. Otherwise
-   the bank people the image already shows on another face are tried after the rest: two faces of one bank
-   person in one photo look like twins.
+   the bank people the image already shows on another face are tried after all the rest, however little the
+   rest's heads cover or however far their results turn the head (steps 5, 6): two faces of one bank person
+   in one photo look like twins.
 3. Shape: the bank face's 68 points, similarity-aligned to the face's on eye corners and nose, replace the
    face's identity-bearing geometry (brows, eyes, nose, lips) while the rigid pose stays; eye and mouth
    opening are set to the face's own (the lids' and lower lip's distance to their lines), so a blink or a
@@ -51,7 +52,8 @@ synthetic people. Per face:
    crop, warped by the similarity that places their eyes and nose on the face's; their skin's light and
    colour taken to the photo's skin, as their face's are, their hair lit alike but not tinted; a grey bank's
    takes the photo's light and low-passed colour), cut from its background by a matte (anonymizer.bank.matte,
-   stored in the bank); where the bank photo shows background, the region shows the photo's surroundings
+   stored in the bank; above the crop's top, which cuts most heads, the head goes on as its outline's circle
+   with its top rows' hair); where the bank photo shows background, the region shows the photo's surroundings
    mirrored inward across its edge (regions.mirrored); the whole Poisson-blended into the photo at the
    region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of
    the region are tried first.
@@ -693,6 +695,14 @@ class BankFace:
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
+    def ranked(self, order: list[int], extras: list[int], site: Site, cover: bool, first_group: int
+               ) -> Iterable[tuple[int, int, bool]]:
+        """(bank face, group, extra) for `choose`: `order` then `extras`, in `by_cover`'s groups where `cover`,
+        numbered from `first_group`."""
+        if cover:
+            return ((k, group + first_group, extra) for k, group, extra in self.by_cover(order, site, extras))
+        return [(k, first_group, False) for k in order] + [(k, first_group, True) for k in extras]
+
     def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = ()
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
@@ -909,11 +919,12 @@ class BankFace:
             if not order and not extras:
                 unmatched.append(i)  # the bank holds nobody of the person's skin tone (among those allowed)
                 continue
-            if faces[i].identity is None:  # people the image already shows go last: no twins in one photo
-                order, extras = (sorted(ks, key=lambda k: self.bank.person(k) in shown) for ks in (order, extras))
-            ranked: Iterable[tuple[int, int, bool]] = (
-                self.by_cover(order, site, extras) if guarded and region is not None
-                else [(k, 0, False) for k in order] + [(k, 0, True) for k in extras])
+            # People the image already shows go after all the rest (module doc 2): no twins in one photo
+            seen = {k for k in (*order, *extras) if faces[i].identity is None and self.bank.person(k) in shown}
+            cover = guarded and region is not None
+            ranked = itertools.chain(*(self.ranked([k for k in order if (k in seen) == last],
+                                                   [k for k in extras if (k in seen) == last], site, cover, group)
+                                       for last, group in ((False, 0), (True, 2))))
             done = self.choose(out, site, ranked, refs, backdrop)
             if done is None:
                 rejected.append(i)
