@@ -47,7 +47,7 @@ demo: setup
 # ../shared/models; non-commercial weights, so the profile is for research and evaluation), then used by name.
 # Over a built bank the build renders nothing (5 s) and remakes only mattes made another way (17 s).
 demo-realistic: setup
-	$(VENV)/bin/anonymizer bank build stylegan --name faces --threads 2  # 256 people spread over skin tones and age groups (28-40 min on 2 cores, once)
+	$(VENV)/bin/anonymizer bank build stylegan --name faces --threads 2  # 256 people spread over skin tones and age groups (25-40 min on 2 cores, once)
 	rm -rf out/realistic out/realistic.staging out/realistic.quarantine
 	$(VENV)/bin/anonymizer run $(SHARED)/data/photos out/realistic --policy policies/realistic.yaml --engine local; \
 	  rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 3 ]  # 3: quarantined by the gate, the report says why

@@ -19,7 +19,7 @@ misses hair the operator shows the photo's surroundings there instead, a hole in
 
 Either way only the component around the nose is kept. The bank build stores each face's matte
 (anonymizer.bank.store), so runs only read them. Where hair reaches the crop's top, the operator continues the
-head above it as a dome (`crowned_matte`, `crowned_crop`).
+head above it as a cap (`crowned_matte`, `crowned_crop`).
 """
 
 from __future__ import annotations
@@ -98,10 +98,10 @@ def crown_rows(width: int) -> int:
 def crowned_matte(matte: np.ndarray) -> np.ndarray:
     """`matte` (float32) with crown_rows rows added above: over each run of its top row that is head, the
     head goes on as a cap of the circle through the run's ends and the head's outline CROWN_ROWS rows below
-    (an outline that narrows upward fast gets a low cap, one that rises straight a half-disc); elsewhere 0. Why: a bank crop holds 1.6 eye distances above the eyes and the
-    operator's region about 2, so the crown of a head is cut off; mirrored across the crop's top, as the
-    crop's other edges are, the head went on with its own hair and then its forehead upside down, a knot
-    of hair and skin above the head."""
+    (an outline that narrows upward fast gets a low cap, one that rises straight a half-disc); elsewhere 0.
+    Why: a bank crop holds 1.6 eye distances above the eyes and the operator's region about 2, so the crown
+    of a head is cut off; mirrored across the crop's top, as the crop's other edges are, the head went on
+    with its own hair and then its forehead upside down, a knot of hair and skin above the head."""
     h, w = matte.shape
     pad = crown_rows(w)
     head = matte >= 0.5
@@ -116,9 +116,8 @@ def crowned_matte(matte: np.ndarray) -> np.ndarray:
             gaps_left, gaps_right = np.flatnonzero(~below[:mid]), np.flatnonzero(~below[mid:])
             left = gaps_left[-1] + 1 if len(gaps_left) else 0
             right = mid + gaps_right[0] if len(gaps_right) else w
-            # the circle through both rows' ends: half² + drop² = ((right - left) / 2)² + (drop - rows)²
-            rows = CROWN_ROWS
-            drop = max(0.0, (((right - left) / 2.0) ** 2 - half * half + rows * rows) / (2.0 * rows))
+            # the circle through both rows' ends: half² + drop² = ((right - left) / 2)² + (drop - CROWN_ROWS)²
+            drop = max(0.0, (((right - left) / 2.0) ** 2 - half * half + CROWN_ROWS ** 2) / (2.0 * CROWN_ROWS))
         radius = np.hypot(half, drop)
         x = np.arange(a, b) - centre
         tall[a:b] = np.maximum(np.sqrt(np.maximum(radius * radius - x * x, 0.0)) - drop, 0.0)

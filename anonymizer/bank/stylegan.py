@@ -109,7 +109,7 @@ class Renderer:
         else:
             core = ov.Core()
             # f32 pinned: OpenVINO's default on a CPU with bf16 (AVX512_BF16, AMX) is bf16, whose renders differ from
-            # f32 ones by up to 30 levels: a bank would depend on the CPU that built it
+            # f32 ones by up to 32 levels: a bank would depend on the CPU that built it
             cfg = {"INFERENCE_NUM_THREADS": int(threads), "INFERENCE_PRECISION_HINT": "f32"}
             maps, syn = (core.compile_model(str(d / f"{n}.xml"), "CPU", cfg) for n in ("MappingNetwork",
                                                                                      "SynthesisNetwork"))
