@@ -658,6 +658,36 @@ def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene
         assert np.abs(np.median(head[:, 1:] - placed[nose][:, 1:], 0) - shift).max() < 2   # colour: a shift
 
 
+def test_clothes_under_a_bank_heads_chin_become_its_neck(stylegan_bank, scene, monkeypatch):
+    """A bank photo whose clothes reach the chin (here its crop painted purple below the jaw) puts no purple
+    under the face's chin: what is not skin there takes the bank person's skin, shaded as a neck."""
+    from anonymizer.bank.store import Bank
+    from anonymizer.regions import mirrored
+
+    img, faces = scene
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
+    face = max(faces, key=lambda f: f.w)
+    _, pts, window = op.decide(img, face)
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    site = Site(op, img, pts, window, region)
+    iod = sh.eye_distance(pts)
+    k = 0
+    jaw = op.bank.landmarks(k)[4:13]
+    painted = op.bank.crop(k).copy()
+    cv2.fillPoly(painted, [np.round(np.concatenate([jaw, [[jaw[-1, 0], sh.CROP_SIZE], [jaw[0, 0], sh.CROP_SIZE]]])
+                                    ).astype(np.int32)], (120, 40, 160))
+    monkeypatch.setattr(op.bank, "crop", lambda i: painted if i == k else Bank.crop(op.bank, i))
+    head = op.head(img.copy(), site, k, mirrored(img, region)).astype(np.int16)
+    chin = pts[5:12] - (region.x0, region.y0)  # well inside the jaw points the operator fills below
+    under = np.zeros(region.alpha.shape, np.uint8)
+    cv2.fillPoly(under, [np.round(np.concatenate([chin + (0, 0.1 * iod), chin[::-1] + (0, 0.6 * iod)])
+                                  ).astype(np.int32)], 1)
+    under = (under > 0) & (region.alpha > 0.5)
+    assert under.sum() > 50
+    purple = (head[..., 2] > head[..., 1] + 40) & (head[..., 0] > head[..., 1] + 30)
+    assert purple[under].mean() < 0.02, purple[under].mean()
+
+
 @pytest.mark.parametrize("params", [{"identity_guard": False}, {"surround": "bank"}],
                          ids=["unguarded", "guarded, bank heads"])
 def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(composite_bank, scene, params):

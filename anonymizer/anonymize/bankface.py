@@ -110,6 +110,9 @@ NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # point
 POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
 SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
 MAX_GAIN = 1.6       # the most a bank head's L + 16 is scaled to meet the photo's skin (4x its luminance)
+CHIN = np.arange(4, 13)  # the jaw under the chin: below it (UNDER_CHIN eye distances), a bank head shows only skin
+UNDER_CHIN = 1.5
+NECK_SHADE = 12.0    # a neck's lightness under the chin, below the face's skin (Lab L)
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -813,11 +816,24 @@ class BankFace:
             # (a gain in luminance is L + 16 scaled), so dark hair stays dark where an added lightness greyed it;
             # colour only as far as a pixel is skin (BankFace.skin), or hair takes the skin's tint (teal, green).
             lab = hz.to_lab(layer)
-            theirs = sh.hull_mask(sh.apply(m, self.bank.landmarks(k)[CHEEKS]), size[::-1]) > 0
+            placed = sh.apply(m, self.bank.landmarks(k))
+            theirs = sh.hull_mask(placed[CHEEKS], size[::-1]) > 0
             if theirs.sum() >= 16 and site.head_skin is not None:
                 bank_skin = np.median(lab[theirs], 0)
                 gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
-                skin = self.skin(lab, theirs, site.iod)[..., None]
+                skin = self.skin(lab, theirs, site.iod)
+                # Under the chin the bank photo often shows clothes (a collar, a sweater up to the chin): what is
+                # not skin there becomes the bank person's skin in the shade of a neck.
+                chin = placed[CHIN]
+                under = np.zeros(size[::-1], np.uint8)
+                cv2.fillPoly(under, [np.round(np.concatenate([chin - (0.0, 0.2 * site.iod),  # the blur's edge
+                                                              chin[::-1] + (0.0, UNDER_CHIN * site.iod)])
+                                              ).astype(np.int32)], 1)
+                under = cv2.GaussianBlur(under.astype(np.float32), (0, 0), max(0.5, 0.1 * site.iod))
+                fill = under * (1.0 - skin)
+                neck = bank_skin - (NECK_SHADE, 0.0, 0.0)
+                lab += fill[..., None] * (neck - lab)
+                skin = np.maximum(skin, under)[..., None]
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
                 lab[..., 1:] += skin * (site.head_skin[1:] - bank_skin[1:])
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
