@@ -53,7 +53,8 @@ synthetic people. Per face:
    colour taken to the photo's skin, as their face's are, their hair lit alike but not tinted; a grey bank's
    takes the photo's light and low-passed colour), cut from its background by a matte (anonymizer.bank.matte,
    stored in the bank; above the crop's top, which cuts most heads, the head goes on as its outline's circle
-   with its top rows' hair); where the bank photo shows background, the region shows the photo's surroundings
+   with its top rows' hair; under the chin, what is not skin, such as a collar, becomes the bank person's skin
+   in a neck's shade); where the bank photo shows background, the region shows the photo's surroundings
    mirrored inward across its edge (regions.mirrored); the whole Poisson-blended into the photo at the
    region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of
    the region are tried first.
