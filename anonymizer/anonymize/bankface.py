@@ -822,19 +822,7 @@ class BankFace:
             if theirs.sum() >= 16 and site.head_skin is not None:
                 bank_skin = np.median(lab[theirs], 0)
                 gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
-                skin = self.skin(lab, theirs, site.iod)
-                # Under the chin the bank photo often shows clothes (a collar, a sweater up to the chin): what is
-                # not skin there becomes the bank person's skin in the shade of a neck.
-                chin = placed[CHIN]
-                under = np.zeros(size[::-1], np.uint8)
-                cv2.fillPoly(under, [np.round(np.concatenate([chin - (0.0, 0.2 * site.iod),  # the blur's edge
-                                                              chin[::-1] + (0.0, UNDER_CHIN * site.iod)])
-                                              ).astype(np.int32)], 1)
-                under = cv2.GaussianBlur(under.astype(np.float32), (0, 0), max(0.5, 0.1 * site.iod))
-                fill = under * (1.0 - skin)
-                neck = bank_skin - (NECK_SHADE, 0.0, 0.0)
-                lab += fill[..., None] * (neck - lab)
-                skin = np.maximum(skin, under)[..., None]
+                skin = self.neck(lab, placed[CHIN], self.skin(lab, theirs, site.iod), bank_skin, site.iod)[..., None]
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
                 lab[..., 1:] += skin * (site.head_skin[1:] - bank_skin[1:])
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
@@ -846,6 +834,18 @@ class BankFace:
             mask = (region.alpha > 0).astype(np.uint8) * 255
             layer = poisson(layer, base, mask, SEAM_REACH * site.iod)
         return blend(base, layer, region.alpha)
+
+    @staticmethod
+    def neck(lab: np.ndarray, chin: np.ndarray, skin: np.ndarray, bank_skin: np.ndarray, iod: float) -> np.ndarray:
+        """Under the `chin` (a placed bank head's jaw points CHIN), what `lab` shows that is not `skin` becomes the
+        bank person's skin in the shade of a neck (in place); returns the skin-likeness with that zone as skin.
+        Why: the bank photo often shows clothes there (a collar, a sweater up to the chin)."""
+        under = np.zeros(lab.shape[:2], np.uint8)
+        cv2.fillPoly(under, [np.round(np.concatenate([chin - (0.0, 0.2 * iod),  # from above the jaw: the blur's edge
+                                                      chin[::-1] + (0.0, UNDER_CHIN * iod)])).astype(np.int32)], 1)
+        under = cv2.GaussianBlur(under.astype(np.float32), (0, 0), max(0.5, 0.1 * iod))
+        lab += (under * (1.0 - skin))[..., None] * (bank_skin - (NECK_SHADE, 0.0, 0.0) - lab)
+        return np.maximum(skin, under)
 
     @staticmethod
     def harmonize(face: np.ndarray, original: np.ndarray | hz.Target, inner: np.ndarray,
