@@ -84,7 +84,7 @@ from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
 from anonymizer.bank.descriptor_probe import face_ages, person_ages
-from anonymizer.bank.matte import crown_rows, crowned_crop, crowned_matte
+from anonymizer.bank.matte import crowned_crop, crowned_map, crowned_matte
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -138,13 +138,6 @@ def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) ->
     membrane *= np.clip(1.0 - depth / max(reach, 1.0), 0.0, 1.0)[..., None]
     out = np.clip(src.astype(np.float32) + membrane + 0.5, 0, 255).astype(np.uint8)
     return np.where(mask[..., None] > 0, out, dst)
-
-
-def _crowned(m: np.ndarray) -> np.ndarray:
-    """`m` (a 2×3 map from a bank crop's pixels) for the crop with its crown's rows above it."""
-    out = m.copy()
-    out[:, 2] -= m[:, 1] * crown_rows(sh.CROP_SIZE)
-    return out
 
 
 def _greyscale(window: np.ndarray, tolerance: int = 3) -> bool:
@@ -695,7 +688,7 @@ class BankFace:
         x0, y0, x1, y1 = region.box
         m = sh.similarity(self.bank.landmarks(k)[sh.STABLE], pts[sh.STABLE])
         m[:, 2] -= (x0, y0)
-        matte = cv2.warpAffine(crowned_matte(self.bank.matte(k).astype(np.float32)), _crowned(m), (x1 - x0, y1 - y0),
+        matte = cv2.warpAffine(crowned_matte(self.bank.matte(k)), crowned_map(m), (x1 - x0, y1 - y0),
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         return m, matte
 
@@ -804,7 +797,7 @@ class BankFace:
         x0, y0, x1, y1 = region.box
         size = (x1 - x0, y1 - y0)
         m, matte = site.placed_matte(k)
-        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k)), _crowned(m), size, flags=cv2.INTER_LINEAR,
+        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k)), crowned_map(m), size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT101)
         matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * site.iod))[..., None]
         if not self.bank.in_colour and site.head_inner.sum() >= 16:

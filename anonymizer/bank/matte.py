@@ -19,7 +19,7 @@ misses hair the operator shows the photo's surroundings there instead, a hole in
 
 Either way only the component around the nose is kept. The bank build stores each face's matte
 (anonymizer.bank.store), so runs only read them. Where hair reaches the crop's top, the operator continues the
-head above it as a cap (`crowned_matte`, `crowned_crop`).
+head above it as a cap (`crowned_matte`, `crowned_crop`, placed by `crowned_map`).
 """
 
 from __future__ import annotations
@@ -95,8 +95,15 @@ def crown_rows(width: int) -> int:
     return width // 2 + 1
 
 
+def crowned_map(m: np.ndarray, width: int = sh.CROP_SIZE) -> np.ndarray:
+    """`m` (a 2×3 map from the pixels of a crop `width` wide) for that crop with its crown's rows above it."""
+    out = np.array(m, np.float64)
+    out[:, 2] -= out[:, 1] * crown_rows(width)
+    return out
+
+
 def crowned_matte(matte: np.ndarray) -> np.ndarray:
-    """`matte` (float32) with crown_rows rows added above: over each run of its top row that is head, the
+    """`matte` (as float32) with crown_rows rows added above: over each run of its top row that is head, the
     head goes on as a cap of the circle through the run's ends and the head's outline CROWN_ROWS rows below
     (an outline that narrows upward fast gets a low cap, one that rises straight a half-disc); elsewhere 0.
     Why: a bank crop holds 1.6 eye distances above the eyes and the operator's region about 2, so the crown
