@@ -118,6 +118,11 @@ MODELS: dict[str, ModelSpec] = {
         "the project's own probe on dlib descriptors (training/skin_tone.py), fitted on LFW photos, a research "
         "data set", licence_class="research",
     ),
+    "headwear": ModelSpec(
+        "headwear", "headwear.json", None, None,
+        "the project's own probe on MobileStyleGAN's w (training/headwear.py), fitted on labelled renders of that "
+        "non-commercial generator", licence_class="non-commercial",
+    ),
     "mobilefacenet": ModelSpec(
         "mobilefacenet",
         "MobileFaceNet.onnx",

@@ -30,6 +30,7 @@ import pandas as pd
 
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
+from anonymizer.bank.headwear import Headwear
 from anonymizer.bank.store import BankWriter
 from anonymizer.faces import Face
 from anonymizer.measure.apparent_age import AGE_GROUP_NAMES, AgeReader, age_group
@@ -426,12 +427,12 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
 
     Who is in it: `candidates` people (default CANDIDATES_PER_PERSON × n; 0 or n: people 0 … n−1) are
     rendered once, then more around the centre of each skin-tone band short of its share (`around_short_bands`),
-    and the n kept (`choose_people`) hold each age group's AGE_SHARES where the candidates allow and are spread
-    over the bands (anonymizer.bank.tone.spread over DARKNESS_BANDS, as the skin probe reads their
-    descriptors), men and women in turn within each band. FFHQ's people, truncated toward
-    the mean w, are mostly light-skinned, and a dark-skinned person given a light-skinned bank face looks
-    recoloured, not real; an operator that matches sex (`match_sex`) or age (`match_age`) draws from one sex's
-    or one age group's people."""
+    and the n kept (`choose_people`), none of whom reads as wearing headwear (anonymizer.bank.headwear), hold
+    each age group's AGE_SHARES where the candidates allow and are spread over the bands
+    (anonymizer.bank.tone.spread over DARKNESS_BANDS, as the skin probe reads their descriptors), men and women
+    in turn within each band. FFHQ's people, truncated toward the mean w, are mostly light-skinned, and a
+    dark-skinned person given a light-skinned bank face looks recoloured, not real; an operator that matches
+    sex (`match_sex`) or age (`match_age`) draws from one sex's or one age group's people."""
     out = Path(out)
     writer = BankWriter(out, source="MobileStyleGAN (StyleGAN2-FFHQ distilled)", licence=LICENCE,
                         licence_class="non-commercial", part_size=part_size, model_dir=model_dir)
@@ -466,8 +467,12 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
         if around:
             more = candidate_tones(out, {p: (name, moved(m)) for p, (name, m) in around.items()}, person_w, *run)
             tones, sexes, ages = {**tones, **more[0]}, {**sexes, **more[1]}, {**ages, **more[2]}
-        chosen = choose_people(tones, sexes, ages, n, np.random.default_rng([seed, 1]))
-        chosen += [p for p in range(candidates) if p not in tones][:n - len(chosen)]  # too few eyes seen
+        headwear = Headwear(model_dir, FILES["MappingNetwork.bin"])
+        covered = {p for p in [*range(candidates), *around] if headwear.covers(person_w(p))}
+        chosen = choose_people({p: t for p, t in tones.items() if p not in covered}, sexes, ages, n,
+                               np.random.default_rng([seed, 1]))
+        unseen = [p for p in range(candidates) if p not in tones and p not in covered]  # eyes without whites
+        chosen += unseen[:n - len(chosen)]
     writer.only(person_name(i) for i in chosen)
     base = {i: person_w(i) for i in chosen}
     make_all([(f"{person_name(i)}v0", i, base[i]) for i in chosen])
@@ -484,10 +489,12 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
                                  "bands_of_candidates": tone.band_counts(tones.values(), tone.DARKNESS_BANDS),
                                  "bands_chosen": tone.band_counts((tones[i] for i in chosen), tone.DARKNESS_BANDS),
                                  "apparent_sex_chosen": dict(Counter(sexes.get(i) or "undecided" for i in chosen)),
+                                 "headwear_left_out": len(covered & set(tones)),
                                  "age_groups_of_candidates": age_counts(ages.values()),
                                  "age_groups_chosen": age_counts(ages[i] for i in chosen if i in ages),
                                  "apparent_sex_probe": describe("apparent_sex", model_dir)["sha256"],
                                  "skin_tone_probe": describe("skin_tone", model_dir)["sha256"],
+                                 "headwear_probe": headwear.sha256,
                                  "apparent_age_reader": describe("apparent_age", model_dir)["sha256"]}
     extra: tuple[str, ...] = ()
     rows = writer.rows()
