@@ -173,8 +173,8 @@ def reading_sizes(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CandidateProbes:
-    """A candidate's readings (columns of CANDIDATES): skin lightness, b and eye white (anonymizer.bank.tone),
-    apparent sex and skin darkness from its descriptor, apparent age."""
+    """A candidate's readings (columns of CANDIDATES): skin lightness, b, eye white and the skin under the eyes
+    (anonymizer.bank.tone), apparent sex and skin darkness from its descriptor, apparent age."""
 
     def __init__(self, model_dir: str | None = None) -> None:
         from anonymizer.bank.apparent_sex import ApparentSex
@@ -187,6 +187,7 @@ class CandidateProbes:
         d = self.probe.describe(crop, face) if face is not None else None
         return {"lightness": np.nan if r is None else r.lightness, "b": np.nan if r is None else r.b,
                 "eye_white": np.nan if r is None or r.eye_white is None else r.eye_white,
+                "under_eye": np.nan if r is None else r.under_eye,
                 "female": np.nan if d is None else self.probe.probability(d),
                 "darkness": np.nan if d is None else self.skin.darkness(d),
                 "age": float(self.ager.read(crop, [face])[0]) if face is not None else np.nan}
@@ -314,20 +315,20 @@ def candidate_tones(out: Path, people: dict[int, tuple[str, str]], w_of: Callabl
     (anonymizer.measure.apparent_age)), the probes on the descriptor of their first render
     (w: `w_of(person)`), for `people` (person → (the band whose centre their w was moved to, a fingerprint of
     that move: `moved`), ("", "") for none). Left out: those without one clear face, and those whose eyes show no
-    white (sunglasses, a squint: a bank face should carry open eyes). Readings are kept in `out`/CANDIDATES as
-    they come, so an interrupted build does not render them again; a reading made with another move (a build
-    resumed with other candidates) is made again."""
+    white or a lens below them (sunglasses, a squint: a bank face should carry open eyes). Readings are kept in
+    `out`/CANDIDATES as they come, so an interrupted build does not render them again; a reading made with
+    another move (a build resumed with other candidates), or without every column, is made again."""
     from anonymizer.bank.apparent_sex import ApparentSex
 
     probe = ApparentSex(maker_args[0])
     path = out / CANDIDATES
-    cols = ["person", "lightness", "b", "eye_white", "female", "darkness", "age", "centre", "move"]
+    cols = ["person", "lightness", "b", "eye_white", "under_eye", "female", "darkness", "age", "centre", "move"]
 
     def made_with(r: dict) -> tuple[str, ...]:  # a table without the columns (an older build's) moved nobody
         return tuple(v if isinstance(v := r.get(c), str) else "" for c in ("centre", "move"))
 
     rows = pd.read_parquet(path).to_dict("records") if path.is_file() else []
-    rows = [r for r in rows if "age" in r  # a row without the probes' readings is read again
+    rows = [r for r in rows if "under_eye" in r  # a row without every reading (an older build's) is read again
             and people.get(int(r["person"]), made_with(r)) == made_with(r)]
     todo = sorted(set(people) - {int(r["person"]) for r in rows})
     jobs = [(f"c{p:06d}", p, w_of(p)) for p in todo]
