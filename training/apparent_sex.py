@@ -48,13 +48,13 @@ def descriptors(lfw: Path, names: list[str]) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+def fit(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
     """Weights and bias by gradient descent on the class-balanced logistic loss (LFW is three quarters men)."""
     w, b = np.zeros(x.shape[1]), 0.0
     weight = np.where(y == 1, len(y) / (2 * y.sum()), len(y) / (2 * (len(y) - y.sum())))
     for _ in range(STEPS):
         g = (1 / (1 + np.exp(-(x @ w + b))) - y) * weight
-        w -= RATE * (x.T @ g / len(y) + L2 * w)
+        w -= RATE * (x.T @ g / len(y) + l2 * w)
         b -= RATE * float(g.mean())
     return w, b
 

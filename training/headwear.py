@@ -29,9 +29,11 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from training.apparent_sex import fit  # noqa: E402
+
 LABELS = REPO / "training" / "data" / "stylegan_headwear.tsv"
 OUT = REPO / "anonymizer" / "weights" / "headwear" / "headwear.json"
-L2, STEPS, RATE = 0.1, 3000, 0.5  # L2 chosen by cross-validation among 1e-3 … 1 (AUC 0.96 at 0.01 and 0.1)
+L2 = 0.1  # chosen by cross-validation among 1e-3 … 1 (AUC 0.96 at 0.01 and 0.1); the fit: training/apparent_sex.py's
 RECALL = 0.9
 
 
@@ -55,17 +57,6 @@ def person_ws(people: list[int], bank: Path) -> np.ndarray:
     return np.stack([w(p) + around[p][1] if p in around else w(p) for p in people]).astype(np.float64)
 
 
-def fit(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Weights and bias by gradient descent on the class-balanced logistic loss (one person in ten wears any)."""
-    w, b = np.zeros(x.shape[1]), 0.0
-    weight = np.where(y == 1, len(y) / (2 * y.sum()), len(y) / (2 * (len(y) - y.sum())))
-    for _ in range(STEPS):
-        g = (1 / (1 + np.exp(-(x @ w + b))) - y) * weight
-        w -= RATE * (x.T @ g / len(y) + L2 * w)
-        b -= RATE * float(g.mean())
-    return w, b
-
-
 def rates(score: np.ndarray, y: np.ndarray, threshold: float) -> dict:
     covered = score >= threshold
     return {"people": int(len(y)), "headwear": int(y.sum()),
@@ -87,10 +78,10 @@ def main() -> None:
     xt, yt = x[train], y[train]
     cv = np.zeros(len(yt))
     for f in np.array_split(np.random.default_rng(0).permutation(len(yt)), 5):
-        w, b = fit(np.delete(xt, f, 0), np.delete(yt, f))
+        w, b = fit(np.delete(xt, f, 0), np.delete(yt, f), L2)
         cv[f] = xt[f] @ w + b
     threshold = float(np.quantile(cv[yt == 1], 1 - RECALL))
-    w, b = fit(xt, yt)
+    w, b = fit(xt, yt, L2)
     from anonymizer.bank.stylegan import FILES
 
     card = {"what": "a person wears headwear where weights . w + bias >= threshold (w: MobileStyleGAN's truncated "
