@@ -1,8 +1,8 @@
 """Headwear: whether a StyleGAN virtual person wears a hat, cap, scarf or wrap, read from their w before any render.
 
-Why: about one bank person in ten wore one, and put around a face (`surround: bank`) a bank head's hat shows
-on a person who wore none, cut where the face region ends: 3 of the photos' 40-face grid. A build leaves
-such people out (anonymizer.bank.stylegan.choose_people). The probe is a logistic regression on w
+Why: about one bank person in ten wore one, and a bank head put around a face (`surround: bank`) showed it on
+a person who wore none, cut where the face region ends: 3 of the photos' 40-face grid. A build leaves such
+people out (anonymizer.bank.stylegan.build_from_stylegan). The probe is a logistic regression on w
 (training/headwear.py; labels by looking at renders), so it reads the generator's own latent: it applies to
 MobileStyleGAN's people only, and its card names the mapping network it was fitted with.
 """

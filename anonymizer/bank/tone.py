@@ -35,8 +35,8 @@ EYES = ((36, 37, 38, 39, 40, 41), (42, 43, 44, 45, 46, 47))
 WHITE_CHROMA = 15.0  # eye pixels below this chroma (a*, b*) may be the white of the eye
 WHITE_MIN = 0.4      # "whites" darker than this share of the skin are sunglasses, lids or lashes: not seen
 # Under each eye (a band 0.12 to 0.28 eye distances below its centre, half an eye distance wide), skin darker than
-# this share of the face's is a lens: sunglasses, whose glints can pass for eye whites (0.36 to 0.58 on 3 such
-# renders; under-eye skin reads 0.68 or more on 99 % of a bank's people)
+# this share of the face's is a lens: sunglasses, whose glints can pass for eye whites (0.36 and 0.58 on two such
+# renders, 0.73 on a third with small lenses; under-eye skin reads 0.68 or more on 99 % of a bank's people)
 UNDER_EYE_MIN = 0.6
 BANDS = ((55.0, "very light"), (41.0, "light"), (28.0, "intermediate"), (10.0, "tan"), (-30.0, "brown"),
          (-np.inf, "dark"))
