@@ -693,7 +693,7 @@ def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene
 def test_a_bank_head_short_of_the_regions_top_is_lifted_to_it_and_nothing_below_the_eyes_moves():
     """A head whose top lies 1.2 eye distances above the eyes, in a region reaching 1.5: lifted, its top meets the
     region's, by MAX_LIFT at most; below the eye line the maps leave every pixel where it was."""
-    from anonymizer.anonymize.bankface import MAX_LIFT, lift
+    from anonymizer.bank.matte import MAX_LIFT, lift
 
     pts = sh.mean_shape_in_crop() + (100, 150)
     size = 460

@@ -53,11 +53,10 @@ synthetic people. Per face:
    colour taken to the photo's skin, as their face's are, their hair lit alike but not tinted; a grey bank's
    takes the photo's light and low-passed colour), cut from its background by a matte (anonymizer.bank.matte,
    stored in the bank; above the crop's top, which cuts most heads, the head goes on as its outline's circle
-   with its top rows' hair; a head whose top falls short of the region's is stretched up to it above the eyes,
-   `lift`; under the chin, what is not skin, such as a collar, becomes the bank person's skin in a neck's
-   shade); where the bank photo shows background, the region shows the photo's surroundings
-   mirrored inward across its edge (regions.mirrored); the whole Poisson-blended into the photo at the
-   region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of
+   with its top rows' hair, and a head whose top falls short of the region's is stretched up to it above the
+   eyes; under the chin, what is not skin, such as a collar, becomes the bank person's skin in a neck's shade);
+   where the bank photo shows background, the region shows the photo's surroundings mirrored inward across
+   its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of
    the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
@@ -85,7 +84,7 @@ from anonymizer.anonymize.generated import harmonize as hz
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
 from anonymizer.bank.descriptor_probe import face_ages, person_ages
-from anonymizer.bank.matte import crowned_crop, crowned_map, crowned_matte
+from anonymizer.bank.matte import crowned_crop, crowned_map, crowned_matte, lift
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.faces import Face
@@ -115,8 +114,6 @@ MAX_GAIN = 1.6       # the most a bank head's L + 16 is scaled to meet the photo
 CHIN = np.arange(4, 13)  # the jaw under the chin: below it (UNDER_CHIN eye distances), a bank head shows only skin
 UNDER_CHIN = 1.5
 NECK_SHADE = 12.0    # a neck's lightness under the chin, below the face's skin (Lab L)
-MAX_LIFT = 1.35      # a bank head short of the region's top is stretched up by this at most (`lift`)
-LIFT_RAMP = 1.0      # reaching the full stretch this many eye distances above the eyes
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -307,39 +304,6 @@ class Site:
     @cached_property
     def head_grey(self) -> bool:
         return _greyscale(self.head_win)
-
-
-def lift(pts: np.ndarray, matte: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """cv2.remap maps (over `matte`'s window, where the face's 68 points are `pts`) that stretch a placed bank head
-    upward about the eyes until its top meets the face region's (`region`, its alpha), by MAX_LIFT at most; None
-    where the head's top reaches it already. Why: where a bank head ends below the region's top, the region shows
-    the photo's surroundings mirrored inward there, a pale band between the bank hair and the person's own hair
-    beyond the region's edge. Below the eyes nothing moves, so the face and jaw stay where the face goes; above
-    them a point rises (and spreads) by a factor growing to the full stretch LIFT_RAMP eye distances up."""
-    eyes = pts[36:42].mean(0), pts[42:48].mean(0)
-    centre, iod = (eyes[0] + eyes[1]) / 2, float(np.linalg.norm(eyes[1] - eyes[0]))
-    across = (eyes[1] - eyes[0]) / max(iod, 1e-6)
-    up = np.array([across[1], -across[0]])  # perpendicular to the eye line, toward the crown (y grows down)
-    h, w = matte.shape
-
-    def reach(inside: np.ndarray) -> float:  # how far up from the eyes `inside` holds without a break
-        steps = np.arange(0.0, 4.0 * iod, 1.0)
-        xy = np.round(centre + steps[:, None] * up).astype(int)
-        ok = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
-        held = np.zeros(len(steps), bool)
-        held[ok] = inside[xy[ok, 1], xy[ok, 0]]
-        return float(steps[np.argmin(held)]) if not held.all() else float(steps[-1])
-
-    head, top = reach(matte >= 0.5), reach(region >= 0.5)
-    stretch = min(top / max(head, 1.0), MAX_LIFT)
-    if stretch <= 1.02 or head < 0.5 * iod:
-        return None
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-    d = np.stack([xs - centre[0], ys - centre[1]], -1)
-    height = d @ up  # above the eye line, in pixels
-    grow = 1.0 + (stretch - 1.0) * np.clip(height / (LIFT_RAMP * iod), 0.0, 1.0)
-    src = centre + d / grow[..., None]  # the output point's source, shrunk toward the eyes
-    return src[..., 0].astype(np.float32), src[..., 1].astype(np.float32)
 
 
 def _bank_people(bank: Bank, probe):
@@ -720,9 +684,9 @@ class BankFace:
     def placed_matte(self, pts: np.ndarray, k: int, region: FaceMask
                      ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
         """(the similarity placing bank face k's crop on the face, in the region's window; its head matte
-        there; the remap maps that raise the head's top to the region's (`lift`), None where it reaches it).
-        Past the crop's sides and bottom the matte is reflected like the crop itself; above its top, crowned
-        (anonymizer.bank.matte.crowned_matte)."""
+        there; the remap maps that raise the head's top to the region's (anonymizer.bank.matte.lift), None
+        where it reaches it). Past the crop's sides and bottom the matte is reflected like the crop itself;
+        above its top, crowned (anonymizer.bank.matte.crowned_matte)."""
         x0, y0, x1, y1 = region.box
         m = sh.similarity(self.bank.landmarks(k)[sh.STABLE], pts[sh.STABLE])
         m[:, 2] -= (x0, y0)

@@ -19,7 +19,8 @@ misses hair the operator shows the photo's surroundings there instead, a hole in
 
 Either way only the component around the nose is kept. The bank build stores each face's matte
 (anonymizer.bank.store), so runs only read them. Where hair reaches the crop's top, the operator continues the
-head above it as a cap (`crowned_matte`, `crowned_crop`, placed by `crowned_map`).
+head above it as a cap (`crowned_matte`, `crowned_crop`, placed by `crowned_map`); where the placed head ends below
+the face region's top, it stretches the head up to it (`lift`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ SEGMENTER_SIZE = 256
 CROWN_ROWS = 12    # above the crop's top a head goes on along the circle its outline makes over this many rows
 CROWN_BAND = 12    # with the texture of the crop's top rows, this many
 METHODS = ("selfie_segmentation", "grabcut")
+MAX_LIFT = 1.35      # a bank head short of the region's top is stretched up by this at most (`lift`)
+LIFT_RAMP = 1.0      # reaching the full stretch this many eye distances above the eyes
 
 
 def _around_nose(fg: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -184,3 +187,36 @@ class HeadMatter:
         if self._segmenter is None:
             return head_matte(crop, pts68)
         return segmented_matte(self._segmenter(crop), pts68)
+
+
+def lift(pts: np.ndarray, matte: np.ndarray, region: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """cv2.remap maps (over `matte`'s window, where the face's 68 points are `pts`) that stretch a placed bank head
+    upward about the eyes until its top meets the face region's (`region`, its alpha), by MAX_LIFT at most; None
+    where the head's top reaches it already. Why: where a bank head ends below the region's top, the region shows
+    the photo's surroundings mirrored inward there, a pale band between the bank hair and the person's own hair
+    beyond the region's edge. Below the eyes nothing moves, so the face and jaw stay where the face goes; above
+    them a point rises (and spreads) by a factor growing to the full stretch LIFT_RAMP eye distances up."""
+    eyes = pts[36:42].mean(0), pts[42:48].mean(0)
+    centre, iod = (eyes[0] + eyes[1]) / 2, float(np.linalg.norm(eyes[1] - eyes[0]))
+    across = (eyes[1] - eyes[0]) / max(iod, 1e-6)
+    up = np.array([across[1], -across[0]])  # perpendicular to the eye line, toward the crown (y grows down)
+    h, w = matte.shape
+
+    def reach(inside: np.ndarray) -> float:  # how far up from the eyes `inside` holds without a break
+        steps = np.arange(0.0, 4.0 * iod, 1.0)
+        xy = np.round(centre + steps[:, None] * up).astype(int)
+        ok = (xy[:, 0] >= 0) & (xy[:, 0] < w) & (xy[:, 1] >= 0) & (xy[:, 1] < h)
+        held = np.zeros(len(steps), bool)
+        held[ok] = inside[xy[ok, 1], xy[ok, 0]]
+        return float(steps[np.argmin(held)]) if not held.all() else float(steps[-1])
+
+    head, top = reach(matte >= 0.5), reach(region >= 0.5)
+    stretch = min(top / max(head, 1.0), MAX_LIFT)
+    if stretch <= 1.02 or head < 0.5 * iod:
+        return None
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    d = np.stack([xs - centre[0], ys - centre[1]], -1)
+    height = d @ up  # above the eye line, in pixels
+    grow = 1.0 + (stretch - 1.0) * np.clip(height / (LIFT_RAMP * iod), 0.0, 1.0)
+    src = centre + d / grow[..., None]  # the output point's source, shrunk toward the eyes
+    return src[..., 0].astype(np.float32), src[..., 1].astype(np.float32)
