@@ -56,8 +56,8 @@ synthetic people. Per face:
    with its top rows' hair, and a head whose top falls short of the region's is stretched up to it above the
    eyes; under the chin, what is not skin, such as a collar, becomes the bank person's skin in a neck's shade);
    where the bank photo shows background, the region shows the photo's surroundings mirrored inward across
-   its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of
-   the region are tried first.
+   its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank face
+   the guard tries brings its own head, and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next

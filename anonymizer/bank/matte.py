@@ -196,9 +196,9 @@ def lift(pts: np.ndarray, matte: np.ndarray, region: np.ndarray) -> tuple[np.nda
     the photo's surroundings mirrored inward there, a pale band between the bank hair and the person's own hair
     beyond the region's edge. Below the eyes nothing moves, so the face and jaw stay where the face goes; above
     them a point rises (and spreads) by a factor growing to the full stretch LIFT_RAMP eye distances up."""
-    eyes = pts[36:42].mean(0), pts[42:48].mean(0)
-    centre, iod = (eyes[0] + eyes[1]) / 2, float(np.linalg.norm(eyes[1] - eyes[0]))
-    across = (eyes[1] - eyes[0]) / max(iod, 1e-6)
+    left, right = pts[36:42].mean(0), pts[42:48].mean(0)
+    centre, iod = (left + right) / 2, sh.eye_distance(pts)
+    across = (right - left) / max(iod, 1e-6)
     up = np.array([across[1], -across[0]])  # perpendicular to the eye line, toward the crown (y grows down)
     h, w = matte.shape
 
