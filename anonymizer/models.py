@@ -96,6 +96,12 @@ MODELS: dict[str, ModelSpec] = {
         ("mediapipe_selfie", "selfie_segmentation.tflite",
          "9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
          "Apache-2.0 (MediaPipe Selfie Segmentation)", "selfie_segmentation"),
+        ("mediapipe_palm", "palm_detection_full.tflite",
+         "1b14e9422c6ad006cde6581a46c8b90dd573c07ab7f3934b5589e7cea3f89a54",
+         "Apache-2.0 (MediaPipe Hands: palm detection)", "palm_detection"),
+        ("mediapipe_hand", "hand_landmark_full.tflite",
+         "11c272b891e1a99ab034208e23937a8008388cf11ed2a9d776ed3d01d0ba00e3",
+         "Apache-2.0 (MediaPipe Hands: hand landmarks)", "hand_landmark"),
     )},
     "dlib_resnet": ModelSpec(
         "dlib_resnet", "dlib_face_recognition_resnet_model_v1.dat", None, None, "CC0 (dlib models)", "face_recognition_models"

@@ -18,7 +18,7 @@ import pytest
 
 from anonymizer import int8
 from anonymizer.anonymize import ANONYMIZERS, face_rngs
-from anonymizer.anonymize.bankface import TONE_CLOSE, Site
+from anonymizer.anonymize.bankface import TONE_CLOSE, BankFace, Site
 from anonymizer.bank import BankError, build_from_folder, load_bank
 from anonymizer.bank import shape as sh
 from anonymizer.faces import Face
@@ -1163,6 +1163,26 @@ def test_each_fallback(composite_bank, operator, scene):
     pixelate = ANONYMIZERS.create("bank", bank=str(composite_bank), fallback="pixelate", fallback_strength=0.15,
                                   min_face_px=10_000, identity_guard=None)
     assert _one(pixelate, img, face) == "fallback:pixelate:small"
+
+
+def test_a_face_a_hand_lies_over_gets_the_fallback_and_the_others_a_bank_face(composite_bank, scene):
+    """multiface.jpg: a man (box centre near 465, 185) rests his chin on his hand. Without the check, a new chin
+    is drawn over the hand."""
+    img, faces = scene
+    man = int(np.argmin([np.hypot(f.x + f.w / 2 - 465, f.y + f.h / 2 - 185) for f in faces]))
+    methods = {}
+    for occlusion in (None, "hands"):
+        op = ANONYMIZERS.create("bank", bank=str(composite_bank), identity_guard=None, occlusion=occlusion)
+        res = op.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))
+        mask = union_mask(res.masks, img.shape[:2])
+        assert np.array_equal(res.image[mask == 0], img[mask == 0])
+        methods[occlusion] = res.methods
+    assert methods[None] == ["bank"] * len(faces)
+    assert methods["hands"] == [("fallback:blur:occluded" if i == man else "bank") for i in range(len(faces))]
+    with pytest.raises(ValueError, match="occlusion must be one of"):
+        ANONYMIZERS.create("bank", bank=str(composite_bank), occlusion="gloves")
+    rows = BankFace.weight_files({"bank": str(composite_bank), "occlusion": "hands"}, None)
+    assert {r["name"] for r in rows if r["component"] == "occlusion"} == {"mediapipe_palm", "mediapipe_hand"}
 
 
 def test_manifest_hash_is_checked_at_operator_start(composite_bank, tmp_path):

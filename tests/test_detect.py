@@ -236,3 +236,50 @@ def test_detector_stack_works_where_dlib_is_missing(shared):
             "print(len(build_ensemble(load_policy().detection).detect(np.zeros((64, 64, 3), np.uint8))))\n")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "0", run.stderr[-2000:]
+
+
+def _face_nearest(faces, x, y):
+    return min(faces, key=lambda f: (f.x + f.w / 2 - x) ** 2 + (f.y + f.h / 2 - y) ** 2)
+
+
+def _outline(image, face):
+    from anonymizer.bank import shape as sh
+
+    return sh.extend(sh.landmarker("dlib_shape68")(image, face))[sh.OUTLINE]
+
+
+def test_hands_finds_the_hand_under_a_chin_and_no_hand_over_the_other_faces(shared):
+    """multiface.jpg: a man (box centre near 465, 185) rests his chin on his hand: a palm, confirmed as a hand,
+    inside his outline. Hands elsewhere in the photo (on a shoulder, beside a face) lie over none of the other
+    five faces."""
+    from anonymizer.anonymize.bankface import OCCLUDED_SHARE
+    from anonymizer.detect.hands import MIN_PRESENCE, HandDetector
+
+    image = np.asarray(Image.open(PHOTOS / "multiface.jpg").convert("RGB"))
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(image)
+    hands = HandDetector()
+    man = _face_nearest(faces, 465, 185)
+    assert hands.covering(image, man, _outline(image, man)) >= OCCLUDED_SHARE
+    palms = hands.palms(image, (int(man.x - man.w), int(man.y), int(man.x + 2 * man.w), int(man.y + 2 * man.h)))
+    assert palms and man.x < palms[0].box[0] < man.x + man.w and hands.presence(image, palms[0]) >= MIN_PRESENCE
+    assert [hands.covering(image, f, _outline(image, f)) for f in faces if f is not man] == [0.0] * (len(faces) - 1)
+
+
+def test_hands_does_not_take_a_face_for_a_hand(shared):
+    """The palm detector takes this woman's chin and mouth for a palm; the hand landmark network reads no hand there."""
+    from anonymizer.detect.hands import MIN_PALM, MIN_PRESENCE, HandDetector
+
+    image = np.asarray(Image.open(PHOTOS / "group_20.jpg").convert("RGB"))
+    hands = HandDetector()
+    faces = [f for f in build_detector("yunet", {"scales": [1.0]}).detect(image) if f.w >= 40]
+    fooled = 0
+    for f in faces:
+        window = (int(f.x - f.w), int(f.y - f.h), int(f.x + 2 * f.w), int(f.y + 2 * f.h))
+        window = (max(0, window[0]), max(0, window[1]), window[2], window[3])
+        on_face = [p for p in hands.palms(image, window)
+                   if f.x < (p.box[0] + p.box[2]) / 2 < f.x + f.w and f.y < (p.box[1] + p.box[3]) / 2 < f.y + f.h]
+        if on_face and on_face[0].score >= MIN_PALM:
+            fooled += 1
+            assert hands.presence(image, on_face[0]) < MIN_PRESENCE
+        assert hands.covering(image, f, _outline(image, f)) == 0.0
+    assert fooled >= 1

@@ -13,7 +13,7 @@ LIB = REPO / "anonymizer"
 # A module may import from its own layer's package and from lower layers only.
 LAYERS = [
     {"faces", "regions", "headpose", "registry", "models", "logs", "exit_codes", "imageio", "storage", "policy",
-     "onnx_runtime", "onnx_torch", "int8", "pyplot"},
+     "onnx_runtime", "onnx_torch", "tflite_runtime", "int8", "pyplot"},
     {"detect"},
     {"measure"},
     {"bank"},

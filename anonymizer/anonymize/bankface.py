@@ -6,8 +6,10 @@ synthetic people. Per face:
 1. `decide`: faces smaller than `min_face_px`, without 68 points the landmarker can fit (`landmarks`, by
    default the bank's own: dlib's predictor or MediaPipe's face mesh; "no_landmarks"), whose fit
    disagrees with the detector's 5 landmarks by more than `max_landmark_error` eye distances
-   ("unreliable_landmarks"), turned past `max_yaw` / `max_pitch` ("extreme_pose") or whose region the
-   image border cuts ("border") get the classical `fallback`, recorded as "fallback:<name>:<reason>".
+   ("unreliable_landmarks"), turned past `max_yaw` / `max_pitch` ("extreme_pose"), whose region the
+   image border cuts ("border") or, with `occlusion: hands`, over whose outline a hand lies (a palm box at
+   least OCCLUDED_SHARE inside it, anonymizer.detect.hands; "occluded": a new face would be drawn over the
+   hand) get the classical `fallback`, recorded as "fallback:<name>:<reason>".
 2. The bank faces nearest in pose and expression (`choices` of them; with `mirror`, each bank face also counts
    flipped left to right) are put in an order drawn from the face's RNG (fixed by run seed, image key, face index),
    so the result is deterministic. Those `choices` are the nearest in skin tone among the `tone_pool` nearest in
@@ -87,6 +89,7 @@ from anonymizer.bank.descriptor_probe import face_ages, person_ages
 from anonymizer.bank.matte import crowned_crop, crowned_map, crowned_matte, lift
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
+from anonymizer.detect.hands import HandDetector
 from anonymizer.faces import Face
 from anonymizer.headpose import Pose
 from anonymizer.measure.apparent_age import AgeReader, age_group
@@ -114,6 +117,8 @@ MAX_GAIN = 1.6       # the most a bank head's L + 16 is scaled to meet the photo
 CHIN = np.arange(4, 13)  # the jaw under the chin: below it (UNDER_CHIN eye distances), a bank head shows only skin
 UNDER_CHIN = 1.5
 NECK_SHADE = 12.0    # a neck's lightness under the chin, below the face's skin (Lab L)
+OCCLUSIONS = (None, "hands")  # BankFace's occlusion (the module doc, step 1)
+OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's outline occludes it
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -353,6 +358,8 @@ class BankFace:
             rows += [{"component": "skin_tone", **describe(m, model_dir)} for m in ("skin_tone", "dlib_resnet")]
         if params.get("match_age"):
             rows += [{"component": "apparent_age", **describe(m, model_dir)} for m in ("apparent_age", "dlib_shape5")]
+        if params.get("occlusion") == "hands":
+            rows += [{"component": "occlusion", **describe(m, model_dir)} for m in ("mediapipe_palm", "mediapipe_hand")]
         return rows
 
     @staticmethod
@@ -383,9 +390,11 @@ class BankFace:
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
                  landmarks: str | None = None, tone_pool: int = 36, tone_reading: str = "ita",
-                 match_sex: bool = False, match_age: bool = False) -> None:
+                 match_sex: bool = False, match_age: bool = False, occlusion: str | None = None) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
+        if occlusion not in OCCLUSIONS:
+            raise ValueError(f"bank: occlusion must be one of {', '.join(map(str, OCCLUSIONS))}, got {occlusion!r}")
         self.bank: Bank = load_bank(locate_bank(bank, model_dir))
         if len(self.bank) == 0:
             raise ValueError(f"bank: face bank {bank} has no faces")
@@ -409,6 +418,7 @@ class BankFace:
             raise ValueError(f"bank: surround must be one of none, blur, bank (or true / false), got {surround!r}")
         self.surround = SURROUNDS[surround]
         self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
+        self.hands = HandDetector(model_dir) if occlusion == "hands" else None
         if identity_guard is True:
             identity_guard = {}
         self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None
@@ -525,6 +535,8 @@ class BankFace:
         h, w = image.shape[:2]
         if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
             return "border", pts, None
+        if self.hands is not None and self.hands.covering(image, face, outline) >= OCCLUDED_SHARE:
+            return "occluded", pts, None
         return None, pts, (int(x0), int(y0), int(x1), int(y1))
 
     def nearest(self, pts: np.ndarray, n: int, skin: float | None = None,

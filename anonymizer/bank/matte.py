@@ -149,7 +149,7 @@ class PersonSegmenter:
     """MediaPipe's selfie segmenter: a person's probability per pixel of an RGB image."""
 
     def __init__(self, model_dir: str | None = None) -> None:
-        from anonymizer.bank.mesh import tflite_interpreter
+        from anonymizer.tflite_runtime import tflite_interpreter
         from anonymizer.models import locate
 
         self._it = tflite_interpreter(str(locate("mediapipe_selfie", model_dir)), "the head matte's segmenter")

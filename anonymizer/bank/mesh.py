@@ -18,6 +18,7 @@ import numpy as np
 from anonymizer.bank.shape import Landmarker, box_from_five
 from anonymizer.faces import Face
 from anonymizer.models import locate
+from anonymizer.tflite_runtime import tflite_interpreter
 
 INPUT = 192
 SCALE = 1.5          # MediaPipe's ROI: the points' box grown by this
@@ -32,19 +33,6 @@ TO_68 = np.array([
 ])
 EYE_OUTER = (33, 263)  # the mesh's outer eye corners, image left then right: the crop's rotation
 MIN_PRESENCE = 0.5     # the mesh's own face-presence score below which its fit is no face: NaN points
-
-
-def tflite_interpreter(path: str, what: str):
-    """MediaPipe's networks are TFLite files: an interpreter for the one at `path` (`what` names it in errors)."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        raise ImportError(f"{what} needs a TFLite runtime: pip install 'anonymizer[mesh]' (ai-edge-litert)") from None
-    import cv2
-
-    it = Interpreter(model_path=path, num_threads=max(1, cv2.getNumThreads()))
-    it.allocate_tensors()
-    return it
 
 
 class MeshLandmarker:
