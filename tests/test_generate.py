@@ -659,7 +659,7 @@ def test_eval_generation_bank_side_by_side(stylegan_bank, tmp_path, shared):
                 "seam_ratio_median", "frechet_mobilefacenet", "faces_per_s_per_core"} <= set(s)
     assert set(bank["methods"]) <= {"bank", "fallback:blur:reidentifiable", "fallback:blur:extreme_pose",
                                     "fallback:blur:unreliable_landmarks", "fallback:blur:no_landmarks",
-                                    "fallback:blur:border", "fallback:blur:small"}
+                                    "fallback:blur:border", "fallback:blur:small", "fallback:blur:occluded"}
     assert bank["replaced"] > 0 and blur["replaced"] == mask["replaced"] == 1.0
     assert blur["diversity_median"] == 0  # blur is a function of the face
     assert bank["sharpness_ratio_median"] > blur["sharpness_ratio_median"]  # a face, not a smear

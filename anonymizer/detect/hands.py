@@ -49,7 +49,7 @@ def _anchors() -> np.ndarray:
 class Palm:
     score: float
     box: np.ndarray        # x0, y0, x1, y1 in image pixels
-    keypoints: np.ndarray  # 7×2: the wrist, the index, middle, ring and pinky knuckles, the thumb's base and tip
+    keypoints: np.ndarray  # 7×2: the wrist; the index, middle, ring and pinky knuckles; the thumb's two lowest joints
 
 
 class HandDetector:
