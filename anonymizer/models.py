@@ -195,7 +195,7 @@ def locate(name: str, model_dir: str | os.PathLike | None = None) -> Path:
     if spec.package:
         hint = spec.package_hint or f"pip install {spec.package}"
         if spec.in_model_dirs:
-            hint += f", or place {spec.filename} in <model dir>/{spec.name}/ (--model-dir / ${MODEL_DIR_ENV})"
+            hint += f", or place {spec.filename} in <model dir>/{spec.folder or spec.name}/ (--model-dir / ${MODEL_DIR_ENV})"
     else:
         hint = f"set --model-dir / ${MODEL_DIR_ENV}, or run `anonymizer models fetch {name}`"
     raise ModelNotFoundError(

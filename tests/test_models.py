@@ -26,6 +26,21 @@ def test_missing_model_names_file_and_every_place(tmp_path, monkeypatch):
         assert place in msg
 
 
+def test_a_missing_packaged_model_names_the_folder_it_is_looked_for_in(tmp_path, monkeypatch):
+    """MediaPipe's files share one folder in a model directory; the error names that folder, and a file placed
+    there is found."""
+    monkeypatch.setenv(models.MODEL_DIR_ENV, str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    spec = models.MODELS["mediapipe_palm"]
+    monkeypatch.setitem(models.MODELS, "mediapipe_palm",
+                        models.ModelSpec(**{**spec.__dict__, "package": "no_such_package_here"}))
+    with pytest.raises(models.ModelNotFoundError, match=r"<model dir>/mediapipe/"):
+        models.locate("mediapipe_palm", tmp_path)
+    (tmp_path / "mediapipe").mkdir()
+    (tmp_path / "mediapipe" / spec.filename).write_bytes(b"x")
+    assert models.locate("mediapipe_palm", tmp_path) == tmp_path / "mediapipe" / spec.filename
+
+
 def test_fetch_verifies_sha256(tmp_path, shared, monkeypatch):
     src = shared / "models" / "yunet" / "face_detection_yunet_2023mar.onnx"
     path = models.fetch("yunet", tmp_path, url=src.as_uri())
