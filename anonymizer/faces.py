@@ -43,14 +43,19 @@ def valid(face: Face, width: int, height: int) -> bool:
             and face.x < width and face.y < height and face.x + face.w > 0 and face.y + face.h > 0)
 
 
-def iou(a: Face, b: Face) -> float:
-    ax0, ay0, ax1, ay1 = a.box
-    bx0, by0, bx1, by1 = b.box
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x0, y0, x1, y1) boxes."""
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
     iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
     ih = max(0.0, min(ay1, by1) - max(ay0, by0))
     inter = iw * ih
-    union = a.w * a.h + b.w * b.h - inter
-    return inter / union if union > 0 else 0.0
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def iou(a: Face, b: Face) -> float:
+    return box_iou(a.box, b.box)
 
 
 def nms(faces: list[Face], iou_threshold: float) -> list[Face]:

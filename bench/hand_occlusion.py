@@ -33,11 +33,8 @@ WIDER_MIN, PHOTO_MIN = 24.0, 40.0
 LABEL_ORDER = ("hand", "other", "not_a_face", "unsure", "none")
 
 
-def _rgb(path: Path, size: tuple[int, int] | None = None) -> np.ndarray:
-    bgr = cv2.imread(str(path))
-    if size is not None:
-        bgr = cv2.resize(bgr, size, interpolation=cv2.INTER_CUBIC)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+def _rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
 def _labelled(faces, points: list[tuple[float, float, str]]) -> list[str]:
@@ -52,31 +49,24 @@ def _labelled(faces, points: list[tuple[float, float, str]]) -> list[str]:
 
 
 def wider(shared: Path, detector):
-    root = shared / "data" / "widerface_val_subset"
-    blocks, current = {}, None
-    for line in (root / "boxes_original.txt").read_text().splitlines():
-        if line.startswith("# images/"):
-            _, name, w, h = line.split()
-            current = blocks[Path(name).name] = (int(w), int(h), [])
-        elif line and not line.startswith("#"):
-            current[2].append([int(v) for v in line.split()[:9]])
-    for name, (w, h, boxes) in blocks.items():
-        keep = [b for b in boxes if not b[4] and math.sqrt(b[2] * 416 / w * b[3] * 416 / h) >= WIDER_MIN]
+    """(image name, RGB, YuNet's face, the ground-truth box's centre, default label) per labelled-size face."""
+    from anonymizer.eval.detection import load_ground_truth, load_restored
+    from anonymizer.faces import box_iou
+
+    for sample in load_ground_truth(shared / "data" / "widerface_val_subset"):
+        keep = [g for g in sample.faces if not g.invalid and g.size >= WIDER_MIN]
         if not keep:
             continue
-        rgb = _rgb(root / "images" / name, (w, h))
+        rgb = load_restored(sample)
+        sx, sy = sample.original_w / 416, sample.original_h / 416
         found = detector.detect(rgb)
-        for b in keep:
-            gt = np.array([b[0], b[1], b[0] + b[2], b[1] + b[3]], float)
-            best = max(found, key=lambda f: _iou(gt, f), default=None)
-            if best is not None and _iou(gt, best) >= 0.4 and best.landmarks is not None:
-                yield name, rgb, best, (b[0] + b[2] / 2, b[1] + b[3] / 2), "other" if b[5] else "none"
-
-
-def _iou(a: np.ndarray, f) -> float:
-    ix = max(0.0, min(a[2], f.x + f.w) - max(a[0], f.x))
-    iy = max(0.0, min(a[3], f.y + f.h) - max(a[1], f.y))
-    return ix * iy / ((a[2] - a[0]) * (a[3] - a[1]) + f.w * f.h - ix * iy)
+        for g in keep:
+            x, y, w, h = g.box
+            gt = (x * sx, y * sy, (x + w) * sx, (y + h) * sy)
+            best = max(found, key=lambda f: box_iou(gt, f.box), default=None)
+            if best is not None and box_iou(gt, best.box) >= 0.4 and best.landmarks is not None:
+                yield sample.name, rgb, best, ((gt[0] + gt[2]) / 2, (gt[1] + gt[3]) / 2), \
+                    "other" if g.occluded else "none"
 
 
 def main() -> None:
@@ -99,7 +89,7 @@ def main() -> None:
 
     def faces():
         for name, rgb, face, (x, y), default in wider(args.shared, detector):
-            own = [label for px, py, label in labels[("wider", name)] if abs(px - x) <= 1 and abs(py - y) <= 1]
+            own = [label for px, py, label in labels[("wider", name)] if abs(px - x) <= 2 and abs(py - y) <= 2]
             yield "wider", f"{name} {x:.0f},{y:.0f}", rgb, face, own[0] if own else default
         photos = args.shared / "data" / "photos"
         for path in sorted(photos.glob("*.jpg")):

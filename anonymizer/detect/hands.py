@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from anonymizer.faces import Face
+from anonymizer.faces import Face, box_iou
 from anonymizer.models import locate
 from anonymizer.tflite_runtime import tflite_interpreter
 
@@ -87,7 +87,7 @@ class HandDetector:
         found.sort(key=lambda p: -p.score)
         kept: list[Palm] = []
         for p in found:
-            if all(_iou(p.box, k.box) < NMS_IOU for k in kept):
+            if all(box_iou(p.box, k.box) < NMS_IOU for k in kept):
                 kept.append(p)
         return kept
 
@@ -120,13 +120,6 @@ class HandDetector:
             if share > best and self.presence(image, palm) >= MIN_PRESENCE:
                 best = share
         return best
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - ix * iy
-    return float(ix * iy / union) if union > 0 else 0.0
 
 
 def _inside(box: np.ndarray, polygon: np.ndarray) -> float:

@@ -73,6 +73,7 @@ class GtFace:
     invalid: bool
     hard: bool
     original_size: float  # sqrt(w*h) in the original image
+    occluded: bool = False  # WIDER's occlusion flag: partly or heavily occluded
 
     @property
     def size(self) -> float:
@@ -109,7 +110,8 @@ def _parse_face(line: str, sample: Sample) -> GtFace:
     v = line.split()
     x, y, w, h = (float(t) for t in v[:4])
     sx, sy = sample.original_w / EVAL_SIDE, sample.original_h / EVAL_SIDE
-    return GtFace((x, y, w, h), v[4] == "1", v[8] == "1", float(np.sqrt(max(w * sx, 0) * max(h * sy, 0))))
+    return GtFace((x, y, w, h), v[4] == "1", v[8] == "1", float(np.sqrt(max(w * sx, 0) * max(h * sy, 0))),
+                  v[5] != "0")
 
 
 # --- detection on aspect-restored images ----------------------------------------------------------------
