@@ -754,6 +754,60 @@ def test_clothes_under_a_bank_heads_chin_become_its_neck(stylegan_bank, scene, m
     assert purple[under].mean() < 0.02, purple[under].mean()
 
 
+def test_a_stylegan_crop_turns_into_its_mirror_image_at_its_renders_bottom_edge(stylegan_bank):
+    """render_frame's bottom edge is where a StyleGAN bank crop reaches past its render, which FaceReader fills by
+    reflection: across that edge the crop matches its reflection closely, across lines 6 and 10 px above it not."""
+    from anonymizer.bank.stylegan import render_frame
+
+    bank = load_bank(stylegan_bank)
+    assert bank.rendered
+    xs, ys = np.meshgrid(np.arange(sh.CROP_SIZE, dtype=np.float64), np.arange(sh.CROP_SIZE, dtype=np.float64))
+
+    def mismatch(grey, a, down, shift):  # |crop - its reflection| 1-14 px below the edge moved `shift` px down
+        q = a + shift * down
+        d = (xs - q[0]) * down[0] + (ys - q[1]) * down[1]
+        band = (d > 1) & (d < 14)
+        mirrored = cv2.remap(grey, (xs - 2 * d * down[0]).astype(np.float32), (ys - 2 * d * down[1]).astype(np.float32),
+                             cv2.INTER_LINEAR)
+        return float(np.abs(mirrored - grey)[band].mean())
+
+    for i in range(len(bank)):
+        grey = cv2.cvtColor(bank.crop(i), cv2.COLOR_RGB2GRAY).astype(np.float32)
+        _, a, b, _ = render_frame(bank.landmarks(i))
+        u = (b - a) / np.linalg.norm(b - a)
+        down = np.array([-u[1], u[0]])
+        at = min(mismatch(grey, a, down, s) for s in (-2, 0, 2))
+        assert at < 6 and at < 0.5 * min(mismatch(grey, a, down, s) for s in (-10, -6)), i
+
+
+def test_past_its_renders_bottom_edge_a_bank_head_leaves_the_photo_as_it_is(stylegan_bank, composite_bank):
+    """Under the chin, where a StyleGAN bank crop reaches past its render (the chin again, upside down, by
+    reflection), the bank head leaves the photo's own neck and clothes; a composite bank's crops are photographs'
+    pixels, with no such edge."""
+    from anonymizer.detect import build_detector
+    from anonymizer.regions import mirrored
+
+    img = _rgb(PHOTOS / "group_16.jpg")
+    face = max(build_detector("yunet", {"scales": [1.0]}).detect(img), key=lambda f: f.w)
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, poisson=False)
+    _, pts, window = op.decide(img, face)
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    x0, y0, x1, y1 = region.box
+    photo, total = img[y0:y1, x0:x1], 0
+    for k in range(len(op.bank)):
+        site = Site(op, img, pts, window, region)
+        m, _, maps = site.placed_matte(k)
+        below = op.below_render(k, m, maps, (x1 - x0, y1 - y0))[..., 0]
+        past = (below >= 1) & (region.alpha > 0)
+        head = op.head(img.copy(), site, k, mirrored(img, region))
+        assert np.array_equal(head[past], photo[past])
+        assert not np.array_equal(head[(below == 0) & (region.alpha > 0.5)], photo[(below == 0) & (region.alpha > 0.5)])
+        total += past.sum()
+    assert total > 100
+    composites = ANONYMIZERS.create("bank", bank=str(composite_bank), surround="bank", identity_guard=False)
+    assert composites.below_render(0, m, maps, (x1 - x0, y1 - y0)) is None
+
+
 @pytest.mark.parametrize("params", [{"identity_guard": False}, {"surround": "bank"}],
                          ids=["unguarded", "guarded, bank heads"])
 def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(composite_bank, scene, params):

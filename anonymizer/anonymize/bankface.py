@@ -56,7 +56,8 @@ synthetic people. Per face:
    takes the photo's light and low-passed colour), cut from its background by a matte (anonymizer.bank.matte,
    stored in the bank; above the crop's top, which cuts most heads, the head goes on as its outline's circle
    with its top rows' hair, and a head whose top falls short of the region's is stretched up to it above the
-   eyes; under the chin, what is not skin, such as a collar, becomes the bank person's skin in a neck's shade);
+   eyes; under the chin, what is not skin, such as a collar, becomes the bank person's skin in a neck's shade, and
+   past a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay);
    where the bank photo shows background, the region shows the photo's surroundings mirrored inward across
    its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank face
    the guard tries brings its own head, and those whose head covers more of the region are tried first.
@@ -119,6 +120,7 @@ UNDER_CHIN = 1.5
 NECK_SHADE = 12.0    # a neck's lightness under the chin, below the face's skin (Lab L)
 OCCLUSIONS = (None, "hands")  # BankFace's occlusion (the module doc, step 1)
 OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's outline occludes it
+RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a render's bottom edge hands over to the photo
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -840,12 +842,39 @@ class BankFace:
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
         if site.head_grey:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
-        layer = np.rint(layer * matte + backdrop.astype(np.float32) * (1.0 - matte)).astype(np.uint8)
+        layer = layer * matte + backdrop.astype(np.float32) * (1.0 - matte)
         base = out[y0:y1, x0:x1]
+        below = self.below_render(k, m, maps, size)
+        if below is not None:  # past the render's bottom edge the crop is the render mirrored: the photo stays
+            layer = layer * (1.0 - below) + base * below
+        layer = np.rint(layer).astype(np.uint8)
         if self.poisson:
             mask = (region.alpha > 0).astype(np.uint8) * 255
             layer = poisson(layer, base, mask, SEAM_REACH * site.iod)
         return blend(base, layer, region.alpha)
+
+    def below_render(self, k: int, m: np.ndarray, maps: tuple[np.ndarray, np.ndarray] | None,
+                     size: tuple[int, int]) -> np.ndarray | None:
+        """Per pixel of the region's window (`size`: width, height), how far bank face k's crop, placed there by `m`
+        and the lift's `maps` (placed_matte), lies past its render's bottom edge (anonymizer.bank.stylegan.
+        render_frame): 1 past it, falling to 0 RENDER_RAMP crop pixels above it; None for a bank of composites,
+        whose crops are photographs' own pixels. Past the edge the crop holds the render mirrored (the chin
+        again, upside down, under the chin): `head` keeps the photo's neck and clothes there."""
+        if not self.bank.rendered:
+            return None
+        from anonymizer.bank.stylegan import render_frame
+
+        _, a, b, _ = render_frame(self.bank.landmarks(k))
+        u = (b - a) / max(float(np.linalg.norm(b - a)), 1e-9)
+        down = np.array([-u[1], u[0]]) if u[0] >= 0 else np.array([u[1], -u[0]])
+        if maps is None:
+            xs, ys = np.meshgrid(np.arange(size[0], dtype=np.float64), np.arange(size[1], dtype=np.float64))
+        else:
+            xs, ys = maps[0].astype(np.float64), maps[1].astype(np.float64)
+        inv = cv2.invertAffineTransform(np.asarray(m, np.float64))
+        depth = ((inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2] - a[0]) * down[0]
+                 + (inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2] - a[1]) * down[1])
+        return np.clip(depth / RENDER_RAMP + 1.0, 0.0, 1.0).astype(np.float32)[..., None]
 
     @staticmethod
     def neck(lab: np.ndarray, chin: np.ndarray, skin: np.ndarray, bank_skin: np.ndarray, iod: float) -> np.ndarray:

@@ -271,6 +271,11 @@ class Bank:
         return bool(self.manifest.get("build", {}).get("colour", True))
 
     @property
+    def rendered(self) -> bool:
+        """Whether its faces are StyleGAN renders (anonymizer.bank.stylegan.render_frame frames them)."""
+        return self.manifest.get("build", {}).get("kind") == "stylegan"
+
+    @property
     def landmarker(self) -> str:
         """The landmarker (anonymizer.bank.shape.LANDMARKERS) its faces' points come from."""
         return self.manifest.get("build", {}).get("landmarks", "dlib_shape68")
