@@ -773,9 +773,8 @@ def test_a_stylegan_crop_turns_into_its_mirror_image_at_its_renders_bottom_edge(
 
     for i in range(len(bank)):
         grey = cv2.cvtColor(bank.crop(i), cv2.COLOR_RGB2GRAY).astype(np.float32)
-        _, a, b, _ = render_frame(bank.landmarks(i))
-        u = (b - a) / np.linalg.norm(b - a)
-        down = np.array([-u[1], u[0]])
+        top_left, a, _, _ = render_frame(bank.landmarks(i))
+        down = (a - top_left) / np.linalg.norm(a - top_left)
         at = min(mismatch(grey, a, down, s) for s in (-2, 0, 2))
         assert at < 6 and at < 0.5 * min(mismatch(grey, a, down, s) for s in (-10, -6)), i
 

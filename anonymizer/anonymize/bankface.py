@@ -864,9 +864,8 @@ class BankFace:
             return None
         from anonymizer.bank.stylegan import render_frame
 
-        _, a, b, _ = render_frame(self.bank.landmarks(k))
-        u = (b - a) / max(float(np.linalg.norm(b - a)), 1e-9)
-        down = np.array([-u[1], u[0]]) if u[0] >= 0 else np.array([u[1], -u[0]])
+        top_left, a, _, _ = render_frame(self.bank.landmarks(k))
+        down = (a - top_left) / max(float(np.linalg.norm(a - top_left)), 1e-9)
         if maps is None:
             xs, ys = np.meshgrid(np.arange(size[0], dtype=np.float64), np.arange(size[1], dtype=np.float64))
         else:
