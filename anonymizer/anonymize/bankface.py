@@ -870,9 +870,8 @@ class BankFace:
             xs, ys = np.meshgrid(np.arange(size[0], dtype=np.float64), np.arange(size[1], dtype=np.float64))
         else:
             xs, ys = maps[0].astype(np.float64), maps[1].astype(np.float64)
-        inv = cv2.invertAffineTransform(np.asarray(m, np.float64))
-        depth = ((inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2] - a[0]) * down[0]
-                 + (inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2] - a[1]) * down[1])
+        in_crop = sh.apply(cv2.invertAffineTransform(np.asarray(m, np.float64)), np.stack([xs, ys], -1))
+        depth = ((in_crop - a) @ down).reshape(xs.shape)
         return np.clip(depth / RENDER_RAMP + 1.0, 0.0, 1.0).astype(np.float32)[..., None]
 
     @staticmethod
