@@ -690,6 +690,84 @@ def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene
         assert np.abs(np.median(head[:, 1:] - placed[nose][:, 1:], 0) - shift).max() < 2   # colour: a shift
 
 
+def _group_12_faces():
+    """group_12.jpg and its faces left to right: two women with long dark hair past their face regions (3, 5), and
+    a woman whose hair the region holds, against a dark background (0)."""
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / "group_12.jpg")
+    return img, sorted(build_detector("yunet", {"scales": [1.0]}).detect(img), key=lambda f: f.x)
+
+
+def test_the_persons_hair_is_read_only_where_the_photo_shows_it_past_the_region(stylegan_bank):
+    """Long dark hair beyond the face region reads as dark, natural hair; where the band beyond the region is
+    background (short hair; hair the region holds), nothing is read; nor is colour no hair has (a green band)."""
+    from anonymizer.bank import hair as hr
+
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, hair_tone=True)
+
+    def read(img, face):
+        _, pts, window = op.decide(img, face)
+        return Site(op, img, pts, window, face_region(face, img.shape[:2], op.around.expand, op.around.shape,
+                                                      op.around.feather)).hair
+
+    img, faces = _group_12_faces()
+    for i in (3, 5):
+        tone = read(img, faces[i])
+        assert tone is not None and tone.median[0] < 25 and np.abs(tone.median[1:]).max() < 15
+    assert read(img, faces[0]) is None
+    short = _rgb(PHOTOS / "group_16.jpg")
+    from anonymizer.detect import build_detector
+
+    bald = sorted(build_detector("yunet", {"scales": [1.0]}).detect(short), key=lambda f: f.x)[2]
+    assert read(short, bald) is None
+    green = img.copy()
+    green[..., 1] = np.clip(green[..., 1].astype(int) + 60, 0, 255)  # the dark hair turned green
+    assert read(green, faces[3]) is None
+    unset = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
+    assert unset.hair_segmenter is None
+    assert hr.NATURAL_A[0] < 0 < hr.NATURAL_A[1]
+
+
+def test_with_hair_tone_a_bank_heads_hair_takes_the_persons_hair_and_its_face_stays(stylegan_bank):
+    """On a woman whose long dark hair goes on past the region, each bank head's hair (outside its face, above its
+    brows, unlike its skin) comes closer to hers in lightness than the bank person's own (its hair as a whole takes
+    her hair's median, so lighter crowns stay lighter than the rest); inside the bank face's outline (shrunk by
+    a tenth of an eye distance) the head is what it is without the tone."""
+    from anonymizer.anonymize.bankface import CHEEKS
+    from anonymizer.anonymize.generated import harmonize as hz
+    from anonymizer.regions import mirrored
+
+    img, faces = _group_12_faces()
+    ops = [ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, hair_tone=t)
+           for t in (False, True)]
+    face = faces[3]
+    _, pts, window = ops[0].decide(img, face)
+    region = face_region(face, img.shape[:2], ops[0].around.expand, ops[0].around.shape, ops[0].around.feather)
+    backdrop = mirrored(img, region)
+    shape = region.alpha.shape
+    moved = 0
+    for k in range(len(ops[0].bank)):
+        sites = [Site(op, img, pts, window, region) for op in ops]
+        heads = [hz.to_lab(op.head(img.copy(), site, k, backdrop)) for op, site in zip(ops, sites)]
+        target = sites[1].hair.median[0]
+        m, matte, _ = sites[0].placed_matte(k)
+        placed = sh.apply(m, ops[0].bank.landmarks(k))
+        outline = sh.outline_mask(sh.extend(placed), shape) > 0
+        skin = np.median(heads[0][sh.hull_mask(placed[CHEEKS], shape) > 0], 0)
+        hair = (matte >= 0.9) & (region.alpha >= 0.9) & ~outline & (np.linalg.norm(heads[0] - skin, axis=-1) > 25)
+        hair[int(placed[17:27, 1].min()):] = False
+        own, toned = (np.median(h[hair][:, 0]) for h in heads)
+        if abs(own - target) > 5:
+            assert abs(toned - target) < abs(own - target) - 2
+            moved += 1
+        iod = sh.eye_distance(placed)
+        inner = cv2.erode(outline.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(0.1 * iod)))
+        inner &= region.alpha >= 0.9
+        assert np.abs(heads[1][inner > 0] - heads[0][inner > 0]).max() < 3
+    assert moved >= 2
+
+
 def test_a_bank_head_short_of_the_regions_top_is_lifted_to_it_and_nothing_below_the_eyes_moves():
     """A head whose top lies 1.2 eye distances above the eyes, in a region reaching 1.5: lifted, its top meets the
     region's, by MAX_LIFT at most; below the eye line the maps leave every pixel where it was."""
@@ -1265,6 +1343,9 @@ def test_inventory_names_the_bank_and_its_licence_class(composite_bank):
     assert len(guard) == 2 and all(("as its int8 copy" in r["file"]) == in_8_bits for r in guard)
     rows = BankFace.weight_files({"bank": str(composite_bank), "identity_guard": {"precision": "float32"}}, None)
     assert not any("int8" in r["file"] for r in rows)
+    assert not any(r["component"] == "hair_tone" for r in rows)
+    rows = BankFace.weight_files({"bank": str(composite_bank), "surround": "bank", "hair_tone": True}, None)
+    assert any(r["component"] == "hair_tone" and r.get("name") == "mediapipe_selfie" for r in rows)
 
 
 # ---------------------------------------------------------------- apparent sex

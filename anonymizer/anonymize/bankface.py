@@ -47,20 +47,21 @@ synthetic people. Per face:
    the alpha is 0 keep their exact bytes. Outside the inner face (brows to chin) the alpha also fades where
    the bank face is not skin (a fringe, hair at the temples, its background): the photo's own pixels stay
    there.
-5. `surround` changes the policy's face region (the ellipse the classical operators change) around the
-   bank face too: hair, ears and the face's outline, which a learning attacker reads identity from
-   (docs/reid.md). `blur` (or True): the fallback's blur (`surround_strength`: that blur's own strength;
-   default the fallback's), a smooth oval around a sharp face. `bank`: the bank person's own head (their
-   crop, warped by the similarity that places their eyes and nose on the face's; their skin's light and
-   colour taken to the photo's skin, as their face's are, their hair lit alike but not tinted; a grey bank's
-   takes the photo's light and low-passed colour), cut from its background by a matte (anonymizer.bank.matte,
-   stored in the bank; above the crop's top, which cuts most heads, the head goes on as its outline's circle
-   with its top rows' hair, and a head whose top falls short of the region's is stretched up to it above the
-   eyes; under the chin, what is not skin, such as a collar, becomes the bank person's skin in a neck's shade, and
-   past a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay);
-   where the bank photo shows background, the region shows the photo's surroundings mirrored inward across
-   its edge (regions.mirrored); the whole Poisson-blended into the photo at the region's edge. Each bank face
-   the guard tries brings its own head, and those whose head covers more of the region are tried first.
+5. `surround` changes the policy's face region (the ellipse the classical operators change) around the bank face
+   too: hair, ears and the face's outline, which a learning attacker reads identity from (docs/reid.md). `blur` (or
+   True): the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval
+   around a sharp face. `bank`: the bank person's own head (their crop, warped by the similarity that places their
+   eyes and nose on the face's; their skin's light and colour taken to the photo's skin, as their face's are, their
+   hair lit alike but not tinted, or with `hair_tone` toned to the person's own hair where the photo shows it past
+   the region (anonymizer.bank.hair); a grey bank's takes the photo's light and low-passed colour), cut from its
+   background by a matte (anonymizer.bank.matte, stored in the bank; above the crop's top, which cuts most heads,
+   the head goes on as its outline's circle with its top rows' hair, and a head whose top falls short of the
+   region's is stretched up to it above the eyes; under the chin, what is not skin, such as a collar, becomes the
+   bank person's skin in a neck's shade, and past a StyleGAN crop's render, which the crop continues mirrored, the
+   photo's own neck and clothes stay); where the bank photo shows background, the region shows the photo's
+   surroundings mirrored inward across its edge (regions.mirrored); the whole Poisson-blended into the photo at the
+   region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of the region
+   are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -84,10 +85,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anonymizer.anonymize.base import ANONYMIZERS, Anonymized
 from anonymizer.anonymize.generated import harmonize as hz
+from anonymizer.bank import hair as hr
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
 from anonymizer.bank.descriptor_probe import face_ages, person_ages
-from anonymizer.bank.matte import crowned_crop, crowned_map, crowned_matte, lift
+from anonymizer.bank.matte import PersonSegmenter, crowned_crop, crowned_map, crowned_matte, lift
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.detect.hands import HandDetector
@@ -312,6 +314,14 @@ class Site:
     def head_grey(self) -> bool:
         return _greyscale(self.head_win)
 
+    @cached_property
+    def hair(self) -> hr.HairTone | None:
+        """The person's hair as the photo shows it beyond the region (anonymizer.bank.hair.beside), which a bank
+        head's hair is toned to (`hair_tone`); None without that or where too little of it shows."""
+        if self.op.hair_segmenter is None:
+            return None
+        return hr.beside(self.image, self.region.box, self.region.alpha, self.pts, CHEEKS, self.op.hair_segmenter)
+
 
 def _bank_people(bank: Bank, probe):
     """The bank people's apparent sex (anonymizer.bank.apparent_sex.BankPeople): a StyleGAN build's recorded
@@ -362,6 +372,8 @@ class BankFace:
             rows += [{"component": "apparent_age", **describe(m, model_dir)} for m in ("apparent_age", "dlib_shape5")]
         if params.get("occlusion") == "hands":
             rows += [{"component": "occlusion", **describe(m, model_dir)} for m in ("mediapipe_palm", "mediapipe_hand")]
+        if params.get("hair_tone") and SURROUNDS[params.get("surround", False)] == "bank":
+            rows.append({"component": "hair_tone", **describe("mediapipe_selfie", model_dir)})
         return rows
 
     @staticmethod
@@ -392,7 +404,8 @@ class BankFace:
                  forehead: float = 0.7, surround: bool | str = False, surround_strength: float | None = None,
                  expand: float = 1.35, shape: str = "ellipse", feather: float = 0.15,
                  landmarks: str | None = None, tone_pool: int = 36, tone_reading: str = "ita",
-                 match_sex: bool = False, match_age: bool = False, occlusion: str | None = None) -> None:
+                 match_sex: bool = False, match_age: bool = False, occlusion: str | None = None,
+                 hair_tone: bool = False) -> None:
         if fallback in (self.name, "generated"):
             raise ValueError(f"bank: the fallback must be a classical operator, got {fallback!r}")
         if occlusion not in OCCLUSIONS:
@@ -421,6 +434,7 @@ class BankFace:
         self.surround = SURROUNDS[surround]
         self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
         self.hands = HandDetector(model_dir) if occlusion == "hands" else None
+        self.hair_segmenter = PersonSegmenter(model_dir) if hair_tone and self.surround == "bank" else None
         if identity_guard is True:
             identity_guard = {}
         self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None
@@ -839,6 +853,8 @@ class BankFace:
                 skin = self.neck(lab, placed[CHIN], self.skin(lab, theirs, site.iod), bank_skin, site.iod)[..., None]
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
                 lab[..., 1:] += skin * (site.head_skin[1:] - bank_skin[1:])
+                if site.hair is not None:
+                    self.tone_hair(lab, matte[..., 0], placed, skin[..., 0], site.hair, site.iod)
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
         if site.head_grey:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
@@ -875,6 +891,19 @@ class BankFace:
         return np.clip(depth / RENDER_RAMP + 1.0, 0.0, 1.0).astype(np.float32)[..., None]
 
     @staticmethod
+    def tone_hair(lab: np.ndarray, matte: np.ndarray, placed: np.ndarray, skin: np.ndarray, to: hr.HairTone,
+                  iod: float) -> None:
+        """A placed bank head's hair (`lab`, in place) toned to the person's (`to`) outside its face's outline
+        (`placed`: its 68 points), by how far each pixel is not skin: its colour read over the head (`matte`)
+        there, above its chin. Inside the outline a highlight reads as not skin, and the face goes there anyway."""
+        face = sh.outline_mask(sh.extend(placed), skin.shape).astype(np.float32) / 255.0
+        hair = (matte >= 0.5) & (face == 0) & (skin < 0.2)
+        hair[max(0, int(placed[8, 1])):] = False
+        if hair.sum() >= 16:
+            face = cv2.GaussianBlur(face, (0, 0), max(0.5, 0.1 * iod))
+            hr.tone(lab, hair, (1.0 - skin) * (1.0 - face), to)
+
+    @staticmethod
     def neck(lab: np.ndarray, chin: np.ndarray, skin: np.ndarray, bank_skin: np.ndarray, iod: float) -> np.ndarray:
         """Under the `chin` (a placed bank head's jaw points CHIN), what `lab` shows that is not `skin` becomes the
         bank person's skin in the shade of a neck (in place); returns the skin-likeness with that zone as skin.
@@ -909,11 +938,8 @@ class BankFace:
         """The photo's window with what is not skin (a beard, glasses, a shadow) painted in its cheeks'
         median skin colour: harmonize then takes skin light and skin colour from it, not a beard's grey."""
         lab = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        px = lab[cheeks]
-        mu = np.median(px, 0)
-        sd = np.maximum(1.4826 * np.median(np.abs(px - mu), 0), (6.0, 3.0, 3.0))
-        far = np.sqrt((((lab - mu) / sd) ** 2).sum(-1)) > SKIN_FAR
-        lab[far] = mu
+        far = hr.skin_distance(lab, cheeks) > SKIN_FAR
+        lab[far] = np.median(lab[cheeks], 0)
         return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
     @staticmethod
@@ -921,10 +947,7 @@ class BankFace:
         """How much each pixel of the warped bank face (`face_lab`: in Lab) looks like its inner face's skin (1) or
         not (0: hair, background, a hand at the edge of its outline), by its Lab distance from the inner face's
         mean in units of that region's spread; smoothed over a tenth of an eye distance."""
-        px = face_lab[inner]
-        mu = np.median(px, 0)  # median and MAD: the eyes, brows and mouth inside are not skin
-        sd = np.maximum(1.4826 * np.median(np.abs(px - mu), 0), (6.0, 3.0, 3.0))
-        d = np.sqrt((((face_lab - mu) / sd) ** 2).sum(-1))
+        d = hr.skin_distance(face_lab, inner)  # median and MAD: the eyes, brows and mouth inside are not skin
         s = np.clip((SKIN_FAR - d) / (SKIN_FAR - SKIN_NEAR), 0.0, 1.0).astype(np.float32)
         return cv2.GaussianBlur(s, (0, 0), max(0.5, 0.1 * iod))
 
