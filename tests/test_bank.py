@@ -701,7 +701,8 @@ def _group_12_faces():
 
 def test_the_persons_hair_is_read_only_where_the_photo_shows_it_past_the_region(stylegan_bank):
     """Long dark hair beyond the face region reads as dark, natural hair; where the band beyond the region is
-    background (short hair; hair the region holds), nothing is read; nor is colour no hair has (a green band)."""
+    background (short hair; hair the region holds), nothing is read; nor is colour no hair has (a green band). Without
+    a bank head there is no hair to tone: `hair_tone` then is an error naming `surround`."""
     from anonymizer.bank import hair as hr
 
     op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, hair_tone=True)
@@ -726,6 +727,8 @@ def test_the_persons_hair_is_read_only_where_the_photo_shows_it_past_the_region(
     assert read(green, faces[3]) is None
     unset = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
     assert unset.hair_segmenter is None
+    with pytest.raises(ValueError, match="hair_tone .* needs surround: bank"):
+        ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="blur", hair_tone=True)
     assert hr.NATURAL_A[0] < 0 < hr.NATURAL_A[1]
 
 

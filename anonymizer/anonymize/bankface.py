@@ -372,7 +372,7 @@ class BankFace:
             rows += [{"component": "apparent_age", **describe(m, model_dir)} for m in ("apparent_age", "dlib_shape5")]
         if params.get("occlusion") == "hands":
             rows += [{"component": "occlusion", **describe(m, model_dir)} for m in ("mediapipe_palm", "mediapipe_hand")]
-        if params.get("hair_tone") and SURROUNDS[params.get("surround", False)] == "bank":
+        if params.get("hair_tone"):
             rows.append({"component": "hair_tone", **describe("mediapipe_selfie", model_dir)})
         return rows
 
@@ -432,9 +432,11 @@ class BankFace:
         if surround not in SURROUNDS:
             raise ValueError(f"bank: surround must be one of none, blur, bank (or true / false), got {surround!r}")
         self.surround = SURROUNDS[surround]
+        if hair_tone and self.surround != "bank":
+            raise ValueError(f"bank: hair_tone tones a bank head's hair and needs surround: bank, got {surround!r}")
         self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
         self.hands = HandDetector(model_dir) if occlusion == "hands" else None
-        self.hair_segmenter = PersonSegmenter(model_dir) if hair_tone and self.surround == "bank" else None
+        self.hair_segmenter = PersonSegmenter(model_dir) if hair_tone else None
         if identity_guard is True:
             identity_guard = {}
         self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None
