@@ -19,7 +19,7 @@ from anonymizer.bank import shape as sh
 
 BAND = 0.35        # the band beyond the region's edge where the person's hair is read, in eye distances
 MIN_SHARE = 0.15   # the fewest hair pixels read, as a share of the band: hair that goes on past the region
-SKIN_FAR = 4.0     # Lab distance (in units of the cheeks' spread) beyond which a pixel is not skin
+SKIN_FAR = 4.0     # Lab distance (in units of the skin's spread, skin_distance) beyond which a pixel is not skin
 SPREAD = (0.6, 1.6)  # the bounds on scaling the bank hair's spread (per Lab channel) to the person's
 FLOOR = np.array([4.0, 2.0, 2.0])  # the least spread a hair sample is taken to have (Lab)
 PERSON = 0.8       # the segmenter's probability above which a pixel is the person's
