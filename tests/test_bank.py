@@ -692,7 +692,7 @@ def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene
 
 def _group_12_faces():
     """group_12.jpg and its faces left to right: two women with long dark hair past their face regions (3, 5), and
-    a woman whose hair the region holds, against a dark background (0)."""
+    a blonde woman with light skin, her hair pulled back but for strands down beside her face (0)."""
     from anonymizer.detect import build_detector
 
     img = _rgb(PHOTOS / "group_12.jpg")
@@ -700,9 +700,10 @@ def _group_12_faces():
 
 
 def test_the_persons_hair_is_read_only_where_the_photo_shows_it_past_the_region(stylegan_bank):
-    """Long dark hair beyond the face region reads as dark, natural hair; where the band beyond the region is
-    background (short hair; hair the region holds), nothing is read; nor is colour no hair has (a green band). Without
-    a bank head there is no hair to tone: `hair_tone` then is an error naming `surround`."""
+    """Long dark hair beyond the face region reads as dark, natural hair, and a blonde's strands beside a light-skinned
+    face as blonde (lighter, and yellow rather than red like her skin); where the band beyond the region is background
+    (short hair), nothing is read; nor is colour no hair has (a green band). Without a bank head there is no hair to
+    tone: `hair_tone` then is an error naming `surround`."""
     from anonymizer.detect import build_detector
 
     op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, hair_tone=True)
@@ -716,7 +717,8 @@ def test_the_persons_hair_is_read_only_where_the_photo_shows_it_past_the_region(
     for i in (3, 5):
         tone = read(img, faces[i])
         assert tone is not None and tone.median[0] < 25 and np.abs(tone.median[1:]).max() < 15
-    assert read(img, faces[0]) is None
+    blonde = read(img, faces[0])
+    assert blonde is not None and blonde.median[0] > 30 and blonde.median[2] > 2 * blonde.median[1] > 0
     short = _rgb(PHOTOS / "group_16.jpg")
     bald = sorted(build_detector("yunet", {"scales": [1.0]}).detect(short), key=lambda f: f.x)[2]
     assert read(short, bald) is None
@@ -733,7 +735,7 @@ def test_with_hair_tone_a_bank_heads_hair_takes_the_persons_hair_and_its_face_st
     """On a woman whose long dark hair goes on past the region, each bank head's hair (outside its face, above its
     brows, unlike its skin) comes closer to hers in lightness than the bank person's own (its hair as a whole takes
     her hair's median, so lighter crowns stay lighter than the rest); inside the bank face's outline (shrunk by
-    a tenth of an eye distance) the head is what it is without the tone."""
+    a fifth of an eye distance: twice the blur of its edge) the head is what it is without the tone."""
     from anonymizer.anonymize.bankface import CHEEKS
     from anonymizer.anonymize.generated import harmonize as hz
     from anonymizer.regions import mirrored
@@ -762,7 +764,7 @@ def test_with_hair_tone_a_bank_heads_hair_takes_the_persons_hair_and_its_face_st
             assert abs(toned - target) < abs(own - target) - 2
             moved += 1
         iod = sh.eye_distance(placed)
-        inner = cv2.erode(outline.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(0.1 * iod)))
+        inner = cv2.erode(outline.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(0.2 * iod)))
         inner &= region.alpha >= 0.9
         assert np.abs(heads[1][inner > 0] - heads[0][inner > 0]).max() < 3
     assert moved >= 2
