@@ -91,13 +91,14 @@ def beside(image: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray,
     if above.sum() < 16:
         return None
     ref, skin_centre = centre(lab[above]), centre(lab[skin])
-    near = distance(lab, ref)
-    hair = band & person & (near <= NEAR)
+    shown = lab[band & person]
+    near = distance(shown, ref)
+    hair = near <= NEAR
     if distance(ref[0], skin_centre) > APART:
-        hair &= near < distance(lab, skin_centre)
+        hair &= near < distance(shown, skin_centre)
     if hair.sum() < max(16, MIN_SHARE * band.sum()):
         return None
-    found = HairTone.of(lab[hair])
+    found = HairTone.of(shown[hair])
     # No undyed hair's colour (green, blue, magenta): a hat, or leaves, sky or a shirt the segmenter took for the person
     a, b = found.median[1:]
     return found if NATURAL_A[0] <= a <= NATURAL_A[1] and NATURAL_B[0] <= b <= NATURAL_B[1] else None
