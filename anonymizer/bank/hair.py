@@ -25,7 +25,6 @@ BAND = 0.35        # the band beyond the region's edge where the person's hair i
 MIN_SHARE = 0.10   # the fewest hair pixels read, as a share of the band: hair that goes on past the region
 NEAR = 2.5         # Lab distance (in units of the spread of the hair above the forehead) of a pixel of that hair
 APART = 2.0        # that hair's distance from the skin (skin_distance) above which hair must also be unlike skin
-SKIN_FAR = 4.0     # Lab distance (in units of the skin's spread, skin_distance) beyond which a pixel is not skin
 SPREAD = (0.6, 1.6)  # the bounds on scaling the bank hair's spread (per Lab channel) to the person's
 FLOOR = np.array([4.0, 2.0, 2.0])  # the least spread a hair sample is taken to have when toning (Lab)
 LEAST_SPREAD = (6.0, 3.0, 3.0)  # the least spread a sample of skin or hair is taken to have in a `distance` (Lab)
@@ -42,14 +41,13 @@ class HairTone:
 
     @classmethod
     def of(cls, lab: np.ndarray) -> "HairTone":
-        median = np.median(lab, 0)
-        return cls(median, np.maximum(1.4826 * np.median(np.abs(lab - median), 0), FLOOR))
+        return cls(*centre(lab, FLOOR))
 
 
-def centre(px: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The median of Lab pixels `px` and their spread (1.4826 MAD, at least LEAST_SPREAD): what `distance` takes."""
+def centre(px: np.ndarray, floor=LEAST_SPREAD) -> tuple[np.ndarray, np.ndarray]:
+    """The median of Lab pixels `px` and their spread (1.4826 MAD, at least `floor`): what `distance` takes."""
     mu = np.median(px, 0)
-    return mu, np.maximum(1.4826 * np.median(np.abs(px - mu), 0), LEAST_SPREAD)
+    return mu, np.maximum(1.4826 * np.median(np.abs(px - mu), 0), floor)
 
 
 def distance(lab: np.ndarray, of: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
