@@ -1041,6 +1041,24 @@ def test_poisson_blend_joins_the_seam_and_keeps_the_faces_own_tone():
     assert np.median(out[edge, 0]) > 180  # at the edge: the background's level
 
 
+def test_poisson_membrane_depends_only_on_the_edge():
+    """What the blend adds inside the mask is set by the mismatch at its edge alone: a light detail inside a
+    dark face on a white background (hair on a white wall) gets the same lift as the face around it. Had the
+    solve clipped to 8 bits where the detail plus the lift passed 255, the detail's outline would come back,
+    enlarged and softened, as a ghost beside it."""
+    from anonymizer.anonymize.bankface import poisson
+
+    plain = np.full((200, 160, 3), 30, np.uint8)
+    detail = plain.copy()
+    detail[70:130, 65:95] = 150
+    dst = np.full_like(plain, 235)
+    mask = np.zeros((200, 160), np.uint8)
+    cv2.ellipse(mask, (80, 100), (70, 90), 0, 0, 360, 255, -1)
+    lift = [poisson(src, dst, mask, reach=80).astype(int) - src for src in (plain, detail)]
+    assert lift[0][100, 80, 0] > 15  # the edge's mismatch reaches the centre
+    assert np.abs(lift[0] - lift[1])[mask > 0].max() <= 2
+
+
 def test_replaced_faces_keep_the_persons_skin_lightness(operator, scene):
     img, faces = scene
     res = operator.anonymize(img, faces, face_rngs(0, PHOTO, len(faces)))

@@ -131,7 +131,9 @@ def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) ->
     Carried all the way in, the membrane set the whole face's lightness from what surrounds it: on a white
     background a dark-skinned person got a pale face, whatever harmonize had matched. The membrane is solved
     (cv2.seamlessClone) at POISSON_SCALE and enlarged: it is smooth, so little is lost, and the solve costs
-    a quarter. Outside the mask, `dst`."""
+    a quarter. It is solved by itself, not as src cloned: seamlessClone's 8-bit result clipped where src plus
+    the membrane left 0-255 (dark hair at a white edge), and src's own edges came back, enlarged, as a ghost
+    beside them. Outside the mask, `dst`."""
     h, w = mask.shape
     sw, sh_ = max(8, round(w * POISSON_SCALE)), max(8, round(h * POISSON_SCALE))
     small = cv2.resize(mask, (sw, sh_), interpolation=cv2.INTER_NEAREST)
@@ -139,10 +141,12 @@ def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) ->
     bx, by, bw, bh = cv2.boundingRect(small)
     if bw <= 2 or bh <= 2:
         return np.where(mask[..., None] > 0, src, dst)
-    s = cv2.resize(src, (sw, sh_), interpolation=cv2.INTER_AREA)
-    d = cv2.resize(np.ascontiguousarray(dst), (sw, sh_), interpolation=cv2.INTER_AREA)
-    cloned = cv2.seamlessClone(s, d, small, (bx + bw // 2, by + bh // 2), cv2.NORMAL_CLONE)
-    membrane = cv2.resize(cloned.astype(np.float32) - s, (w, h), interpolation=cv2.INTER_LINEAR)
+    s = cv2.resize(src, (sw, sh_), interpolation=cv2.INTER_AREA).astype(np.float32)
+    d = cv2.resize(np.ascontiguousarray(dst), (sw, sh_), interpolation=cv2.INTER_AREA).astype(np.float32)
+    # flat inside, dst - src at the edge: halved about 128, so that any difference fits in 8 bits
+    diff = np.clip(np.rint((d - s) / 2.0 + 128.0), 0, 255).astype(np.uint8)
+    cloned = cv2.seamlessClone(np.full_like(diff, 128), diff, small, (bx + bw // 2, by + bh // 2), cv2.NORMAL_CLONE)
+    membrane = cv2.resize((cloned.astype(np.float32) - 128.0) * 2.0, (w, h), interpolation=cv2.INTER_LINEAR)
     depth = cv2.distanceTransform((mask > 0).astype(np.uint8), cv2.DIST_L2, 5)
     membrane *= np.clip(1.0 - depth / max(reach, 1.0), 0.0, 1.0)[..., None]
     out = np.clip(src.astype(np.float32) + membrane + 0.5, 0, 255).astype(np.uint8)
