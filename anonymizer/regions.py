@@ -63,13 +63,23 @@ def face_region(face: Face, image_shape: tuple[int, int], expand: float, shape: 
     return FaceMask(x0, y0, alpha.astype(np.float32))
 
 
-def mirrored(image: np.ndarray, region: FaceMask) -> np.ndarray:
+MIN_RUN = 3.0  # px: a run of one kind (the person, or not) past the region's edge thinner than this is mirrored through
+
+
+def mirrored(image: np.ndarray, region: FaceMask,
+             person: tuple[np.ndarray, tuple[int, int]] | None = None) -> np.ndarray:
     """The region's window of `image`, each pixel inside the region (alpha > 0) taken from its mirror image
     across the region's nearest edge: the photo's own surroundings continued inward, with their texture, and
     equal to them at the edge. A bank head leaves part of the region uncovered; a blur there showed a smooth
     oval of the person's own hair and background, which no photograph has. No pixel of the region is ever a
     source: a mirror image that leaves the photo is clamped to its edge, and one that lands in the region
-    takes the nearest pixel outside it instead."""
+    takes the nearest pixel outside it instead.
+
+    `person`: a mask of the person's pixels over a window around the region, and that window's (x0, y0). Each
+    pixel's source then stays within the kind (the person, or not) of its nearest pixel outside the region, the
+    mirror image turning back where that kind ends, as between two mirrors. Where the person's hair ends just
+    past the region's edge, a plain mirror image showed the background beyond it as a pale band inside the
+    hair, and the hair again past that band as a second outline."""
     x0, y0, x1, y1 = region.box
     height, width = image.shape[:2]
     inside = region.alpha > 0
@@ -88,13 +98,52 @@ def mirrored(image: np.ndarray, region: FaceMask) -> np.ndarray:
     nearest[labels[zy, zx]] = np.stack([zx, zy], 1) - 1
     bx, by = np.moveaxis(nearest[labels[1:-1, 1:-1]], -1, 0)
     py, px = np.mgrid[0:y1 - y0, 0:x1 - x0]
-    tx = np.clip(2 * bx - px + x0, 0, width - 1) - x0
-    ty = np.clip(2 * by - py + y0, 0, height - 1) - y0
+    if person is None:
+        tx, ty = 2 * bx - px, 2 * by - py
+    else:
+        depth = np.hypot(bx - px, by - py)
+        run = _run(person, region, (np.clip(bx + x0, 0, width - 1), np.clip(by + y0, 0, height - 1)))
+        back = (run >= MIN_RUN) & (depth > run)
+        # back and forth within the run, short of the edge (whose pixels may be a sliver of the other kind)
+        span = np.maximum(run - MIN_RUN / 2, 1.0)
+        turned = run - span + np.abs(np.mod(depth - run, 2 * span) - span)
+        scale = np.where(back, turned / np.maximum(depth, 1e-9), 1.0)
+        tx, ty = np.rint(bx + (bx - px) * scale).astype(np.int64), np.rint(by + (by - py) * scale).astype(np.int64)
+    tx = np.clip(tx + x0, 0, width - 1) - x0
+    ty = np.clip(ty + y0, 0, height - 1) - y0
     within = (tx >= 0) & (tx < x1 - x0) & (ty >= 0) & (ty < y1 - y0)
     hit = within & inside[ty.clip(0, y1 - y0 - 1), tx.clip(0, x1 - x0 - 1)]
     tx, ty = np.where(hit, bx, tx), np.where(hit, by, ty)
     tx, ty = np.where(inside, tx, px), np.where(inside, ty, py)
     return image[ty + y0, tx + x0]
+
+
+def _run(person: tuple[np.ndarray, tuple[int, int]], region: FaceMask, at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """At image pixels `at` (xs, ys) outside the region: how far their kind (`person`'s mask, or not) goes on
+    outside the region: the distance to the nearest pixel of the other kind there, less a pixel and a half of
+    rounding (unbounded where none is in the mask's window, or where `at` lies outside it)."""
+    mask, (mx, my) = person
+    h, w = mask.shape
+    inside = np.zeros((h, w), bool)
+    rx0, ry0, rx1, ry1 = region.box
+    sx0, sy0, sx1, sy1 = max(rx0, mx), max(ry0, my), min(rx1, mx + w), min(ry1, my + h)
+    if sx1 > sx0 and sy1 > sy0:
+        inside[sy0 - my:sy1 - my, sx0 - mx:sx1 - mx] = region.alpha[sy0 - ry0:sy1 - ry0, sx0 - rx0:sx1 - rx0] > 0
+    # a sliver of background between the region (a face: the person's) and the person's hair past it is theirs
+    mask = cv2.morphologyEx((mask | inside).astype(np.uint8), cv2.MORPH_CLOSE,
+                            cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
+    far = float(h + w)
+    xs, ys = at[0] - mx, at[1] - my
+    ok = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
+    xs, ys = xs.clip(0, w - 1), ys.clip(0, h - 1)
+    out = np.full(xs.shape, far, np.float32)
+    for kind in (True, False):
+        other = ~inside & (mask != kind)
+        if other.any():
+            reach = cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, 5)
+            mine = ok & (mask[ys, xs] == kind)
+            out[mine] = np.minimum(reach[ys[mine], xs[mine]] - 1.5, far)
+    return out
 
 
 def blend(crop: np.ndarray, new: np.ndarray, alpha: np.ndarray) -> np.ndarray:

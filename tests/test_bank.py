@@ -659,6 +659,28 @@ def test_what_a_bank_head_leaves_uncovered_shows_the_surroundings_and_nothing_of
         assert lap[inside].mean() > 0.5 * lap[~inside].mean()
 
 
+def test_the_backdrop_keeps_to_the_person_or_the_background_it_continues():
+    """Hair that ends just past the region's edge, on a white wall: mirrored plainly, the wall beyond the hair comes
+    in as a white band inside it; kept to the person (regions.mirrored's `person`), the hair goes on inward
+    however deep, and the wall beside it stays wall. Pixels outside the region are the window's own either way."""
+    from anonymizer.regions import mirrored
+
+    img = np.full((200, 200, 3), 250, np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
+    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    hair = (r > 1) & (r < 1.25) & (xx > 110)  # about 12 px of hair past the right edge
+    img[hair] = 30
+    person = (hair | (r < 1), (0, 0))
+    plain, kept = mirrored(img, region), mirrored(img, region, person)
+    row = slice(85, 110)  # 25 px in from the region's right edge (x 150), at y = 100 (the window starts at 40, 30)
+    assert (plain[70, row, 0] > 200).any()  # the wall beyond the hair, mirrored into it
+    assert (kept[70, row, 0] < 60).all()
+    assert (kept[70, 11:36, 0] > 200).all()  # in from the left edge, which meets the wall: wall
+    outside = region.alpha == 0
+    assert np.array_equal(kept[outside], img[30:171, 40:161][outside])
+
+
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
     """The bank person's skin around their face (forehead, temples, neck) is taken to the photo's skin, as their
     face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the
@@ -726,7 +748,9 @@ def test_the_persons_hair_is_read_only_where_the_photo_shows_it_past_the_region(
     green[..., 1] = np.clip(green[..., 1].astype(int) + 60, 0, 255)  # the dark hair turned green
     assert read(green, faces[3]) is None
     unset = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
-    assert unset.hair_segmenter is None
+    _, pts, window = unset.decide(img, faces[3])
+    region = face_region(faces[3], img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    assert Site(unset, img, pts, window, region).hair is None  # read above, but not without hair_tone
     with pytest.raises(ValueError, match="hair_tone .* needs surround: bank"):
         ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="blur", hair_tone=True)
 
@@ -1363,9 +1387,9 @@ def test_inventory_names_the_bank_and_its_licence_class(composite_bank):
     assert len(guard) == 2 and all(("as its int8 copy" in r["file"]) == in_8_bits for r in guard)
     rows = BankFace.weight_files({"bank": str(composite_bank), "identity_guard": {"precision": "float32"}}, None)
     assert not any("int8" in r["file"] for r in rows)
-    assert not any(r["component"] == "hair_tone" for r in rows)
+    assert not any(r["component"] == "surround" for r in rows)
     rows = BankFace.weight_files({"bank": str(composite_bank), "surround": "bank", "hair_tone": True}, None)
-    assert any(r["component"] == "hair_tone" and r.get("name") == "mediapipe_selfie" for r in rows)
+    assert any(r["component"] == "surround" and r.get("name") == "mediapipe_selfie" for r in rows)
 
 
 # ---------------------------------------------------------------- apparent sex

@@ -59,8 +59,9 @@ synthetic people. Per face:
    region's is stretched up to it above the eyes; under the chin, what is not skin, such as a collar, becomes the
    bank person's skin in a neck's shade, and past a StyleGAN crop's render, which the crop continues mirrored, the
    photo's own neck and clothes stay); where the bank photo shows background, the region shows the photo's
-   surroundings mirrored inward across its edge (regions.mirrored); the whole Poisson-blended into the photo at the
-   region's edge. Each bank face the guard tries brings its own head, and those whose head covers more of the region
+   surroundings mirrored inward across its edge, each pixel within the person or the background it continues
+   (regions.mirrored, with a person segmenter's pixels); the whole Poisson-blended into the photo at the region's
+   edge. Each bank face the guard tries brings its own head, and those whose head covers more of the region
    are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
@@ -319,12 +320,20 @@ class Site:
         return _greyscale(self.head_win)
 
     @cached_property
+    def person(self) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """The person's pixels around the region (anonymizer.bank.hair.person): what its backdrop keeps to and its
+        hair is read from; None without a region."""
+        if self.op.segmenter is None or self.region is None:
+            return None
+        return hr.person(self.image, self.region.box, self.iod, self.op.segmenter)
+
+    @cached_property
     def hair(self) -> hr.HairTone | None:
         """The person's hair as the photo shows it beyond the region (anonymizer.bank.hair.beside), which a bank
         head's hair is toned to (`hair_tone`); None without that or where too little of it shows."""
-        if self.op.hair_segmenter is None:
+        if not self.op.hair_tone or self.person is None:
             return None
-        return hr.beside(self.image, self.region.box, self.region.alpha, self.pts, CHEEKS, self.op.hair_segmenter)
+        return hr.beside(self.image, self.region.box, self.region.alpha, self.pts, CHEEKS, self.person)
 
 
 def _bank_people(bank: Bank, probe):
@@ -376,8 +385,8 @@ class BankFace:
             rows += [{"component": "apparent_age", **describe(m, model_dir)} for m in ("apparent_age", "dlib_shape5")]
         if params.get("occlusion") == "hands":
             rows += [{"component": "occlusion", **describe(m, model_dir)} for m in ("mediapipe_palm", "mediapipe_hand")]
-        if params.get("hair_tone"):
-            rows.append({"component": "hair_tone", **describe("mediapipe_selfie", model_dir)})
+        if SURROUNDS.get(params.get("surround", False)) == "bank":
+            rows.append({"component": "surround", **describe("mediapipe_selfie", model_dir)})
         return rows
 
     @staticmethod
@@ -440,7 +449,8 @@ class BankFace:
             raise ValueError(f"bank: hair_tone tones a bank head's hair and needs surround: bank, got {surround!r}")
         self.landmarker = sh.landmarker(landmarks or self.bank.landmarker, model_dir)
         self.hands = HandDetector(model_dir) if occlusion == "hands" else None
-        self.hair_segmenter = PersonSegmenter(model_dir) if hair_tone else None
+        self.hair_tone = bool(hair_tone)
+        self.segmenter = PersonSegmenter(model_dir) if self.surround == "bank" else None
         if identity_guard is True:
             identity_guard = {}
         self.guard = _Guard(BankGuardConfig(**identity_guard), model_dir) if isinstance(identity_guard, dict) else None
@@ -995,8 +1005,9 @@ class BankFace:
             if self.surround == "bank":
                 region = face_region(faces[i], image.shape[:2], self.around.expand, self.around.shape,
                                      self.around.feather)
-                backdrop = mirrored(out, region)
             site = Site(self, image, pts, window, region)
+            if region is not None:
+                backdrop = mirrored(out, region, site.person)
             skin, allowed = self.readings(image, faces[i], refs, site) if faces[i].identity is None else (None, None)
             guarded = faces[i].identity is None and self.guard is not None
             order, extras = self.candidates(pts, rngs[i], faces[i].identity, skin, allowed,

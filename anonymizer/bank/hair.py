@@ -61,18 +61,29 @@ def skin_distance(lab: np.ndarray, skin: np.ndarray) -> np.ndarray:
     return distance(lab, centre(lab[skin]))
 
 
-def beside(image: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray, pts: np.ndarray,
-           cheeks: np.ndarray, segmenter) -> HairTone | None:
-    """The person's hair just beyond the face region (`box`: x0, y0, x1, y1; `alpha`: the region over it) in
-    `image` (RGB), where the face's 68 points are `pts` (`cheeks`: those that bound skin); None where too little
-    of it shows. `segmenter`: a person's probability per pixel of an RGB window
-    (anonymizer.bank.matte.PersonSegmenter)."""
+def person(image: np.ndarray, box: tuple[int, int, int, int], iod: float,
+           segmenter) -> tuple[np.ndarray, tuple[int, int]]:
+    """The person's pixels around the face region (`box`: x0, y0, x1, y1) of `image` (RGB), by `segmenter` (a
+    person's probability per pixel of an RGB window: anonymizer.bank.matte.PersonSegmenter) over the box grown by
+    BAND eye distances (`iod`), and that window's (x0, y0): what `beside` reads and regions.mirrored keeps to."""
     height, width = image.shape[:2]
-    iod = sh.eye_distance(pts)
     reach = int(np.ceil(BAND * iod))
     x0, y0, x1, y1 = box
     wx0, wy0 = max(0, x0 - reach), max(0, y0 - reach)
     wx1, wy1 = min(width, x1 + reach), min(height, y1 + reach)
+    return segmenter(image[wy0:wy1, wx0:wx1]) >= PERSON, (wx0, wy0)
+
+
+def beside(image: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray, pts: np.ndarray,
+           cheeks: np.ndarray, people: tuple[np.ndarray, tuple[int, int]]) -> HairTone | None:
+    """The person's hair just beyond the face region (`box`: x0, y0, x1, y1; `alpha`: the region over it) in
+    `image` (RGB), where the face's 68 points are `pts` (`cheeks`: those that bound skin) and `people` is
+    `person`'s reading around it; None where too little of it shows."""
+    iod = sh.eye_distance(pts)
+    reach = int(np.ceil(BAND * iod))
+    x0, y0, x1, y1 = box
+    person, (wx0, wy0) = people
+    wy1, wx1 = wy0 + person.shape[0], wx0 + person.shape[1]
     region = np.zeros((wy1 - wy0, wx1 - wx0), np.float32)
     region[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = alpha
     inside = (region > 0).astype(np.uint8)
@@ -81,9 +92,7 @@ def beside(image: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray,
     skin = sh.hull_mask(pts[cheeks], inside.shape, (wx0, wy0)) > 0
     if band.sum() == 0 or skin.sum() < 16:
         return None
-    window = image[wy0:wy1, wx0:wx1]
-    lab = cv2.cvtColor(window.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-    person = segmenter(window) >= PERSON
+    lab = cv2.cvtColor(image[wy0:wy1, wx0:wx1].astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
     above = (region >= 0.5) & person & (sh.outline_mask(sh.extend(pts), inside.shape, (wx0, wy0)) == 0)
     above[max(0, int(pts[17:27, 1].min()) - wy0):] = False  # above the brows: hair, or a bald head's skin
     if above.sum() < 16:
