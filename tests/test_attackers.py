@@ -107,6 +107,16 @@ def test_seeds_run_the_operator_once_each_and_pool_the_hits(shared, tmp_path, ca
     assert "| noise | 0.5 (seed 1) |" in out and "| noise | 0.5 (seeds 0, 1 pooled) |" in out
 
 
+def test_a_missing_lfw_folder_is_a_clear_error_naming_it(tmp_path, capsys):
+    from anonymizer import exit_codes
+    from anonymizer.cli import main
+
+    missing = tmp_path / "no_lfw"
+    assert main(["eval", "attackers", "--lfw", str(missing), "--out", str(tmp_path / "out")]) == exit_codes.USAGE
+    assert f"LFW folder not found: {missing} (pass --lfw)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_names_are_refused_clearly():
     with pytest.raises(ValueError, match="unknown attacker.*'oracle'.*known: naive, parrot-trained, restoration"):
         A.parse_attackers("naive,oracle")

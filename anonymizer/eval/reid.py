@@ -572,7 +572,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def policy_and_sweep(args: argparse.Namespace) -> tuple[Policy, list[tuple[str, float]]]:
-    """The policy and the (operator, strength) pairs to attack; `--sweep policy`: the policy's own operator."""
+    """The policy and the (operator, strength) pairs to attack; `--sweep policy`: the policy's own operator.
+    Checks --lfw first: a clear error before any model loads."""
+    if args.lfw is None or not Path(args.lfw).is_dir():
+        raise FileNotFoundError(f"LFW folder not found: {args.lfw} (pass --lfw)")
     policy = load_policy(args.policy)
     sweep = args.sweep
     if sweep == "policy":
@@ -582,8 +585,6 @@ def policy_and_sweep(args: argparse.Namespace) -> tuple[Policy, list[tuple[str, 
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.lfw is None or not Path(args.lfw).is_dir():
-        raise FileNotFoundError(f"LFW folder not found: {args.lfw} (pass --lfw)")
     policy, sweep = policy_and_sweep(args)
     result, scores = run_sweep(policy, Path(args.lfw), sweep, args.far, args.min_images, args.images_per_identity,
                                args.max_identities, cache=args.cache, identities=args.identities)
