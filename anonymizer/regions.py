@@ -75,7 +75,7 @@ def mirrored(image: np.ndarray, region: FaceMask,
     source: a mirror image that leaves the photo is clamped to its edge, and one that lands in the region
     takes the nearest pixel outside it instead.
 
-    `person`: a mask of the person's pixels over a window around the region, and that window's (x0, y0). Each
+    `person`: a mask of the person's pixels over a window holding the region, and that window's (x0, y0). Each
     pixel's source then stays within the kind (the person, or not) of its nearest pixel outside the region, the
     mirror image turning back where that kind ends, as between two mirrors. Where the person's hair ends just
     past the region's edge, a plain mirror image showed the background beyond it as a pale band inside the
@@ -126,9 +126,7 @@ def _run(person: tuple[np.ndarray, tuple[int, int]], region: FaceMask, at: tuple
     h, w = mask.shape
     inside = np.zeros((h, w), bool)
     rx0, ry0, rx1, ry1 = region.box
-    sx0, sy0, sx1, sy1 = max(rx0, mx), max(ry0, my), min(rx1, mx + w), min(ry1, my + h)
-    if sx1 > sx0 and sy1 > sy0:
-        inside[sy0 - my:sy1 - my, sx0 - mx:sx1 - mx] = region.alpha[sy0 - ry0:sy1 - ry0, sx0 - rx0:sx1 - rx0] > 0
+    inside[ry0 - my:ry1 - my, rx0 - mx:rx1 - mx] = region.alpha > 0
     # a sliver of background between the region (a face: the person's) and the person's hair past it is theirs
     mask = cv2.morphologyEx((mask | inside).astype(np.uint8), cv2.MORPH_CLOSE,
                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
