@@ -56,9 +56,9 @@ synthetic people. Per face:
    the region (anonymizer.bank.hair); a grey bank's takes the photo's light and low-passed colour), cut from its
    background by a matte (anonymizer.bank.matte, stored in the bank; above the crop's top, which cuts most heads,
    the head goes on as its outline's circle with its top rows' hair, and a head whose top falls short of the
-   region's is stretched up to it above the eyes; under the chin, what is not skin, such as a collar, becomes the
-   bank person's skin in a neck's shade, and past a StyleGAN crop's render, which the crop continues mirrored, the
-   photo's own neck and clothes stay); where the bank photo shows background, the region shows the photo's
+   region's is stretched up to it above the eyes; under its chin, where bank photos often hold a hand, a scarf or
+   a collar, and past a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and
+   clothes stay); where the bank photo shows background, the region shows the photo's
    surroundings mirrored inward across its edge, each pixel within the person or the background it continues
    (regions.mirrored, with a person segmenter's pixels); the whole Poisson-blended into the photo at the region's
    edge. Each bank face the guard tries brings its own head, and those whose head covers more of the region
@@ -118,9 +118,7 @@ NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # point
 POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
 SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
 MAX_GAIN = 1.6       # the most a bank head's L + 16 is scaled to meet the photo's skin (4x its luminance)
-CHIN = np.arange(4, 13)  # the jaw under the chin: below it (UNDER_CHIN eye distances), a bank head shows only skin
-UNDER_CHIN = 1.5
-NECK_SHADE = 12.0    # a neck's lightness under the chin, below the face's skin (Lab L)
+CHIN = np.arange(4, 13)  # the jaw under the chin: below it a bank head leaves the photo as it is
 OCCLUSIONS = (None, "hands")  # BankFace's occlusion (the module doc, step 1)
 OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's outline occludes it
 RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a render's bottom edge hands over to the photo
@@ -866,7 +864,7 @@ class BankFace:
             if theirs.sum() >= 16 and site.head_skin is not None:
                 bank_skin = np.median(lab[theirs], 0)
                 gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
-                skin = self.neck(lab, placed[CHIN], self.skin(lab, theirs, site.iod), bank_skin, site.iod)[..., None]
+                skin = self.skin(lab, theirs, site.iod)[..., None]
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
                 lab[..., 1:] += skin * (site.head_skin[1:] - bank_skin[1:])
                 if site.hair is not None:
@@ -876,14 +874,28 @@ class BankFace:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
         layer = layer * matte + backdrop.astype(np.float32) * (1.0 - matte)
         base = out[y0:y1, x0:x1]
-        below = self.below_render(k, m, maps, size)
-        if below is not None:  # past the render's bottom edge the crop is the render mirrored: the photo stays
-            layer = layer * (1.0 - below) + base * below
+        # Past the render's bottom edge the crop is the render mirrored, and under the chin the bank photo often
+        # holds a hand, a scarf or a collar, which the matte keeps with the person and which showed, toned as skin,
+        # as a second chin: the photo stays there (its own neck and clothes; the face's render covers its jaw)
+        below = self.under_chin(k, m, size, site.iod)
+        if self.bank.rendered:
+            below = np.maximum(below, self.below_render(k, m, maps, size))
+        layer = layer * (1.0 - below) + base * below
         layer = np.rint(layer).astype(np.uint8)
         if self.poisson:
             mask = (region.alpha > 0).astype(np.uint8) * 255
             layer = poisson(layer, base, mask, SEAM_REACH * site.iod)
         return blend(base, layer, region.alpha)
+
+    def under_chin(self, k: int, m: np.ndarray, size: tuple[int, int], iod: float) -> np.ndarray:
+        """Per pixel of the region's window (`size`: width, height), whether it lies under bank face k's chin (its
+        jaw points CHIN, placed by `m`), straight down to the window's bottom; softened over a twentieth of an eye
+        distance. `lift` moves nothing below the eyes, so `m` alone places the jaw."""
+        chin = sh.apply(m, self.bank.landmarks(k))[CHIN]
+        poly = np.vstack([chin, [[chin[-1, 0], size[1] + 1.0], [chin[0, 0], size[1] + 1.0]]])
+        under = np.zeros(size[::-1], np.uint8)
+        cv2.fillPoly(under, [np.round(poly).astype(np.int32)], 1)
+        return cv2.GaussianBlur(under.astype(np.float32), (0, 0), max(0.5, 0.05 * iod))[..., None]
 
     def below_render(self, k: int, m: np.ndarray, maps: tuple[np.ndarray, np.ndarray] | None,
                      size: tuple[int, int]) -> np.ndarray | None:
@@ -918,18 +930,6 @@ class BankFace:
         if hair.sum() >= 16:
             face = cv2.GaussianBlur(face, (0, 0), max(0.5, 0.1 * iod))
             hr.tone(lab, hair, (1.0 - skin) * (1.0 - face), to)
-
-    @staticmethod
-    def neck(lab: np.ndarray, chin: np.ndarray, skin: np.ndarray, bank_skin: np.ndarray, iod: float) -> np.ndarray:
-        """Under the `chin` (a placed bank head's jaw points CHIN), what `lab` shows that is not `skin` becomes the
-        bank person's skin in the shade of a neck (in place); returns the skin-likeness with that zone as skin.
-        Why: the bank photo often shows clothes there (a collar, a sweater up to the chin)."""
-        under = np.zeros(lab.shape[:2], np.uint8)
-        cv2.fillPoly(under, [np.round(np.concatenate([chin - (0.0, 0.2 * iod),  # from above the jaw: the blur's edge
-                                                      chin[::-1] + (0.0, UNDER_CHIN * iod)])).astype(np.int32)], 1)
-        under = cv2.GaussianBlur(under.astype(np.float32), (0, 0), max(0.5, 0.1 * iod))
-        lab += (under * (1.0 - skin))[..., None] * (bank_skin - (NECK_SHADE, 0.0, 0.0) - lab)
-        return np.maximum(skin, under)
 
     @staticmethod
     def harmonize(face: np.ndarray, original: np.ndarray | hz.Target, inner: np.ndarray,
