@@ -914,6 +914,38 @@ def test_past_its_renders_bottom_edge_a_bank_head_leaves_the_photo_as_it_is(styl
     assert composites.below_render(0, m, maps, (x1 - x0, y1 - y0)) is None
 
 
+def test_a_bank_heads_hair_against_a_wall_keeps_its_own_light(stylegan_bank):
+    """The Poisson seam takes a bank head to the photo's light where the region's edge crosses the person, not
+    where it crosses their background: there a membrane from dark bank hair to a white wall lifted the hair
+    into a grey halo. Hair over the wall, inside the region's feathered edge, stays as the seam-less head has it."""
+    from anonymizer.detect import build_detector
+    from anonymizer.regions import mirrored
+
+    img = _rgb(PHOTOS / "group_2.jpg")  # nurses against a white studio wall
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    ops = [ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, poisson=p)
+           for p in (True, False)]
+    lifted, judged = [], 0
+    for face in sorted(faces, key=lambda f: -f.w)[:3]:
+        reason, pts, window = ops[0].decide(img, face)
+        if reason is not None:
+            continue
+        region = face_region(face, img.shape[:2], ops[0].around.expand, ops[0].around.shape, ops[0].around.feather)
+        for k in range(len(ops[0].bank)):
+            sites = [Site(op, img, pts, window, region) for op in ops]
+            seamed, plain = (op.head(img.copy(), site, k, mirrored(img, region, site.person)).astype(np.float32)
+                             for op, site in zip(ops, sites))
+            people, (mx, my) = sites[0].person
+            x0, y0, x1, y1 = region.box
+            wall = cv2.erode((~people[y0 - my:y1 - my, x0 - mx:x1 - mx]).astype(np.uint8), np.ones((5, 5), np.uint8))
+            hair = (region.alpha > 0.05) & (region.alpha < 0.95) & (wall > 0) & (sites[0].placed_matte(k)[1] > 0.9)
+            if hair.sum() >= 20:
+                judged += 1
+                lifted.append(float(np.abs(seamed - plain)[hair].mean()))
+    assert judged >= 3
+    assert np.median(lifted) < 2.0 and max(lifted) < 4.0, lifted
+
+
 @pytest.mark.parametrize("params", [{"identity_guard": False}, {"surround": "bank"}],
                          ids=["unguarded", "guarded, bank heads"])
 def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(composite_bank, scene, params):

@@ -326,6 +326,17 @@ class Site:
         return hr.person(self.image, self.region.box, self.iod, self.op.segmenter)
 
     @cached_property
+    def background(self) -> np.ndarray | None:
+        """Over the region's window, how surely the photo shows no one there (the segmenter's people, Site.person,
+        softened over a twentieth of an eye distance); None without a segmenter."""
+        if self.person is None:
+            return None
+        mask, (mx, my) = self.person
+        x0, y0, x1, y1 = self.region.box
+        people = mask[y0 - my:y1 - my, x0 - mx:x1 - mx].astype(np.float32)
+        return 1.0 - cv2.GaussianBlur(people, (0, 0), max(0.5, 0.05 * self.iod))
+
+    @cached_property
     def hair(self) -> hr.HairTone | None:
         """The person's hair as the photo shows it beyond the region (anonymizer.bank.hair.beside), which a bank
         head's hair is toned to (`hair_tone`); None without that or where too little of it shows."""
@@ -883,8 +894,12 @@ class BankFace:
         layer = layer * (1.0 - below) + base * below
         layer = np.rint(layer).astype(np.uint8)
         if self.poisson:
+            # The seam takes the head to the photo's light where the photo shows the person; where it shows their
+            # background, a membrane from bank hair to a white wall brightened the hair into a grey halo
+            seam = base if site.background is None else np.rint(
+                base + site.background[..., None] * (layer.astype(np.float32) - base)).astype(np.uint8)
             mask = (region.alpha > 0).astype(np.uint8) * 255
-            layer = poisson(layer, base, mask, SEAM_REACH * site.iod)
+            layer = poisson(layer, seam, mask, SEAM_REACH * site.iod)
         return blend(base, layer, region.alpha)
 
     def under_chin(self, k: int, m: np.ndarray, size: tuple[int, int], iod: float) -> np.ndarray:
