@@ -896,8 +896,7 @@ class BankFace:
         if self.poisson:
             # The seam takes the head to the photo's light where the photo shows the person; where it shows their
             # background, a membrane from bank hair to a white wall brightened the hair into a grey halo
-            seam = base if site.background is None else np.rint(
-                base + site.background[..., None] * (layer.astype(np.float32) - base)).astype(np.uint8)
+            seam = base if site.background is None else blend(base, layer, site.background)
             mask = (region.alpha > 0).astype(np.uint8) * 255
             layer = poisson(layer, seam, mask, SEAM_REACH * site.iod)
         return blend(base, layer, region.alpha)
