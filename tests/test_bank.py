@@ -1020,9 +1020,18 @@ def test_a_head_the_crops_top_cuts_goes_on_as_the_rest_of_its_outline(centre_y, 
     crop = np.zeros((size, size, 3), np.uint8)
     crop[:CROWN_BAND] = (90, 60, 30)  # hair
     crop[CROWN_BAND:] = (230, 180, 160)  # the forehead and below
-    above = crowned_crop(crop)
+    above = crowned_crop(crop, matte)
     assert above.shape == (pad + size, size, 3) and np.array_equal(above[pad:], crop)
     assert np.all(above[:pad] == (90, 60, 30))
+
+    # Hair lighter toward the crop's top: up each column the cap goes once from the top row's texture to the
+    # band's far row, without turning back (a band mirrored back and forth showed as stripes)
+    crop[:CROWN_BAND, :, 0] = 210 - 10 * np.arange(CROWN_BAND)[:, None]
+    cap = crowned_crop(crop, matte)[:pad, :, 0].astype(int)[::-1]  # row 0: just above the top row
+    assert np.all(cap[0] == 210)
+    assert np.all(np.diff(cap, axis=0) <= 0), "the cap's texture turns back"
+    tall = np.flatnonzero(heights >= CROWN_BAND)  # a cap this tall reaches the band's far row at its top
+    assert np.all(cap[heights[tall] - 1, tall] <= 100 + 10), cap[heights[tall] - 1, tall]
 
 
 def test_build_stores_each_faces_matte_and_an_older_bank_without_them_still_runs(composite_bank, lfw_folder, tmp_path,

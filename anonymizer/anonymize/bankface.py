@@ -855,7 +855,7 @@ class BankFace:
         x0, y0, x1, y1 = region.box
         size = (x1 - x0, y1 - y0)
         m, matte, maps = site.placed_matte(k)
-        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k)), crowned_map(m), size, flags=cv2.INTER_LINEAR,
+        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k), self.bank.matte(k)), crowned_map(m), size, flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REFLECT101)
         if maps is not None:
             layer = cv2.remap(layer, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)

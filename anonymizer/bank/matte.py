@@ -105,19 +105,13 @@ def crowned_map(m: np.ndarray, width: int = sh.CROP_SIZE) -> np.ndarray:
     return out
 
 
-def crowned_matte(matte: np.ndarray) -> np.ndarray:
-    """`matte` (as float32) with crown_rows rows added above: over each run of its top row that is head, the
-    head goes on as a cap of the circle through the run's ends and the head's outline CROWN_ROWS rows below
-    (an outline that narrows upward fast gets a low cap, one that rises straight a half-disc); elsewhere 0.
-    Why: a bank crop holds 1.6 eye distances above the eyes and the operator's region about 2, so the crown
-    of a head is cut off; mirrored across the crop's top, as the crop's other edges are, the head went on
-    with its own hair and then its forehead upside down, a knot of hair and skin above the head."""
+def cap_heights(matte: np.ndarray) -> np.ndarray:
+    """Per column of `matte`, how many rows the crown's cap rises above its top row (crowned_matte)."""
     h, w = matte.shape
-    pad = crown_rows(w)
     head = matte >= 0.5
     top = np.r_[0, head[0].astype(np.int8), 0]
     below = head[min(h - 1, CROWN_ROWS)]
-    tall = np.zeros(w, np.float64)  # the cap's height above the top row, per column
+    tall = np.zeros(w, np.float64)
     for a, b in zip(np.flatnonzero(np.diff(top) == 1), np.flatnonzero(np.diff(top) == -1)):  # the run [a, b)
         half, centre = (b - a) / 2.0, (a + b - 1) / 2.0
         drop = 0.0  # how far below the top row the circle's centre lies
@@ -131,18 +125,38 @@ def crowned_matte(matte: np.ndarray) -> np.ndarray:
         radius = np.hypot(half, drop)
         x = np.arange(a, b) - centre
         tall[a:b] = np.maximum(np.sqrt(np.maximum(radius * radius - x * x, 0.0)) - drop, 0.0)
+    return tall
+
+
+def crowned_matte(matte: np.ndarray) -> np.ndarray:
+    """`matte` (as float32) with crown_rows rows added above: over each run of its top row that is head, the
+    head goes on as a cap of the circle through the run's ends and the head's outline CROWN_ROWS rows below
+    (an outline that narrows upward fast gets a low cap, one that rises straight a half-disc); elsewhere 0.
+    Why: a bank crop holds 1.6 eye distances above the eyes and the operator's region about 2, so the crown
+    of a head is cut off; mirrored across the crop's top, as the crop's other edges are, the head went on
+    with its own hair and then its forehead upside down, a knot of hair and skin above the head."""
+    h, w = matte.shape
+    pad = crown_rows(w)
     out = np.zeros((pad + h, w), np.float32)
-    out[:pad] = np.arange(pad, 0, -1)[:, None] <= tall[None, :]
+    out[:pad] = np.arange(pad, 0, -1)[:, None] <= cap_heights(matte)[None, :]
     out[pad:] = matte
     return out
 
 
-def crowned_crop(crop: np.ndarray) -> np.ndarray:
-    """`crop` with crown_rows rows added above, the texture of its top CROWN_BAND rows (its hair, where the
-    crowned matte shows them) mirrored back and forth."""
-    above = np.arange(crown_rows(crop.shape[1]), 0, -1)  # each added row's height above the top row
-    period = 2 * CROWN_BAND
-    return np.concatenate([crop[np.minimum(above % period, period - 1 - above % period)], crop])
+def crowned_crop(crop: np.ndarray, matte: np.ndarray) -> np.ndarray:
+    """`crop` with crown_rows rows added above: in each column the texture of its top CROWN_BAND rows (its hair,
+    or a bald scalp) mirrored once and stretched over the height of the crowned matte's cap there (`matte`: the
+    crop's own). Why: a band mirrored back and forth showed as stripes across the crown, its highlights and
+    the skin at a cut-off forehead repeated every two bands."""
+    h, w = crop.shape[:2]
+    pad = crown_rows(w)
+    stretch = np.maximum(cap_heights(matte), CROWN_BAND) / CROWN_BAND
+    above = np.arange(pad, 0, -1, dtype=np.float64)[:, None]  # each added row's height above the top row
+    rows = np.clip((above - 0.5) / stretch[None, :] - 0.5, 0, CROWN_BAND - 1).astype(np.float32)
+    cols = np.broadcast_to(np.arange(w, dtype=np.float32)[None, :], rows.shape)
+    cap = cv2.remap(np.ascontiguousarray(crop[:CROWN_BAND]), np.ascontiguousarray(cols), rows, cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return np.concatenate([cap, crop])
 
 
 class PersonSegmenter:
