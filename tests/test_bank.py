@@ -946,6 +946,38 @@ def test_a_bank_heads_hair_against_a_wall_keeps_its_own_light(stylegan_bank):
     assert np.median(lifted) < 2.0 and max(lifted) < 4.0, lifted
 
 
+def test_a_bank_heads_hair_against_a_wall_ends_inside_the_regions_edge(stylegan_bank):
+    """Where bank hair crosses the photo's background, the head ends inside the region's feathered edge: the
+    edge's outer part shows the wall continued (the backdrop) fading into the photo, not the hair fading into
+    it, which read as a translucent smudge around the head."""
+    from anonymizer.detect import build_detector
+    from anonymizer.regions import blend, mirrored
+
+    img = _rgb(PHOTOS / "group_2.jpg")  # nurses against a white studio wall
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, poisson=False)
+    off, judged = [], 0
+    for face in sorted(faces, key=lambda f: -f.w)[:3]:
+        reason, pts, window = op.decide(img, face)
+        if reason is not None:
+            continue
+        region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+        x0, y0, x1, y1 = region.box
+        for k in range(len(op.bank)):
+            site = Site(op, img, pts, window, region)
+            backdrop = mirrored(img, region, site.person)
+            got = op.head(img.copy(), site, k, backdrop).astype(np.float32)
+            hair = site.placed_matte(k)[1] > 0.9
+            hair &= (site.background > 0.99) & (region.alpha > 0.05) & (region.alpha < 0.6)
+            hair[int(pts[36:48, 1].mean()) - y0:] = False  # above the eyes: hair, not the chin the photo keeps
+            if hair.sum() >= 20:
+                judged += 1
+                wall = blend(img[y0:y1, x0:x1], np.rint(backdrop).astype(np.uint8), region.alpha).astype(np.float32)
+                off.append(float(np.abs(got - wall)[hair].mean()))
+    assert judged >= 3
+    assert max(off) < 1.0, off
+
+
 @pytest.mark.parametrize("params", [{"identity_guard": False}, {"surround": "bank"}],
                          ids=["unguarded", "guarded, bank heads"])
 def test_faces_of_one_photo_get_different_bank_people_where_the_bank_has_them(composite_bank, scene, params):

@@ -49,20 +49,20 @@ synthetic people. Per face:
    there.
 5. `surround` changes the policy's face region (the ellipse the classical operators change) around the bank face too:
    hair, ears and the face's outline, which a learning attacker reads identity from (docs/reid.md). `blur` (or True):
-   the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval around
-   a sharp face. `bank`: the bank person's own head (their crop, warped by the similarity that places their eyes and
-   nose on the face's; their skin's light and colour taken to the photo's skin, as their face's are, their hair lit
-   alike but not tinted, or with `hair_tone` toned to the person's own hair where the photo shows it past the region
+   the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval around a
+   sharp face. `bank`: the bank person's own head (their crop, warped by the similarity that places their eyes and nose
+   on the face's; their skin's light and colour taken to the photo's skin, as their face's are, their hair lit alike but
+   not tinted, or with `hair_tone` toned to the person's own hair where the photo shows it past the region
    (anonymizer.bank.hair); a grey bank's takes the photo's light and low-passed colour), cut from its background by a
    matte (anonymizer.bank.matte, stored in the bank; above the crop's top, which cuts most heads, the head goes on as
-   its outline's circle with its top rows' hair, and a head whose top falls short of the region's is stretched up to
-   it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past a StyleGAN
-   crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank photo
-   shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within the
-   person or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole
-   Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their
-   background, the head keeps its own light). Each bank face the guard tries brings its own head, and those whose
-   head covers more of the region are tried first.
+   its outline's circle with its top rows' hair, and a head whose top falls short of the region's is stretched up to it
+   above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past a StyleGAN crop's
+   render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank photo shows
+   background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within the person
+   or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole Poisson-blended into
+   the photo at the region's edge where it crosses the person (where it crosses their background, the head keeps its own
+   light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries brings its own head,
+   and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -122,6 +122,7 @@ CHIN = np.arange(4, 13)  # the jaw under the chin: below it a bank head leaves t
 OCCLUSIONS = (None, "hands")  # BankFace's occlusion (the module doc, step 1)
 OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's outline occludes it
 RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a render's bottom edge hands over to the photo
+HEAD_EDGE = (0.6, 0.9)  # over the photo's background a bank head ends where the region's alpha falls from 0.9 to 0.6
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -855,11 +856,18 @@ class BankFace:
         x0, y0, x1, y1 = region.box
         size = (x1 - x0, y1 - y0)
         m, matte, maps = site.placed_matte(k)
-        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k), self.bank.matte(k)), crowned_map(m), size, flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REFLECT101)
+        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k), self.bank.matte(k)), crowned_map(m), size,
+                               flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         if maps is not None:
             layer = cv2.remap(layer, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * site.iod))[..., None]
+        matte = cv2.GaussianBlur(matte, (0, 0), max(0.5, MATTE_FEATHER * site.iod))
+        if site.background is not None:
+            # Faded over the region's whole ramp, hair against a wall was a translucent smudge: over the background
+            # the head ends in the ramp's upper part, and past that the backdrop (the wall, continued) meets the photo
+            lo, hi = HEAD_EDGE
+            ends = np.clip((region.alpha - lo) / (hi - lo), 0.0, 1.0)
+            matte = matte * (1.0 - site.background + site.background * ends)
+        matte = matte[..., None]
         if not self.bank.in_colour and site.head_inner.sum() >= 16:
             # A grey bank's head would stay grey in a colour photo: the photo's light and low-passed colour,
             # as its face gets them (render)
