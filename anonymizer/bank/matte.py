@@ -148,7 +148,7 @@ def crowned_crop(crop: np.ndarray, matte: np.ndarray) -> np.ndarray:
     or a bald scalp) mirrored once and stretched over the height of the crowned matte's cap there (`matte`: the
     crop's own). Why: a band mirrored back and forth showed as stripes across the crown, its highlights and
     the skin at a cut-off forehead repeated every two bands."""
-    h, w = crop.shape[:2]
+    w = crop.shape[1]
     pad = crown_rows(w)
     stretch = np.maximum(cap_heights(matte), CROWN_BAND) / CROWN_BAND
     above = np.arange(pad, 0, -1, dtype=np.float64)[:, None]  # each added row's height above the top row
