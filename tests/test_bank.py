@@ -914,23 +914,33 @@ def test_past_its_renders_bottom_edge_a_bank_head_leaves_the_photo_as_it_is(styl
     assert composites.below_render(0, m, maps, (x1 - x0, y1 - y0)) is None
 
 
+def _faces_at_a_wall(op):
+    """group_2.jpg (nurses against a white studio wall) and, for its three largest faces that `op` replaces,
+    (their 68 points, working window, face region)."""
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / "group_2.jpg")
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    sites = []
+    for face in sorted(faces, key=lambda f: -f.w)[:3]:
+        reason, pts, window = op.decide(img, face)
+        if reason is None:
+            sites.append((pts, window, face_region(face, img.shape[:2], op.around.expand, op.around.shape,
+                                                   op.around.feather)))
+    return img, sites
+
+
 def test_a_bank_heads_hair_against_a_wall_keeps_its_own_light(stylegan_bank):
     """The Poisson seam takes a bank head to the photo's light where the region's edge crosses the person, not
     where it crosses their background: there a membrane from dark bank hair to a white wall lifted the hair
     into a grey halo. Hair over the wall, inside the region's feathered edge, stays as the seam-less head has it."""
-    from anonymizer.detect import build_detector
     from anonymizer.regions import mirrored
 
-    img = _rgb(PHOTOS / "group_2.jpg")  # nurses against a white studio wall
-    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
     ops = [ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, poisson=p)
            for p in (True, False)]
+    img, at_wall = _faces_at_a_wall(ops[0])
     lifted, judged = [], 0
-    for face in sorted(faces, key=lambda f: -f.w)[:3]:
-        reason, pts, window = ops[0].decide(img, face)
-        if reason is not None:
-            continue
-        region = face_region(face, img.shape[:2], ops[0].around.expand, ops[0].around.shape, ops[0].around.feather)
+    for pts, window, region in at_wall:
         for k in range(len(ops[0].bank)):
             sites = [Site(op, img, pts, window, region) for op in ops]
             seamed, plain = (op.head(img.copy(), site, k, mirrored(img, region, site.person)).astype(np.float32)
@@ -950,18 +960,12 @@ def test_a_bank_heads_hair_against_a_wall_ends_inside_the_regions_edge(stylegan_
     """Where bank hair crosses the photo's background, the head ends inside the region's feathered edge: the
     edge's outer part shows the wall continued (the backdrop) fading into the photo, not the hair fading into
     it, which read as a translucent smudge around the head."""
-    from anonymizer.detect import build_detector
     from anonymizer.regions import blend, mirrored
 
-    img = _rgb(PHOTOS / "group_2.jpg")  # nurses against a white studio wall
-    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
     op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, poisson=False)
+    img, at_wall = _faces_at_a_wall(op)
     off, judged = [], 0
-    for face in sorted(faces, key=lambda f: -f.w)[:3]:
-        reason, pts, window = op.decide(img, face)
-        if reason is not None:
-            continue
-        region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    for pts, window, region in at_wall:
         x0, y0, x1, y1 = region.box
         for k in range(len(op.bank)):
             site = Site(op, img, pts, window, region)
