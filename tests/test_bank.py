@@ -794,6 +794,51 @@ def test_with_hair_tone_a_bank_heads_hair_takes_the_persons_hair_and_its_face_st
     assert moved >= 2
 
 
+def test_a_bank_head_with_flushed_cheeks_takes_the_photos_skin_colour_on_its_forehead_too(stylegan_bank, tmp_path):
+    """A bank person whose cheeks are redder than their forehead (here each test bank face's cheeks reddened by 12 in
+    Lab a): their head takes the photo's skin colour as a shift from its own colour around each pixel, so its
+    forehead (above the brows, inside its outline, skin in the bank photo) lands near the photo's skin in a and b on
+    a woman of group_12: within 6 for each bank face, 4 on average. A shift from the cheeks' median moved it up to
+    12 past (8 for one of these), grey-green on a pale photo."""
+    from anonymizer.anonymize.bankface import CHEEKS
+    from anonymizer.anonymize.generated import harmonize as hz
+    from anonymizer.bank.hair import skin_distance
+    from anonymizer.bank.store import sha256_path
+    from anonymizer.regions import mirrored
+
+    out = _copy(stylegan_bank, tmp_path)
+    op = ANONYMIZERS.create("bank", bank=str(out), surround="bank", identity_guard=False)
+    for k in range(len(op.bank)):
+        path = out / op.bank.index["crop"].iat[k]
+        crop, pts = op.bank.crop(k), op.bank.landmarks(k)
+        flush = cv2.GaussianBlur((sh.hull_mask(pts[CHEEKS], crop.shape[:2]) > 0).astype(np.float32), (0, 0), 4.0)
+        lab = hz.to_lab(crop)
+        lab[..., 1] += 12.0 * flush
+        cv2.imwrite(str(path), cv2.cvtColor(np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255 + 0.5, 0, 255)
+                                            .astype(np.uint8), cv2.COLOR_RGB2BGR))
+        op.bank.index.loc[op.bank.index.index[k], "crop_sha256"] = sha256_path(path)  # the file as it is now
+    img, faces = _group_12_faces()
+    face = faces[0]
+    _, pts, window = op.decide(img, face)
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    site = Site(op, img, pts, window, region)
+    backdrop = mirrored(img, region)
+    shape = region.alpha.shape
+    off = []  # per bank face: how far its forehead's median a or b lies from the photo's skin
+    for k in range(len(op.bank)):
+        head = hz.to_lab(op.head(img.copy(), site, k, backdrop))
+        m, matte, _ = site.placed_matte(k)
+        placed = sh.apply(m, op.bank.landmarks(k))
+        forehead = (sh.outline_mask(sh.extend(placed), shape) > 0) & (sh.hull_mask(placed[:68], shape) == 0)
+        own = hz.to_lab(cv2.warpAffine(op.bank.crop(k), m, shape[::-1]))
+        forehead &= (region.alpha >= 0.9) & (matte >= 0.9)
+        forehead &= skin_distance(own, forehead) < 2.0  # the bank photo's forehead skin, not a fringe over it
+        if forehead.sum() < 50:
+            continue
+        off.append(np.abs(np.median(head[forehead][:, 1:], 0) - site.head_skin[1:]).max())
+    assert len(off) >= 3 and max(off) < 6 and np.mean(off) < 4, off
+
+
 def test_a_bank_head_short_of_the_regions_top_is_lifted_to_it_and_nothing_below_the_eyes_moves():
     """A head whose top lies 1.2 eye distances above the eyes, in a region reaching 1.5: lifted, its top meets the
     region's, by MAX_LIFT at most; below the eye line the maps leave every pixel where it was."""

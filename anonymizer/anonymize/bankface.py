@@ -122,6 +122,7 @@ CHIN = np.arange(4, 13)  # the jaw under the chin: below it a bank head leaves t
 OCCLUSIONS = (None, "hands")  # BankFace's occlusion (the module doc, step 1)
 OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's outline occludes it
 RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a render's bottom edge hands over to the photo
+SKIN_REACH = 0.4   # eye distances over which a bank head's own skin colour is read around each pixel (skin_colour)
 HEAD_EDGE = (0.6, 0.9)  # over the photo's background a bank head ends where the region's alpha falls from 0.9 to 0.6
 
 
@@ -884,8 +885,9 @@ class BankFace:
                 bank_skin = np.median(lab[theirs], 0)
                 gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
                 skin = self.skin(lab, theirs, site.iod)[..., None]
+                own = self.skin_colour(lab, skin[..., 0], bank_skin, site.iod)
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
-                lab[..., 1:] += skin * (site.head_skin[1:] - bank_skin[1:])
+                lab[..., 1:] += skin * (site.head_skin[1:] - own)
                 if site.hair is not None:
                     self.tone_hair(lab, matte[..., 0], placed, skin[..., 0], site.hair, site.iod)
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
@@ -970,6 +972,19 @@ class BankFace:
             return out
         lab[..., 0] = (lab[..., 0] - mean) * (kept / ratio) + mean
         return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def skin_colour(lab: np.ndarray, skin: np.ndarray, fallback: np.ndarray, iod: float) -> np.ndarray:
+        """A placed bank head's own skin colour (Lab a, b) around each pixel: its colour weighted by `skin`
+        (BankFace.skin) and low-passed over SKIN_REACH eye distances; `fallback`'s a, b where little skin is near.
+        The head takes the photo's skin colour as a shift from this, not from its cheeks' median: flushed cheeks
+        set against a paler forehead moved that forehead past the photo's skin, a grey-green band above the
+        face's cut."""
+        sigma = SKIN_REACH * iod
+        weight = hz.low(np.ascontiguousarray(skin), sigma)[..., None]
+        local = hz.low(np.ascontiguousarray(lab[..., 1:] * skin[..., None]), sigma) / np.maximum(weight, 1e-6)
+        share = np.clip(weight / 0.25, 0.0, 1.0)
+        return share * local + (1.0 - share) * fallback[1:]
 
     @staticmethod
     def skin_only(original: np.ndarray, cheeks: np.ndarray) -> np.ndarray:

@@ -32,11 +32,16 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
 
 
 def _low(x: np.ndarray, size: int) -> np.ndarray:
-    """x low-passed by a Gaussian of CHROMA_SIGMA × size. A low pass that wide keeps nothing a smaller copy
-    loses, so it is taken at 1/f size (sigma ≥ LOW_SIGMA px there) and enlarged. On windows of the photos
-    (120-520 px, a*/b*) it stays within 1.4 of the full-size blur at the window's edge and 0.3 inside, at a
-    twentieth of the cost, which at full size grows with the cube of the window's side (160 ms at 500 px)."""
-    sigma = CHROMA_SIGMA * size
+    """x low-passed by a Gaussian of CHROMA_SIGMA × size (`low`)."""
+    return low(x, CHROMA_SIGMA * size)
+
+
+def low(x: np.ndarray, sigma: float) -> np.ndarray:
+    """x low-passed by a Gaussian of `sigma` px. A low pass that wide keeps nothing a smaller copy loses, so it
+    is taken at 1/f size (sigma ≥ LOW_SIGMA px there) and enlarged. On windows of the photos (120-520 px,
+    a*/b*, sigma 8 % of the side) it stays within 1.4 of the full-size blur at the window's edge and 0.3
+    inside, at a twentieth of the cost, which at full size grows with the cube of the window's side (160 ms
+    at 500 px)."""
     f = max(1, int(sigma // LOW_SIGMA))
     if f == 1:
         return cv2.GaussianBlur(np.ascontiguousarray(x), (0, 0), sigma)
