@@ -983,7 +983,7 @@ class BankFace:
         sigma = SKIN_REACH * iod
         weight = hz.low(np.ascontiguousarray(skin), sigma)[..., None]
         local = hz.low(np.ascontiguousarray(lab[..., 1:] * skin[..., None]), sigma) / np.maximum(weight, 1e-6)
-        share = np.clip(weight / 0.25, 0.0, 1.0)
+        share = np.clip(weight / 0.25, 0.0, 1.0)  # under a quarter of skin around (hair, background): the cheeks'
         return share * local + (1.0 - share) * fallback[1:]
 
     @staticmethod
