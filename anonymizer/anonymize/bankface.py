@@ -884,7 +884,13 @@ class BankFace:
             if theirs.sum() >= 16 and site.head_skin is not None:
                 bank_skin = np.median(lab[theirs], 0)
                 gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
-                skin = self.skin(lab, theirs, site.iod)[..., None]
+                skin = self.skin(lab, theirs, site.iod)
+                hair = self.own_hair(lab, matte[..., 0], placed, theirs)
+                if hair is not None:  # hair near their skin's colour (light brown on light skin) reads as skin by
+                    # colour alone: it took the photo's skin colour (orange on brown skin) and no hair tone
+                    skin = np.minimum(skin, 1.0 - cv2.GaussianBlur(hair.astype(np.float32), (0, 0),
+                                                                   max(0.5, 0.1 * site.iod)))
+                skin = skin[..., None]
                 own = self.skin_colour(lab, skin[..., 0], bank_skin, site.iod)
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
                 lab[..., 1:] += skin * (site.head_skin[1:] - own)
@@ -941,6 +947,22 @@ class BankFace:
         in_crop = sh.apply(cv2.invertAffineTransform(np.asarray(m, np.float64)), np.stack([xs, ys], -1))
         depth = ((in_crop - a) @ down).reshape(xs.shape)
         return np.clip(depth / RENDER_RAMP + 1.0, 0.0, 1.0).astype(np.float32)[..., None]
+
+    @staticmethod
+    def own_hair(lab: np.ndarray, matte: np.ndarray, placed: np.ndarray, cheeks: np.ndarray) -> np.ndarray | None:
+        """A placed bank head's hair (`lab`: its Lab pixels): on its head (`matte`) outside its face's outline
+        (`placed`: its 68 points), what looks like its hair above the forehead rather than its skin (`cheeks`: a
+        mask), as hair.beside reads the person's; None where too little shows there or it looks like skin (a bald
+        crown)."""
+        head = (matte >= 0.5) & (sh.outline_mask(sh.extend(placed), matte.shape) == 0)
+        above = head.copy()
+        above[max(0, int(placed[17:27, 1].min())):] = False
+        if above.sum() < 16:
+            return None
+        hair, skin = hr.centre(lab[above]), hr.centre(lab[cheeks])
+        if hr.distance(hair[0], skin) <= hr.APART:
+            return None
+        return head & hr.like(lab, hair, skin)
 
     @staticmethod
     def tone_hair(lab: np.ndarray, matte: np.ndarray, placed: np.ndarray, skin: np.ndarray, to: hr.HairTone,
