@@ -785,74 +785,13 @@ def test_with_hair_tone_a_bank_heads_hair_takes_the_persons_hair_and_its_face_st
         hair[int(placed[17:27, 1].min()):] = False
         own, toned = (np.median(h[hair][:, 0]) for h in heads)
         if abs(own - target) > 5:
-            assert abs(toned - target) < abs(own - target)
+            assert abs(toned - target) < abs(own - target) - 2
             moved += 1
         iod = sh.eye_distance(placed)
         inner = cv2.erode(outline.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=max(1, int(0.2 * iod)))
         inner &= region.alpha >= 0.9
         assert np.abs(heads[1][inner > 0] - heads[0][inner > 0]).max() < 3
     assert moved >= 2
-
-
-def _repainted(bank, tmp_path, paint, *params: dict) -> list:
-    """Bank operators (`params` each, with surround: bank and no guard) on a copy of the test bank whose crops'
-    Lab pixels `paint(lab, pts)` changed in place (`pts`: the crop's 68 points)."""
-    from anonymizer.anonymize.generated import harmonize as hz
-    from anonymizer.bank.store import sha256_path
-
-    out = _copy(bank, tmp_path)
-    ops = [ANONYMIZERS.create("bank", bank=str(out), surround="bank", identity_guard=False, **p) for p in params]
-    for k in range(len(ops[0].bank)):
-        path = out / ops[0].bank.index["crop"].iat[k]
-        lab = hz.to_lab(ops[0].bank.crop(k))
-        paint(lab, ops[0].bank.landmarks(k))
-        cv2.imwrite(str(path), cv2.cvtColor(np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255 + 0.5, 0, 255)
-                                            .astype(np.uint8), cv2.COLOR_RGB2BGR))
-        for op in ops:
-            op.bank.index.loc[op.bank.index.index[k], "crop_sha256"] = sha256_path(path)  # the file as it is now
-    return ops
-
-
-def test_a_bank_heads_hair_near_its_skins_colour_is_toned_as_hair(stylegan_bank, tmp_path):
-    """A bank person whose hair is near their skin's colour (here each test bank face's hair painted light brown:
-    their cheeks' colour, 14 darker in L*, 4 less red and 8 yellower), on a woman of group_12 whose long dark hair
-    goes on past the region: with `hair_tone` that hair takes hers (within 10 of it in L*, a* and b*; 7 here), and
-    without, it keeps its own colour rather than taking the photo's skin colour (a* and b* within 3 of the painted
-    hair's). Read as skin by colour alone, it took the skin's shift and not the tone: orange-brown over black hair,
-    up to 22 L* and 30 b* from hers."""
-    from anonymizer.anonymize.bankface import CHEEKS
-    from anonymizer.anonymize.generated import harmonize as hz
-    from anonymizer.regions import mirrored
-
-    def light_brown(lab, pts):
-        skin = np.median(lab[sh.hull_mask(pts[CHEEKS], lab.shape[:2]) > 0], 0)
-        hair = sh.outline_mask(sh.extend(pts), lab.shape[:2]) == 0
-        hair[int(pts[17:27, 1].min()):] = False
-        own = lab[hair, 0]
-        lab[hair] = skin + (-14.0, -4.0, 8.0)
-        lab[hair, 0] += 0.3 * (own - np.median(own))  # its strands' texture
-
-    ops = _repainted(stylegan_bank, tmp_path, light_brown, {}, {"hair_tone": True})
-    img, faces = _group_12_faces()
-    _, pts, window = ops[0].decide(img, faces[3])
-    region = face_region(faces[3], img.shape[:2], ops[0].around.expand, ops[0].around.shape, ops[0].around.feather)
-    backdrop = mirrored(img, region)
-    shape = region.alpha.shape
-    seen = 0
-    for k in range(len(ops[0].bank)):
-        sites = [Site(op, img, pts, window, region) for op in ops]
-        plain, toned = (hz.to_lab(op.head(img.copy(), site, k, backdrop)) for op, site in zip(ops, sites))
-        m, matte, _ = sites[0].placed_matte(k)
-        placed = sh.apply(m, ops[0].bank.landmarks(k))
-        hair = (matte >= 0.9) & (region.alpha >= 0.9) & (sh.outline_mask(sh.extend(placed), shape) == 0)
-        hair[int(placed[17:27, 1].min()):] = False
-        if hair.sum() < 100:
-            continue
-        painted = np.median(hz.to_lab(cv2.warpAffine(ops[0].bank.crop(k), m, shape[::-1]))[hair], 0)
-        assert np.abs(np.median(toned[hair], 0) - sites[1].hair.median).max() < 10
-        assert np.abs(np.median(plain[hair], 0)[1:] - painted[1:]).max() < 3
-        seen += 1
-    assert seen >= 3
 
 
 def test_a_bank_head_with_flushed_cheeks_takes_the_photos_skin_colour_on_its_forehead_too(stylegan_bank, tmp_path):
@@ -864,13 +803,20 @@ def test_a_bank_head_with_flushed_cheeks_takes_the_photos_skin_colour_on_its_for
     from anonymizer.anonymize.bankface import CHEEKS
     from anonymizer.anonymize.generated import harmonize as hz
     from anonymizer.bank.hair import skin_distance
+    from anonymizer.bank.store import sha256_path
     from anonymizer.regions import mirrored
 
-    def flushed(lab, pts):
-        lab[..., 1] += 12.0 * cv2.GaussianBlur((sh.hull_mask(pts[CHEEKS], lab.shape[:2]) > 0).astype(np.float32),
-                                               (0, 0), 4.0)
-
-    op, = _repainted(stylegan_bank, tmp_path, flushed, {})
+    out = _copy(stylegan_bank, tmp_path)
+    op = ANONYMIZERS.create("bank", bank=str(out), surround="bank", identity_guard=False)
+    for k in range(len(op.bank)):
+        path = out / op.bank.index["crop"].iat[k]
+        crop, pts = op.bank.crop(k), op.bank.landmarks(k)
+        flush = cv2.GaussianBlur((sh.hull_mask(pts[CHEEKS], crop.shape[:2]) > 0).astype(np.float32), (0, 0), 4.0)
+        lab = hz.to_lab(crop)
+        lab[..., 1] += 12.0 * flush
+        cv2.imwrite(str(path), cv2.cvtColor(np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255 + 0.5, 0, 255)
+                                            .astype(np.uint8), cv2.COLOR_RGB2BGR))
+        op.bank.index.loc[op.bank.index.index[k], "crop_sha256"] = sha256_path(path)  # the file as it is now
     img, faces = _group_12_faces()
     face = faces[0]
     _, pts, window = op.decide(img, face)
