@@ -49,20 +49,21 @@ synthetic people. Per face:
    there.
 5. `surround` changes the policy's face region (the ellipse the classical operators change) around the bank face too:
    hair, ears and the face's outline, which a learning attacker reads identity from (docs/reid.md). `blur` (or True):
-   the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval around
-   a sharp face. `bank`: the bank person's own head (their crop, warped by the similarity that places their eyes and
-   nose on the face's; their skin's light and colour taken to the photo's skin, as their face's are, their hair lit
-   alike but not tinted, or with `hair_tone` toned to the person's own hair where the photo shows it past the region
-   (anonymizer.bank.hair); a grey bank's takes the photo's light and low-passed colour), cut from its background by a
-   matte (anonymizer.bank.matte, stored in the bank; above the crop's top, which cuts most heads, the head goes on as
-   its outline's circle with its top rows' hair, and a head whose top falls short of the region's is stretched up to
-   it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past a StyleGAN
-   crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank photo
-   shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within the
-   person or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole
-   Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their
-   background, the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face
-   the guard tries brings its own head, and those whose head covers more of the region are tried first.
+   the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval around a
+   sharp face. `bank`: the bank person's own head (their crop, warped by the similarity that places their eyes and nose
+   on the face's; their skin's light and colour taken to the photo's skin, as their face's are, their hair (told by its
+   colour, and where that is near their skin's, by the hair above their forehead) lit alike but not tinted, or with
+   `hair_tone`, where its colour alone tells it from their skin, toned to the person's own hair where the photo shows it
+   past the region (anonymizer.bank.hair); a grey bank's takes the photo's light and low-passed colour), cut from its
+   background by a matte (anonymizer.bank.matte, stored in the bank; above the crop's top, which cuts most heads, the
+   head goes on as its outline's circle with its top rows' hair, and a head whose top falls short of the region's is
+   stretched up to it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past
+   a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank
+   photo shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within
+   the person or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole
+   Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their background,
+   the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries
+   brings its own head, and those whose head covers more of the region are tried first.
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -884,12 +885,19 @@ class BankFace:
             if theirs.sum() >= 16 and site.head_skin is not None:
                 bank_skin = np.median(lab[theirs], 0)
                 gain = np.clip((site.head_skin[0] + 16.0) / max(bank_skin[0] + 16.0, 1.0), 1 / MAX_GAIN, MAX_GAIN)
-                skin = self.skin(lab, theirs, site.iod)[..., None]
+                by_colour = self.skin(lab, theirs, site.iod)
+                # hair near their skin's colour (light brown on light skin) reads as skin by colour alone, and took
+                # the photo's skin colour: orange-brown over black hair
+                hair = self.own_hair(lab, matte[..., 0], placed, theirs)
+                skin = (by_colour if hair is None else np.minimum(by_colour, 1.0 - cv2.GaussianBlur(
+                    hair.astype(np.float32), (0, 0), max(0.5, 0.1 * site.iod))))[..., None]
                 own = self.skin_colour(lab, skin[..., 0], bank_skin, site.iod)
                 lab[..., 0] = gain * (lab[..., 0] + 16.0) - 16.0
                 lab[..., 1:] += skin * (site.head_skin[1:] - own)
                 if site.hair is not None:
-                    self.tone_hair(lab, matte[..., 0], placed, skin[..., 0], site.hair, site.iod)
+                    # toned only where colour alone finds no skin: toning the hair told apart above too, a learning
+                    # attacker named more people from their originals (docs/benchmarks.md)
+                    self.tone_hair(lab, matte[..., 0], placed, by_colour, site.hair, site.iod)
             layer = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255)
         if site.head_grey:
             layer = np.repeat(cv2.cvtColor(layer.astype(np.uint8), cv2.COLOR_RGB2GRAY)[..., None], 3, 2)
@@ -941,6 +949,22 @@ class BankFace:
         in_crop = sh.apply(cv2.invertAffineTransform(np.asarray(m, np.float64)), np.stack([xs, ys], -1))
         depth = ((in_crop - a) @ down).reshape(xs.shape)
         return np.clip(depth / RENDER_RAMP + 1.0, 0.0, 1.0).astype(np.float32)[..., None]
+
+    @staticmethod
+    def own_hair(lab: np.ndarray, matte: np.ndarray, placed: np.ndarray, cheeks: np.ndarray) -> np.ndarray | None:
+        """A placed bank head's hair (`lab`: its Lab pixels): on its head (`matte`) outside its face's outline
+        (`placed`: its 68 points), what looks like its hair above the forehead rather than its skin (`cheeks`: a
+        mask), as hair.beside reads the person's; None where too little shows there or it looks like skin (a bald
+        crown)."""
+        head = (matte >= 0.5) & (sh.outline_mask(sh.extend(placed), matte.shape) == 0)
+        above = head.copy()
+        above[max(0, int(placed[17:27, 1].min())):] = False
+        if above.sum() < 16:
+            return None
+        hair, skin = hr.centre(lab[above]), hr.centre(lab[cheeks])
+        if hr.distance(hair[0], skin) <= hr.APART:
+            return None
+        return head & hr.like(lab, hair, skin)
 
     @staticmethod
     def tone_hair(lab: np.ndarray, matte: np.ndarray, placed: np.ndarray, skin: np.ndarray, to: hr.HairTone,

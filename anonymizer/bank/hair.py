@@ -61,6 +61,16 @@ def skin_distance(lab: np.ndarray, skin: np.ndarray) -> np.ndarray:
     return distance(lab, centre(lab[skin]))
 
 
+def like(lab: np.ndarray, hair: tuple[np.ndarray, np.ndarray], skin: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Which Lab pixels look like `hair` (a `centre`) rather than `skin` (one): within NEAR of the hair and, where
+    hair and skin differ by more than APART, nearer the hair than the skin."""
+    near = distance(lab, hair)
+    found = near <= NEAR
+    if distance(hair[0], skin) > APART:
+        found &= near < distance(lab, skin)
+    return found
+
+
 def person(image: np.ndarray, box: tuple[int, int, int, int], iod: float,
            segmenter) -> tuple[np.ndarray, tuple[int, int]]:
     """The person's pixels around the face region (`box`: x0, y0, x1, y1) of `image` (RGB), by `segmenter` (a
@@ -99,10 +109,7 @@ def beside(image: np.ndarray, box: tuple[int, int, int, int], alpha: np.ndarray,
         return None
     ref, skin_centre = centre(lab[above]), centre(lab[skin])
     shown = lab[band & person]
-    near = distance(shown, ref)
-    hair = near <= NEAR
-    if distance(ref[0], skin_centre) > APART:
-        hair &= near < distance(shown, skin_centre)
+    hair = like(shown, ref, skin_centre)
     if hair.sum() < max(16, MIN_SHARE * band.sum()):
         return None
     found = HairTone.of(shown[hair])
