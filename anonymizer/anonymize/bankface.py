@@ -348,30 +348,18 @@ class Site:
         return hr.beside(self.image, self.region.box, self.region.alpha, self.pts, CHEEKS, self.person)
 
     def backdrop(self, out: np.ndarray) -> np.ndarray:
-        """The region's window of `out` as a bank head's backdrop (shown where the bank photo is background): its
-        surroundings mirrored inward (regions.mirrored), except where it shows the person's own hair (`own_hair`),
-        which stays. Where the person's hair ends at the region's edge, the mirror image brought the background
-        beyond it in, a wedge of wall between a short bank head and the long hair below it."""
+        """The region's window of `out` as a bank head's backdrop (shown where the bank head leaves the region
+        uncovered): its surroundings mirrored inward (regions.mirrored), except, where the person's hair goes on past
+        the region (`hair`), the photo's own pixels of the person outside the face's outline, which stay. Mirrored,
+        hair whose edge meets the region's brought the background beyond it in: a wedge of wall between a short bank
+        head and the long hair below it."""
         backdrop = mirrored(out, self.region, self.person)
-        window = out[self.region.window]
-        kept = self.own_hair(window)
-        return backdrop if kept is None else np.rint(window * kept + backdrop * (1.0 - kept)).astype(np.uint8)
-
-    def own_hair(self, window: np.ndarray) -> np.ndarray | None:
-        """Over the region's window (`window`: the photo's pixels there), how surely it shows the person's own
-        hair: on the person (the segmenter's), outside the face's outline, and unlike their skin or like their
-        hair (`hair`, beyond the region), softened over a twentieth of an eye distance; None without a `hair` reading."""
-        if self.hair is None or self.background is None:
-            return None
+        if self.hair is None:
+            return backdrop
         x0, y0, x1, y1 = self.region.box
-        lab = hz.to_lab(window)
-        cheeks = sh.hull_mask(self.pts[CHEEKS], lab.shape[:2], (x0, y0)) > 0
-        if cheeks.sum() < 16:
-            return None
-        skin = hr.centre(lab[cheeks])
-        found = (hr.distance(lab, skin) > SKIN_FAR) | hr.like(lab, (self.hair.median, self.hair.spread), skin)
-        found &= (self.background < 0.5) & (sh.outline_mask(sh.extend(self.pts), found.shape, (x0, y0)) == 0)
-        return cv2.GaussianBlur(found.astype(np.float32), (0, 0), max(0.5, 0.05 * self.iod))[..., None]
+        outside = (sh.outline_mask(sh.extend(self.pts), (y1 - y0, x1 - x0), (x0, y0)) == 0).astype(np.float32)
+        kept = ((1.0 - self.background) * cv2.GaussianBlur(outside, (0, 0), max(0.5, 0.05 * self.iod)))[..., None]
+        return np.rint(out[self.region.window] * kept + backdrop * (1.0 - kept)).astype(np.uint8)
 
 
 def _bank_people(bank: Bank, probe):
