@@ -60,7 +60,9 @@ synthetic people. Per face:
    stretched up to it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past
    a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank
    photo shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within
-   the person or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole
+   the person or the background it continues (regions.mirrored, with a person segmenter's pixels), or, with `hair_tone`
+   where the person's hair goes on past the region, the photo's own pixels of the person outside the face's outline
+   (mirrored, hair whose edge meets the region's brought the wall beyond it in beside a short bank head); the whole
    Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their background,
    the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries
    brings its own head, and those whose head covers more of the region are tried first.
@@ -352,7 +354,7 @@ class Site:
         uncovered): its surroundings mirrored inward (regions.mirrored), except, where the person's hair goes on past
         the region (`hair`), the photo's own pixels of the person outside the face's outline, which stay. Mirrored,
         hair whose edge meets the region's brought the background beyond it in: a wedge of wall between a short bank
-        head and the long hair below it."""
+        head and the long hair below it, where colour alone cannot tell the hair at the temple from skin."""
         backdrop = mirrored(out, self.region, self.person)
         if self.hair is None:
             return backdrop
