@@ -60,9 +60,7 @@ synthetic people. Per face:
    stretched up to it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past
    a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank
    photo shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within
-   the person or the background it continues (regions.mirrored, with a person segmenter's pixels), or, with `hair_tone`
-   where the person's hair goes on past the region, the photo's own pixels of the person outside the face's outline
-   (mirrored, hair whose edge meets the region's brought the wall beyond it in beside a short bank head); the whole
+   the person or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole
    Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their background,
    the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries
    brings its own head, and those whose head covers more of the region are tried first.
@@ -348,20 +346,6 @@ class Site:
         if not self.op.hair_tone or self.person is None:
             return None
         return hr.beside(self.image, self.region.box, self.region.alpha, self.pts, CHEEKS, self.person)
-
-    def backdrop(self, out: np.ndarray) -> np.ndarray:
-        """The region's window of `out` as a bank head's backdrop (shown where the bank head leaves the region
-        uncovered): its surroundings mirrored inward (regions.mirrored), except, where the person's hair goes on past
-        the region (`hair`), the photo's own pixels of the person outside the face's outline, which stay. Mirrored,
-        hair whose edge meets the region's brought the background beyond it in: a wedge of wall between a short bank
-        head and the long hair below it, where colour alone cannot tell the hair at the temple from skin."""
-        backdrop = mirrored(out, self.region, self.person)
-        if self.hair is None:
-            return backdrop
-        x0, y0, x1, y1 = self.region.box
-        outside = (sh.outline_mask(sh.extend(self.pts), (y1 - y0, x1 - x0), (x0, y0)) == 0).astype(np.float32)
-        kept = ((1.0 - self.background) * cv2.GaussianBlur(outside, (0, 0), max(0.5, 0.05 * self.iod)))[..., None]
-        return np.rint(out[self.region.window] * kept + backdrop * (1.0 - kept)).astype(np.uint8)
 
 
 def _bank_people(bank: Bank, probe):
@@ -1084,7 +1068,7 @@ class BankFace:
                                      self.around.feather)
             site = Site(self, image, pts, window, region)
             if region is not None:
-                backdrop = site.backdrop(out)
+                backdrop = mirrored(out, region, site.person)
             skin, allowed = self.readings(image, faces[i], refs, site) if faces[i].identity is None else (None, None)
             guarded = faces[i].identity is None and self.guard is not None
             order, extras = self.candidates(pts, rngs[i], faces[i].identity, skin, allowed,
