@@ -66,8 +66,8 @@ def face_region(face: Face, image_shape: tuple[int, int], expand: float, shape: 
 MIN_RUN = 3.0  # px: a run of one kind (the person, or not) past the region's edge thinner than this is mirrored through
 
 
-def mirrored(image: np.ndarray, region: FaceMask,
-             person: tuple[np.ndarray, tuple[int, int]] | None = None) -> np.ndarray:
+def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tuple[int, int]] | None = None,
+             own: np.ndarray | None = None, reach: float = 0.0, depth: float = MIN_RUN) -> np.ndarray:
     """The region's window of `image`, each pixel inside the region (alpha > 0) taken from its mirror image
     across the region's nearest edge: the photo's own surroundings continued inward, with their texture, and
     equal to them at the edge. A bank head leaves part of the region uncovered; a blur there showed a smooth
@@ -79,7 +79,14 @@ def mirrored(image: np.ndarray, region: FaceMask,
     pixel's source then stays within the kind (the person, or not) of its nearest pixel outside the region, the
     mirror image turning back where that kind ends, as between two mirrors. Where the person's hair ends just
     past the region's edge, a plain mirror image showed the background beyond it as a pale band inside the
-    hair, and the hair again past that band as a second outline."""
+    hair, and the hair again past that band as a second outline.
+
+    `own` (with `person`): a mask over the region's window of the person's own pixels there, which continue the
+    person even where their nearest pixel outside the region is background, or a strip of the person thinner than
+    `depth` px: each then continues the person's nearest pixel outside the region that is `depth` deep instead,
+    where that lies at most `reach` px further. Long hair whose edge meets the region's brought the wall beyond it
+    in, a wedge of wall between a short bank head and the hair below it. Sources are still only pixels outside the
+    region, which the release shows anyway."""
     x0, y0, x1, y1 = region.box
     height, width = image.shape[:2]
     inside = region.alpha > 0
@@ -101,8 +108,11 @@ def mirrored(image: np.ndarray, region: FaceMask,
     if person is None:
         tx, ty = 2 * bx - px, 2 * by - py
     else:
+        theirs = _theirs(person, region)
+        if own is not None and own.any():
+            bx, by = _to_person(theirs, region, frame, (bx, by), (px, py), own & inside, reach, depth)
         depth = np.hypot(bx - px, by - py)
-        run = _run(person, region, (np.clip(bx + x0, 0, width - 1), np.clip(by + y0, 0, height - 1)))
+        run = _run(theirs, region, (np.clip(bx + x0, 0, width - 1), np.clip(by + y0, 0, height - 1)))
         back = (run >= MIN_RUN) & (depth > run)
         # back and forth within the run, short of the edge (whose pixels may be a sliver of the other kind)
         span = np.maximum(run - MIN_RUN / 2, 1.0)
@@ -118,29 +128,69 @@ def mirrored(image: np.ndarray, region: FaceMask,
     return image[ty + y0, tx + x0]
 
 
-def _run(person: tuple[np.ndarray, tuple[int, int]], region: FaceMask, at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """At image pixels `at` (xs, ys) outside the region: how far their kind (`person`'s mask, or not) goes on
-    outside the region: the distance to the nearest pixel of the other kind there, less a pixel and a half of
-    rounding (unbounded where none is in the mask's window, or where `at` lies outside it)."""
+def _theirs(person: tuple[np.ndarray, tuple[int, int]], region: FaceMask
+            ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """`person`'s mask with the region counted as the person's and closed over slivers (a sliver of background
+    between the region, a face, and the person's hair past it is theirs), the region's pixels in that window,
+    and the window's (x0, y0)."""
     mask, (mx, my) = person
-    h, w = mask.shape
-    inside = np.zeros((h, w), bool)
+    inside = np.zeros(mask.shape, bool)
     rx0, ry0, rx1, ry1 = region.box
     inside[ry0 - my:ry1 - my, rx0 - mx:rx1 - mx] = region.alpha > 0
-    # a sliver of background between the region (a face: the person's) and the person's hair past it is theirs
     mask = cv2.morphologyEx((mask | inside).astype(np.uint8), cv2.MORPH_CLOSE,
                             cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))) > 0
+    return mask, inside, (mx, my)
+
+
+def _to_person(theirs: tuple[np.ndarray, np.ndarray, tuple[int, int]], region: FaceMask, frame: np.ndarray,
+               nearest: tuple[np.ndarray, np.ndarray], at: tuple[np.ndarray, np.ndarray], own: np.ndarray,
+               reach: float, depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """`nearest` (bx, by: each region-window pixel's nearest pixel outside the region, window coordinates), with
+    each `own` pixel whose nearest is not the person's, `depth` px deep, taken instead to the person's nearest such
+    pixel outside the region (`frame`: the window padded by one, 0 outside the region), where that is at most
+    `reach` further."""
+    mask, _, (mx, my) = theirs
+    bx, by = nearest
+    px, py = at
+    h, w = frame.shape
+    ys, xs = np.mgrid[0:h, 0:w]
+    ys, xs = ys + region.y0 - 1 - my, xs + region.x0 - 1 - mx
+    within = (xs >= 0) & (xs < mask.shape[1]) & (ys >= 0) & (ys < mask.shape[0])
+    kind = within & mask[ys.clip(0, mask.shape[0] - 1), xs.clip(0, mask.shape[1] - 1)]
+    # the person's pixels outside the region that go on for `depth` or more (from anything else there, and from the
+    # mask window's edge, past which the kind is unknown): a thin strip of hair ends in the wall's colour
+    other = np.pad(~kind & (frame == 0), 1, constant_values=True)
+    deep = kind & (frame == 0) & (cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1] > depth)
+    sources = (~deep).astype(np.uint8)
+    if sources.all():
+        return bx, by
+    _, labels = cv2.distanceTransformWithLabels(sources, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    zy, zx = np.nonzero(sources == 0)
+    to = np.zeros((labels.max() + 1, 2), np.int64)
+    to[labels[zy, zx]] = np.stack([zx, zy], 1) - 1
+    qx, qy = np.moveaxis(to[labels[1:-1, 1:-1]], -1, 0)
+    change = own & ~deep[by + 1, bx + 1] & (np.hypot(qx - px, qy - py) <= np.hypot(bx - px, by - py) + reach)
+    return np.where(change, qx, bx), np.where(change, qy, by)
+
+
+def _run(theirs: tuple[np.ndarray, np.ndarray, tuple[int, int]], region: FaceMask,
+         at: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """At image pixels `at` (xs, ys) outside the region: how far their kind (the person's, `_theirs`, or not) goes
+    on outside the region: the distance to the nearest pixel of the other kind there or to the mask window's edge,
+    less a pixel and a half of rounding (unbounded where `at` lies outside the window)."""
+    mask, inside, (mx, my) = theirs
+    h, w = mask.shape
     far = float(h + w)
     xs, ys = at[0] - mx, at[1] - my
     ok = (xs >= 0) & (xs < w) & (ys >= 0) & (ys < h)
     xs, ys = xs.clip(0, w - 1), ys.clip(0, h - 1)
     out = np.full(xs.shape, far, np.float32)
     for kind in (True, False):
-        other = ~inside & (mask != kind)
-        if other.any():
-            reach = cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, 5)
-            mine = ok & (mask[ys, xs] == kind)
-            out[mine] = np.minimum(reach[ys[mine], xs[mine]] - 1.5, far)
+        # past the mask's window the kind is unknown: the run ends at its edge too
+        other = np.pad(~inside & (mask != kind), 1, constant_values=True)
+        reach = cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        mine = ok & (mask[ys, xs] == kind)
+        out[mine] = np.minimum(reach[ys[mine], xs[mine]] - 1.5, far)
     return out
 
 

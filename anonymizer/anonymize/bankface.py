@@ -60,7 +60,8 @@ synthetic people. Per face:
    stretched up to it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past
    a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank
    photo shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within
-   the person or the background it continues (regions.mirrored, with a person segmenter's pixels); the whole
+   the person or the background it continues (regions.mirrored, with a person segmenter's pixels; where their hair
+   goes on past the region, each of the person's pixels continues the person, Site.backdrop); the whole
    Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their background,
    the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries
    brings its own head, and those whose head covers more of the region are tried first.
@@ -99,7 +100,7 @@ from anonymizer.faces import Face
 from anonymizer.headpose import Pose
 from anonymizer.measure.apparent_age import AgeReader, age_group
 from anonymizer.measure.pose import PoseChange, PoseMeter
-from anonymizer.regions import FaceMask, blend, face_region, merge, mirrored
+from anonymizer.regions import MIN_RUN, FaceMask, blend, face_region, merge, mirrored
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
 MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
@@ -125,6 +126,8 @@ OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's o
 RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a render's bottom edge hands over to the photo
 SKIN_REACH = 0.4   # eye distances over which a bank head's own skin colour is read around each pixel (skin_colour)
 HEAD_EDGE = (0.6, 0.9)  # over the photo's background a bank head ends where the region's alpha falls from 0.9 to 0.6
+OWN_REACH = 2.0  # eye distances further than its nearest pixel outside the region a pixel of the person may continue
+OWN_DEPTH = 0.1  # eye distances: a strip of the person past the region thinner than this is no source (Site.backdrop)
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -340,12 +343,31 @@ class Site:
         return 1.0 - cv2.GaussianBlur(people, (0, 0), max(0.5, 0.05 * self.iod))
 
     @cached_property
-    def hair(self) -> hr.HairTone | None:
-        """The person's hair as the photo shows it beyond the region (anonymizer.bank.hair.beside), which a bank
-        head's hair is toned to (`hair_tone`); None without that or where too little of it shows."""
-        if not self.op.hair_tone or self.person is None:
+    def hair_beside(self) -> hr.HairTone | None:
+        """The person's hair as the photo shows it beyond the region (anonymizer.bank.hair.beside); None without a
+        segmenter or where too little of it shows."""
+        if self.person is None:
             return None
         return hr.beside(self.image, self.region.box, self.region.alpha, self.pts, CHEEKS, self.person)
+
+    @property
+    def hair(self) -> hr.HairTone | None:
+        """The person's hair beyond the region, which a bank head's hair is toned to (`hair_tone`); None without."""
+        return self.hair_beside if self.op.hair_tone else None
+
+    def backdrop(self, out: np.ndarray) -> np.ndarray:
+        """The region's window of `out` as a bank head's backdrop (shown where the head leaves the region
+        uncovered): its surroundings mirrored inward (regions.mirrored), and, where the person's hair goes on past
+        the region (`hair_beside`), the person's pixels inside it continuing the person's nearest pixels outside
+        it (at least OWN_DEPTH eye distances deep, at most OWN_REACH further than the nearest pixel of any kind).
+        Long hair whose edge meets the region's brought the wall beyond it in: a wedge of wall between a short bank
+        head and the hair below it."""
+        if self.hair_beside is None:
+            return mirrored(out, self.region, self.person)
+        mask, (mx, my) = self.person
+        x0, y0, x1, y1 = self.region.box
+        return mirrored(out, self.region, self.person, mask[y0 - my:y1 - my, x0 - mx:x1 - mx], OWN_REACH * self.iod,
+                        max(MIN_RUN, OWN_DEPTH * self.iod))
 
 
 def _bank_people(bank: Bank, probe):
@@ -1068,7 +1090,7 @@ class BankFace:
                                      self.around.feather)
             site = Site(self, image, pts, window, region)
             if region is not None:
-                backdrop = mirrored(out, region, site.person)
+                backdrop = site.backdrop(out)
             skin, allowed = self.readings(image, faces[i], refs, site) if faces[i].identity is None else (None, None)
             guarded = faces[i].identity is None and self.guard is not None
             order, extras = self.candidates(pts, rngs[i], faces[i].identity, skin, allowed,
