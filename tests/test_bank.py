@@ -681,6 +681,53 @@ def test_the_backdrop_keeps_to_the_person_or_the_background_it_continues():
     assert np.array_equal(kept[outside], img[30:171, 40:161][outside])
 
 
+def test_the_backdrop_keeps_to_the_person_only_as_far_as_the_persons_mask_reaches():
+    """Past the window the person's mask covers, their kind is unknown: hair going on 20 px past the region's edge
+    while the mask's window ends 13 px past it stays hair inward; the mirror image turns back at the window's edge
+    instead of running on into the wall beyond the hair."""
+    from anonymizer.regions import mirrored
+
+    img = np.full((200, 200, 3), 250, np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
+    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    hair = (r > 1) & (r < 1.4) & (xx > 110)
+    img[hair] = 30
+    person = ((hair | (r < 1))[:, :163], (0, 0))
+    kept = mirrored(img, region, person)
+    assert (kept[70, 85:110, 0] < 60).all()
+
+
+def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_wall():
+    """Hair inside the region whose edge meets the region's, the wall beyond it there, the hair going on past the
+    region lower down: kept to the kind of each pixel's nearest pixel outside, the wall comes in over that hair;
+    given the person's own pixels (`own`), they continue the hair past the region instead. The wall beside the
+    person stays wall, and only pixels outside the region are sources."""
+    from anonymizer.regions import mirrored
+
+    img = np.full((200, 200, 3), 250, np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
+    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    hair = (xx > 125) & (((r > 0.8) & (r <= 1.0) & (yy < 110)) | ((r > 0.8) & (r < 1.3) & (yy >= 110)))
+    img[hair] = 30
+    mask = hair | (r < 0.8)
+    person = (mask, (0, 0))
+    ys, xs = region.window
+    own = mask[ys, xs]
+    plain = mirrored(img, region, person)
+    kept = mirrored(img, region, person, own, reach=80.0, depth=6.0)
+    upper = own & hair[ys, xs] & (region.alpha > 0) & (yy[ys, xs] < 80)  # hair whose nearest outside is the wall
+    assert upper.sum() > 100
+    assert (plain[upper, 0] > 200).mean() > 0.5
+    assert (kept[upper, 0] < 60).mean() > 0.95
+    wall = (region.alpha > 0) & ~own & (xx[ys, xs] < 100) & (yy[ys, xs] < 60)  # the wall beside the person
+    assert wall.any() and (kept[wall, 0] > 200).all()
+    marked = img.copy()
+    marked[ys, xs][region.alpha > 0] = (255, 0, 255)
+    assert not (mirrored(marked, region, person, own, 80.0, 6.0)[region.alpha > 0] == (255, 0, 255)).all(-1).any()
+
+
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
     """The bank person's skin around their face (forehead, temples, neck) is taken to the photo's skin, as their
     face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the
@@ -850,6 +897,35 @@ def test_a_bank_heads_hair_near_its_skins_colour_keeps_its_own_colour(stylegan_b
         assert np.abs(np.median(head[hair], 0)[1:] - painted[1:]).max() < 2
         seen += 1
     assert seen >= 3
+
+
+def test_the_persons_long_hair_stays_hair_beside_a_short_bank_head(stylegan_bank):
+    """The woman of group_23.jpg, whose long dark hair goes on past her face region and whose hair's edge meets the
+    region's: where a test bank head leaves her hair uncovered (inside the region, on her, outside her face's
+    outline), the head's window shows hair there, not the white wall beyond it (under 5 % of those pixels light,
+    where mirroring the surroundings inward made 59-61 % of them wall)."""
+    from anonymizer.anonymize.generated import harmonize as hz
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / "group_23.jpg")
+    face = min(build_detector("yunet", {"scales": [1.0]}).detect(img), key=lambda f: f.x)
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False, hair_tone=True)
+    _, pts, window = op.decide(img, face)
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    site = Site(op, img, pts, window, region)
+    assert site.hair is not None
+    backdrop = site.backdrop(img)
+    dark_hair = (hz.to_lab(img[region.window])[..., 0] < 45) & (site.background < 0.2) & (region.alpha >= 0.5)
+    dark_hair &= sh.outline_mask(sh.extend(pts), region.alpha.shape, (region.x0, region.y0)) == 0
+    seen = 0
+    for k in range(len(op.bank)):
+        uncovered = dark_hair & (site.placed_matte(k)[1] < 0.1)
+        if uncovered.sum() < 500:
+            continue
+        head = hz.to_lab(op.head(img.copy(), site, k, backdrop))
+        assert (head[uncovered, 0] > 80).mean() < 0.05
+        seen += 1
+    assert seen >= 1
 
 
 def test_a_bank_head_with_flushed_cheeks_takes_the_photos_skin_colour_on_its_forehead_too(stylegan_bank, tmp_path):
