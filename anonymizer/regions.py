@@ -6,7 +6,7 @@ A FaceMask is alpha in [0, 1] over an image window; every pixel where alpha is 0
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cv2
 import numpy as np
@@ -67,7 +67,7 @@ MIN_RUN = 3.0  # px: a run of one kind (the person, or not) past the region's ed
 
 
 def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tuple[int, int]] | None = None,
-             own: np.ndarray | None = None, reach: float = 0.0, depth: float = MIN_RUN) -> np.ndarray:
+             own: Own | None = None) -> np.ndarray:
     """The region's window of `image`, each pixel inside the region (alpha > 0) taken from its mirror image
     across the region's nearest edge: the photo's own surroundings continued inward, with their texture, and
     equal to them at the edge. A bank head leaves part of the region uncovered; a blur there showed a smooth
@@ -81,12 +81,10 @@ def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tupl
     past the region's edge, a plain mirror image showed the background beyond it as a pale band inside the
     hair, and the hair again past that band as a second outline.
 
-    `own` (with `person`): a mask over the region's window of the person's own pixels there, which continue the
-    person even where their nearest pixel outside the region is background, or a strip of the person thinner than
-    `depth` px: each then continues the person's nearest pixel outside the region that is `depth` deep instead,
-    where that lies at most `reach` px further. Long hair whose edge meets the region's brought the wall beyond it
-    in, a wedge of wall between a short bank head and the hair below it. Sources are still only pixels outside the
-    region, which the release shows anyway."""
+    `own` (with `person`): the person's own pixels inside the region (Own), which continue the person even where
+    their nearest pixel outside the region is background or a strip of the person too thin to be a source. Long hair
+    whose edge meets the region's brought the wall beyond it in: a wedge of wall between a short bank head and the
+    hair below it. Sources are still only pixels outside the region, which the release shows anyway."""
     x0, y0, x1, y1 = region.box
     height, width = image.shape[:2]
     inside = region.alpha > 0
@@ -109,8 +107,8 @@ def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tupl
         tx, ty = 2 * bx - px, 2 * by - py
     else:
         theirs = _theirs(person, region)
-        if own is not None and own.any():
-            bx, by = _to_person(theirs, region, frame, (bx, by), (px, py), own & inside, reach, depth)
+        if own is not None and own.pixels.any():
+            bx, by = _to_person(theirs, region, frame, (bx, by), (px, py), own)
         depth = np.hypot(bx - px, by - py)
         run = _run(theirs, region, (np.clip(bx + x0, 0, width - 1), np.clip(by + y0, 0, height - 1)))
         back = (run >= MIN_RUN) & (depth > run)
@@ -142,13 +140,24 @@ def _theirs(person: tuple[np.ndarray, tuple[int, int]], region: FaceMask
     return mask, inside, (mx, my)
 
 
+class Own(NamedTuple):
+    """For `mirrored`: the person's pixels inside the region that continue the person (`pixels`, over the region's
+    window), each from the person's nearest pixel outside the region that goes on for `depth` px or more (a thin
+    strip of hair ends in the wall's colour) and lies above image row `above` (below it, clothes), where that is at
+    most `reach` px further than its nearest pixel outside the region of any kind."""
+
+    pixels: np.ndarray
+    reach: float
+    depth: float
+    above: float
+
+
 def _to_person(theirs: tuple[np.ndarray, np.ndarray, tuple[int, int]], region: FaceMask, frame: np.ndarray,
-               nearest: tuple[np.ndarray, np.ndarray], at: tuple[np.ndarray, np.ndarray], own: np.ndarray,
-               reach: float, depth: float) -> tuple[np.ndarray, np.ndarray]:
+               nearest: tuple[np.ndarray, np.ndarray], at: tuple[np.ndarray, np.ndarray], own: Own
+               ) -> tuple[np.ndarray, np.ndarray]:
     """`nearest` (bx, by: each region-window pixel's nearest pixel outside the region, window coordinates), with
-    each `own` pixel whose nearest is not the person's, `depth` px deep, taken instead to the person's nearest such
-    pixel outside the region (`frame`: the window padded by one, 0 outside the region), where that is at most
-    `reach` further."""
+    each of `own`'s pixels whose nearest is no source of `own`'s taken to its nearest source instead (`frame`: the
+    window padded by one, 0 outside the region)."""
     mask, _, (mx, my) = theirs
     bx, by = nearest
     px, py = at
@@ -156,11 +165,11 @@ def _to_person(theirs: tuple[np.ndarray, np.ndarray, tuple[int, int]], region: F
     ys, xs = np.mgrid[0:h, 0:w]
     ys, xs = ys + region.y0 - 1 - my, xs + region.x0 - 1 - mx
     within = (xs >= 0) & (xs < mask.shape[1]) & (ys >= 0) & (ys < mask.shape[0])
-    kind = within & mask[ys.clip(0, mask.shape[0] - 1), xs.clip(0, mask.shape[1] - 1)]
-    # the person's pixels outside the region that go on for `depth` or more (from anything else there, and from the
-    # mask window's edge, past which the kind is unknown): a thin strip of hair ends in the wall's colour
+    kind = within & mask[ys.clip(0, mask.shape[0] - 1), xs.clip(0, mask.shape[1] - 1)] & (ys + my < own.above)
+    # past the mask's window the kind is unknown
     other = np.pad(~kind & (frame == 0), 1, constant_values=True)
-    deep = kind & (frame == 0) & (cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1] > depth)
+    deep = kind & (frame == 0) & (cv2.distanceTransform((~other).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+                                  > own.depth)
     sources = (~deep).astype(np.uint8)
     if sources.all():
         return bx, by
@@ -169,7 +178,8 @@ def _to_person(theirs: tuple[np.ndarray, np.ndarray, tuple[int, int]], region: F
     to = np.zeros((labels.max() + 1, 2), np.int64)
     to[labels[zy, zx]] = np.stack([zx, zy], 1) - 1
     qx, qy = np.moveaxis(to[labels[1:-1, 1:-1]], -1, 0)
-    change = own & ~deep[by + 1, bx + 1] & (np.hypot(qx - px, qy - py) <= np.hypot(bx - px, by - py) + reach)
+    change = own.pixels & ~deep[by + 1, bx + 1]
+    change &= np.hypot(qx - px, qy - py) <= np.hypot(bx - px, by - py) + own.reach
     return np.where(change, qx, bx), np.where(change, qy, by)
 
 

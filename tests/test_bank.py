@@ -703,7 +703,7 @@ def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_w
     region lower down: kept to the kind of each pixel's nearest pixel outside, the wall comes in over that hair;
     given the person's own pixels (`own`), they continue the hair past the region instead. The wall beside the
     person stays wall, and only pixels outside the region are sources."""
-    from anonymizer.regions import mirrored
+    from anonymizer.regions import Own, mirrored
 
     img = np.full((200, 200, 3), 250, np.uint8)
     yy, xx = np.mgrid[:200, :200]
@@ -716,7 +716,7 @@ def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_w
     ys, xs = region.window
     own = mask[ys, xs]
     plain = mirrored(img, region, person)
-    kept = mirrored(img, region, person, own, reach=80.0, depth=6.0)
+    kept = mirrored(img, region, person, Own(own, reach=80.0, depth=6.0, above=200.0))
     upper = own & hair[ys, xs] & (region.alpha > 0) & (yy[ys, xs] < 80)  # hair whose nearest outside is the wall
     assert upper.sum() > 100
     assert (plain[upper, 0] > 200).mean() > 0.5
@@ -725,7 +725,8 @@ def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_w
     assert wall.any() and (kept[wall, 0] > 200).all()
     marked = img.copy()
     marked[ys, xs][region.alpha > 0] = (255, 0, 255)
-    assert not (mirrored(marked, region, person, own, 80.0, 6.0)[region.alpha > 0] == (255, 0, 255)).all(-1).any()
+    fill = mirrored(marked, region, person, Own(own, 80.0, 6.0, 200.0))
+    assert not (fill[region.alpha > 0] == (255, 0, 255)).all(-1).any()
 
 
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):

@@ -100,7 +100,7 @@ from anonymizer.faces import Face
 from anonymizer.headpose import Pose
 from anonymizer.measure.apparent_age import AgeReader, age_group
 from anonymizer.measure.pose import PoseChange, PoseMeter
-from anonymizer.regions import MIN_RUN, FaceMask, blend, face_region, merge, mirrored
+from anonymizer.regions import MIN_RUN, FaceMask, Own, blend, face_region, merge, mirrored
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
 MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
@@ -358,16 +358,18 @@ class Site:
     def backdrop(self, out: np.ndarray) -> np.ndarray:
         """The region's window of `out` as a bank head's backdrop (shown where the head leaves the region
         uncovered): its surroundings mirrored inward (regions.mirrored), and, where the person's hair goes on past
-        the region (`hair_beside`), the person's pixels inside it continuing the person's nearest pixels outside
-        it (at least OWN_DEPTH eye distances deep, at most OWN_REACH further than the nearest pixel of any kind).
-        Long hair whose edge meets the region's brought the wall beyond it in: a wedge of wall between a short bank
-        head and the hair below it."""
+        the region (`hair_beside`), the person's pixels inside it above the nose's tip continuing the person's nearest
+        pixels outside it above the chin (regions.Own: at least OWN_DEPTH eye distances deep, at most OWN_REACH
+        further than the nearest pixel of any kind). Long hair whose edge meets the region's brought the wall
+        beyond it in: a wedge of wall between a short bank head and the hair below it."""
         if self.hair_beside is None:
             return mirrored(out, self.region, self.person)
         mask, (mx, my) = self.person
         x0, y0, x1, y1 = self.region.box
-        return mirrored(out, self.region, self.person, mask[y0 - my:y1 - my, x0 - mx:x1 - mx], OWN_REACH * self.iod,
-                        max(MIN_RUN, OWN_DEPTH * self.iod))
+        chin = float(self.pts[8, 1])
+        pixels = mask[y0 - my:y1 - my, x0 - mx:x1 - mx] & (np.arange(y0, y1)[:, None] < self.pts[33, 1])
+        own = Own(pixels, OWN_REACH * self.iod, max(MIN_RUN, OWN_DEPTH * self.iod), chin)
+        return mirrored(out, self.region, self.person, own)
 
 
 def _bank_people(bank: Bank, probe):
