@@ -659,16 +659,23 @@ def test_what_a_bank_head_leaves_uncovered_shows_the_surroundings_and_nothing_of
         assert lap[inside].mean() > 0.5 * lap[~inside].mean()
 
 
+def _wall_scene():
+    """A white wall (200 px square) and an elliptical face region centred on it: (image, yy, xx, each pixel's
+    elliptical radius, region), for the backdrop's tests to paint a person and their hair on."""
+    img = np.full((200, 200, 3), 250, np.uint8)
+    yy, xx = np.mgrid[:200, :200]
+    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
+    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    return img, yy, xx, r, region
+
+
 def test_the_backdrop_keeps_to_the_person_or_the_background_it_continues():
     """Hair that ends just past the region's edge, on a white wall: mirrored plainly, the wall beyond the hair comes
     in as a white band inside it; kept to the person (regions.mirrored's `person`), the hair goes on inward
     however deep, and the wall beside it stays wall. Pixels outside the region are the window's own either way."""
     from anonymizer.regions import mirrored
 
-    img = np.full((200, 200, 3), 250, np.uint8)
-    yy, xx = np.mgrid[:200, :200]
-    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
-    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    img, yy, xx, r, region = _wall_scene()
     hair = (r > 1) & (r < 1.25) & (xx > 110)  # about 12 px of hair past the right edge
     img[hair] = 30
     person = (hair | (r < 1), (0, 0))
@@ -687,10 +694,7 @@ def test_the_backdrop_keeps_to_the_person_only_as_far_as_the_persons_mask_reache
     instead of running on into the wall beyond the hair."""
     from anonymizer.regions import mirrored
 
-    img = np.full((200, 200, 3), 250, np.uint8)
-    yy, xx = np.mgrid[:200, :200]
-    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
-    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    img, yy, xx, r, region = _wall_scene()
     hair = (r > 1) & (r < 1.4) & (xx > 110)
     img[hair] = 30
     person = ((hair | (r < 1))[:, :163], (0, 0))
@@ -705,10 +709,7 @@ def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_w
     person stays wall, and only pixels outside the region are sources."""
     from anonymizer.regions import Own, mirrored
 
-    img = np.full((200, 200, 3), 250, np.uint8)
-    yy, xx = np.mgrid[:200, :200]
-    r = np.hypot((xx - 100) / 50, (yy - 100) / 60)
-    region = FaceMask(40, 30, np.clip((1 - r[30:171, 40:161]) / 0.15, 0, 1).astype(np.float32))
+    img, yy, xx, r, region = _wall_scene()
     hair = (xx > 125) & (((r > 0.8) & (r <= 1.0) & (yy < 110)) | ((r > 0.8) & (r < 1.3) & (yy >= 110)))
     img[hair] = 30
     mask = hair | (r < 0.8)
