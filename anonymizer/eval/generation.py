@@ -23,9 +23,11 @@ Conventions (fixed so runs stay comparable):
   (`rank1_clean`, the attacker's ceiling). And how often two photos of one person show the same virtual
   person (`same_virtual_person`, the bank operator): two anonymized photos then match each other. On the
   photos, how many faces show the same virtual person as another face of their photo (`twins_in_image`).
-* Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in a window around the face, solvePnP) on the
-  original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over faces found again,
-  the operator's fallbacks left out (the angles read on a blurred face are noise; `replaced` counts them).
+* Pose: `measure.pose.PoseMeter` (YuNet's landmarks re-found in windows around the face, their mean solved
+  by solvePnP) on the original and the anonymized image; median and p95 of |Δyaw|, |Δpitch|, |Δroll| over
+  faces found again, the operator's fallbacks left out (the angles read on a blurred face are noise;
+  `replaced` counts them). `pose_shifted` per set is the same change from each original to itself moved by
+  one pixel: the meter's noise floor.
   Five landmarks read yaw coarsely (YuNet's and dlib's readings of one face differ by p95 11°), so |Δyaw| is
   also read from dlib's 68 points' five (`yaw_68`, the same solve): two readers, each on both sides.
 * Expression: the mouth opening (inner-lip gap over eye distance, `bank.shape.features`) from dlib's 68 points
@@ -373,6 +375,7 @@ class _Original:
     inner: list = field(default_factory=list)               # inner_face regions
     ages: np.ndarray | None = None                          # apparent age in years (measure.apparent_age)
     ages_mirrored: np.ndarray | None = None                 # the same read on the mirrored photo: its noise
+    pose_shifted: list = field(default_factory=list)        # PoseChange to the photo shifted by a pixel: its noise
 
 
 class Evaluator:
@@ -432,7 +435,9 @@ class Evaluator:
         o = _Original(al, self.encoder.embed(s.rgb, al),
                       self.realigned.embed(s.rgb, self.realigned.align(s.rgb, scored)),
                       ages=self.ages.read(s.rgb, scored),
-                      ages_mirrored=self.ages.read(np.ascontiguousarray(s.rgb[:, ::-1]), mirrored))
+                      ages_mirrored=self.ages.read(np.ascontiguousarray(s.rgb[:, ::-1]), mirrored),
+                      pose_shifted=self.pose.measure(s.rgb, _jpeg(shifted(s.rgb), self.policy.output.jpeg_quality),
+                                                     scored, 0))
         for name, enc in self.recognizers.items():
             a = al if enc is self.encoder else enc.align(s.rgb, scored)
             o.recognizers[name] = (a, o.embeddings if enc is self.encoder else enc.embed(s.rgb, a))
@@ -493,13 +498,12 @@ class Evaluator:
                     "yunet_detects": a is not None,
                     "scrfd_detects": find_again(self.scrfd, out, f) is not None,
                     "dlib_detects": find_again(self.hog, out, f) is not None,
-                    "d_yaw": None if a is None or b is None else a.yaw - b.yaw,
-                    "d_pitch": None if a is None or b is None else a.pitch - b.pitch,
-                    "d_roll": None if a is None or b is None else a.roll - b.roll,
+                    **_pose_deltas(ch),
                     "d_yaw_68": None if None in y68 else y68[0] - y68[1],
                     "d_mouth_open": None if m1 is None or o.mouth[j] is None else m1 - o.mouth[j],
                     "age": round(float(o.ages[j]), 1), "d_age": round(float(ages[j] - o.ages[j]), 1),
                     "d_age_mirrored": round(float(o.ages_mirrored[j] - o.ages[j]), 1),
+                    **_pose_deltas(o.pose_shifted[j], "_shifted"),
                     "sharpness_ratio": sharpness_ratio(s.rgb, out, o.inner[j]),
                     "seam_ratio": seam_ratio(s.rgb, out, res.masks[i]),
                     "_emb": {name: (o.recognizers[name][1][j], rec[name][j]) for name in rec},
@@ -556,14 +560,29 @@ class Evaluator:
         }
 
 
+def shifted(rgb: np.ndarray) -> np.ndarray:
+    """The image moved one pixel right and down (edge pixels repeated): the same photo, resampled anew in
+    every window a measure reads it in."""
+    return np.ascontiguousarray(np.pad(rgb, ((1, 0), (1, 0), (0, 0)), mode="edge")[:-1, :-1])
+
+
+def _pose_deltas(change, suffix: str = "") -> dict:
+    b, a = change.before, change.after
+    return {f"d_{k}{suffix}": None if a is None or b is None else getattr(a, k) - getattr(b, k)
+            for k in ("yaw", "pitch", "roll")}
+
+
 def reference(rows: list[dict]) -> dict:
     """The originals against themselves: the Fréchet distance between two halves of a set's original faces
-    (alternate faces), the floor an anonymized set of half as many faces could reach; and the age reader's
-    difference between each original and its mirror image, the floor of the age error."""
+    (alternate faces), the floor an anonymized set of half as many faces could reach; the age reader's
+    difference between each original and its mirror image, the floor of the age error; and the pose read on
+    each original and on it shifted by one pixel (and JPEG-compressed as a release is), the floor of the pose
+    change."""
     emb = np.stack([r["_emb"]["mobilefacenet"][0] for r in rows]) if len(rows) >= 4 else None
     fd = None if emb is None else frechet_distance(emb[0::2], emb[1::2])
     return {"faces": len(rows), "frechet_real_halves": None if fd is None else round(fd, 4),
-            "age_error_mirrored": _stats([r["d_age_mirrored"] for r in rows], 1)}
+            "age_error_mirrored": _stats([r["d_age_mirrored"] for r in rows], 1),
+            "pose_shifted": {k: _stats([r[f"d_{k}_shifted"] for r in rows]) for k in ("yaw", "pitch", "roll")}}
 
 
 def tile(image: np.ndarray, f: Face, cell: int) -> tuple[np.ndarray, np.ndarray]:
@@ -737,6 +756,10 @@ def markdown_table(result: dict) -> str:
             f"{k} {v['frechet_real_halves']} ({v['faces']} faces)" for k, v in refs.items())]
         lines += ["", "Age error floor (each original against its mirror image), median / p95 years: " + ", ".join(
             f"{k} {v['age_error_mirrored']['median']} / {v['age_error_mirrored']['p95']}" for k, v in refs.items())]
+        floors = [f"{k} {p['yaw']['median']} / {p['yaw']['p95']}, {p['pitch']['median']} / {p['pitch']['p95']}"
+                  for k, v in refs.items() if (p := v.get("pose_shifted"))]
+        lines += ["", "Pose floor (each original against itself shifted by one pixel), median / p95 of |Δyaw|, "
+                  "|Δpitch| (degrees): " + ", ".join(floors)]
     return "\n".join(lines) + "\n"
 
 

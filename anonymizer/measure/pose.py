@@ -2,10 +2,10 @@
 
 The same procedure runs on the original and on the released image, so their difference measures the
 operator and not two different landmark sources: a window around the face's box (one box side of context
-each way) is scaled so the face is about `target_px` wide, a landmark detector (YuNet by default; its
-licence allows commercial use, unlike dlib's 68-point model) runs on it, and the detection that best
-overlaps the face's box gives 5 landmarks, from which `headpose.estimate_pose` reads yaw, pitch and
-roll. A face not re-found in the released image is recorded as such (`redetected` False): realistic
+each way) is scaled so the face is `size` px wide, for each of WINDOW_SIZES; a landmark detector (YuNet by
+default; its licence allows commercial use, unlike dlib's 68-point model) runs on each, the detection that
+best overlaps the face's box gives 5 landmarks, and `headpose.estimate_pose` reads yaw, pitch and roll from
+their mean. A face not re-found in the released image is recorded as such (`redetected` False): realistic
 replacements should stay detectable, classical operators usually are not.
 """
 
@@ -19,6 +19,11 @@ import numpy as np
 from anonymizer.detect import Detector
 from anonymizer.faces import Face, context_window, iou
 from anonymizer.headpose import Pose, estimate_pose
+
+# One window's landmarks jitter with its resampling: on ../shared/data/photos, shifting the image by one
+# pixel moved the yaw read in one 112-px window by 1.9° (median; p95 6.7°), and the yaw read from the mean
+# of these four windows by 0.65° (p95 2.1°; bench/pose_floor.py).
+WINDOW_SIZES = (96.0, 112.0, 128.0, 144.0)
 
 POSE_COLUMNS = ("yaw_before", "pitch_before", "roll_before", "yaw_after", "pitch_after", "roll_after",
                 "pose_error", "redetected")
@@ -107,13 +112,22 @@ def _solved(lm: np.ndarray | None, offset: tuple[int, int], shape: tuple[int, in
 
 
 class PoseMeter:
-    def __init__(self, detector: Detector, target_px: float = 112.0, min_iou: float = 0.3) -> None:
-        self.detector, self.target_px, self.min_iou = detector, target_px, min_iou
+    def __init__(self, detector: Detector, sizes: tuple[float, ...] = WINDOW_SIZES, min_iou: float = 0.3) -> None:
+        self.detector, self.sizes, self.min_iou = detector, sizes, min_iou
+
+    def _mean_landmarks(self, shots: list[tuple[np.ndarray, Face]]) -> list[np.ndarray | None]:
+        """Per (image, face): the mean of the landmarks found in its windows (None where none finds it)."""
+        found = [find_all_again(self.detector, shots, size, self.min_iou, need_landmarks=True)
+                 for size in self.sizes]
+        means = []
+        for i in range(len(shots)):
+            points = [f[i].landmarks for f in found if f[i] is not None]
+            means.append(np.mean(points, axis=0) if points else None)
+        return means
 
     def landmarks(self, image: np.ndarray, face: Face) -> np.ndarray | None:
         """The 5 landmarks of the face at `face`'s box in `image`, or None when no face is found there."""
-        found = find_again(self.detector, image, face, self.target_px, self.min_iou, need_landmarks=True)
-        return None if found is None else found.landmarks
+        return self._mean_landmarks([(image, face)])[0]
 
     def pose(self, image: np.ndarray, face: Face, fallback: np.ndarray | None = None,
              frame: tuple[tuple[int, int], tuple[int, int]] | None = None) -> Pose | None:
@@ -127,13 +141,12 @@ class PoseMeter:
     def measure(self, original: np.ndarray, released: np.ndarray, faces: list[Face], min_face_px: float
                 ) -> list[PoseChange | None]:
         """Per face (None below `min_face_px`, where landmarks are too unreliable to compare). Every window,
-        before and after, goes to the detector in one `find_all_again`."""
+        before and after, goes to the detector in one `find_all_again` per window size."""
         scored = [f for f in faces if f.size >= min_face_px]
-        found = find_all_again(self.detector, [(im, f) for im in (original, released) for f in scored],
-                               self.target_px, self.min_iou, need_landmarks=True)
+        found = self._mean_landmarks([(im, f) for im in (original, released) for f in scored])
         changes = iter([
-            # Before: re-found like the after side; the detector's own landmarks when the window misses it.
-            PoseChange(_solved(f.landmarks if b is None else b.landmarks, (0, 0), original.shape[:2]),
-                       _solved(None if a is None else a.landmarks, (0, 0), released.shape[:2]))
+            # Before: re-found like the after side; the detector's own landmarks when no window finds it.
+            PoseChange(_solved(f.landmarks if b is None else b, (0, 0), original.shape[:2]),
+                       _solved(a, (0, 0), released.shape[:2]))
             for f, b, a in zip(scored, found[:len(scored)], found[len(scored):])])
         return [next(changes) if f.size >= min_face_px else None for f in faces]
