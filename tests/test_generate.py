@@ -553,6 +553,21 @@ def test_pose_meter_keeps_and_loses_faces(yunet):
     assert meter.measure(image, image, [small], 32) == [None]
 
 
+def test_the_pose_meter_reads_a_photo_moved_by_one_pixel_as_unturned(yunet):
+    """Nothing about the faces changes, so the pose change read is the meter's own noise: the mean of several
+    windows' landmarks keeps it under a degree (median) on a group photo's 26 faces, where one 112-px window
+    read 2.3°."""
+    from anonymizer.eval.generation import _jpeg, shifted
+    from anonymizer.measure.pose import PoseMeter
+
+    image = _rgb(PHOTOS / "group_11.jpg")
+    faces = [f for f in yunet.detect(image) if f.size >= 32]
+    assert len(faces) >= 20
+    changes = PoseMeter(yunet).measure(image, _jpeg(shifted(image), 90), faces, 32)
+    yaw = [abs(c.after.yaw - c.before.yaw) for c in changes if c.after is not None and c.before is not None]
+    assert len(yaw) >= 20 and np.median(yaw) < 1.2
+
+
 def test_pose_windows_run_together_find_what_each_finds_alone(yunet):
     """The pose check sends every window of an image to YuNet in batches of one padded size: the same
     detections as one window per call, in fewer calls."""
