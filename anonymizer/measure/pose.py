@@ -22,7 +22,7 @@ from anonymizer.headpose import Pose, estimate_pose
 
 # One window's landmarks jitter with its resampling: on ../shared/data/photos, shifting the image by one
 # pixel moved the yaw read in one 112-px window by 1.9° (median; p95 6.7°), and the yaw read from the mean
-# of these four windows by 0.65° (p95 2.1°; bench/pose_floor.py).
+# of these four windows by 0.65° (p95 2.2°; bench/pose_floor.py).
 WINDOW_SIZES = (96.0, 112.0, 128.0, 144.0)
 
 POSE_COLUMNS = ("yaw_before", "pitch_before", "roll_before", "yaw_after", "pitch_after", "roll_after",
