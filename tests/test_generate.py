@@ -684,6 +684,8 @@ def test_eval_generation_bank_side_by_side(stylegan_bank, tmp_path, shared):
     assert noguard["faces_per_s_per_core"] > bank["faces_per_s_per_core"]  # the guard runs two recognizers
     assert result["reference"]["lfw_heldout"]["frechet_real_halves"] is not None
     assert result["reference"]["lfw_heldout"]["age_error_mirrored"]["n"] == 6  # the age reader's own noise
+    floor = result["reference"]["lfw_heldout"]["pose_shifted"]["yaw"]  # the pose meter's own, a pixel's move
+    assert floor["n"] == 6 and floor["median"] < 2.0 and "Pose floor" in (tmp_path / "generation.md").read_text()
     kept = sum(v for k, v in bank["methods"].items() if not k.startswith("fallback:"))
     assert bank["age_error"]["n"] == bank["age_groups_kept"]["faces"] == kept
     rows = json.loads((tmp_path / "generation_faces.json").read_text())["bank|lfw_heldout"]
