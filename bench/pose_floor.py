@@ -32,7 +32,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from anonymizer.detect import build_detector
-    from anonymizer.eval.generation import _jpeg, photo_samples, shifted
+    from anonymizer.eval.generation import photo_samples, shifted
+    from anonymizer.eval.reid import _jpeg
     from anonymizer.measure.pose import PoseMeter
     from anonymizer.policy import load_policy
 

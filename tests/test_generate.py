@@ -557,7 +557,8 @@ def test_the_pose_meter_reads_a_photo_moved_by_one_pixel_as_unturned(yunet):
     """Nothing about the faces changes, so the pose change read is the meter's own noise: the mean of several
     windows' landmarks keeps it under a degree (median) on a group photo's 26 faces, where one 112-px window
     read 2.3°."""
-    from anonymizer.eval.generation import _jpeg, shifted
+    from anonymizer.eval.generation import shifted
+    from anonymizer.eval.reid import _jpeg
     from anonymizer.measure.pose import PoseMeter
 
     image = _rgb(PHOTOS / "group_11.jpg")
