@@ -761,6 +761,64 @@ def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene
         assert np.abs(np.median(head[:, 1:] - placed[nose][:, 1:], 0) - shift).max() < 2   # colour: a shift
 
 
+def _lit_face():
+    """A girl's face in group_9.jpg, lit brightly from one side (a 140×160 crop), and an ellipse inside it."""
+    photo = _rgb(PHOTOS / "group_9.jpg")[304:464, 569:709]
+    inner = np.zeros(photo.shape[:2], np.uint8)
+    cv2.ellipse(inner, (70, 80), (45, 60), 0, 0, 360, 1, -1)
+    return photo, inner > 0
+
+
+def test_harmonize_holds_the_lightness_spread_before_a_highlight_would_pass_white(shared):
+    """A photo far more contrasted than the bank face asks to stretch the bank face's lightness; held to CONTRAST in
+    Lab, a highlight on its cheek stays skin. Stretched first and held after the conversion to RGB, it had passed
+    white there and lost its colour: a white patch on a girl's cheek in group_9.jpg."""
+    from anonymizer.anonymize.bankface import CONTRAST
+    from anonymizer.anonymize.generated import harmonize as hz
+
+    photo, inner = _lit_face()
+    h, w = photo.shape[:2]
+    lab = hz.to_lab(photo)
+    mean = lab[inner, 0].mean()
+    lab[..., 0] = (lab[..., 0] - mean) * 0.45 + mean  # the bank face: the same face lit evenly...
+    spot = np.zeros((h, w), np.uint8)
+    cv2.circle(spot, (int(0.3 * w), int(0.6 * h)), 10, 1, -1)
+    spot = spot > 0
+    lab[spot, 0] += 20.0  # ...with a highlight on its cheek
+    face = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    lab = hz.to_lab(face)
+
+    out = hz.to_lab(BankFace.harmonize(face, photo, inner))
+    assert out[inner, 0].std() / lab[inner, 0].std() == pytest.approx(CONTRAST, abs=0.02)
+    chroma = np.hypot(lab[spot, 1], lab[spot, 2])
+    assert np.median(np.hypot(out[spot, 1], out[spot, 2])) > 0.7 * np.median(chroma)
+
+
+def test_a_bearded_bank_face_takes_the_photos_skin_lightness_on_its_skin(shared):
+    """harmonize reads the bank face's light from its skin alone, as the photo's: read over a dark beard too, the
+    bank face's mean fell, and its skin came out brighter than the photo's."""
+    from anonymizer.anonymize.generated import harmonize as hz
+
+    photo, inner = _lit_face()
+    h, w = photo.shape[:2]
+    beard = np.zeros((h, w), bool)
+    beard[int(0.62 * h):] = True
+    lab = hz.to_lab(photo)
+    lab[beard & inner] = (18.0, 2.0, 4.0)  # the bank face: the same face with a dark beard over its chin
+    face = np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    skin = inner & ~beard
+    cheeks = np.zeros((h, w), np.uint8)
+    for x in (0.32, 0.68):
+        cv2.circle(cheeks, (int(x * w), int(0.55 * h)), 10, 1, -1)
+    cheeks = cheeks > 0
+    target = hz.target(BankFace.skin_only(photo, cheeks))
+
+    out = hz.to_lab(BankFace.harmonize(face, target, inner, cheeks=cheeks))
+    photo_skin = np.median(hz.to_lab(photo)[skin, 0])
+    assert abs(np.median(out[skin, 0]) - photo_skin) < 5.0  # read over the beard too: 11 brighter
+    assert np.median(out[beard & inner, 0]) < photo_skin - 30  # the beard stays dark: lifted, 22 darker
+
+
 def _group_12_faces():
     """group_12.jpg and its faces left to right: two women with long dark hair past their face regions (3, 5), and
     a blonde woman with light skin, her hair pulled back but for strands down beside her face (0)."""

@@ -743,7 +743,8 @@ class BankFace:
         face_lab = hz.to_lab(face_img)
         skin = self.skin(face_lab, inner, iod)
         photo = site.skin if site.skin is not None else hz.target(self.skin_only(orig_win, inner))
-        face_img = self.harmonize(face_img, photo, inner, face_lab)
+        theirs = sh.hull_mask(new[CHEEKS], shape, (x0, y0)) > 0
+        face_img = self.harmonize(face_img, photo, inner, face_lab, theirs if theirs.sum() >= 16 else inner)
         if site.grey:  # a black-and-white photo: a face in colour would give itself away
             face_img = cv2.cvtColor(cv2.cvtColor(face_img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         if self.poisson:
@@ -1005,21 +1006,16 @@ class BankFace:
 
     @staticmethod
     def harmonize(face: np.ndarray, original: np.ndarray | hz.Target, inner: np.ndarray,
-                  face_lab: np.ndarray | None = None) -> np.ndarray:
+                  face_lab: np.ndarray | None = None, cheeks: np.ndarray | None = None) -> np.ndarray:
         """generated.harmonize (the photo's lightness and low-passed colour), with the lightness spread it
         imposes held within CONTRAST of the bank face's own: a beard, dark glasses or a shadow inflate the
-        original's spread, and the bank face, stretched to match, turns harsh."""
+        original's spread, and the bank face, stretched to match, turns harsh. The bank face's light is read
+        from its skin alone (`cheeks`: where its skin is read, default `inner`), as the photo's is (`skin_only`):
+        read over its beard too, a bearded bank face came out with skin brighter than the photo's and its beard
+        lifted to grey."""
         face_lab = hz.to_lab(face) if face_lab is None else face_lab
-        out = hz.harmonize(face, original, inner, face_lab)
-        sg = face_lab[inner, 0].std()
-        lab = cv2.cvtColor(out.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        mean, so = lab[inner, 0].mean(), lab[inner, 0].std()
-        ratio = so / max(sg, 1e-3)
-        kept = np.clip(ratio, 1 / CONTRAST, CONTRAST)
-        if kept == ratio:
-            return out
-        lab[..., 0] = (lab[..., 0] - mean) * (kept / ratio) + mean
-        return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        light = BankFace.skin_lab(face_lab, inner if cheeks is None else cheeks)
+        return hz.harmonize(face, original, inner, face_lab, max_contrast=CONTRAST, light=light)
 
     @staticmethod
     def skin_colour(lab: np.ndarray, skin: np.ndarray, fallback: np.ndarray, iod: float) -> np.ndarray:
@@ -1038,10 +1034,15 @@ class BankFace:
     def skin_only(original: np.ndarray, cheeks: np.ndarray) -> np.ndarray:
         """The photo's window with what is not skin (a beard, glasses, a shadow) painted in its cheeks'
         median skin colour: harmonize then takes skin light and skin colour from it, not a beard's grey."""
-        lab = cv2.cvtColor(original.astype(np.float32) / 255.0, cv2.COLOR_RGB2Lab)
-        far = hr.skin_distance(lab, cheeks) > SKIN_FAR
-        lab[far] = np.median(lab[cheeks], 0)
+        lab = BankFace.skin_lab(hz.to_lab(original), cheeks)
         return np.clip(cv2.cvtColor(lab, cv2.COLOR_Lab2RGB) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    @staticmethod
+    def skin_lab(lab: np.ndarray, cheeks: np.ndarray) -> np.ndarray:
+        """A copy of the Lab pixels `lab` with what is not skin painted in the median colour of `cheeks` (a mask)."""
+        lab = lab.copy()
+        lab[hr.skin_distance(lab, cheeks) > SKIN_FAR] = np.median(lab[cheeks], 0)
+        return lab
 
     @staticmethod
     def skin(face_lab: np.ndarray, inner: np.ndarray, iod: float) -> np.ndarray:

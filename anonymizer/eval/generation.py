@@ -53,7 +53,9 @@ Conventions (fixed so runs stay comparable):
   JPEG round trip.
 * Speed: faces/s of each operator's `anonymize` call after one warm-up call, by the wall clock and per core
   (faces per second of the process's CPU time, which sums its threads: comparable on a loaded machine),
-  and images/s.
+  and images/s. Every face the detectors found counts, the fallbacks' too: on the photos most are too small
+  to replace and take the fast fallback, so their faces/s is not the replacing speed; LFW's one face an
+  image is.
 """
 
 from __future__ import annotations

@@ -65,16 +65,24 @@ def target(original: np.ndarray) -> Target:
 
 
 def harmonize(generated: np.ndarray, original: np.ndarray | Target, inner: np.ndarray,
-              generated_lab: np.ndarray | None = None) -> np.ndarray:
+              generated_lab: np.ndarray | None = None, max_contrast: float | None = None,
+              light: np.ndarray | None = None) -> np.ndarray:
     """`generated` (an aligned uint8 RGB crop; `generated_lab`: its Lab, where the caller has it) with the light
     and low-passed colour of `original` (the same crop of the input image, or its `target`); `inner` is
-    `inner_face(size)`."""
+    `inner_face(size)`. `max_contrast`: the most the lightness spread may be scaled, up or down. It is held
+    in Lab, before the one conversion to RGB: a highlight stretched past white there loses its colour.
+    `light`: the Lab crop whose lightness over `inner` stands for the generated face's (default: its own), as
+    `original`'s stands for the photo's."""
     o = original if isinstance(original, Target) else target(original)
     g = to_lab(generated) if generated_lab is None else generated_lab
     out = np.empty_like(g)
-    mg, sg = g[inner, 0].mean(), g[inner, 0].std()
+    lg = g if light is None else light
+    mg, sg = lg[inner, 0].mean(), lg[inner, 0].std()
     mo, so = o.lab[inner, 0].mean(), o.lab[inner, 0].std()
-    out[..., 0] = (g[..., 0] - mg) * (so / max(sg, 1e-3)) + mo
+    ratio = so / max(sg, 1e-3)
+    if max_contrast is not None:
+        ratio = float(np.clip(ratio, 1.0 / max_contrast, max_contrast))
+    out[..., 0] = (g[..., 0] - mg) * ratio + mo
     out[..., 1:] = g[..., 1:] - _low(g[..., 1:], generated.shape[0]) + o.low_chroma
     rgb = cv2.cvtColor(out, cv2.COLOR_Lab2RGB)
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
