@@ -38,15 +38,15 @@ synthetic people. Per face:
    covers the old jaw with its own skin instead of exposing what lies beyond the bank face's outline (its
    background, hair or neck); so a jaw wider than the bank face's keeps its width. The bank face is
    warped piecewise-affinely onto that shape.
-4. Light and colour: anonymizer.anonymize.generated.harmonize (Lab: the face's lightness mean and spread,
-   its low-passed chroma), taken from the photo's face with what is not skin (beard, glasses) painted in
-   its cheeks' skin colour; then a Poisson blend for the seam (`poisson`: it fades out half an eye distance
-   inside, so the face keeps harmonize's tone; its lightness only, the colour stays harmonize's) over the
-   union of the two face outlines, with the forehead cut at `forehead` of its height (a bank face's fringe
-   of hair would otherwise land on the photo's forehead), and a feathered alpha at the edge. Pixels where
-   the alpha is 0 keep their exact bytes. Outside the inner face (brows to chin) the alpha also fades where
-   the bank face is not skin (a fringe, hair at the temples, its background): the photo's own pixels stay
-   there.
+4. Light and colour: anonymizer.anonymize.generated.harmonize (Lab: the face's lightness mean and spread, its
+   low-passed chroma), taken from the photo's face with what is not skin (beard, glasses) painted in its
+   cheeks' skin colour, and matched to the bank face's read the same way; then a Poisson blend for the seam
+   (`poisson`: it fades out half an eye distance inside, so the face keeps harmonize's tone; its lightness
+   only, the colour stays harmonize's) over the union of the two face outlines, with the forehead cut at
+   `forehead` of its height (a bank face's fringe of hair would otherwise land on the photo's forehead), and a
+   feathered alpha at the edge. Pixels where the alpha is 0 keep their exact bytes. Outside the inner face
+   (brows to chin) the alpha also fades where the bank face is not skin (a fringe, hair at the temples, its
+   background): the photo's own pixels stay there.
 5. `surround` changes the policy's face region (the ellipse the classical operators change) around the bank face too:
    hair, ears and the face's outline, which a learning attacker reads identity from (docs/reid.md). `blur` (or True):
    the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval around a
