@@ -743,8 +743,7 @@ class BankFace:
         face_lab = hz.to_lab(face_img)
         skin = self.skin(face_lab, inner, iod)
         photo = site.skin if site.skin is not None else hz.target(self.skin_only(orig_win, inner))
-        theirs = sh.hull_mask(new[CHEEKS], shape, (x0, y0)) > 0
-        face_img = self.harmonize(face_img, photo, inner, face_lab, theirs if theirs.sum() >= 16 else inner)
+        face_img = self.harmonize(face_img, photo, inner, face_lab, sh.hull_mask(new[CHEEKS], shape, (x0, y0)) > 0)
         if site.grey:  # a black-and-white photo: a face in colour would give itself away
             face_img = cv2.cvtColor(cv2.cvtColor(face_img, cv2.COLOR_RGB2GRAY), cv2.COLOR_GRAY2RGB)
         if self.poisson:
@@ -1010,11 +1009,11 @@ class BankFace:
         """generated.harmonize (the photo's lightness and low-passed colour), with the lightness spread it
         imposes held within CONTRAST of the bank face's own: a beard, dark glasses or a shadow inflate the
         original's spread, and the bank face, stretched to match, turns harsh. The bank face's light is read
-        from its skin alone (`cheeks`: where its skin is read, default `inner`), as the photo's is (`skin_only`):
-        read over its beard too, a bearded bank face came out with skin brighter than the photo's and its beard
-        lifted to grey."""
+        from its skin alone (`cheeks`: where its skin is read; `inner` where that is missing or too small), as the
+        photo's is (`skin_only`): read over its beard too, a bearded bank face came out with skin brighter than the
+        photo's and its beard lifted to grey."""
         face_lab = hz.to_lab(face) if face_lab is None else face_lab
-        light = BankFace.skin_lab(face_lab, inner if cheeks is None else cheeks)
+        light = BankFace.skin_lab(face_lab, cheeks if cheeks is not None and cheeks.sum() >= 16 else inner)
         return hz.harmonize(face, original, inner, face_lab, max_contrast=CONTRAST, light=light)
 
     @staticmethod
