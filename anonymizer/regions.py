@@ -68,12 +68,24 @@ MIN_RUN = 3.0  # px: a run of one kind (the person, or not) past the region's ed
 
 def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tuple[int, int]] | None = None,
              own: Own | None = None) -> np.ndarray:
-    """The region's window of `image`, each pixel inside the region (alpha > 0) taken from its mirror image
-    across the region's nearest edge: the photo's own surroundings continued inward, with their texture, and
-    equal to them at the edge. A bank head leaves part of the region uncovered; a blur there showed a smooth
-    oval of the person's own hair and background, which no photograph has. No pixel of the region is ever a
-    source: a mirror image that leaves the photo is clamped to its edge, and one that lands in the region
-    takes the nearest pixel outside it instead.
+    """The region's window of `image`, each pixel inside the region taken from its source (mirror_sources); the
+    window's mean colour where the region fills the whole photo."""
+    sources = mirror_sources(image.shape[:2], region, person, own)
+    if sources is None:
+        window = image[region.window]
+        return np.full_like(window, window.mean((0, 1)).astype(image.dtype))
+    return image[sources]
+
+
+def mirror_sources(shape: tuple[int, int], region: FaceMask, person: tuple[np.ndarray, tuple[int, int]] | None = None,
+                   own: Own | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """For each pixel of the region's window in a photo of `shape`, the (row, column) arrays of the photo's pixel
+    it shows: itself outside the region, and inside it (alpha > 0) its mirror image across the region's nearest
+    edge (None where the region fills the whole photo): the photo's own surroundings continued inward, with their
+    texture, and equal to them at the edge. A bank head leaves part of the region uncovered; a blur there showed a
+    smooth oval of the person's own hair and background, which no photograph has. No pixel of the region is ever a
+    source: a mirror image that leaves the photo is clamped to its edge, and one that lands in the region takes the
+    nearest pixel outside it instead.
 
     `person`: a mask of the person's pixels over a window holding the region, and that window's (x0, y0). Each
     pixel's source then stays within the kind (the person, or not) of its nearest pixel outside the region, the
@@ -86,7 +98,7 @@ def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tupl
     whose edge meets the region's brought the wall beyond it in: a wedge of wall between a short bank head and the
     hair below it. Sources are still only pixels outside the region, which the release shows anyway."""
     x0, y0, x1, y1 = region.box
-    height, width = image.shape[:2]
+    height, width = shape
     inside = region.alpha > 0
     # One pixel of "outside" around the window, except where the window meets the photo's edge
     frame = np.pad(inside.astype(np.uint8), 1)
@@ -95,8 +107,7 @@ def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tupl
         if cut:
             frame[edge] = 1
     if frame.all():  # the region fills the whole photo: nothing outside it to show
-        window = image[region.window]
-        return np.full_like(window, window.mean((0, 1)).astype(image.dtype))
+        return None
     _, labels = cv2.distanceTransformWithLabels(frame, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
     zy, zx = np.nonzero(frame == 0)
     nearest = np.zeros((labels.max() + 1, 2), np.int64)
@@ -123,7 +134,7 @@ def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tupl
     hit = within & inside[ty.clip(0, y1 - y0 - 1), tx.clip(0, x1 - x0 - 1)]
     tx, ty = np.where(hit, bx, tx), np.where(hit, by, ty)
     tx, ty = np.where(inside, tx, px), np.where(inside, ty, py)
-    return image[ty + y0, tx + x0]
+    return ty + y0, tx + x0
 
 
 def _theirs(person: tuple[np.ndarray, tuple[int, int]], region: FaceMask

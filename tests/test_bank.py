@@ -730,6 +730,43 @@ def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_w
     assert not (fill[region.alpha > 0] == (255, 0, 255)).all(-1).any()
 
 
+def test_a_bank_head_leaving_the_persons_place_to_someone_behind_them_is_tried_last(stylegan_bank, shared):
+    """group_15.jpg's woman in front (a 40-px face): her ears and a strip of her hair lie inside the region, and
+    beyond it only the white shirt of the man behind her, so there the backdrop shows that shirt (Site.foreign). A
+    bank head narrower than her head left it as white patches by her ears: by_cover tries such heads last, even
+    where they cover enough of the ring (COVER_MIN)."""
+    from anonymizer.anonymize.bankface import COVER_MIN, FOREIGN_MAX
+    from anonymizer.anonymize.generated import harmonize as hz
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / "group_15.jpg")
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - 457) + abs(f.y + f.h / 2 - 220))
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
+    reason, pts, window = op.decide(img, face)
+    assert reason is None and face.w < 45
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    site = Site(op, img, pts, window, region)
+    foreign, backdrop = site.foreign, site.backdrop(img)
+    x0, y0, x1, y1 = region.box
+    assert foreign.sum() > FOREIGN_MAX * site.iod ** 2
+    assert np.median(hz.to_lab(backdrop)[foreign][:, 0]) > np.median(hz.to_lab(img[y0:y1, x0:x1])[foreign][:, 0]) + 15
+    ring = (region.alpha >= 0.5) & (sh.outline_mask(sh.extend(pts), region.alpha.shape, (x0, y0)) == 0)
+    everyone = list(range(len(op.bank)))
+    ranked = list(op.by_cover(everyone, site))
+    groups = [g for _, g, _ in sorted(ranked)]
+    assert [k for k, _, _ in ranked] == sorted(everyone, key=lambda k: groups[k])
+    left = [float((foreign & (site.placed_matte(k)[1] < 0.5)).sum()) / site.iod ** 2 for k in everyone]
+    assert groups == [int(n > FOREIGN_MAX) for n in left]
+    moved = [k for k in everyone if groups[k] == 1 and site.placed_matte(k)[1][ring].mean() >= COVER_MIN]
+    assert moved and groups.count(0) >= 2
+
+    def white(k: int) -> int:  # pixels of her place the head shows as bright as the shirt
+        return int(((hz.to_lab(op.head(img.copy(), site, k, backdrop))[..., 0] > 75) & foreign).sum())
+
+    assert min(white(k) for k in moved) > max(white(k) for k in everyone if groups[k] == 0)
+
+
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
     """The bank person's skin around their face (forehead, temples, neck) is taken to the photo's skin, as their
     face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the

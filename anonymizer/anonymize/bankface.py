@@ -61,10 +61,11 @@ synthetic people. Per face:
    a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank
    photo shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within
    the person or the background it continues (regions.mirrored, with a person segmenter's pixels; where their hair
-   goes on past the region, each of the person's pixels continues the person, Site.backdrop); the whole
+   goes on past the region, each of the person's pixels continues the person, Site.sources); the whole
    Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their background,
    the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries
-   brings its own head, and those whose head covers more of the region are tried first.
+   brings its own head, and those whose head covers more of the region, and of the person's place where the
+   backdrop would show what is not them, are tried first (BankFace.by_cover).
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
@@ -100,7 +101,7 @@ from anonymizer.faces import Face
 from anonymizer.headpose import Pose
 from anonymizer.measure.apparent_age import AgeReader, age_group
 from anonymizer.measure.pose import PoseChange, PoseMeter
-from anonymizer.regions import MIN_RUN, FaceMask, Own, blend, face_region, merge, mirrored
+from anonymizer.regions import MIN_RUN, FaceMask, Own, blend, face_region, merge, mirror_sources, mirrored
 
 WINDOW_MARGIN = 0.6   # the working window: the face outline's box grown by this many eye distances each way
 MASK_GROW = 0.08      # the blend mask: the union of both outlines, dilated by this many eye distances
@@ -115,6 +116,7 @@ TONE_CLOSE = 0.5  # darkness (anonymizer.bank.tone.SkinTone) within which a bank
 SURROUNDS = {False: None, None: None, "none": None, True: "blur", "blur": "blur", "bank": "bank"}
 INNER = np.arange(17, 68)  # brows, eyes, nose, mouth: the inner face, whose light a grey bank's head layer takes
 COVER_MIN = 0.6  # bank heads that cover less of the surround than this are tried last
+FOREIGN_MAX = 0.5  # square eye distances: so are those leaving more of the person's place to a backdrop not theirs
 EXTRA_BLOCKS = 4  # with bank heads, the extra bank faces (`further`) come from 4 × more_if_turned next nearest
 NOSE_SHARES = np.array([0.0, 0.33, 0.67, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0])  # points 27-35: bridge top to tip
 POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of the window's size
@@ -127,7 +129,7 @@ RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a rend
 SKIN_REACH = 0.4   # eye distances over which a bank head's own skin colour is read around each pixel (skin_colour)
 HEAD_EDGE = (0.6, 0.9)  # over the photo's background a bank head ends where the region's alpha falls from 0.9 to 0.6
 OWN_REACH = 2.0  # eye distances further than its nearest pixel outside the region a pixel of the person may continue
-OWN_DEPTH = 0.1  # eye distances: a strip of the person past the region thinner than this is no source (Site.backdrop)
+OWN_DEPTH = 0.1  # eye distances: a strip of the person past the region thinner than this is no source (Site.sources)
 
 
 def poisson(src: np.ndarray, dst: np.ndarray, mask: np.ndarray, reach: float) -> np.ndarray:
@@ -357,19 +359,41 @@ class Site:
 
     def backdrop(self, out: np.ndarray) -> np.ndarray:
         """The region's window of `out` as a bank head's backdrop (shown where the head leaves the region
-        uncovered): its surroundings mirrored inward (regions.mirrored), and, where the person's hair goes on past
-        the region (`hair_beside`), the person's pixels inside it above the nose's tip continuing the person's nearest
-        pixels outside it above the chin (regions.Own: at least OWN_DEPTH eye distances deep, at most OWN_REACH
-        further than the nearest pixel of any kind). Long hair whose edge meets the region's brought the wall
-        beyond it in: a wedge of wall between a short bank head and the hair below it."""
+        uncovered), each pixel from its source (`sources`)."""
+        return mirrored(out, self.region) if self.sources is None else out[self.sources]
+
+    @cached_property
+    def sources(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Where each pixel of the region's window takes its backdrop from (regions.mirror_sources): its
+        surroundings mirrored inward, and, where the person's hair goes on past the region (`hair_beside`), the
+        person's pixels inside it above the nose's tip continuing the person's nearest pixels outside it above the
+        chin (regions.Own: at least OWN_DEPTH eye distances deep, at most OWN_REACH further than the nearest pixel
+        of any kind). Long hair whose edge meets the region's brought the wall beyond it in: a wedge of wall
+        between a short bank head and the hair below it."""
+        shape = self.image.shape[:2]
         if self.hair_beside is None:
-            return mirrored(out, self.region, self.person)
+            return mirror_sources(shape, self.region, self.person)
         mask, (mx, my) = self.person
         x0, y0, x1, y1 = self.region.box
         chin = float(self.pts[8, 1])
         pixels = mask[y0 - my:y1 - my, x0 - mx:x1 - mx] & (np.arange(y0, y1)[:, None] < self.pts[33, 1])
         own = Own(pixels, OWN_REACH * self.iod, max(MIN_RUN, OWN_DEPTH * self.iod), chin)
-        return mirrored(out, self.region, self.person, own)
+        return mirror_sources(shape, self.region, self.person, own)
+
+    @cached_property
+    def foreign(self) -> np.ndarray | None:
+        """Over the region's window: where the photo shows the person (their hair, their ears) but the backdrop
+        shows what is not them (the wall, someone behind), which a bank head leaving it uncovered lets in beside
+        its own head; None without a segmenter."""
+        if self.person is None or self.sources is None:
+            return None
+        mask, (mx, my) = self.person
+        h, w = mask.shape
+        ys, xs = self.sources[0] - my, self.sources[1] - mx
+        known = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        theirs = ~known | mask[ys.clip(0, h - 1), xs.clip(0, w - 1)]
+        x0, y0, x1, y1 = self.region.box
+        return mask[y0 - my:y1 - my, x0 - mx:x1 - mx] & (self.region.alpha > 0) & ~theirs
 
 
 def _bank_people(bank: Bank, probe):
@@ -788,11 +812,13 @@ class BankFace:
     def by_cover(self, candidates: list[int], site: Site, extras: Sequence[int] = ()
                  ) -> Iterator[tuple[int, int, bool]]:
         """(bank face, group, extra): `candidates`, then `extras` (BankFace.further), with those whose head
-        covers less than COVER_MIN of the region around the face (outside its outline) moved last (group 1),
-        each group in its own order: what a bank head leaves uncovered shows the mirrored surroundings, which
-        beside hair give the replacement away. Only a cut, not a ranking: ranked, the head that fits a person's
-        hair best would be picked in every photo of them, linking them. Lazily: only the candidates looked at
-        are placed (most faces keep their first good one)."""
+        covers less than COVER_MIN of the region around the face (outside its outline), or leaves more than
+        FOREIGN_MAX square eye distances of the person's place whose backdrop is not theirs (`Site.foreign`)
+        uncovered, moved last (group 1), each group in its own order: what a bank head leaves uncovered shows the
+        mirrored surroundings, which beside hair give the replacement away (a white shirt behind a woman's ears,
+        between a short bank head and her long hair). Only a cut, not a ranking: ranked, the head that fits a
+        person's hair best would be picked in every photo of them, linking them. Lazily: only the candidates looked
+        at are placed (most faces keep their first good one)."""
         tagged = [(k, False) for k in candidates] + [(k, True) for k in extras]
         region = site.region
         outside = sh.outline_mask(sh.extend(site.pts), region.alpha.shape, (region.x0, region.y0)) == 0
@@ -800,9 +826,11 @@ class BankFace:
         if ring.sum() < 16:
             yield from ((k, 0, extra) for k, extra in tagged)
             return
+        foreign, most = site.foreign, FOREIGN_MAX * site.iod ** 2
         short = []
         for k, extra in tagged:
-            if float(site.placed_matte(k)[1][ring].mean()) >= COVER_MIN:
+            matte = site.placed_matte(k)[1]
+            if float(matte[ring].mean()) >= COVER_MIN and (foreign is None or (foreign & (matte < 0.5)).sum() <= most):
                 yield k, 0, extra
             else:
                 short.append((k, extra))
