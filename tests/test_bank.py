@@ -767,6 +767,38 @@ def test_a_bank_head_leaving_the_persons_place_to_someone_behind_them_is_tried_l
     assert min(white(k) for k in moved) > max(white(k) for k in everyone if groups[k] == 0)
 
 
+def test_a_bank_faces_cheeks_and_jaw_stay_whole_against_a_white_wall(stylegan_bank, shared):
+    """group_2.jpg's nurse, her head turned, a white wall behind her: where her cheek reaches past the bank face's,
+    the bank head leaves the wall. Read as not skin (shadowed, bearded), the bank face's jaw let that wall through
+    and faded into it; below its eye line, inside its own outline, it is now drawn whole."""
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / "group_2.jpg")
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - 354) + abs(f.y + f.h / 2 - 160))
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
+    reason, pts, window = op.decide(img, face)
+    assert reason is None
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    site = Site(op, img, pts, window, region)
+    backdrop = site.backdrop(img)
+    x0, y0, x1, y1 = window
+    rx0, ry0, rx1, ry1 = region.box
+    for k in range(len(op.bank)):
+        out = img.copy()
+        out[ry0:ry1, rx0:rx1] = op.head(img.copy(), site, k, backdrop)
+        _, alpha = op.render(out, site, k)
+        new = sh.extend(op.target_shape(pts, op.bank.landmarks(k)))
+        left, right = new[36:42].mean(0), new[42:48].mean(0)
+        d = (right - left) / np.linalg.norm(right - left)
+        ys, xs = np.mgrid[0:y1 - y0, 0:x1 - x0]
+        below = (xs + x0 - left[0]) * -d[1] + (ys + y0 - left[1]) * d[0] > 0.3 * site.iod
+        jaw = cv2.erode(sh.outline_mask(sh.extend(new[:68]), alpha.shape, (x0, y0)), np.ones((3, 3), np.uint8),
+                        iterations=int(0.15 * site.iod)) > 0
+        assert (jaw & below).sum() > 1000
+        assert alpha[jaw & below].min() > 0.95, k
+
+
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
     """The bank person's skin around their face (forehead, temples, neck) is taken to the photo's skin, as their
     face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the

@@ -123,6 +123,7 @@ POISSON_SCALE = 0.5  # the Poisson blends' membrane is solved at this share of t
 SEAM_REACH = 0.5     # and fades out this many eye distances inside the mask: the seam, not the face's tone
 MAX_GAIN = 1.6       # the most a bank head's L + 16 is scaled to meet the photo's skin (4x its luminance)
 CHIN = np.arange(4, 13)  # the jaw under the chin: below it a bank head leaves the photo as it is
+JAW_INSET = 0.05  # eye distances inside a bank face's outline where its cheeks and jaw are drawn whole (render)
 OCCLUSIONS = (None, "hands")  # BankFace's occlusion (the module doc, step 1)
 OCCLUDED_SHARE = 0.1  # a hand whose palm box lies this much inside the face's outline occludes it
 RENDER_RAMP = 6.0  # crop pixels (a tenth of its eye distance) over which a render's bottom edge hands over to the photo
@@ -782,8 +783,25 @@ class BankFace:
         ramp = max(1.0, FEATHER * iod)
         dist = cv2.distanceTransform((union > 0).astype(np.uint8), cv2.DIST_L2, 5)
         alpha = np.clip(dist / ramp, 0.0, 1.0)
+        # Below the eyes, inside its own outline, the bank face is its cheeks and jaw, shadowed or bearded: read as
+        # not skin there, it let the base through, and a jaw against a white wall faded into it
+        skin = np.maximum(skin, self.cheeks_and_jaw(new, site))
         alpha = np.where(inner, alpha, alpha * skin).astype(np.float32)
         return blend(base_win, cloned, alpha), alpha
+
+    @staticmethod
+    def cheeks_and_jaw(new: np.ndarray, site: Site) -> np.ndarray:
+        """Over the site's window: the placed bank face's outline (`new`: its 105 points) below its eye line, short
+        of its edge by JAW_INSET eye distances and softened over as much (1 inside, 0 outside)."""
+        (x0, y0, _, _), shape, iod = site.window, site.shape, site.iod
+        left, right = new[36:42].mean(0), new[42:48].mean(0)
+        d = (right - left) / max(float(np.linalg.norm(right - left)), 1e-9)
+        ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
+        below = (xs + x0 - left[0]) * -d[1] + (ys + y0 - left[1]) * d[0] > 0
+        inset = max(1, int(round(JAW_INSET * iod)))
+        face = cv2.erode(sh.outline_mask(sh.extend(new[:68]), shape, (x0, y0)), np.ones((3, 3), np.uint8),
+                         iterations=inset) > 0
+        return cv2.GaussianBlur((face & below).astype(np.float32), (0, 0), inset)
 
     def placed_matte(self, pts: np.ndarray, k: int, region: FaceMask
                      ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
