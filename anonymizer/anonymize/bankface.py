@@ -46,7 +46,8 @@ synthetic people. Per face:
    `forehead` of its height (a bank face's fringe of hair would otherwise land on the photo's forehead), and a
    feathered alpha at the edge. Pixels where the alpha is 0 keep their exact bytes. Outside the inner face
    (brows to chin) the alpha also fades where the bank face is not skin (a fringe, hair at the temples, its
-   background): the photo's own pixels stay there.
+   background): the photo's own pixels stay there; but not below its eye line inside its own outline, where a
+   shadowed or bearded jaw is still its own (`cheeks_and_jaw`).
 5. `surround` changes the policy's face region (the ellipse the classical operators change) around the bank face too:
    hair, ears and the face's outline, which a learning attacker reads identity from (docs/reid.md). `blur` (or True):
    the fallback's blur (`surround_strength`: that blur's own strength; default the fallback's), a smooth oval around a
