@@ -723,8 +723,7 @@ class BankFace:
             for j in (1, 2, 4, 5):
                 off = (new[i0 + j] - a) @ nrm
                 new[i0 + j] += (ratio - 1.0) * off * nrm
-        le, re = new[36:42].mean(0), new[42:48].mean(0)
-        d = (re - le) / max(np.linalg.norm(re - le), 1e-9)
+        _, d = sh.eye_line(new)
         down = np.array([-d[1], d[0]])
         delta = sh.mouth_gap(pts) - sh.mouth_gap(new)  # the lower lip and chin follow the face's mouth opening
         for idx, share in (((56, 57, 58, 65, 66, 67), 1.0), ((55, 59), 0.6), ((6, 7, 8, 9, 10), 0.6), ((5, 11), 0.3)):
@@ -795,8 +794,7 @@ class BankFace:
         """Over the site's window: the placed bank face's outline (`new`: its 105 points) below its eye line, short
         of its edge by JAW_INSET eye distances and softened over as much (1 inside, 0 outside)."""
         (x0, y0, _, _), shape, iod = site.window, site.shape, site.iod
-        left, right = new[36:42].mean(0), new[42:48].mean(0)
-        d = (right - left) / max(float(np.linalg.norm(right - left)), 1e-9)
+        left, d = sh.eye_line(new)
         ys, xs = np.mgrid[0:shape[0], 0:shape[1]]
         below = (xs + x0 - left[0]) * -d[1] + (ys + y0 - left[1]) * d[0] > 0
         inset = max(1, int(round(JAW_INSET * iod)))

@@ -83,6 +83,13 @@ def eye_distance(pts68: np.ndarray) -> float:
     return float(np.linalg.norm(p[42:48].mean(0) - p[36:42].mean(0)))
 
 
+def eye_line(pts68: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the image-left eye's centre, the unit vector from it to the other eye's centre)."""
+    p = np.asarray(pts68, np.float64)
+    left, right = p[36:42].mean(0), p[42:48].mean(0)
+    return left, (right - left) / max(float(np.linalg.norm(right - left)), 1e-9)
+
+
 def extend(pts68: np.ndarray, forehead: float = 1.0) -> np.ndarray:
     """The 105 warp points: the 68, the forehead above the brows (FOREHEAD_HEIGHT × `forehead`), and the
     ring around the outline."""
