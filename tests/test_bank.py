@@ -799,6 +799,41 @@ def test_a_bank_faces_cheeks_and_jaw_stay_whole_against_a_white_wall(stylegan_ba
         assert alpha[jaw & below].min() > 0.95, k
 
 
+def test_a_bank_photos_background_never_lines_a_placed_head(stylegan_bank, monkeypatch):
+    """A bank matte's edge lies a few pixels out in the bank photo's background (a soft cheek against a blurred
+    wall), and a placed head showed that background as a line along its outline: blue beside a cheek
+    (multiface.jpg). Painted pure blue out to two pixels inside each matte's edge, the bank photos' backgrounds
+    now change nothing placed, neither the face nor the head around it."""
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / "multiface.jpg")
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - 594) + abs(f.y + f.h / 2 - 100))
+    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
+    reason, pts, window = op.decide(img, face)
+    assert reason is None
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    own = op.bank.crop
+
+    def painted(k: int) -> np.ndarray:
+        crop = own(k).copy()
+        crop[cv2.erode(op.bank.matte(k), np.ones((3, 3), np.uint8), iterations=2) == 0] = (0, 0, 255)
+        return crop
+
+    def placed() -> list[tuple[np.ndarray, np.ndarray]]:
+        site = Site(op, img, pts, window, region)
+        backdrop = site.backdrop(img)
+        return [(op.head(img.copy(), site, k, backdrop), op.render(img, site, k)[0]) for k in range(len(op.bank))]
+
+    before = placed()
+    monkeypatch.setattr(op.bank, "crop", painted)
+    after = placed()
+    for k, ((head, face_px), (head_blue, face_blue)) in enumerate(zip(before, after)):
+        assert ((painted(k) != own(k)).any(-1) & (op.bank.matte(k) > 0)).sum() > 200  # blue inside the matte
+        assert np.array_equal(head, head_blue), k
+        assert np.array_equal(face_px, face_blue), k
+
+
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):
     """The bank person's skin around their face (forehead, temples, neck) is taken to the photo's skin, as their
     face is: else it shows, paler or pinker, above the face's forehead cut. Here the photo has a warm cast the

@@ -94,7 +94,7 @@ from anonymizer.bank import hair as hr
 from anonymizer.bank import shape as sh
 from anonymizer.bank import tone
 from anonymizer.bank.descriptor_probe import face_ages, person_ages
-from anonymizer.bank.matte import PersonSegmenter, crowned_crop, crowned_map, crowned_matte, lift
+from anonymizer.bank.matte import PersonSegmenter, crowned_crop, crowned_map, crowned_matte, head_colours, lift
 from anonymizer.bank.store import Bank, BankError, load_bank, locate_bank, sha256_path
 from anonymizer.bank.warp import warp
 from anonymizer.detect.hands import HandDetector
@@ -270,6 +270,7 @@ class Site:
         self.orig_win = image[y0:y1, x0:x1]
         self.iod = sh.eye_distance(pts)
         self._mattes: dict[int, tuple] = {}
+        self._crops: dict[int, np.ndarray] = {}
 
     @cached_property
     def grey(self) -> bool:
@@ -299,6 +300,13 @@ class Site:
         if k not in self._mattes:
             self._mattes[k] = self.op.placed_matte(self.pts, k, self.region)
         return self._mattes[k]
+
+    def crop(self, k: int) -> np.ndarray:
+        """Bank face k's crop with its head's colours out past its matte's edge (anonymizer.bank.matte.head_colours):
+        what its face and head are placed from, so that its photo's background never lines their outline."""
+        if k not in self._crops:
+            self._crops[k] = head_colours(self.op.bank.crop(k), self.op.bank.matte(k))
+        return self._crops[k]
 
     @cached_property
     def head_win(self) -> np.ndarray:
@@ -749,7 +757,7 @@ class BankFace:
         pts, (x0, y0, x1, y1), shape, iod = site.pts, site.window, site.shape, site.iod
         bank_68 = self.bank.landmarks(k)
         new = sh.extend(self.target_shape(pts, bank_68))
-        face_img, covered = warp(self.bank.crop(k), sh.extend(bank_68), new, self.triangles, shape, (x0, y0))
+        face_img, covered = warp(site.crop(k), sh.extend(bank_68), new, self.triangles, shape, (x0, y0))
         new_m = sh.outline_mask(sh.extend(new[:68], self.forehead), shape, (x0, y0))
         union = np.maximum(new_m, site.outline)
         grow = max(1, int(round(MASK_GROW * iod)))
@@ -927,7 +935,7 @@ class BankFace:
         x0, y0, x1, y1 = region.box
         size = (x1 - x0, y1 - y0)
         m, matte, maps = site.placed_matte(k)
-        layer = cv2.warpAffine(crowned_crop(self.bank.crop(k), self.bank.matte(k)), crowned_map(m), size,
+        layer = cv2.warpAffine(crowned_crop(site.crop(k), self.bank.matte(k)), crowned_map(m), size,
                                flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         if maps is not None:
             layer = cv2.remap(layer, *maps, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
