@@ -803,7 +803,7 @@ def test_a_bank_photos_background_never_lines_a_placed_head(stylegan_bank, monke
     """A bank matte's edge lies a few pixels out in the bank photo's background (a soft cheek against a blurred
     wall), and a placed head showed that background as a line along its outline: blue beside a cheek
     (multiface.jpg). Painted pure blue out to two pixels inside each matte's edge, the bank photos' backgrounds
-    now change nothing placed, neither the face nor the head around it."""
+    now change nothing of the head, and the face's alpha only fades there, towards what lies under it."""
     from anonymizer.detect import build_detector
 
     img = _rgb(PHOTOS / "multiface.jpg")
@@ -831,7 +831,9 @@ def test_a_bank_photos_background_never_lines_a_placed_head(stylegan_bank, monke
     for k, ((head, face_px), (head_blue, face_blue)) in enumerate(zip(before, after)):
         assert ((painted(k) != own(k)).any(-1) & (op.bank.matte(k) > 0)).sum() > 200  # blue inside the matte
         assert np.array_equal(head, head_blue), k
-        assert np.array_equal(face_px, face_blue), k
+        under = img[window[1]:window[3], window[0]:window[2]].astype(int)
+        lo, hi = np.minimum(under, face_px) - 1, np.maximum(under, face_px) + 1
+        assert ((face_blue >= lo) & (face_blue <= hi)).all(), k
 
 
 def test_a_bank_head_takes_the_photos_skin_light_and_colour(stylegan_bank, scene):

@@ -757,7 +757,10 @@ class BankFace:
         pts, (x0, y0, x1, y1), shape, iod = site.pts, site.window, site.shape, site.iod
         bank_68 = self.bank.landmarks(k)
         new = sh.extend(self.target_shape(pts, bank_68))
-        face_img, covered = warp(site.crop(k), sh.extend(bank_68), new, self.triangles, shape, (x0, y0))
+        # its head's colours (Site.crop) drawn, its photo as it is read for what is skin: where that photo shows its
+        # background, the alpha still fades, and the head's colours carried out there do not show as a smear
+        both, covered = warp(np.concatenate([site.crop(k), self.bank.crop(k)], 2), sh.extend(bank_68), new,
+                             self.triangles, shape, (x0, y0))
         new_m = sh.outline_mask(sh.extend(new[:68], self.forehead), shape, (x0, y0))
         union = np.maximum(new_m, site.outline)
         grow = max(1, int(round(MASK_GROW * iod)))
@@ -766,7 +769,8 @@ class BankFace:
         union[:2], union[-2:], union[:, :2], union[:, -2:] = 0, 0, 0, 0  # the alpha reaches 0 inside the window
         orig_win = site.orig_win
         base_win = base[y0:y1, x0:x1]
-        face_img[~covered] = orig_win[~covered]
+        both[~covered] = np.tile(orig_win[~covered], 2)
+        face_img, as_is = np.ascontiguousarray(both[..., :3]), np.ascontiguousarray(both[..., 3:])
         # The inner face: inside both faces' 68 points (brows down to the chin), no forehead: a bank face's
         # fringe of hair must neither set the lightness harmonize matches nor count as its skin.
         core = np.minimum(sh.hull_mask(new[:68], shape, (x0, y0)), site.hull)
@@ -774,7 +778,7 @@ class BankFace:
         if inner.sum() < 16:
             inner = union > 0
         face_lab = hz.to_lab(face_img)
-        skin = self.skin(face_lab, inner, iod)
+        skin = self.skin(hz.to_lab(as_is), inner, iod)
         photo = site.skin if site.skin is not None else hz.target(self.skin_only(orig_win, inner))
         face_img = self.harmonize(face_img, photo, inner, face_lab, sh.hull_mask(new[CHEEKS], shape, (x0, y0)) > 0)
         if site.grey:  # a black-and-white photo: a face in colour would give itself away
