@@ -730,6 +730,21 @@ def test_the_persons_own_pixels_continue_the_person_where_the_region_meets_the_w
     assert not (fill[region.alpha > 0] == (255, 0, 255)).all(-1).any()
 
 
+def _bank_face_at(bank, photo: str, centre: tuple[float, float]):
+    """(image, the bank operator on `bank` with `surround: bank` and no guard, the face YuNet finds in `photo` nearest
+    `centre`, its 68 points, its window, its region): a face the operator replaces, for a look at how."""
+    from anonymizer.detect import build_detector
+
+    img = _rgb(PHOTOS / photo)
+    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
+    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - centre[0]) + abs(f.y + f.h / 2 - centre[1]))
+    op = ANONYMIZERS.create("bank", bank=str(bank), surround="bank", identity_guard=False)
+    reason, pts, window = op.decide(img, face)
+    assert reason is None
+    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    return img, op, face, pts, window, region
+
+
 def test_a_bank_head_leaving_the_persons_place_to_someone_behind_them_is_tried_last(stylegan_bank, shared):
     """group_15.jpg's woman in front (a 40-px face): her ears and a strip of her hair lie inside the region, and
     beyond it only the white shirt of the man behind her, so there the backdrop shows that shirt (Site.foreign). A
@@ -737,15 +752,9 @@ def test_a_bank_head_leaving_the_persons_place_to_someone_behind_them_is_tried_l
     where they cover enough of the ring (COVER_MIN)."""
     from anonymizer.anonymize.bankface import COVER_MIN, FOREIGN_MAX
     from anonymizer.anonymize.generated import harmonize as hz
-    from anonymizer.detect import build_detector
 
-    img = _rgb(PHOTOS / "group_15.jpg")
-    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
-    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - 457) + abs(f.y + f.h / 2 - 220))
-    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
-    reason, pts, window = op.decide(img, face)
-    assert reason is None and face.w < 45
-    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    img, op, face, pts, window, region = _bank_face_at(stylegan_bank, "group_15.jpg", (457, 220))
+    assert face.w < 45
     site = Site(op, img, pts, window, region)
     foreign, backdrop = site.foreign, site.backdrop(img)
     x0, y0, x1, y1 = region.box
@@ -771,15 +780,7 @@ def test_a_bank_faces_cheeks_and_jaw_stay_whole_against_a_white_wall(stylegan_ba
     """group_2.jpg's nurse, her head turned, a white wall behind her: where her cheek reaches past the bank face's,
     the bank head leaves the wall. Read as not skin (shadowed, bearded), the bank face's jaw let that wall through
     and faded into it; below its eye line, inside its own outline, it is now drawn whole."""
-    from anonymizer.detect import build_detector
-
-    img = _rgb(PHOTOS / "group_2.jpg")
-    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
-    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - 354) + abs(f.y + f.h / 2 - 160))
-    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
-    reason, pts, window = op.decide(img, face)
-    assert reason is None
-    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    img, op, face, pts, window, region = _bank_face_at(stylegan_bank, "group_2.jpg", (354, 160))
     site = Site(op, img, pts, window, region)
     backdrop = site.backdrop(img)
     x0, y0, x1, y1 = window
@@ -804,15 +805,7 @@ def test_a_bank_photos_background_never_lines_a_placed_head(stylegan_bank, monke
     wall), and a placed head showed that background as a line along its outline: blue beside a cheek
     (multiface.jpg). Painted pure blue out to two pixels inside each matte's edge, the bank photos' backgrounds
     now change nothing of the head, and the face's alpha only fades there, towards what lies under it."""
-    from anonymizer.detect import build_detector
-
-    img = _rgb(PHOTOS / "multiface.jpg")
-    faces = build_detector("yunet", {"scales": [1.0]}).detect(img)
-    face = min(faces, key=lambda f: abs(f.x + f.w / 2 - 594) + abs(f.y + f.h / 2 - 100))
-    op = ANONYMIZERS.create("bank", bank=str(stylegan_bank), surround="bank", identity_guard=False)
-    reason, pts, window = op.decide(img, face)
-    assert reason is None
-    region = face_region(face, img.shape[:2], op.around.expand, op.around.shape, op.around.feather)
+    img, op, face, pts, window, region = _bank_face_at(stylegan_bank, "multiface.jpg", (594, 100))
     own = op.bank.crop
 
     def painted(k: int) -> np.ndarray:
