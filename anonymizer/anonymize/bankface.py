@@ -757,8 +757,8 @@ class BankFace:
         pts, (x0, y0, x1, y1), shape, iod = site.pts, site.window, site.shape, site.iod
         bank_68 = self.bank.landmarks(k)
         new = sh.extend(self.target_shape(pts, bank_68))
-        # its head's colours (Site.crop) drawn, its photo as it is read for what is skin: where that photo shows its
-        # background, the alpha still fades, and the head's colours carried out there do not show as a smear
+        # Drawn in its head's colours (Site.crop), read as its photo is for what is skin: where that photo shows its
+        # background the alpha still fades, so the colours carried out there do not show as a smear
         both, covered = warp(np.concatenate([site.crop(k), self.bank.crop(k)], 2), sh.extend(bank_68), new,
                              self.triangles, shape, (x0, y0))
         new_m = sh.outline_mask(sh.extend(new[:68], self.forehead), shape, (x0, y0))
