@@ -56,17 +56,18 @@ synthetic people. Per face:
    colour, and where that is near their skin's, by the hair above their forehead) lit alike but not tinted, or with
    `hair_tone`, where its colour alone tells it from their skin, toned to the person's own hair where the photo shows it
    past the region (anonymizer.bank.hair); a grey bank's takes the photo's light and low-passed colour), cut from its
-   background by a matte (anonymizer.bank.matte, stored in the bank; above the crop's top, which cuts most heads, the
+   background by a matte (anonymizer.bank.matte, stored in the bank; along its edge, which lies a few pixels out in that
+   background, head and face take the head's own colours, Site.crop; above the crop's top, which cuts most heads, the
    head goes on as its outline's circle with its top rows' hair, and a head whose top falls short of the region's is
    stretched up to it above the eyes; under its chin, where bank photos often hold a hand, a scarf or a collar, and past
    a StyleGAN crop's render, which the crop continues mirrored, the photo's own neck and clothes stay); where the bank
    photo shows background, the region shows the photo's surroundings mirrored inward across its edge, each pixel within
-   the person or the background it continues (regions.mirrored, with a person segmenter's pixels; where their hair
-   goes on past the region, each of the person's pixels continues the person, Site.sources); the whole
-   Poisson-blended into the photo at the region's edge where it crosses the person (where it crosses their background,
-   the head keeps its own light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries
-   brings its own head, and those whose head covers more of the region, and of the person's place where the
-   backdrop would show what is not them, are tried first (BankFace.by_cover).
+   the person or the background it continues (regions.mirrored, with a person segmenter's pixels; where their hair goes
+   on past the region, each of the person's pixels continues the person, Site.sources); the whole Poisson-blended into
+   the photo at the region's edge where it crosses the person (where it crosses their background, the head keeps its own
+   light, and ends inside the region's feathered edge, HEAD_EDGE). Each bank face the guard tries brings its own head,
+   and those whose head covers more of the region, and of the person's place where the backdrop would show what is not
+   them, are tried first (BankFace.by_cover).
 6. With `identity_guard` (True: BankGuardConfig's defaults; a dict: its settings; None or False: off),
    each recognizer (dlib_resnet, and mobilefacenet where registered) compares the result with the
    original; a face one still matches (closer than its same-person distance + `margin`) tries the next
