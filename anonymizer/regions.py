@@ -77,6 +77,15 @@ def mirrored(image: np.ndarray, region: FaceMask, person: tuple[np.ndarray, tupl
     return image[sources]
 
 
+def nearest_zero(src: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel of `src` (uint8, with at least one 0), the x and y of its nearest 0 pixel (L2, OpenCV's 5×5 mask)."""
+    _, labels = cv2.distanceTransformWithLabels(src, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
+    zy, zx = np.nonzero(src == 0)
+    nearest = np.zeros((labels.max() + 1, 2), np.int64)
+    nearest[labels[zy, zx]] = np.stack([zx, zy], 1)
+    return nearest[labels, 0], nearest[labels, 1]
+
+
 def mirror_sources(shape: tuple[int, int], region: FaceMask, person: tuple[np.ndarray, tuple[int, int]] | None = None,
                    own: Own | None = None) -> tuple[np.ndarray, np.ndarray] | None:
     """For each pixel of the region's window in a photo of `shape`, the (row, column) arrays of the photo's pixel
@@ -108,11 +117,7 @@ def mirror_sources(shape: tuple[int, int], region: FaceMask, person: tuple[np.nd
             frame[edge] = 1
     if frame.all():  # the region fills the whole photo: nothing outside it to show
         return None
-    _, labels = cv2.distanceTransformWithLabels(frame, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    zy, zx = np.nonzero(frame == 0)
-    nearest = np.zeros((labels.max() + 1, 2), np.int64)
-    nearest[labels[zy, zx]] = np.stack([zx, zy], 1) - 1
-    bx, by = np.moveaxis(nearest[labels[1:-1, 1:-1]], -1, 0)
+    bx, by = (c[1:-1, 1:-1] - 1 for c in nearest_zero(frame))
     py, px = np.mgrid[0:y1 - y0, 0:x1 - x0]
     if person is None:
         tx, ty = 2 * bx - px, 2 * by - py
@@ -184,11 +189,7 @@ def _to_person(theirs: tuple[np.ndarray, np.ndarray, tuple[int, int]], region: F
     sources = (~deep).astype(np.uint8)
     if sources.all():
         return bx, by
-    _, labels = cv2.distanceTransformWithLabels(sources, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    zy, zx = np.nonzero(sources == 0)
-    to = np.zeros((labels.max() + 1, 2), np.int64)
-    to[labels[zy, zx]] = np.stack([zx, zy], 1) - 1
-    qx, qy = np.moveaxis(to[labels[1:-1, 1:-1]], -1, 0)
+    qx, qy = (c[1:-1, 1:-1] - 1 for c in nearest_zero(sources))
     change = own.pixels & ~deep[by + 1, bx + 1]
     change &= np.hypot(qx - px, qy - py) <= np.hypot(bx - px, by - py) + own.reach
     return np.where(change, qx, bx), np.where(change, qy, by)

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from anonymizer.bank import shape as sh
+from anonymizer.regions import nearest_zero
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +153,9 @@ def head_colours(crop: np.ndarray, matte: np.ndarray) -> np.ndarray:
     core = cv2.erode((matte >= 0.5).astype(np.uint8), np.ones((3, 3), np.uint8), iterations=BLEED)
     if not core.any():
         return crop
-    _, labels = cv2.distanceTransformWithLabels(1 - core, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    zy, zx = np.nonzero(core)
-    nearest = np.zeros(labels.max() + 1, np.int64)  # per label, its core pixel's index in the flattened crop
-    nearest[labels[zy, zx]] = zy * crop.shape[1] + zx
+    nx, ny = nearest_zero(1 - core)
     out, fill = crop.copy(), core == 0
-    out[fill] = crop.reshape(-1, crop.shape[2])[nearest[labels[fill]]]
+    out[fill] = crop[ny[fill], nx[fill]]
     return out
 
 
