@@ -486,7 +486,8 @@ def build_from_stylegan(out: str | os.PathLike, n: int, seed: int = 0, views: Se
             more = candidate_tones(out, {p: (name, moved(m)) for p, (name, m) in around.items()}, person_w, *run)
             tones, sexes, ages = {**tones, **more[0]}, {**sexes, **more[1]}, {**ages, **more[2]}
         headwear = Headwear(model_dir, FILES["MappingNetwork.bin"])
-        covered = {p for p in [*range(candidates), *around] if headwear.covers(person_w(p))}
+        covered = {p for p in [*range(candidates), *around]
+                   if headwear.covers(person_w(p)) or (p < candidates and headwear.labelled(seed, p))}
         chosen = choose_people({p: t for p, t in tones.items() if p not in covered}, sexes, ages, n,
                                np.random.default_rng([seed, 1]))
         unseen = [p for p in range(candidates) if p not in tones and p not in covered]  # eyes without whites

@@ -125,18 +125,20 @@ def shortfall(values, n: int, bands=BANDS) -> dict[str, int]:
 
 def spread(tones: dict[int, float], n: int, rng: np.random.Generator,
            sexes: dict[int, str | None] | None = None, bands=BANDS, taken: Sequence[int] = ()) -> list[int]:
-    """`n` people, the `taken` ones (keys of `tones`) and more of the keys of `tones` (person → ITA° with Del
-    Bino's bands, or darkness with DARKNESS_BANDS), spread over the bands: the next person always from the band
-    that has the fewest so far (the first in `bands` of those tied), so each gets an equal share of `n` and a band
-    with too few people passes its remainder to the others; each band's people are drawn by `rng`. With `sexes` (person
-    → "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw takes men and women in turn, the sex
-    the bank holds fewer of first where the band has as many of each, and people who read as neither last:
-    a bank operator matching sex then has as many people for either, in each band. Sorted."""
+    """`n` people, the `taken` ones (keys of `tones`) and more of the keys of `tones` (person → ITA° with Del Bino's
+    bands, or darkness with DARKNESS_BANDS), spread over the bands: the next person always from the band that has
+    the fewest so far (the first in `bands` of those tied), so each gets an equal share of `n` and a band with too
+    few people passes its remainder to the others; each band's people are drawn by `rng`, in an order that does not
+    depend on who else is a candidate: a person left out is replaced by the next of their band, and the others stay
+    (leaving one more person out for headwear changes one person of a bank, not a third). With `sexes` (person →
+    "M", "F" or None: anonymizer.bank.apparent_sex), each band's draw takes men and women in turn, the sex the bank
+    holds fewer of first where the band has as many of each, and people who read as neither last: a bank operator
+    matching sex then has as many people for either, in each band. Sorted."""
     chosen = [int(p) for p in taken]
+    draw = int(rng.integers(2 ** 63))
     pools: dict[str, list[int]] = {}
-    for person in sorted(set(tones) - set(chosen)):
-        pools.setdefault(band(tones[person], bands), []).append(person)
-    pools = {name: [int(p) for p in np.asarray(people)[rng.permutation(len(people))]] for name, people in pools.items()}
+    for person in sorted(set(tones) - set(chosen), key=lambda p: np.random.default_rng([draw, p]).random()):
+        pools.setdefault(band(tones[person], bands), []).append(int(person))
     sex = (lambda p: None) if sexes is None else sexes.get
     order = [name for _, name in bands]
     while len(chosen) < n and any(pools.values()):
