@@ -1869,7 +1869,6 @@ def test_headwear_probe_finds_held_out_hats_and_leaves_out_few_others():
     hats = (rows["headwear"] == "1").to_numpy()
     assert hats.sum() >= 4 and found[hats].mean() >= 0.75
     assert (~hats).sum() >= 100 and found[~hats].mean() <= 0.1
-    # the people labelled as wearing headwear (train and held-out rows), whom a seed-0 build leaves out
     # the people labelled as wearing headwear in view 0 or in any view of the default bank, whom a seed-0 build leaves
     # out (train, held-out and audit rows)
     rows = pd.read_csv(REPO / "training" / "data" / "stylegan_headwear.tsv", sep="\t", dtype=str, keep_default_na=False)

@@ -74,7 +74,8 @@ def main() -> None:
     ap.add_argument("--bank", type=Path, default=Path.home() / ".cache" / "anonymizer" / "models" / "banks" / "faces")
     args = ap.parse_args()
     everyone = pd.read_csv(LABELS, sep="\t", dtype=str, keep_default_na=False)
-    seen = sorted(int(p) for p, *label in zip(everyone["person"], everyone["headwear"], everyone["views"]) if "1" in label)
+    worn = (everyone["headwear"] == "1") | (everyone["views"] == "1")
+    seen = sorted(everyone["person"][worn].astype(int))
     rows = everyone[(everyone["headwear"] != "?") & everyone["use"].isin(["train", "heldout"])]
     ws, first = person_ws(rows["person"].astype(int).tolist(), args.bank)
     y = (rows["headwear"] == "1").to_numpy(np.float64)
